@@ -1,0 +1,97 @@
+"""`jaxgen train | sample` (evaluate, report and bench join as their issues land).
+
+    jaxgen train --config experiments/configs/dcgan_fashion.py --workdir runs/dcgan [--config.key=value ...]
+    jaxgen sample --workdir runs/dcgan --num 64 --out grid.png [--label 3]
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from jaxgen.errors import UserError
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+  """Separates `--config.key=value` (or `--config.key value`) flags from the rest."""
+  rest, overrides, i = [], {}, 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--config."):
+      key, eq, value = arg[len("--config."):].partition("=")
+      if not eq:
+        if i + 1 >= len(argv):
+          raise SystemExit(f"jaxgen: {arg} needs a value (--config.{key}=VALUE)")
+        value, i = argv[i + 1], i + 1
+      overrides[key] = value
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, overrides
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="jaxgen", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = p.add_subparsers(dest="command", required=True)
+  t = sub.add_parser("train", help="train a config (resumes if --workdir has checkpoints)")
+  t.add_argument("--config", required=True, help="Python file with get_config()")
+  t.add_argument("--workdir", required=True, help="where checkpoints, metrics and samples go")
+  t.add_argument("--coordinator", help="host:port of process 0, for multi-host runs")
+  t.add_argument("--num_processes", type=int)
+  t.add_argument("--process_id", type=int)
+  s = sub.add_parser("sample", help="write a grid of samples from a trained run")
+  s.add_argument("--workdir", required=True)
+  s.add_argument("--num", type=int, default=64)
+  s.add_argument("--out", default=None, help="PNG path (default: WORKDIR/samples/sample.png)")
+  s.add_argument("--label", type=int, default=None, help="class to draw (conditional models)")
+  s.add_argument("--seed", type=int, default=0)
+  s.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  return p
+
+
+def _train(args: argparse.Namespace, overrides: dict[str, str]) -> None:
+  from jaxgen import config as config_lib, parallel
+  parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+  from jaxgen import trainer
+  config = config_lib.load(args.config, overrides)
+  trainer.train_and_evaluate(config, args.workdir)
+  import jax
+  if jax.process_index() == 0:
+    workdir = Path(args.workdir)
+    grids = sorted((workdir / "samples").glob("step_*.png"))
+    print(f"done: samples {grids[-1] if grids else '-'}\n      metrics {workdir / 'metrics.jsonl'}\n"
+          f"      checkpoints {workdir / 'checkpoints'}")
+
+
+def _sample(args: argparse.Namespace) -> None:
+  import jax
+  from jaxgen import trainer, viz
+  import numpy as np
+  config, family, state = trainer.load_run(args.workdir, args.step)
+  if args.label is not None and not config.model.get("num_classes"):
+    raise UserError("--label needs a class-conditional model (trained with "
+                     "--config.model.num_classes=N); this run is unconditional")
+  images = jax.jit(family.sample, static_argnums=2)(state, jax.random.key(args.seed), args.num,
+                                                    args.label)
+  out = Path(args.out) if args.out else Path(args.workdir) / "samples" / "sample.png"
+  viz.save_grid(np.asarray(images), out)
+  print(f"wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+  argv = sys.argv[1:] if argv is None else argv
+  rest, overrides = _split_overrides(argv)
+  args = _parser().parse_args(rest)
+  if overrides and args.command != "train":
+    raise SystemExit(f"jaxgen {args.command}: --config.* overrides apply to `train` only")
+  try:
+    if args.command == "train":
+      _train(args, overrides)
+    elif args.command == "sample":
+      _sample(args)
+  except UserError as e:  # one line naming the problem and the fix; other errors keep tracebacks
+    raise SystemExit(f"jaxgen {args.command}: error: {e}") from None
+
+
+if __name__ == "__main__":
+  main()

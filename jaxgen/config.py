@@ -1,0 +1,92 @@
+"""Experiment configs: Python files whose `get_config()` returns an ml_collections.ConfigDict.
+
+`load(path, overrides)` imports the file and applies `key.sub=value` overrides (the
+`--config.key.sub=value` flags of the CLI), parsing each value as the type the key already has.
+"""
+
+import ast
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+from ml_collections import config_dict
+
+from jaxgen.errors import ConfigError
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Settings every experiment shares: data, loop cadence, checkpoints."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 64          # global, over all devices and hosts
+  c.num_steps = 1000
+  c.log_every = 50           # metrics to metrics.jsonl and the progress bar
+  c.sample_every = 500       # a sample grid PNG in workdir/samples/ (0: only at the end)
+  c.checkpoint_every = 500   # Orbax save of state + data position (always at the end)
+  c.keep_checkpoints = 3
+  c.num_grid_samples = 64
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "fashion_mnist"  # or "idx" (MNIST-format files in source_dir) or a TFDS name
+  c.data.source_dir = ""         # folder of IDX files ("" = the data set's default)
+  c.data.data_dir = ""           # where TFDS data sets are prepared ("" = JAXGEN_DATA_DIR or ~/tensorflow_datasets)
+  c.data.image_shape = config_dict.placeholder(tuple)  # checked against the data when set
+  c.model = ml_collections.ConfigDict()
+  c.optim = ml_collections.ConfigDict()
+  return c
+
+
+def _parse(text: str, current: object, key: str) -> object:
+  if isinstance(current, bool):
+    if text.lower() in ("true", "1", "yes"):
+      return True
+    if text.lower() in ("false", "0", "no"):
+      return False
+    raise ConfigError(f"--config.{key}={text}: expected true or false")
+  if isinstance(current, str):
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    if current is None:
+      return text
+    raise ConfigError(f"--config.{key}={text}: cannot parse as {type(current).__name__}") from None
+  if isinstance(current, float) and isinstance(value, int):
+    value = float(value)
+  if isinstance(current, (tuple, list)) or current is None and isinstance(value, list):
+    value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+  if current is not None and not isinstance(value, type(current)):
+    raise ConfigError(f"--config.{key}={text}: expected {type(current).__name__}, "
+                      f"got {type(value).__name__}")
+  return value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
+  """Sets each dotted `key` of `config` to its parsed string value, in place."""
+  for key, text in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      if p not in node:
+        raise ConfigError(f"--config.{key}: no field {p!r} in the config; "
+                          f"fields here: {sorted(node.keys())}")
+      node = node[p]
+    if leaf not in node:
+      raise ConfigError(f"--config.{key}: no field {leaf!r} in the config; "
+                        f"fields here: {sorted(node.keys())}")
+    node[leaf] = _parse(text, node[leaf], key)
+
+
+def load(path: str | Path, overrides: dict[str, str] | None = None) -> ml_collections.ConfigDict:
+  """Imports `path`, calls its get_config() and applies `overrides`."""
+  path = Path(path)
+  if not path.is_file():
+    raise ConfigError(f"config file {path} not found; pass e.g. "
+                      "--config experiments/configs/dcgan_fashion.py")
+  spec = importlib.util.spec_from_file_location(f"jaxgen_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{path} has no get_config() function returning a ConfigDict")
+  config = module.get_config()
+  apply_overrides(config, overrides or {})
+  return config

@@ -1,0 +1,89 @@
+"""DCGAN generator and discriminator (Radford et al. 2016), sized from the image shape.
+
+The generator maps a latent `z_BxZ` (and optionally a class label) through a dense
+layer to a `s0 x s0 x C0` map, then strided transposed convolutions double the
+resolution until it reaches the image size: 28x28 starts at 7x7, 32x32 and 64x64
+start at 4x4. The discriminator mirrors it with strided convolutions.
+Models know nothing of training: `train` only switches BatchNorm statistics.
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxgen.errors import ConfigError
+
+
+def upsampling_plan(image_size: int, width: int) -> tuple[int, tuple[int, ...]]:
+  """Returns (start_size, channels per resolution) for an image of `image_size`.
+
+  e.g. 28 -> (7, (4w, 2w)); 32 -> (4, (8w, 4w, 2w)); 64 -> (4, (8w, 4w, 2w, w)).
+  The first entry is the dense layer's channel count; each later entry is the
+  output of one stride-2 transposed convolution (the last one, to the image
+  channels, is not listed).
+  """
+  size, num_up = image_size, 0
+  while size % 2 == 0 and size > 7:
+    size //= 2
+    num_up += 1
+  if size not in (4, 7) or num_up == 0:
+    raise ConfigError(
+        f"DCGAN needs an image size of 7*2^n or 4*2^n (28, 32, 64, ...), got {image_size}; "
+        "resize the data or choose another model.")
+  top = min(num_up, 3)  # at most 8 * width channels, halving at each doubling of resolution
+  channels = tuple(max(int(width * 2.0 ** (top - i)), 8) for i in range(num_up))
+  return size, channels
+
+
+class Generator(nn.Module):
+  """z_BxZ (+ labels_B) -> images_BxHxWxC in [-1, 1]."""
+  image_shape: Sequence[int]
+  width: int = 64
+  kernel_size: int = 5
+  num_classes: int = 0
+
+  @nn.compact
+  def __call__(self, z_BxZ: jnp.ndarray, labels_B: jnp.ndarray | None = None, *,
+               train: bool = True) -> jnp.ndarray:
+    height, _, channels = self.image_shape
+    start, widths = upsampling_plan(height, self.width)
+    norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
+    x = z_BxZ
+    if self.num_classes:
+      x = jnp.concatenate([x, nn.one_hot(labels_B, self.num_classes, dtype=x.dtype)], axis=-1)
+    x = nn.Dense(start * start * widths[0], use_bias=False, name="dense")(x)
+    x = x.reshape(x.shape[0], start, start, widths[0])
+    x = nn.relu(norm("bn_dense")(x))
+    k = (self.kernel_size, self.kernel_size)
+    for i, w in enumerate(widths[1:]):
+      x = nn.ConvTranspose(w, k, strides=(2, 2), use_bias=False, name=f"deconv{i}")(x)
+      x = nn.relu(norm(f"bn{i}")(x))
+    x = nn.ConvTranspose(channels, k, strides=(2, 2), name="to_image")(x)
+    return jnp.tanh(x)
+
+
+class Discriminator(nn.Module):
+  """images_BxHxWxC (+ labels_B) -> logits_B (real > 0)."""
+  image_shape: Sequence[int]
+  width: int = 64
+  kernel_size: int = 5
+  num_classes: int = 0
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jnp.ndarray, labels_B: jnp.ndarray | None = None, *,
+               train: bool = True) -> jnp.ndarray:
+    _, widths = upsampling_plan(self.image_shape[0], self.width)
+    k = (self.kernel_size, self.kernel_size)
+    x = x_BxHxWxC
+    for i, w in enumerate(reversed(widths)):
+      x = nn.Conv(w, k, strides=(2, 2), use_bias=i == 0, name=f"conv{i}")(x)
+      if i > 0:  # DCGAN: no BatchNorm on the discriminator's input layer.
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"bn{i}")(x)
+      x = nn.leaky_relu(x, 0.2)
+    h_BxF = x.reshape(x.shape[0], -1)
+    logits_B = nn.Dense(1, name="logit")(h_BxF)[:, 0]
+    if self.num_classes:  # projection discriminator (Miyato & Koyama 2018)
+      embed_BxF = nn.Embed(self.num_classes, h_BxF.shape[-1], name="class_embed")(labels_B)
+      logits_B = logits_B + jnp.sum(embed_BxF * h_BxF, axis=-1)
+    return logits_B

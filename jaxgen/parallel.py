@@ -1,0 +1,63 @@
+"""Mesh, shardings, global batches and multi-host start-up.
+
+jaxgen is data-parallel: one mesh axis "data" over every device of every process.
+State is replicated; batches are split along their first axis. Each process reads
+only its own slice of the global batch and `global_batch` stitches the slices
+into one global array, so the same code runs on 1 CPU, 8 GPUs or many hosts.
+"""
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from jaxgen.errors import ConfigError
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """Calls `jax.distributed.initialize` when several processes take part, before any JAX work.
+
+  With no arguments it initialises only where a cluster is detectable (the JAX_COORDINATOR_ADDRESS
+  environment variable, or TPU pods / SLURM which `jax.distributed.initialize()` discovers
+  itself when JAXGEN_DISTRIBUTED=1).
+  """
+  coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if coordinator:
+    # Collectives between CPU devices of different processes; no effect on GPU/TPU arrays.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+  elif os.environ.get("JAXGEN_DISTRIBUTED") == "1":
+    jax.distributed.initialize()
+
+
+def make_mesh(devices: list | None = None) -> Mesh:
+  """A 1-D mesh named "data" over `devices` (default: all devices of all processes)."""
+  devices = jax.devices() if devices is None else devices
+  return jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,), devices=devices)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+  """Splits the leading (batch) axis over the "data" axis."""
+  return NamedSharding(mesh, P("data"))
+
+
+def global_batch(local_batch: Any, mesh: Mesh) -> Any:
+  """Assembles each process's local slice [B/P, ...] into global arrays [B, ...] sharded on "data"."""
+  sharding = data_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+
+def check_batch_size(batch_size: int) -> None:
+  """The global batch must split evenly over devices (and hence processes)."""
+  n = jax.device_count()
+  if batch_size % n:
+    raise ConfigError(f"batch_size {batch_size} does not divide over {n} devices; "
+                     f"set --config.batch_size to a multiple of {n}")

@@ -1,0 +1,59 @@
+"""Pieces shared by the families' step functions."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import struct
+from flax.training import train_state
+
+from jaxgen.errors import ConfigError
+
+
+class ModelState(train_state.TrainState):
+  """One network's params, BatchNorm statistics (or an empty dict) and optimizer state."""
+  batch_stats: Any = struct.field(default_factory=dict)
+
+
+def apply(model: nn.Module, state_params: Any, batch_stats: Any, *args: Any, train: bool,
+          **kwargs: Any) -> tuple[Any, Any]:
+  """Runs `model`, returning (output, updated batch_stats); stats change only when training."""
+  variables = {"params": state_params}
+  if batch_stats:
+    variables["batch_stats"] = batch_stats
+  if train and batch_stats:
+    out, updates = model.apply(variables, *args, train=True, mutable=["batch_stats"], **kwargs)
+    return out, updates["batch_stats"]
+  return model.apply(variables, *args, train=train, **kwargs), batch_stats
+
+
+def init_model(model: nn.Module, key: jax.Array, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+  """Returns (params, batch_stats) of `model` initialised on example inputs."""
+  variables = model.init(key, *args, train=False, **kwargs)
+  return variables["params"], variables.get("batch_stats", {})
+
+
+def optimizer(optim: ml_collections.ConfigDict, lr: float) -> optax.GradientTransformation:
+  """optim.name "adam" (AdamW with optim.b1/b2/weight_decay) or "sgd", after optional clipping."""
+  name = optim.get("name", "adam")
+  if name == "adam":
+    tx = optax.adamw(lr, b1=optim.get("b1", 0.9), b2=optim.get("b2", 0.999),
+                     weight_decay=optim.get("weight_decay", 0.0))
+  elif name == "sgd":
+    tx = optax.sgd(lr, momentum=optim.get("momentum") or None)
+  else:
+    raise ConfigError(f"unknown optimizer {name!r}; set config.optim.name to 'adam' or 'sgd'")
+  clip = optim.get("grad_clip", 0.0)
+  return optax.chain(optax.clip_by_global_norm(clip), tx) if clip else tx
+
+
+def labels_for(num: int, num_classes: int, conditioning: Any = None) -> jax.Array | None:
+  """Class labels for `num` conditional samples: the given ones, or 0..K-1 cycled."""
+  if not num_classes:
+    return None
+  if conditioning is None:
+    return jnp.arange(num) % num_classes
+  return jnp.broadcast_to(jnp.asarray(conditioning, jnp.int32), (num,))

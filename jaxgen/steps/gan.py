@@ -1,0 +1,120 @@
+"""DCGAN family: alternating discriminator / generator updates and an EMA generator."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import struct
+
+from jaxgen import losses
+from jaxgen.errors import ConfigError
+from jaxgen.models import gan as gan_models
+from jaxgen.steps import common
+
+
+@struct.dataclass
+class GANState:
+  step: jax.Array
+  g: common.ModelState
+  d: common.ModelState
+  ema_params: Any
+  hp: ml_collections.FrozenConfigDict = struct.field(pytree_node=False)
+
+
+def _models(hp: ml_collections.FrozenConfigDict):
+  kw = dict(image_shape=tuple(hp.image_shape), width=hp.width, kernel_size=hp.kernel_size,
+            num_classes=hp.num_classes)
+  return gan_models.Generator(**kw), gan_models.Discriminator(**kw)
+
+
+def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: dict) -> GANState:
+  """Initial state of both players for images shaped like `sample_batch["image"]`."""
+  m = config.model
+  hp = ml_collections.FrozenConfigDict(dict(
+      image_shape=tuple(sample_batch["image"].shape[1:]), width=m.width,
+      kernel_size=m.kernel_size, num_classes=m.num_classes, latent_dim=m.latent_dim,
+      loss=m.loss, d_steps=m.d_steps, ema_decay=m.ema_decay))
+  if hp.loss not in losses.GAN_LOSSES:
+    raise ConfigError(f"unknown GAN loss {hp.loss!r}; set config.model.loss to one of "
+                     f"{tuple(losses.GAN_LOSSES)}")
+  generator, discriminator = _models(hp)
+  g_key, d_key = jax.random.split(key)
+  z = jnp.zeros((1, hp.latent_dim))
+  labels = jnp.zeros((1,), jnp.int32) if hp.num_classes else None
+  g_params, g_stats = common.init_model(generator, g_key, z, labels)
+  d_params, d_stats = common.init_model(discriminator, d_key, sample_batch["image"][:1], labels)
+  make = lambda model, params, stats, lr: common.ModelState.create(
+      apply_fn=model.apply, params=params, batch_stats=stats, tx=common.optimizer(config.optim, lr))
+  return GANState(step=jnp.zeros((), jnp.int32),
+                  g=make(generator, g_params, g_stats, config.optim.g_lr),
+                  d=make(discriminator, d_params, d_stats, config.optim.d_lr),
+                  ema_params=jax.tree.map(jnp.copy, g_params), hp=hp)
+
+
+def train_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, dict]:
+  """`d_steps` discriminator updates then one generator update on a batch of real images."""
+  hp = state.hp
+  generator, discriminator = _models(hp)
+  d_loss_fn, g_loss_fn = losses.GAN_LOSSES[hp.loss]
+  real = batch["image"]
+  labels = batch["label"] if hp.num_classes else None
+  keys = jax.random.split(jax.random.fold_in(key, state.step), hp.d_steps + 1)
+  latent = lambda k: jax.random.normal(k, (real.shape[0], hp.latent_dim), real.dtype)
+
+  # ---- discriminator: G's BatchNorm runs on batch statistics but its running
+  # averages are updated only in the generator's own step.
+  g, d = state.g, state.d
+  for i in range(hp.d_steps):
+    fake, _ = common.apply(generator, g.params, g.batch_stats, latent(keys[i]), labels, train=True)
+    fake = jax.lax.stop_gradient(fake)
+
+    def d_objective(d_params):
+      real_logits, stats = common.apply(discriminator, d_params, d.batch_stats, real, labels,
+                                        train=True)
+      fake_logits, stats = common.apply(discriminator, d_params, stats, fake, labels, train=True)
+      return d_loss_fn(real_logits, fake_logits), (stats, real_logits, fake_logits)
+
+    (d_loss, (d_stats, real_logits, fake_logits)), d_grads = jax.value_and_grad(
+        d_objective, has_aux=True)(d.params)
+    d = d.apply_gradients(grads=d_grads, batch_stats=d_stats)
+
+  # ---- generator
+  def g_objective(g_params):
+    fake, stats = common.apply(generator, g_params, g.batch_stats, latent(keys[-1]), labels,
+                               train=True)
+    logits, _ = common.apply(discriminator, d.params, d.batch_stats, fake, labels, train=True)
+    return g_loss_fn(logits), stats
+
+  (g_loss, g_stats), g_grads = jax.value_and_grad(g_objective, has_aux=True)(g.params)
+  g = g.apply_gradients(grads=g_grads, batch_stats=g_stats)
+  ema = optax.incremental_update(g.params, state.ema_params, step_size=1.0 - hp.ema_decay)
+
+  metrics = dict(d_loss=d_loss, g_loss=g_loss,
+                 d_real=jnp.mean(jax.nn.sigmoid(real_logits)),
+                 d_fake=jnp.mean(jax.nn.sigmoid(fake_logits)))
+  return state.replace(step=state.step + 1, g=g, d=d, ema_params=ema), metrics
+
+
+def eval_step(state: GANState, batch: dict, key: jax.Array) -> dict:
+  """Both players' losses on a batch, networks in inference mode (EMA generator)."""
+  hp = state.hp
+  generator, discriminator = _models(hp)
+  d_loss_fn, g_loss_fn = losses.GAN_LOSSES[hp.loss]
+  labels = batch["label"] if hp.num_classes else None
+  z = jax.random.normal(key, (batch["image"].shape[0], hp.latent_dim))
+  fake, _ = common.apply(generator, state.ema_params, state.g.batch_stats, z, labels, train=False)
+  d_apply = lambda x: common.apply(discriminator, state.d.params, state.d.batch_stats, x, labels,
+                                   train=False)[0]
+  real_logits, fake_logits = d_apply(batch["image"]), d_apply(fake)
+  return dict(d_loss=d_loss_fn(real_logits, fake_logits), g_loss=g_loss_fn(fake_logits))
+
+
+def sample(state: GANState, key: jax.Array, num: int, conditioning: Any = None) -> jax.Array:
+  """`num` images [num, H, W, C] in [-1, 1] from the EMA generator; `conditioning`: labels."""
+  hp = state.hp
+  generator, _ = _models(hp)
+  labels = common.labels_for(num, hp.num_classes, conditioning)
+  z = jax.random.normal(key, (num, hp.latent_dim))
+  return common.apply(generator, state.ema_params, state.g.batch_stats, z, labels, train=False)[0]

@@ -1,0 +1,52 @@
+"""Test set-up: 8 simulated CPU devices (set before JAX starts) and small real-data slices."""
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+  """Writes a uint8 array as a gzipped MNIST-format IDX file."""
+  magic = 0x0800 | array.ndim
+  header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
+
+
+def read_real(prefix: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+  """The first `n` real Fashion-MNIST images [n, 28, 28] and labels of a split prefix."""
+  with gzip.open(FASHION / f"{prefix}-images-idx3-ubyte.gz") as f:
+    images = np.frombuffer(f.read(16 + n * 784)[16:], np.uint8).reshape(n, 28, 28)
+  with gzip.open(FASHION / f"{prefix}-labels-idx1-ubyte.gz") as f:
+    labels = np.frombuffer(f.read(8 + n)[8:], np.uint8)
+  return images, labels
+
+
+@pytest.fixture(scope="session")
+def fashion_slice(tmp_path_factory) -> Path:
+  """A folder of IDX files holding the first 512 train / 128 test real Fashion-MNIST images."""
+  if not (FASHION / "train-images-idx3-ubyte.gz").exists():
+    pytest.skip(f"real Fashion-MNIST not in {FASHION} (make test installs it as root)")
+  folder = tmp_path_factory.mktemp("fashion_slice")
+  for prefix, n in (("train", 512), ("t10k", 128)):
+    images, labels = read_real(prefix, n)
+    write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+    write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+  return folder
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory) -> Path:
+  """One prepared-data folder shared by the session's tests."""
+  return tmp_path_factory.mktemp("tensorflow_datasets")
