@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace, overrides: dict[str, str]) -> None:
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()  # one "prepared" line instead of per-example bars
   from jaxgen import config as config_lib, parallel
   parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   from jaxgen import trainer

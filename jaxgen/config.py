@@ -24,7 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample_every = 500       # a sample grid PNG in workdir/samples/ (0: only at the end)
   c.checkpoint_every = 500   # Orbax save of state + data position (always at the end)
   c.keep_checkpoints = 3
-  c.num_grid_samples = 64
+  c.num_grid_samples = 64       # 0: no sample grids (e.g. for classifiers)
   c.data = ml_collections.ConfigDict()
   c.data.name = "fashion_mnist"  # or "idx" (MNIST-format files in source_dir) or a TFDS name
   c.data.source_dir = ""         # folder of IDX files ("" = the data set's default)

@@ -47,3 +47,101 @@ def softmax_cross_entropy(logits_BxK: jnp.ndarray, labels_B: jnp.ndarray) -> jnp
   """Mean cross-entropy of integer labels (scalar, nats)."""
   logp_BxK = jax.nn.log_softmax(logits_BxK)
   return -jnp.mean(jnp.take_along_axis(logp_BxK, labels_B[:, None], axis=-1))
+
+
+# ---------------------------------------------------------------- VAE: ELBO terms and bounds
+# Log-likelihoods are in nats, summed over an image's pixels and channels (the last three
+# axes), so any leading axes (batch, importance samples) are kept.
+
+_IMAGE_AXES = (-3, -2, -1)
+
+
+def gaussian_kl(mean_BxZ: jnp.ndarray, logvar_BxZ: jnp.ndarray) -> jnp.ndarray:
+  """KL(N(mean, exp(logvar)) || N(0, 1)) per latent unit, closed form, nats [B, Z]."""
+  return 0.5 * (jnp.exp(logvar_BxZ) + jnp.square(mean_BxZ) - 1.0 - logvar_BxZ)
+
+
+def diag_gaussian_log_prob(z_BxZ: jnp.ndarray, mean_BxZ: jnp.ndarray,
+                           logvar_BxZ: jnp.ndarray) -> jnp.ndarray:
+  """log N(z; mean, diag(exp(logvar))), summed over the last axis, nats [B] (any leading axes)."""
+  sq = jnp.square(z_BxZ - mean_BxZ) * jnp.exp(-logvar_BxZ)
+  return -0.5 * jnp.sum(jnp.log(2 * jnp.pi) + logvar_BxZ + sq, axis=-1)
+
+
+def bernoulli_log_prob(logits_BxHxWxC: jnp.ndarray, x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
+  """log p(x) of binary images x in {0, 1} under independent Bernoulli(sigmoid(logits)), nats [B].
+
+  Any real logit is a valid distribution, so the decoder cannot leave the support.
+  """
+  lp = x_BxHxWxC * logits_BxHxWxC - jax.nn.softplus(logits_BxHxWxC)
+  return jnp.sum(lp, axis=_IMAGE_AXES)
+
+
+def _clip_log_scale(log_scale: jnp.ndarray) -> jnp.ndarray:
+  # Below e^-7 a bin holds all the mass already (PixelCNN++); above e^7 exp(-log_scale) would
+  # only head towards underflow. Any real decoder output thus gives a finite distribution.
+  return jnp.clip(log_scale, -7.0, 7.0)
+
+
+def discretized_logistic_log_prob(loc_BxHxWxC: jnp.ndarray, log_scale_BxHxWxC: jnp.ndarray,
+                                  x_BxHxWxC: jnp.ndarray, num_bins: int = 256) -> jnp.ndarray:
+  """log P(x) of images x in [-1, 1] on a grid of `num_bins` values, nats [B].
+
+  Each pixel's value is a logistic(loc, scale) variable rounded to the nearest grid value,
+  with the tails below -1 and above 1 folded into the end bins (Salimans et al. 2017, one
+  mixture component, channels independent). This is a proper distribution over the grid for
+  any real loc and log_scale, and log P(x) <= 0.
+  """
+  half_bin = 1.0 / (num_bins - 1)
+  log_scale = _clip_log_scale(log_scale_BxHxWxC)
+  inv_scale = jnp.exp(-log_scale)
+  centered = x_BxHxWxC - loc_BxHxWxC
+  upper = (centered + half_bin) * inv_scale
+  lower = (centered - half_bin) * inv_scale
+  width = 2.0 * half_bin * inv_scale  # upper - lower, without the cancellation
+  log_cdf_upper = -jax.nn.softplus(-upper)  # bottom bin: log sigmoid(upper)
+  log_sf_lower = -jax.nn.softplus(lower)    # top bin: log(1 - sigmoid(lower))
+  # log(sigmoid(u) - sigmoid(l)) = l + log(expm1(u - l)) - softplus(u) - softplus(l), stable
+  # for both tails; log(expm1(w)) = w + log(-expm1(-w)) does not overflow for large w.
+  log_mid = (lower + width + jnp.log(-jnp.expm1(-width))
+             - jax.nn.softplus(upper) - jax.nn.softplus(lower))
+  lp = jnp.where(x_BxHxWxC < -1.0 + half_bin, log_cdf_upper,
+                 jnp.where(x_BxHxWxC > 1.0 - half_bin, log_sf_lower, log_mid))
+  return jnp.sum(lp, axis=_IMAGE_AXES)
+
+
+def discretized_logistic_mean(loc: jnp.ndarray, log_scale: jnp.ndarray,
+                              num_bins: int = 256) -> jnp.ndarray:
+  """The exact mean of `discretized_logistic_log_prob`'s distribution, in [-1, 1], same shape.
+
+  E[x] = 1 - (2 / (num_bins - 1)) * sum_j sigmoid((b_j - loc) / scale) over the num_bins - 1
+  bin boundaries b_j (summation by parts), accumulated one boundary at a time.
+  """
+  step = 2.0 / (num_bins - 1)
+  inv_scale = jnp.exp(-_clip_log_scale(log_scale))
+
+  def add(j, acc):
+    boundary = -1.0 + (j + 0.5) * step
+    return acc + jax.nn.sigmoid((boundary - loc) * inv_scale)
+
+  total = jax.lax.fori_loop(0, num_bins - 1, add, jnp.zeros_like(loc))
+  return 1.0 - step * total
+
+
+def log_mean_exp(log_w_KxB: jnp.ndarray, valid_K: jnp.ndarray | None = None) -> jnp.ndarray:
+  """log (1/k) sum_i exp(log_w_i) over axis 0, [B]; `valid_K` (bool) keeps only some rows."""
+  if valid_K is None:
+    return jax.nn.logsumexp(log_w_KxB, axis=0) - jnp.log(log_w_KxB.shape[0])
+  mask = valid_K.reshape(-1, *([1] * (log_w_KxB.ndim - 1)))
+  k = jnp.sum(valid_K)
+  return jax.nn.logsumexp(jnp.where(mask, log_w_KxB, -jnp.inf), axis=0) - jnp.log(k)
+
+
+def iwae_bound(log_w_KxB: jnp.ndarray) -> jnp.ndarray:
+  """log (1/K) sum_i p(x, z_i) / q(z_i|x) from log-weights [K, B] (Burda et al. 2016), nats [B]."""
+  return log_mean_exp(log_w_KxB)
+
+
+def bits_per_dim(nats: jnp.ndarray, num_dims: int) -> jnp.ndarray:
+  """Converts a negative log-likelihood in nats per image to bits per dimension (same shape)."""
+  return nats / (num_dims * jnp.log(2.0))

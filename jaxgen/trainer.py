@@ -207,7 +207,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         if log:
           log.write(json.dumps({"step": step, "eval": results}) + "\n")
           log.flush()
-      if (config.sample_every and step % config.sample_every == 0) or is_last:
+      grid_now = (config.sample_every and step % config.sample_every == 0) or is_last
+      if grid_now and config.num_grid_samples:
         save_samples(family, state, sample_key, config.num_grid_samples,
                      workdir / "samples" / f"step_{step:07d}.png", write=is_main)
       if save_now:

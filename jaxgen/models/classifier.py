@@ -1,0 +1,42 @@
+"""A small conv classifier whose penultimate features serve as jaxgen's feature extractor.
+
+images_BxHxWxC in [-1, 1] -> conv (width) -> strided conv (2 width) -> conv (2 width)
+-> strided conv (4 width) -> flatten -> dense (feature_dim, ReLU) -> dropout
+-> logits_BxK. Each conv is followed by BatchNorm and ReLU. `features` returns the
+feature_dim-wide penultimate activations together with the logits.
+"""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class Classifier(nn.Module):
+  """images_BxHxWxC -> logits_BxK; `features` -> (features_BxD, logits_BxK)."""
+  num_classes: int
+  width: int = 32
+  feature_dim: int = 128
+  dropout: float = 0.3
+
+  def setup(self):
+    w = self.width
+    # (channels, stride) per conv block: 28x28 -> 14x14 -> 7x7.
+    plan = ((w, 1), (2 * w, 2), (2 * w, 1), (4 * w, 2))
+    self.convs = [nn.Conv(c, (3, 3), strides=(s, s), use_bias=False, name=f"conv{i}")
+                  for i, (c, s) in enumerate(plan)]
+    self.norms = [nn.BatchNorm(momentum=0.9, name=f"bn{i}") for i in range(len(plan))]
+    self.dense = nn.Dense(self.feature_dim, name="features")
+    self.drop = nn.Dropout(self.dropout)
+    self.head = nn.Dense(self.num_classes, name="logits")
+
+  def features(self, x_BxHxWxC: jnp.ndarray, *, train: bool = False
+               ) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(penultimate features_BxD after ReLU, logits_BxK). Dropout needs a "dropout" rng when training."""
+    x = x_BxHxWxC
+    for conv, norm in zip(self.convs, self.norms):
+      x = nn.relu(norm(conv(x), use_running_average=not train))
+    h_BxD = nn.relu(self.dense(x.reshape(x.shape[0], -1)))
+    logits_BxK = self.head(self.drop(h_BxD, deterministic=not train))
+    return h_BxD, logits_BxK
+
+  def __call__(self, x_BxHxWxC: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+    return self.features(x_BxHxWxC, train=train)[1]

@@ -1,0 +1,138 @@
+"""Convolutional VAE (Kingma & Welling 2014): encoder to (mean, log-variance), decoder to
+the parameters of p(x|z), sized from the image shape.
+
+The encoder halves the resolution with strided convolutions until 7x7 (28x28 images) or
+4x4 (32x32, 64x64 ...), then a dense layer gives `mean_BxZ` and `logvar_BxZ`. The decoder
+mirrors it with strided transposed convolutions and ends in `out_channels` unconstrained
+channels per pixel (Bernoulli logits, or a logistic's location and log-scale); the
+likelihood functions in jaxgen.losses accept any real value there, so no decoder output
+can fall outside the likelihood's support. Labels (conditional VAE) are integer classes
+[B] or, for interpolating between classes, soft one-hot rows [B, K].
+Models know nothing of training: `train` is accepted for the shared `apply` but unused
+(no BatchNorm).
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxgen.errors import ConfigError
+
+
+def resolution_plan(image_size: int, width: int) -> tuple[int, tuple[int, ...]]:
+  """Returns (smallest size, channels per resolution from smallest to largest).
+
+  e.g. 28 -> (7, (4w, 2w)); 64 -> (4, (8w, 4w, 2w, w)). The encoder's stride-2 convolutions
+  produce these channel counts in reverse order; the decoder's dense layer produces the
+  first and each of its stride-2 transposed convolutions the next (the last one, to the
+  output channels, is not listed).
+  """
+  size, num_down = image_size, 0
+  while size % 2 == 0 and size > 7:
+    size //= 2
+    num_down += 1
+  if size not in (4, 7) or num_down == 0:
+    raise ConfigError(
+        f"the VAE needs an image size of 7*2^n or 4*2^n (28, 32, 64, ...), got {image_size}; "
+        "resize the data or choose another model.")
+  top = min(num_down, 3)  # at most 8 * width channels, halving at each doubling of resolution
+  channels = tuple(max(int(width * 2.0 ** (top - i)), 8) for i in range(num_down))
+  return size, channels
+
+
+def _one_hot(labels: jnp.ndarray, num_classes: int, dtype) -> jnp.ndarray:
+  """Integer labels [B] -> one-hot [B, K]; soft rows [B, K] pass through."""
+  if labels.ndim == 2:
+    return labels.astype(dtype)
+  return nn.one_hot(labels, num_classes, dtype=dtype)
+
+
+class Encoder(nn.Module):
+  """images_BxHxWxC (+ labels) -> (mean_BxZ, logvar_BxZ) of q(z|x)."""
+  image_shape: Sequence[int]
+  latent_dim: int = 32
+  width: int = 32
+  kernel_size: int = 4
+  num_classes: int = 0
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jnp.ndarray, labels: jnp.ndarray | None = None, *,
+               train: bool = True) -> tuple[jnp.ndarray, jnp.ndarray]:
+    del train
+    _, widths = resolution_plan(self.image_shape[0], self.width)
+    k = (self.kernel_size, self.kernel_size)
+    x = x_BxHxWxC
+    for i, w in enumerate(reversed(widths)):
+      x = nn.swish(nn.Conv(w, k, strides=(2, 2), name=f"conv{i}")(x))
+    h_BxF = x.reshape(x.shape[0], -1)
+    if self.num_classes:
+      h_BxF = jnp.concatenate([h_BxF, _one_hot(labels, self.num_classes, h_BxF.dtype)], axis=-1)
+    stats_Bx2Z = nn.Dense(2 * self.latent_dim, name="to_latent")(h_BxF)
+    mean_BxZ, logvar_BxZ = jnp.split(stats_Bx2Z, 2, axis=-1)
+    return mean_BxZ, logvar_BxZ
+
+
+class Decoder(nn.Module):
+  """z_BxZ (+ labels) -> params_BxHxWxP of p(x|z), unconstrained reals (P = out_channels)."""
+  image_shape: Sequence[int]
+  out_channels: int
+  width: int = 32
+  kernel_size: int = 4
+  num_classes: int = 0
+
+  @nn.compact
+  def __call__(self, z_BxZ: jnp.ndarray, labels: jnp.ndarray | None = None, *,
+               train: bool = True) -> jnp.ndarray:
+    del train
+    start, widths = resolution_plan(self.image_shape[0], self.width)
+    x = z_BxZ
+    if self.num_classes:
+      x = jnp.concatenate([x, _one_hot(labels, self.num_classes, x.dtype)], axis=-1)
+    x = nn.swish(nn.Dense(start * start * widths[0], name="dense")(x))
+    x = x.reshape(x.shape[0], start, start, widths[0])
+    k = (self.kernel_size, self.kernel_size)
+    for i, w in enumerate(widths[1:]):
+      x = nn.swish(nn.ConvTranspose(w, k, strides=(2, 2), name=f"deconv{i}")(x))
+    return nn.ConvTranspose(self.out_channels, k, strides=(2, 2), name="to_image")(x)
+
+
+class VAE(nn.Module):
+  """Encoder + reparameterised sample + decoder.
+
+  `__call__(x, eps)` returns (mean_BxZ, logvar_BxZ, params_BxHxWxP) with
+  z = mean + exp(logvar / 2) * eps decoded; `encode` and `decode` run the halves alone.
+  """
+  image_shape: Sequence[int]
+  out_channels: int
+  latent_dim: int = 32
+  width: int = 32
+  kernel_size: int = 4
+  num_classes: int = 0
+
+  def setup(self):
+    self.encoder = Encoder(self.image_shape, self.latent_dim, self.width, self.kernel_size,
+                           self.num_classes)
+    self.decoder = Decoder(self.image_shape, self.out_channels, self.width, self.kernel_size,
+                           self.num_classes)
+
+  def __call__(self, x_BxHxWxC: jnp.ndarray, eps_BxZ: jnp.ndarray,
+               labels: jnp.ndarray | None = None, *,
+               train: bool = True) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    mean_BxZ, logvar_BxZ = self.encoder(x_BxHxWxC, labels, train=train)
+    z_BxZ = reparameterize(mean_BxZ, logvar_BxZ, eps_BxZ)
+    return mean_BxZ, logvar_BxZ, self.decoder(z_BxZ, labels, train=train)
+
+  def encode(self, x_BxHxWxC: jnp.ndarray, labels: jnp.ndarray | None = None, *,
+             train: bool = True) -> tuple[jnp.ndarray, jnp.ndarray]:
+    return self.encoder(x_BxHxWxC, labels, train=train)
+
+  def decode(self, z_BxZ: jnp.ndarray, labels: jnp.ndarray | None = None, *,
+             train: bool = True) -> jnp.ndarray:
+    return self.decoder(z_BxZ, labels, train=train)
+
+
+def reparameterize(mean_BxZ: jnp.ndarray, logvar_BxZ: jnp.ndarray,
+                   eps_BxZ: jnp.ndarray) -> jnp.ndarray:
+  """z = mean + exp(logvar / 2) * eps, with eps ~ N(0, I) supplied by the caller (any shape)."""
+  return mean_BxZ + jnp.exp(0.5 * logvar_BxZ) * eps_BxZ

@@ -1,0 +1,310 @@
+"""VAE family: the reparameterised ELBO, an importance-weighted (IWAE) likelihood bound, and
+its pictures (reconstructions, latent interpolations, KL per latent unit).
+
+Units: every likelihood number is in nats per image (summed over the H*W*C dimensions);
+`bpd` is the same number in bits per dimension, nats / (H*W*C * ln 2).
+
+Likelihoods (config.model.likelihood):
+  "bernoulli": images are binarised afresh every time they are seen, x ~ Bernoulli((image + 1) / 2)
+    (dynamic binarisation); the encoder sees the binary image mapped to {-1, 1}.
+  "logistic": the 8-bit grey or colour images as they are, each pixel a discretised logistic
+    over the 256 grid values of [-1, 1] (jaxgen.losses.discretized_logistic_log_prob).
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import struct
+from PIL import Image, ImageDraw
+
+from jaxgen import losses, viz
+from jaxgen.errors import ConfigError
+from jaxgen.models import vae as vae_models
+from jaxgen.steps import common
+
+# Decoder output channels per image channel: logits, or (location, log-scale).
+LIKELIHOODS = {"bernoulli": 1, "logistic": 2}
+ACTIVE_UNIT_NATS = 0.01  # a latent unit is "active" if its batch-mean KL exceeds this
+
+
+@struct.dataclass
+class VAEState:
+  step: jax.Array
+  vae: common.ModelState
+  hp: ml_collections.FrozenConfigDict = struct.field(pytree_node=False)
+
+
+def _model(hp: ml_collections.FrozenConfigDict) -> vae_models.VAE:
+  return vae_models.VAE(
+      image_shape=tuple(hp.image_shape), out_channels=LIKELIHOODS[hp.likelihood] * hp.image_shape[-1],
+      latent_dim=hp.latent_dim, width=hp.width, kernel_size=hp.kernel_size,
+      num_classes=hp.num_classes)
+
+
+def _num_dims(hp: ml_collections.FrozenConfigDict) -> int:
+  return int(np.prod(hp.image_shape))
+
+
+def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: dict) -> VAEState:
+  """Initial state for images shaped like `sample_batch["image"]` [B, H, W, C]."""
+  m = config.model
+  if m.likelihood not in LIKELIHOODS:
+    raise ConfigError(f"unknown VAE likelihood {m.likelihood!r}; set config.model.likelihood to "
+                      f"one of {tuple(LIKELIHOODS)}")
+  hp = ml_collections.FrozenConfigDict(dict(
+      image_shape=tuple(sample_batch["image"].shape[1:]), width=m.width,
+      kernel_size=m.get("kernel_size", 4), latent_dim=m.latent_dim, num_classes=m.num_classes,
+      likelihood=m.likelihood))
+  model = _model(hp)
+  x = sample_batch["image"][:1]
+  labels = jnp.zeros((1,), jnp.int32) if hp.num_classes else None
+  params, stats = common.init_model(model, key, x, jnp.zeros((1, hp.latent_dim)), labels)
+  vae = common.ModelState.create(apply_fn=model.apply, params=params, batch_stats=stats,
+                                 tx=common.optimizer(config.optim, config.optim.lr))
+  return VAEState(step=jnp.zeros((), jnp.int32), vae=vae, hp=hp)
+
+
+# ------------------------------------------------------------------ the objective
+
+
+def binarize(key: jax.Array, image_BxHxWxC: jax.Array) -> jax.Array:
+  """A fresh binary image {0., 1.} [B, H, W, C] with P(1) = (image + 1) / 2 from [-1, 1] images."""
+  return jax.random.bernoulli(key, (image_BxHxWxC + 1.0) / 2.0).astype(image_BxHxWxC.dtype)
+
+
+def observe(hp: ml_collections.FrozenConfigDict, image_BxHxWxC: jax.Array,
+            key: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(encoder input in [-1, 1], likelihood target), both [B, H, W, C], for this likelihood."""
+  if hp.likelihood == "bernoulli":
+    target = binarize(key, image_BxHxWxC)
+    return 2.0 * target - 1.0, target
+  return image_BxHxWxC, image_BxHxWxC
+
+
+def log_likelihood(hp: ml_collections.FrozenConfigDict, out_BxHxWxP: jax.Array,
+                   target_BxHxWxC: jax.Array) -> jax.Array:
+  """log p(x|z) in nats [B] (any leading axes) from the decoder's output."""
+  if hp.likelihood == "bernoulli":
+    return losses.bernoulli_log_prob(out_BxHxWxP, target_BxHxWxC)
+  loc, log_scale = jnp.split(out_BxHxWxP, 2, axis=-1)
+  return losses.discretized_logistic_log_prob(loc, log_scale, target_BxHxWxC)
+
+
+def mean_image(hp: ml_collections.FrozenConfigDict, out_BxHxWxP: jax.Array) -> jax.Array:
+  """The mean of p(x|z) mapped to [-1, 1], [B, H, W, C]: 2 * sigmoid(logits) - 1 for Bernoulli,
+  the exact mean of the discretised logistic otherwise."""
+  if hp.likelihood == "bernoulli":
+    return 2.0 * jax.nn.sigmoid(out_BxHxWxP) - 1.0
+  loc, log_scale = jnp.split(out_BxHxWxP, 2, axis=-1)
+  return losses.discretized_logistic_mean(loc, log_scale)
+
+
+def _labels(hp: ml_collections.FrozenConfigDict, batch: dict) -> jax.Array | None:
+  return batch["label"] if hp.num_classes else None
+
+
+def _elbo_metrics(hp: ml_collections.FrozenConfigDict, recon_B: jax.Array,
+                  kl_B: jax.Array) -> tuple[jax.Array, dict]:
+  loss = jnp.mean(recon_B + kl_B)
+  return loss, dict(loss=loss, elbo=-loss, recon=jnp.mean(recon_B), kl=jnp.mean(kl_B),
+                    bpd=losses.bits_per_dim(loss, _num_dims(hp)))
+
+
+def _negative_elbo(params: Any, state: VAEState, batch: dict,
+                   key: jax.Array) -> tuple[jax.Array, dict]:
+  """(-ELBO averaged over the batch, metrics): one reparameterised sample, KL in closed form."""
+  hp = state.hp
+  bin_key, eps_key = jax.random.split(key)
+  x_in, target = observe(hp, batch["image"], bin_key)
+  eps_BxZ = jax.random.normal(eps_key, (x_in.shape[0], hp.latent_dim), x_in.dtype)
+  (mean_BxZ, logvar_BxZ, out), _ = common.apply(_model(hp), params, state.vae.batch_stats, x_in,
+                                                eps_BxZ, _labels(hp, batch), train=True)
+  recon_B = -log_likelihood(hp, out, target)
+  kl_B = jnp.sum(losses.gaussian_kl(mean_BxZ, logvar_BxZ), axis=-1)
+  return _elbo_metrics(hp, recon_B, kl_B)
+
+
+def train_step(state: VAEState, batch: dict, key: jax.Array) -> tuple[VAEState, dict]:
+  """One Adam/SGD step on -ELBO; metrics in nats/image (`loss`, `elbo`, `recon`, `kl`) and `bpd`."""
+  step_key = jax.random.fold_in(key, state.step)
+  grads, metrics = jax.grad(_negative_elbo, has_aux=True)(state.vae.params, state, batch, step_key)
+  return state.replace(step=state.step + 1, vae=state.vae.apply_gradients(grads=grads)), metrics
+
+
+def eval_step(state: VAEState, batch: dict, key: jax.Array) -> dict:
+  """The training metrics on a batch without updating (binarisation and eps drawn from `key`)."""
+  return _negative_elbo(state.vae.params, state, batch, key)[1]
+
+
+def sample(state: VAEState, key: jax.Array, num: int, conditioning: Any = None) -> jax.Array:
+  """`num` images [num, H, W, C] in [-1, 1]: z ~ N(0, I) decoded to the mean of p(x|z)
+  (Bernoulli: the probabilities; logistic: the discretised logistic's exact mean);
+  `conditioning`: class labels of a conditional model."""
+  hp = state.hp
+  labels = common.labels_for(num, hp.num_classes, conditioning)
+  z_NxZ = jax.random.normal(key, (num, hp.latent_dim))
+  return mean_image(hp, _decode(state, z_NxZ, labels))
+
+
+def _encode(state: VAEState, x_BxHxWxC: jax.Array, labels: jax.Array | None):
+  return common.apply(_model(state.hp), state.vae.params, state.vae.batch_stats, x_BxHxWxC,
+                      labels, train=False, method="encode")[0]
+
+
+def _decode(state: VAEState, z_BxZ: jax.Array, labels: jax.Array | None) -> jax.Array:
+  return common.apply(_model(state.hp), state.vae.params, state.vae.batch_stats, z_BxZ, labels,
+                      train=False, method="decode")[0]
+
+
+# ------------------------------------------------------------------ likelihood bounds
+
+
+def log_likelihood_bounds(state: VAEState, batch: dict, key: jax.Array, num_samples: int,
+                          chunk_images: int = 1024) -> dict[str, jax.Array]:
+  """Lower bounds on log p(x) per test image, nats [B]: {"elbo": ..., "iwae": ...}.
+
+  Both come from the same `num_samples` importance samples z_i ~ q(z|x), with log-weights
+  log w_i = log p(x|z_i) + log N(z_i; 0, I) - log q(z_i|x):
+    iwae = log (1/k) sum_i w_i   (Burda et al. 2016; logsumexp),
+    elbo = (1/k) sum_i log w_i   (the k-sample ELBO estimate; <= iwae for every image).
+  Samples are decoded `max(1, chunk_images // B)` at a time in a lax.scan, so memory does not
+  grow with k; sample i's noise is drawn from fold_in(key, i), so the result does not depend on
+  the chunk size. Bernoulli models binarise the batch once, from `key`. Static: num_samples,
+  chunk_images.
+  """
+  hp = state.hp
+  bin_key, eps_key = jax.random.split(key)
+  labels = _labels(hp, batch)
+  x_in, target = observe(hp, batch["image"], bin_key)
+  b = x_in.shape[0]
+  mean_BxZ, logvar_BxZ = _encode(state, x_in, labels)
+  chunk = max(1, min(num_samples, chunk_images // b))
+  num_chunks = -(-num_samples // chunk)
+
+  def one_chunk(carry, c):
+    lse_B, sum_B = carry
+    index_C = c * chunk + jnp.arange(chunk)
+    eps_CxBxZ = jax.vmap(lambda i: jax.random.normal(
+        jax.random.fold_in(eps_key, i), (b, hp.latent_dim), mean_BxZ.dtype))(index_C)
+    z_CxBxZ = vae_models.reparameterize(mean_BxZ, logvar_BxZ, eps_CxBxZ)
+    out = jax.vmap(lambda z: _decode(state, z, labels))(z_CxBxZ)
+    log_w_CxB = (log_likelihood(hp, out, target)
+                 + losses.diag_gaussian_log_prob(z_CxBxZ, 0.0, 0.0)
+                 - losses.diag_gaussian_log_prob(z_CxBxZ, mean_BxZ, logvar_BxZ))
+    valid_Cx1 = (index_C < num_samples)[:, None]  # the last chunk may run past k
+    lse_B = jnp.logaddexp(lse_B, jax.nn.logsumexp(jnp.where(valid_Cx1, log_w_CxB, -jnp.inf), 0))
+    sum_B = sum_B + jnp.sum(jnp.where(valid_Cx1, log_w_CxB, 0.0), axis=0)
+    return (lse_B, sum_B), None
+
+  init = (jnp.full((b,), -jnp.inf, mean_BxZ.dtype), jnp.zeros((b,), mean_BxZ.dtype))
+  (lse_B, sum_B), _ = jax.lax.scan(one_chunk, init, jnp.arange(num_chunks))
+  return {"elbo": sum_B / num_samples, "iwae": lse_B - jnp.log(float(num_samples))}
+
+
+# ------------------------------------------------------------------ pictures
+
+
+def reconstruct(state: VAEState, batch: dict, key: jax.Array) -> jax.Array:
+  """Reconstructions [B, H, W, C] in [-1, 1]: the decoder's mean at the posterior mean of z."""
+  hp = state.hp
+  labels = _labels(hp, batch)
+  x_in, _ = observe(hp, batch["image"], key)
+  mean_BxZ, _ = _encode(state, x_in, labels)
+  return mean_image(hp, _decode(state, mean_BxZ, labels))
+
+
+def interpolate(state: VAEState, batch_a: dict, batch_b: dict, key: jax.Array,
+                num_steps: int = 10) -> jax.Array:
+  """Images [P, num_steps, H, W, C] decoded along the straight line between the posterior means
+  of P pairs (a, b); conditional models interpolate the one-hot labels alongside."""
+  hp = state.hp
+  key_a, key_b = jax.random.split(key)
+  t_T = jnp.linspace(0.0, 1.0, num_steps)
+  ends = []
+  for b, k in ((batch_a, key_a), (batch_b, key_b)):
+    labels = _labels(hp, b)
+    ends.append((_encode(state, observe(hp, b["image"], k)[0], labels)[0],
+                 jax.nn.one_hot(labels, hp.num_classes) if hp.num_classes else None))
+  (za_PxZ, ya), (zb_PxZ, yb) = ends
+  lerp = lambda a, b: a[:, None] + t_T[None, :, None] * (b - a)[:, None]  # [P, T, .]
+  z_PxTxZ = lerp(za_PxZ, zb_PxZ)
+  p, t = z_PxTxZ.shape[:2]
+  y = lerp(ya, yb).reshape(p * t, -1) if hp.num_classes else None
+  images = mean_image(hp, _decode(state, z_PxTxZ.reshape(p * t, -1), y))
+  return images.reshape(p, t, *images.shape[1:])
+
+
+def kl_per_unit(state: VAEState, batch: dict, key: jax.Array) -> jax.Array:
+  """KL(q(z_u|x) || N(0, 1)) of each latent unit u averaged over the batch, nats [Z]."""
+  hp = state.hp
+  mean_BxZ, logvar_BxZ = _encode(state, observe(hp, batch["image"], key)[0], _labels(hp, batch))
+  return jnp.mean(losses.gaussian_kl(mean_BxZ, logvar_BxZ), axis=0)
+
+
+def bar_chart(values_N: np.ndarray, path: Path, title: str, threshold: float,
+              height: int = 160, bar: int = 8) -> Path:
+  """A PNG bar chart of non-negative values: dark bars above `threshold`, grey below."""
+  values_N = np.asarray(values_N, np.float64)
+  top, pad = 18, 4
+  img = Image.new("RGB", (max(len(values_N) * bar + 2 * pad, 320), height + top + pad), "white")
+  draw = ImageDraw.Draw(img)
+  draw.text((pad, 2), title, fill="black")
+  scale = height / max(float(values_N.max(initial=0.0)), 1e-12)
+  for i, v in enumerate(values_N):
+    x0, y0 = pad + i * bar, top + height - max(int(round(v * scale)), 1)
+    draw.rectangle([x0, y0, x0 + bar - 2, top + height], fill="#1f4e79" if v > threshold else "#bbbbbb")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  img.save(path)
+  return path
+
+
+def pictures(state: VAEState, batch: dict, key: jax.Array, outdir: Path) -> list[Path]:
+  """Writes the family's pictures of a test batch (B >= 2) to `outdir`; returns their paths.
+
+  reconstructions.png: up to 16 inputs (top rows) above their reconstructions (bottom rows);
+  interpolations.png: one row per pair (image i, image i + B/2), up to 8 pairs x 10 steps;
+  kl_per_unit.png / kl_per_unit.json: the batch-mean KL of each latent unit in nats, and the
+  number of active units (KL > 0.01 nats), which is also printed.
+  """
+  outdir = Path(outdir)
+  hp = state.hp
+  rec_key, int_key, kl_key = jax.random.split(key, 3)
+  batch = jax.device_get(batch)
+  b = batch["image"].shape[0]
+  n = min(b, 16)
+  first = {k: v[:n] for k, v in batch.items()}
+  recon = jax.jit(reconstruct)(state, first, rec_key)
+  ncols = min(n, 8)
+  rows = -(-n // ncols)
+  pad_to = rows * ncols - n  # blank (white) cells so reconstructions start on a fresh row
+  blank = np.ones((pad_to, *hp.image_shape), np.float32)
+  top = np.concatenate([first["image"], blank])
+  bottom = np.concatenate([np.asarray(recon), blank])
+  paths = [viz.save_grid(np.concatenate([top, bottom]), outdir / "reconstructions.png", ncols)]
+
+  p = min(b // 2, 8)
+  half = b // 2
+  pair_a = {k: v[:p] for k, v in batch.items()}
+  pair_b = {k: v[half:half + p] for k, v in batch.items()}
+  frames = jax.jit(interpolate, static_argnums=4)(state, pair_a, pair_b, int_key, 10)
+  frames = np.asarray(frames)
+  paths.append(viz.save_grid(frames.reshape(-1, *frames.shape[2:]), outdir / "interpolations.png",
+                             frames.shape[1]))
+
+  kl_Z = np.asarray(jax.jit(kl_per_unit)(state, batch, kl_key))
+  active = int(np.sum(kl_Z > ACTIVE_UNIT_NATS))
+  title = (f"KL per latent unit (nats, mean over {b} images): {active}/{len(kl_Z)} active "
+           f"(> {ACTIVE_UNIT_NATS}), total {kl_Z.sum():.1f}")
+  paths.append(bar_chart(kl_Z, outdir / "kl_per_unit.png", title, ACTIVE_UNIT_NATS))
+  info = dict(kl_per_unit_nats=[round(float(v), 5) for v in kl_Z], active_units=active,
+              active_threshold_nats=ACTIVE_UNIT_NATS, num_images=b, total_kl_nats=float(kl_Z.sum()))
+  (outdir / "kl_per_unit.json").write_text(json.dumps(info, indent=1))
+  paths.append(outdir / "kl_per_unit.json")
+  print(f"active latent units: {active}/{len(kl_Z)} (KL > {ACTIVE_UNIT_NATS} nats, "
+        f"mean over {b} test images)")
+  return paths
