@@ -83,9 +83,13 @@ def test_losses_on_hand_computed_logits():
 def test_one_step_golden_values():
   c = gan_config(width=16, latent_dim=32)
   batch = random_batch()
-  state = gan.init_state(c, jax.random.key(0), batch)
-  state, m = jax.jit(gan.train_step)(state, batch, jax.random.key(42))
+  init = gan.init_state(c, jax.random.key(0), batch)
+  state, m = jax.jit(gan.train_step)(init, batch, jax.random.key(42))
   got = {k: float(v) for k, v in m.items()}
+  # EMA warm-up: the first update uses decay min(0.999, 1/10).
+  chex.assert_trees_all_close(
+      state.ema_params, jax.tree.map(lambda a, b: 0.1 * a + 0.9 * b, init.g.params, state.g.params),
+      rtol=1e-5, atol=1e-7)
   # At initialisation D is near chance: d_loss ~ 2 ln 2, g_loss ~ ln 2.
   expect = {"d_loss": 1.4357958, "g_loss": 0.6703275, "d_real": 0.5339539, "d_fake": 0.5139064}
   for k, v in expect.items():

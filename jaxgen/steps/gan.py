@@ -89,7 +89,10 @@ def train_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, 
 
   (g_loss, g_stats), g_grads = jax.value_and_grad(g_objective, has_aux=True)(g.params)
   g = g.apply_gradients(grads=g_grads, batch_stats=g_stats)
-  ema = optax.incremental_update(g.params, state.ema_params, step_size=1.0 - hp.ema_decay)
+  # Warm-up (as tf.train.ExponentialMovingAverage's num_updates): early on the average
+  # would otherwise be dominated by the random initial weights.
+  decay = jnp.minimum(hp.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+  ema = optax.incremental_update(g.params, state.ema_params, step_size=1.0 - decay)
 
   metrics = dict(d_loss=d_loss, g_loss=g_loss,
                  d_real=jnp.mean(jax.nn.sigmoid(real_logits)),
