@@ -1,7 +1,8 @@
-"""`jaxgen train | sample` (evaluate, report and bench join as their issues land).
+"""`jaxgen train | sample | report`.
 
     jaxgen train --config experiments/configs/dcgan_fashion.py --workdir runs/dcgan [--config.key=value ...]
     jaxgen sample --workdir runs/dcgan --num 64 --out grid.png [--label 3]
+    jaxgen report --workdir runs/dcgan          # interpolations, reconstructions, ... per family
 """
 
 import argparse
@@ -46,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--label", type=int, default=None, help="class to draw (conditional models)")
   s.add_argument("--seed", type=int, default=0)
   s.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  r = sub.add_parser("report", help="the family's pictures (interpolations, reconstructions, ...)")
+  r.add_argument("--workdir", required=True)
+  r.add_argument("--out", default=None, help="folder (default: WORKDIR/report)")
+  r.add_argument("--num", type=int, default=64, help="test images to use")
+  r.add_argument("--seed", type=int, default=0)
+  r.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   return p
 
 
@@ -80,6 +87,19 @@ def _sample(args: argparse.Namespace) -> None:
   print(f"wrote {out}")
 
 
+def _report(args: argparse.Namespace) -> None:
+  import jax
+  from jaxgen import data, trainer
+  config, family, state = trainer.load_run(args.workdir, args.step)
+  if not hasattr(family, "pictures"):
+    raise UserError(f"the {config.model.family!r} family draws no report pictures")
+  source, _ = trainer.load_data(config, "test")
+  batch = next(data.make_loader(source, batch_size=args.num, seed=args.seed, shuffle=False))
+  out = Path(args.out) if args.out else Path(args.workdir) / "report"
+  for path in family.pictures(state, batch, jax.random.key(args.seed), out):
+    print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
   argv = sys.argv[1:] if argv is None else argv
   rest, overrides = _split_overrides(argv)
@@ -91,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
       _train(args, overrides)
     elif args.command == "sample":
       _sample(args)
+    elif args.command == "report":
+      _report(args)
   except UserError as e:  # one line naming the problem and the fix; other errors keep tracebacks
     raise SystemExit(f"jaxgen {args.command}: error: {e}") from None
 

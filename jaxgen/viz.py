@@ -47,3 +47,10 @@ def save_animation(frames_TxNxHxWxC: np.ndarray, path: str | Path, ncols: int | 
   frames[0].save(path, save_all=True, append_images=frames[1:], duration=ms_per_frame,
                  loop=0)
   return path
+
+
+def interpolation_path(a_PxZ: np.ndarray, b_PxZ: np.ndarray, num: int) -> np.ndarray:
+  """Row p holds `num` points evenly spaced from a[p] to b[p]: [P * num, Z], row-major."""
+  t = np.linspace(0.0, 1.0, num)[None, :, None]
+  path = (1.0 - t) * np.asarray(a_PxZ)[:, None] + t * np.asarray(b_PxZ)[:, None]
+  return path.reshape(-1, path.shape[-1])

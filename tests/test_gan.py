@@ -152,3 +152,14 @@ def test_sampling_is_deterministic_and_conditional():
   assert a.shape == (6, 28, 28, 1)
   np.testing.assert_array_equal(a, b)
   assert float(jnp.abs(a - c7).max()) > 1e-4
+
+
+def test_report_pictures(tmp_path):
+  from PIL import Image
+  c = gan_config(width=8, latent_dim=16, num_classes=10)
+  state = gan.init_state(c, jax.random.key(0), random_batch(n=4))
+  paths = gan.pictures(state, random_batch(n=4), jax.random.key(1), tmp_path)
+  assert [p.name for p in paths] == ["interpolations.png", "classes.png"]
+  # 10 columns of 28 px + 2 px padding, scaled x2; 8 interpolation rows, 10 class rows
+  assert Image.open(paths[0]).size == (2 * (10 * 30 + 2), 2 * (8 * 30 + 2))
+  assert Image.open(paths[1]).size == (2 * (10 * 30 + 2), 2 * (10 * 30 + 2))

@@ -133,6 +133,11 @@ def test_cli_trains_samples_and_reports_bad_flags(slice_config, tmp_path):
   from PIL import Image
   assert Image.open(tmp_path / "grid.png").size == (2 * (3 * 30 + 2),) * 2  # 3x3 of 28+2 pad, x2
 
+  p = _cli("report", "--workdir", str(run), "--num", "8")
+  out = p.communicate(timeout=300)[0]
+  assert p.returncode == 0, out
+  assert (run / "report/interpolations.png").is_file()
+
   p = _cli("train", "--config", str(DCGAN), "--workdir", str(run), "--config.model.widht=8")
   out = p.communicate(timeout=300)[0]
   assert p.returncode != 0

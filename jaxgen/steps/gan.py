@@ -1,14 +1,16 @@
 """DCGAN family: alternating discriminator / generator updates and an EMA generator."""
 
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import struct
 
-from jaxgen import losses
+from jaxgen import losses, viz
 from jaxgen.errors import ConfigError
 from jaxgen.models import gan as gan_models
 from jaxgen.steps import common
@@ -114,10 +116,31 @@ def eval_step(state: GANState, batch: dict, key: jax.Array) -> dict:
   return dict(d_loss=d_loss_fn(real_logits, fake_logits), g_loss=g_loss_fn(fake_logits))
 
 
+def generate(state: GANState, z_NxZ: jax.Array, labels_N: jax.Array | None = None) -> jax.Array:
+  """Images [N, H, W, C] in [-1, 1] from given latents (and labels), EMA generator."""
+  generator, _ = _models(state.hp)
+  return common.apply(generator, state.ema_params, state.g.batch_stats, z_NxZ, labels_N,
+                      train=False)[0]
+
+
 def sample(state: GANState, key: jax.Array, num: int, conditioning: Any = None) -> jax.Array:
   """`num` images [num, H, W, C] in [-1, 1] from the EMA generator; `conditioning`: labels."""
-  hp = state.hp
-  generator, _ = _models(hp)
-  labels = common.labels_for(num, hp.num_classes, conditioning)
-  z = jax.random.normal(key, (num, hp.latent_dim))
-  return common.apply(generator, state.ema_params, state.g.batch_stats, z, labels, train=False)[0]
+  labels = common.labels_for(num, state.hp.num_classes, conditioning)
+  return generate(state, jax.random.normal(key, (num, state.hp.latent_dim)), labels)
+
+
+def pictures(state: GANState, batch: dict, key: jax.Array, outdir: Path) -> list[Path]:
+  """Latent interpolations (8 pairs x 10 steps) and, if conditional, one row per class."""
+  hp, steps = state.hp, 10
+  z = np.asarray(jax.random.normal(key, (16, hp.latent_dim)))
+  path_z = viz.interpolation_path(z[:8], z[8:], steps)
+  # a conditional model holds the class fixed along each row
+  labels = jnp.repeat(jnp.arange(8) % hp.num_classes, steps) if hp.num_classes else None
+  paths = [viz.save_grid(np.asarray(generate(state, jnp.asarray(path_z), labels)),
+                         outdir / "interpolations.png", ncols=steps)]
+  if hp.num_classes:
+    z_col = jnp.tile(jnp.asarray(z[:steps]), (hp.num_classes, 1))  # same z down each column
+    by_class = jnp.repeat(jnp.arange(hp.num_classes), steps)
+    paths.append(viz.save_grid(np.asarray(generate(state, z_col, by_class)),
+                               outdir / "classes.png", ncols=steps))
+  return paths
