@@ -125,7 +125,7 @@ def discretized_logistic_mean(loc: jnp.ndarray, log_scale: jnp.ndarray,
     return acc + jax.nn.sigmoid((boundary - loc) * inv_scale)
 
   total = jax.lax.fori_loop(0, num_bins - 1, add, jnp.zeros_like(loc))
-  return 1.0 - step * total
+  return jnp.clip(1.0 - step * total, -1.0, 1.0)  # float rounding can step just outside
 
 
 def log_mean_exp(log_w_KxB: jnp.ndarray, valid_K: jnp.ndarray | None = None) -> jnp.ndarray:
@@ -145,3 +145,11 @@ def iwae_bound(log_w_KxB: jnp.ndarray) -> jnp.ndarray:
 def bits_per_dim(nats: jnp.ndarray, num_dims: int) -> jnp.ndarray:
   """Converts a negative log-likelihood in nats per image to bits per dimension (same shape)."""
   return nats / (num_dims * jnp.log(2.0))
+
+
+def gaussian_kl_between(mean_q: jnp.ndarray, logvar_q: jnp.ndarray, mean_p: jnp.ndarray,
+                        logvar_p: jnp.ndarray) -> jnp.ndarray:
+  """KL(N(mean_q, exp(logvar_q)) || N(mean_p, exp(logvar_p))) per unit, closed form, nats (same
+  shape); with mean_p = logvar_p = 0 it equals `gaussian_kl`. For learned priors (alignDRAW)."""
+  sq = jnp.square(mean_q - mean_p)
+  return 0.5 * (logvar_p - logvar_q + (jnp.exp(logvar_q) + sq) * jnp.exp(-logvar_p) - 1.0)

@@ -40,10 +40,10 @@ class VAEState:
 
 
 def _model(hp: ml_collections.FrozenConfigDict) -> vae_models.VAE:
+  out_channels = LIKELIHOODS[hp.likelihood] * hp.image_shape[-1]
   return vae_models.VAE(
-      image_shape=tuple(hp.image_shape), out_channels=LIKELIHOODS[hp.likelihood] * hp.image_shape[-1],
-      latent_dim=hp.latent_dim, width=hp.width, kernel_size=hp.kernel_size,
-      num_classes=hp.num_classes)
+      image_shape=tuple(hp.image_shape), out_channels=out_channels, latent_dim=hp.latent_dim,
+      width=hp.width, kernel_size=hp.kernel_size, num_classes=hp.num_classes)
 
 
 def _num_dims(hp: ml_collections.FrozenConfigDict) -> int:
@@ -248,16 +248,20 @@ def kl_per_unit(state: VAEState, batch: dict, key: jax.Array) -> jax.Array:
 
 def bar_chart(values_N: np.ndarray, path: Path, title: str, threshold: float,
               height: int = 160, bar: int = 8) -> Path:
-  """A PNG bar chart of non-negative values: dark bars above `threshold`, grey below."""
+  """A PNG bar chart of non-negative values [N] under a title (lines split on newlines): dark
+  bars above `threshold`, grey below."""
   values_N = np.asarray(values_N, np.float64)
-  top, pad = 18, 4
-  img = Image.new("RGB", (max(len(values_N) * bar + 2 * pad, 320), height + top + pad), "white")
+  lines = title.split("\n")
+  top, pad = 4 + 12 * len(lines), 4
+  img = Image.new("RGB", (max(len(values_N) * bar + 2 * pad, 360), height + top + pad), "white")
   draw = ImageDraw.Draw(img)
-  draw.text((pad, 2), title, fill="black")
+  for i, line in enumerate(lines):
+    draw.text((pad, 2 + 12 * i), line, fill="black")
   scale = height / max(float(values_N.max(initial=0.0)), 1e-12)
   for i, v in enumerate(values_N):
     x0, y0 = pad + i * bar, top + height - max(int(round(v * scale)), 1)
-    draw.rectangle([x0, y0, x0 + bar - 2, top + height], fill="#1f4e79" if v > threshold else "#bbbbbb")
+    color = "#1f4e79" if v > threshold else "#bbbbbb"
+    draw.rectangle([x0, y0, x0 + bar - 2, top + height], fill=color)
   path.parent.mkdir(parents=True, exist_ok=True)
   img.save(path)
   return path
@@ -298,8 +302,8 @@ def pictures(state: VAEState, batch: dict, key: jax.Array, outdir: Path) -> list
 
   kl_Z = np.asarray(jax.jit(kl_per_unit)(state, batch, kl_key))
   active = int(np.sum(kl_Z > ACTIVE_UNIT_NATS))
-  title = (f"KL per latent unit (nats, mean over {b} images): {active}/{len(kl_Z)} active "
-           f"(> {ACTIVE_UNIT_NATS}), total {kl_Z.sum():.1f}")
+  title = (f"KL per latent unit, nats (mean over {b} images; max {kl_Z.max():.2f})\n"
+           f"{active}/{len(kl_Z)} active (> {ACTIVE_UNIT_NATS} nats), total {kl_Z.sum():.1f} nats")
   paths.append(bar_chart(kl_Z, outdir / "kl_per_unit.png", title, ACTIVE_UNIT_NATS))
   info = dict(kl_per_unit_nats=[round(float(v), 5) for v in kl_Z], active_units=active,
               active_threshold_nats=ACTIVE_UNIT_NATS, num_images=b, total_kl_nats=float(kl_Z.sum()))
