@@ -1,8 +1,10 @@
-"""`jaxgen train | sample | report`.
+"""`jaxgen train | sample | report | evaluate`.
 
     jaxgen train --config experiments/configs/dcgan_fashion.py --workdir runs/dcgan [--config.key=value ...]
     jaxgen sample --workdir runs/dcgan --num 64 --out grid.png [--label 3]
+    jaxgen sample --workdir runs/aligndraw --caption "the sneaker is on the left of the trouser"
     jaxgen report --workdir runs/dcgan          # interpolations, reconstructions, ... per family
+    jaxgen evaluate --workdir runs/dcgan        # metrics.json + table; --compare RUN1 RUN2 ...
 """
 
 import argparse
@@ -45,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--num", type=int, default=64)
   s.add_argument("--out", default=None, help="PNG path (default: WORKDIR/samples/sample.png)")
   s.add_argument("--label", type=int, default=None, help="class to draw (conditional models)")
+  s.add_argument("--caption", default=None,
+                 help='text to draw (caption-conditioned models), e.g. "the bag is on the left of the coat"')
   s.add_argument("--seed", type=int, default=0)
   s.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   r = sub.add_parser("report", help="the family's pictures (interpolations, reconstructions, ...)")
@@ -53,6 +57,18 @@ def _parser() -> argparse.ArgumentParser:
   r.add_argument("--num", type=int, default=64, help="test images to use")
   r.add_argument("--seed", type=int, default=0)
   r.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  e = sub.add_parser("evaluate", help="sample metrics (and likelihood bounds) vs real data; "
+                     "writes WORKDIR/metrics.json")
+  runs = e.add_mutually_exclusive_group(required=True)
+  runs.add_argument("--workdir", help="run to evaluate")
+  runs.add_argument("--compare", nargs="+", metavar="RUN", help="one table of evaluated runs")
+  e.add_argument("--num_samples", type=int, default=10_000, help="samples (and test images)")
+  e.add_argument("--seed", type=int, default=None,
+                 help="default 0 (likelihood bounds: the config's eval.seed)")
+  e.add_argument("--extractor", default=None, help="classifier workdir (default: "
+                 "$JAXGEN_EXTRACTOR, else runs/classifier_<data.name>)")
+  e.add_argument("--num_importance", type=int, default=None, help="IWAE samples k")
+  e.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   return p
 
 
@@ -63,7 +79,11 @@ def _train(args: argparse.Namespace, overrides: dict[str, str]) -> None:
   parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   from jaxgen import trainer
   config = config_lib.load(args.config, overrides)
-  trainer.train_and_evaluate(config, args.workdir)
+  eval_fn = None
+  if config.get("eval_every"):
+    from jaxgen import evaluate
+    eval_fn = evaluate.make_eval_fn(config)
+  trainer.train_and_evaluate(config, args.workdir, eval_fn=eval_fn)
   import jax
   if jax.process_index() == 0:
     workdir = Path(args.workdir)
@@ -80,9 +100,20 @@ def _sample(args: argparse.Namespace) -> None:
   if args.label is not None and not config.model.get("num_classes"):
     raise UserError("--label needs a class-conditional model (trained with "
                      "--config.model.num_classes=N); this run is unconditional")
-  images = jax.jit(family.sample, static_argnums=2)(state, jax.random.key(args.seed), args.num,
-                                                    args.label)
+  conditioning = args.label
+  if args.caption is not None:
+    if not hasattr(family, "tokenize"):
+      raise UserError(f"--caption needs a caption-conditioned model; this run is {config.model.family!r}")
+    conditioning = family.tokenize(state, args.caption)
   out = Path(args.out) if args.out else Path(args.workdir) / "samples" / "sample.png"
+  key = jax.random.key(args.seed)
+  if hasattr(family, "sample_frames"):  # recurrent models: also the canvas being drawn, as a GIF
+    frames = np.asarray(jax.jit(family.sample_frames, static_argnums=2)(state, key, args.num,
+                                                                         conditioning))
+    images = frames[-1]
+    print(f"wrote {viz.save_animation(frames, out.with_suffix('.gif'))}")
+  else:
+    images = jax.jit(family.sample, static_argnums=2)(state, key, args.num, conditioning)
   viz.save_grid(np.asarray(images), out)
   print(f"wrote {out}")
 
@@ -100,6 +131,18 @@ def _report(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+  from jaxgen import evaluate
+  if args.compare:
+    print(evaluate.format_table([evaluate.load_results(w) for w in args.compare]))
+    return
+  results = evaluate.evaluate_run(args.workdir, num_samples=args.num_samples, seed=args.seed,
+                                  extractor=args.extractor, num_importance=args.num_importance,
+                                  step=args.step)
+  print(evaluate.format_table([results]))
+  print(f"wrote {Path(args.workdir) / 'metrics.json'} ({results['protocol'].get('seconds', '?')}s)")
+
+
 def main(argv: list[str] | None = None) -> None:
   argv = sys.argv[1:] if argv is None else argv
   rest, overrides = _split_overrides(argv)
@@ -113,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
       _sample(args)
     elif args.command == "report":
       _report(args)
+    elif args.command == "evaluate":
+      _evaluate(args)
   except UserError as e:  # one line naming the problem and the fix; other errors keep tracebacks
     raise SystemExit(f"jaxgen {args.command}: error: {e}") from None
 

@@ -54,14 +54,25 @@ def example_batch(config: ml_collections.ConfigDict) -> dict:
           "label": jnp.zeros((1,), jnp.int32)}
 
 
+def _init_fn(config: ml_collections.ConfigDict) -> Callable[[jax.Array], Any]:
+  family = steps.get_family(config.model.family)
+  return functools.partial(family.init_state, config, sample_batch=example_batch(config))
+
+
+def abstract_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Any:
+  """The state as ShapeDtypeStructs replicated over `mesh` (no compute): what restores fill."""
+  abstract = jax.eval_shape(_init_fn(config), jax.random.key(0))
+  return checkpoint.abstract_like(abstract, parallel.replicated(mesh))
+
+
 def create_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                  key: jax.Array) -> tuple[Any, Any]:
-  """(state, its shardings): the family's state initialised directly in its sharding."""
-  family = steps.get_family(config.model.family)
-  init = functools.partial(family.init_state, config, sample_batch=example_batch(config))
-  abstract = jax.eval_shape(init, key)
-  shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
-  return jax.jit(init, out_shardings=shardings)(key), shardings
+  """(state, its sharding): the family's state initialised directly replicated over `mesh`.
+
+  The sharding is one NamedSharding, a pytree prefix for the whole (replicated) state.
+  """
+  sharding = parallel.replicated(mesh)
+  return jax.jit(_init_fn(config), out_shardings=sharding)(key), sharding
 
 
 def compile_train_step(family: Any, state: Any, shardings: Any, batch: dict,
@@ -161,10 +172,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   # ---- state, resumed from the latest checkpoint if there is one
   mesh = parallel.make_mesh()
   init_key, train_key, sample_key = jax.random.split(jax.random.key(config.seed), 3)
-  state, shardings = create_state(config, mesh, init_key)
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-  if ckpt.latest_step() is not None:
-    state, data_state, restored = ckpt.restore(checkpoint.abstract_like(state, parallel.replicated(mesh)))
+  if ckpt.latest_step() is None:
+    state, shardings = create_state(config, mesh, init_key)
+  else:
+    shardings = parallel.replicated(mesh)
+    state, data_state, restored = ckpt.restore(abstract_state(config, mesh))
     loader.set_state(data_state)
     if is_main:
       print(f"resumed from {ckpt.directory / str(restored)}", flush=True)
@@ -236,11 +249,9 @@ def load_run(workdir: str | Path, step: int | None = None) -> tuple[ml_collectio
                             f"with `jaxgen train --config CONFIG --workdir {workdir}`")
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   config.data.image_shape = tuple(config.data.image_shape)
-  mesh = parallel.make_mesh()
-  state, _ = create_state(config, mesh, jax.random.key(0))
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", async_save=False)
   try:
-    state, _, _ = ckpt.restore(checkpoint.abstract_like(state, parallel.replicated(mesh)), step)
+    state, _, _ = ckpt.restore(abstract_state(config, parallel.make_mesh()), step)
   finally:
     ckpt.close()
   return config, steps.get_family(config.model.family), state

@@ -1,8 +1,8 @@
 """A small conv classifier whose penultimate features serve as jaxgen's feature extractor.
 
-images_BxHxWxC in [-1, 1] -> conv (width) -> strided conv (2 width) -> conv (2 width)
--> strided conv (4 width) -> flatten -> dense (feature_dim, ReLU) -> dropout
--> logits_BxK. Each conv is followed by BatchNorm and ReLU. `features` returns the
+images_BxHxWxC in [-1, 1] -> conv (width) -> max-pool -> conv (2 width) -> max-pool
+-> conv (4 width) -> flatten -> dense (feature_dim, ReLU) -> dropout -> logits_BxK.
+Each 3x3 conv is followed by BatchNorm and ReLU. `features` returns the
 feature_dim-wide penultimate activations together with the logits.
 """
 
@@ -19,11 +19,9 @@ class Classifier(nn.Module):
 
   def setup(self):
     w = self.width
-    # (channels, stride) per conv block: 28x28 -> 14x14 -> 7x7.
-    plan = ((w, 1), (2 * w, 2), (2 * w, 1), (4 * w, 2))
-    self.convs = [nn.Conv(c, (3, 3), strides=(s, s), use_bias=False, name=f"conv{i}")
-                  for i, (c, s) in enumerate(plan)]
-    self.norms = [nn.BatchNorm(momentum=0.9, name=f"bn{i}") for i in range(len(plan))]
+    self.convs = [nn.Conv(c, (3, 3), use_bias=False, name=f"conv{i}")
+                  for i, c in enumerate((w, 2 * w, 4 * w))]
+    self.norms = [nn.BatchNorm(momentum=0.9, name=f"bn{i}") for i in range(len(self.convs))]
     self.dense = nn.Dense(self.feature_dim, name="features")
     self.drop = nn.Dropout(self.dropout)
     self.head = nn.Dense(self.num_classes, name="logits")
@@ -32,8 +30,10 @@ class Classifier(nn.Module):
                ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(penultimate features_BxD after ReLU, logits_BxK). Dropout needs a "dropout" rng when training."""
     x = x_BxHxWxC
-    for conv, norm in zip(self.convs, self.norms):
+    for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
       x = nn.relu(norm(conv(x), use_running_average=not train))
+      if i < len(self.convs) - 1:  # 28x28 -> 14x14 -> 7x7
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
     h_BxD = nn.relu(self.dense(x.reshape(x.shape[0], -1)))
     logits_BxK = self.head(self.drop(h_BxD, deterministic=not train))
     return h_BxD, logits_BxK

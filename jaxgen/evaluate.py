@@ -1,0 +1,552 @@
+"""Evaluation of trained runs: sample metrics in a classifier's feature space, against a floor.
+
+    jaxgen evaluate --workdir RUN [--num_samples 10000] [--seed 0] [--extractor DIR] [--num_importance K]
+    jaxgen evaluate --compare RUN1 RUN2 ...
+
+The feature extractor is a parameter: any `features_fn(images_BxHxWxC in [-1, 1]) ->
+(features_BxD, logits_BxK)`. By default it is the jaxgen classifier trained on the run's
+data set, found at (first that is set) --extractor, $JAXGEN_EXTRACTOR, or
+runs/classifier_<data.name> relative to the working directory.
+
+Every number is shown beside its floor: the same metric between real train images (as
+if they were samples) and the real test images, with the same counts. The floor's test
+features and numbers are cached next to the extractor's checkpoint (floor/*.npz, *.json).
+Runs whose recall, coverage or sample diversity fall below COLLAPSE_FRACTION of the floor
+are flagged. Families with `log_likelihood_bounds(state, batch, key, num_samples)` also
+get ELBO / IWAE bounds on the test split, in nats per image and bits per dimension.
+Evaluation runs in one process (features are gathered to the host for the metrics).
+"""
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxgen import losses, metrics, parallel, steps, trainer
+from jaxgen.data import idx
+from jaxgen.errors import UserError
+from jaxgen.steps import classifier as classifier_steps
+
+DEFAULT_NUM_SAMPLES = 10_000
+IN_TRAINING_NUM_SAMPLES = 2_000     # config.eval_num_samples overrides
+DEFAULT_NUM_IMPORTANCE = 100        # IWAE k; --num_importance or config.num_importance overrides
+BATCH_SIZE = 500                    # images per sampler / extractor call (rounded to the devices)
+LIKELIHOOD_IMAGES_PER_CALL = 8192   # batch x k for likelihood bounds
+EXTRACTOR_ENV = "JAXGEN_EXTRACTOR"
+CLASSIFIER_CONFIG = "experiments/configs/classifier_fashion.py"
+COLLAPSE_FRACTION = 0.5
+COLLAPSE_METRICS = ("recall", "coverage", "diversity")
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
+PRECISION_RECALL_K, DENSITY_COVERAGE_K, IS_SPLITS = 3, 5, 10
+DIVERSITY_POINTS = 2000
+
+FeaturesFn = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+
+
+class ExtractorNotFound(UserError, FileNotFoundError):
+  """No trained feature extractor where evaluation looks for one."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Extractor:
+  """A feature extractor and what the protocol says about it.
+
+  features_fn: images_BxHxWxC in [-1, 1] -> (features_BxD, logits_BxK).
+  cache_dir: where floors are cached (None: recomputed every time).
+  """
+  name: str
+  features_fn: FeaturesFn
+  test_accuracy: float | None = None
+  checkpoint_step: int | None = None
+  cache_dir: Path | None = None
+
+
+# ------------------------------------------------------------------- extractor
+
+
+def extractor_dir(config: ml_collections.ConfigDict, extractor: str | Path | None = None) -> Path:
+  """The extractor's workdir: `extractor`, else $JAXGEN_EXTRACTOR, else runs/classifier_<data.name>."""
+  return Path(extractor or os.environ.get(EXTRACTOR_ENV) or f"runs/classifier_{config.data.name}")
+
+
+def train_command(config: ml_collections.ConfigDict, workdir: str | Path) -> str:
+  """The `jaxgen train` command that trains the extractor for `config`'s data set into `workdir`."""
+  cmd = f"jaxgen train --config {CLASSIFIER_CONFIG} --workdir {workdir}"
+  if config.data.name != "fashion_mnist" or config.data.source_dir:
+    cmd += f" --config.data.name={config.data.name}"
+    if config.data.source_dir:
+      cmd += f" --config.data.source_dir={config.data.source_dir}"
+  if config.data.data_dir:
+    cmd += f" --config.data.data_dir={config.data.data_dir}"
+  return cmd
+
+
+def _data_key(data: ml_collections.ConfigDict) -> tuple[str, str]:
+  source = os.path.abspath(data.source_dir) if data.source_dir else ""
+  if data.name == "fashion_mnist" and source == idx.FASHION_MNIST_DIR:
+    source = ""
+  return data.name, source
+
+
+_classifier_features = jax.jit(classifier_steps.features)
+
+
+def classifier_features_fn(state: Any) -> FeaturesFn:
+  """features_fn of a classifier state (its params are arguments of the jitted call, not constants)."""
+  return functools.partial(_classifier_features, state)
+
+
+def load_extractor(config: ml_collections.ConfigDict, extractor: str | Path | None = None,
+                   mesh: jax.sharding.Mesh | None = None) -> Extractor:
+  """The jaxgen classifier for `config`'s data set (see `extractor_dir`), with its test accuracy.
+
+  The accuracy on the full test split is computed once per checkpoint and cached in
+  DIR/extractor.json. Raises ExtractorNotFound naming the command that trains it.
+  """
+  workdir = extractor_dir(config, extractor)
+  ckpts = workdir / "checkpoints"
+  if not (workdir / "config.json").is_file() or not any(
+      p.name.isdigit() for p in (ckpts.iterdir() if ckpts.is_dir() else ())):
+    raise ExtractorNotFound(
+        f"no trained feature extractor in {workdir} (looked at --extractor, ${EXTRACTOR_ENV}, "
+        f"then runs/classifier_<data.name>); train it with `{train_command(config, workdir)}`")
+  ext_config = _run_config(workdir)
+  if ext_config.model.family != "classifier":
+    raise UserError(f"extractor {workdir} is a {ext_config.model.family!r} run, not a classifier; "
+                    f"train one with `{train_command(config, workdir)}`")
+  if _data_key(ext_config.data) != _data_key(config.data):
+    raise UserError(f"extractor {workdir} was trained on {_data_key(ext_config.data)}, the run on "
+                    f"{_data_key(config.data)}; train one for this data set with "
+                    f"`{train_command(config, 'DIR')}` and pass --extractor DIR")
+  ext_config, _, state = trainer.load_run(workdir)
+  step = int(jax.device_get(state.step))
+  features_fn = classifier_features_fn(state)
+  info_path = workdir / "extractor.json"
+  info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+  if info.get("checkpoint_step") != step:
+    images, labels = read_split(ext_config, "test")
+    acc = classifier_accuracy(features_fn, images, labels, mesh)
+    info = dict(checkpoint_step=step, test_accuracy=acc["accuracy"], test_loss=acc["loss"],
+                num_test=len(labels))
+    if jax.process_index() == 0:
+      info_path.write_text(json.dumps(info, indent=2))
+  return Extractor(name=str(workdir), features_fn=features_fn, test_accuracy=info["test_accuracy"],
+                   checkpoint_step=step, cache_dir=workdir / "floor")
+
+
+# --------------------------------------------------------------- data, features
+
+
+def read_split(config: ml_collections.ConfigDict, split: str,
+               indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Images [N, H, W, C] float32 in [-1, 1] and labels [N] of a split (all, or `indices`)."""
+  source, _ = trainer.load_data(config, split)
+  indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+  getitems = getattr(source, "__getitems__", None) or (lambda ii: [source[i] for i in ii])
+  items = getitems([int(i) for i in indices])
+  images = np.stack([it["image"] for it in items]).astype(np.float32)
+  if images.ndim == 3:
+    images = images[..., None]
+  labels = np.array([it.get("label", 0) for it in items], np.int32)
+  return images / 127.5 - 1.0, labels
+
+
+def subset_indices(total: int, num: int, seed: int) -> np.ndarray:
+  """All of 0..total-1 when num >= total, else `num` of them drawn without replacement (sorted)."""
+  if num >= total:
+    return np.arange(total)
+  return np.sort(np.random.default_rng(seed).choice(total, num, replace=False))
+
+
+def _batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> int:
+  n = mesh.size
+  return max(n, batch_size // n * n)
+
+
+def _pad(x: np.ndarray, size: int) -> np.ndarray:
+  return np.concatenate([x, np.zeros((size - len(x), *x.shape[1:]), x.dtype)]) if len(x) < size else x
+
+
+def compute_features(features_fn: FeaturesFn, images_NxHxWxC: np.ndarray,
+                     mesh: jax.sharding.Mesh | None = None,
+                     batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
+  """(features [N, D], logits [N, K]) of host images, batch by batch, sharded over the mesh."""
+  mesh = mesh or parallel.make_mesh()
+  bs = _batch_size(batch_size, mesh)
+  feats, logits = [], []
+  for start in range(0, len(images_NxHxWxC), bs):
+    block = images_NxHxWxC[start:start + bs]
+    x = jax.device_put(_pad(block, bs), parallel.data_sharding(mesh))
+    f, l = jax.device_get(features_fn(x))
+    feats.append(np.asarray(f)[:len(block)])
+    logits.append(np.asarray(l)[:len(block)])
+  return np.concatenate(feats), np.concatenate(logits)
+
+
+@functools.cache
+def _jit_sample(sample_fn: Callable, sharding: jax.sharding.Sharding) -> Callable:
+  return jax.jit(sample_fn, static_argnums=2, out_shardings=sharding)
+
+
+def generate_features(family: Any, state: Any, features_fn: FeaturesFn, key: jax.Array, num: int,
+                      num_classes: int = 0, mesh: jax.sharding.Mesh | None = None,
+                      batch_size: int = BATCH_SIZE
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+  """Features [num, D], logits [num, K] and requested labels [num] (or None) of `num` samples.
+
+  Samples are drawn `batch_size` at a time (key folded with the batch index) and never leave
+  the devices; class-conditional models get labels 0..K-1 cycled.
+  """
+  mesh = mesh or parallel.make_mesh()
+  bs = _batch_size(batch_size, mesh)
+  sharding = parallel.data_sharding(mesh)
+  sample = _jit_sample(family.sample, sharding)
+  feats, logits = [], []
+  labels = np.arange(num) % num_classes if num_classes else None
+  for i, start in enumerate(range(0, num, bs)):
+    cond = None
+    if num_classes:
+      cond = jax.device_put(_pad(labels[start:start + bs].astype(np.int32), bs), sharding)
+    images = sample(state, jax.random.fold_in(key, i), bs, cond)
+    f, l = jax.device_get(features_fn(images))
+    n = min(bs, num - start)
+    feats.append(np.asarray(f)[:n])
+    logits.append(np.asarray(l)[:n])
+  return np.concatenate(feats), np.concatenate(logits), labels
+
+
+def classifier_accuracy(features_fn: FeaturesFn, images: np.ndarray, labels: np.ndarray,
+                        mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
+  """Accuracy and mean cross-entropy (nats) of the extractor's logits on labelled images."""
+  _, logits = compute_features(features_fn, images, mesh)
+  return dict(accuracy=float(np.mean(np.argmax(logits, -1) == labels)),
+              loss=float(losses.softmax_cross_entropy(jnp.asarray(logits), jnp.asarray(labels))))
+
+
+# ---------------------------------------------------------------------- metrics
+
+
+def mean_pairwise_distance(feats_NxD: np.ndarray, max_points: int = DIVERSITY_POINTS) -> float:
+  """Sample diversity: mean Euclidean distance between distinct points (first `max_points`)."""
+  x = np.asarray(feats_NxD[:max_points], np.float32)
+  n = len(x)
+  x = x - x.mean(0)
+  d = np.sqrt(np.asarray(metrics.pairwise_sq_distances(x, x), np.float64))
+  return float(d.sum() / max(n * (n - 1), 1))
+
+
+def sample_metrics(real_NxD: np.ndarray, fake_MxD: np.ndarray, fake_logits_MxK: np.ndarray,
+                   fake_labels_M: np.ndarray | None = None, seed: int = 0) -> dict[str, float]:
+  """FD, KID, IS, precision/recall, density/coverage, diversity (and conditional accuracy)."""
+  kid = metrics.kernel_inception_distance(real_NxD, fake_MxD, num_subsets=KID_SUBSETS,
+                                          subset_size=KID_SUBSET_SIZE, seed=seed)
+  inception = metrics.inception_score(fake_logits_MxK, num_splits=min(IS_SPLITS, len(fake_MxD)))
+  out = dict(fd=metrics.frechet_distance_from_features(real_NxD, fake_MxD),
+             kid=kid["mean"], kid_std=kid["std"], inception_score=inception["mean"],
+             inception_score_std=inception["std"],
+             **metrics.precision_recall(real_NxD, fake_MxD, k=PRECISION_RECALL_K),
+             **metrics.density_coverage(real_NxD, fake_MxD, k=DENSITY_COVERAGE_K),
+             diversity=mean_pairwise_distance(fake_MxD))
+  if fake_labels_M is not None:
+    out["conditional_accuracy"] = metrics.conditional_accuracy(fake_logits_MxK, fake_labels_M)
+  return out
+
+
+def collapse_flags(values: dict, floor: dict, fraction: float = COLLAPSE_FRACTION) -> list[str]:
+  """One line per metric of COLLAPSE_METRICS below `fraction` x its floor value."""
+  return [f"{k} {values[k]:.3g} < {fraction:g} x floor {floor[k]:.3g}"
+          for k in COLLAPSE_METRICS
+          if k in values and floor.get(k) and values[k] < fraction * floor[k]]
+
+
+@dataclasses.dataclass
+class Reference:
+  """Real test features the samples are compared with, and the floor (train vs test)."""
+  test_features: np.ndarray   # [num_real, D]
+  floor: dict
+  protocol: dict
+
+
+def real_reference(extractor: Extractor, config: ml_collections.ConfigDict, num_real: int,
+                   num_fake: int, seed: int = 0, mesh: jax.sharding.Mesh | None = None
+                   ) -> Reference:
+  """Test features (num_real images) and the floor: num_fake train images scored as samples.
+
+  Cached in extractor.cache_dir per (data set, counts, seed, extractor step).
+  """
+  _, source = _data_key(config.data)
+  key = (f"v1_{config.data.name}_{hashlib.sha1(source.encode()).hexdigest()[:8]}_step"
+         f"{extractor.checkpoint_step}_real{num_real}_fake{num_fake}_seed{seed}")
+  cache = extractor.cache_dir / key if extractor.cache_dir else None
+  if cache and cache.with_suffix(".json").is_file() and cache.with_suffix(".npz").is_file():
+    saved = json.loads(cache.with_suffix(".json").read_text())
+    return Reference(np.load(cache.with_suffix(".npz"))["test_features"], saved["floor"],
+                     saved["protocol"])
+  test_n = len(trainer.load_data(config, "test")[0])
+  train_n = len(trainer.load_data(config, "train")[0])
+  test_images, _ = read_split(config, "test", subset_indices(test_n, num_real, seed))
+  train_images, train_labels = read_split(config, "train", subset_indices(train_n, num_fake, seed))
+  test_feats, _ = compute_features(extractor.features_fn, test_images, mesh)
+  train_feats, train_logits = compute_features(extractor.features_fn, train_images, mesh)
+  floor = sample_metrics(test_feats, train_feats, train_logits, train_labels, seed)
+  protocol = dict(num_real=len(test_feats), real_split="test", floor_num_train=len(train_feats),
+                  floor=f"{len(train_feats)} real train images scored as samples", seed=seed)
+  if cache and jax.process_index() == 0:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache.with_suffix(".npz"), test_features=test_feats)
+    cache.with_suffix(".json").write_text(json.dumps(dict(floor=floor, protocol=protocol), indent=2))
+  return Reference(test_feats, floor, protocol)
+
+
+def eval_setting(config: ml_collections.ConfigDict, name: str, default: Any = None) -> Any:
+  """config.eval.<name> (the family configs' evaluation block), else `default`."""
+  value = config.get("eval", {}).get(name)
+  return default if value is None else value
+
+
+def likelihood_bounds(family: Any, state: Any, images: np.ndarray, labels: np.ndarray, *,
+                      num_importance: int, seed: int = 0, batch_size: int | None = None,
+                      mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
+  """Test-set bounds from `family.log_likelihood_bounds`: -ELBO, -IWAE_k (nats/image, bits/dim).
+
+  The family binarises (or not) with the fixed key it is given; batch b uses fold_in(key(seed), b).
+  """
+  mesh = mesh or parallel.make_mesh()
+  bs = _batch_size(batch_size or max(LIKELIHOOD_IMAGES_PER_CALL // num_importance, 1), mesh)
+  bounds = jax.jit(family.log_likelihood_bounds, static_argnames="num_samples")
+  key = jax.random.fold_in(jax.random.key(seed), 1)
+  sharding = parallel.data_sharding(mesh)
+  out = {"elbo": [], "iwae": []}
+  for i, start in enumerate(range(0, len(images), bs)):
+    n = min(bs, len(images) - start)
+    batch = {"image": _pad(images[start:start + bs], bs),
+             "label": _pad(labels[start:start + bs].astype(np.int32), bs)}
+    result = jax.device_get(bounds(state, jax.device_put(batch, sharding),
+                                   jax.random.fold_in(key, i), num_samples=num_importance))
+    for k in out:
+      out[k].append(np.asarray(result[k], np.float64)[:n])
+  dims = math.prod(images.shape[1:]) * math.log(2)
+  nats = {k: -float(np.mean(np.concatenate(v))) for k, v in out.items()}
+  return dict(nll_elbo=nats["elbo"], nll_iwae=nats["iwae"],
+              bpd_elbo=nats["elbo"] / dims, bpd_iwae=nats["iwae"] / dims)
+
+
+# ------------------------------------------------------------------------ runs
+
+
+def evaluate_state(config: ml_collections.ConfigDict, family: Any, state: Any, extractor: Extractor,
+                   *, num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0,
+                   num_importance: int | None = None, step: int | None = None,
+                   mesh: jax.sharding.Mesh | None = None,
+                   reference: "Reference | None" = None,
+                   likelihood_seed: int | None = None) -> dict:
+  """All metrics of a generative `state` vs the test split, its floor, flags and protocol.
+
+  `reference`: a precomputed `real_reference` for these counts and seed (else computed or
+  read from the cache). Likelihood bounds (families with `log_likelihood_bounds`) use
+  `num_importance` and `likelihood_seed` where given, else config.eval.num_importance / seed,
+  on the first config.eval.num_test_images test images (default: num_samples).
+  """
+  t0 = time.perf_counter()
+  mesh = mesh or parallel.make_mesh()
+  ref = reference or real_reference(extractor, config, num_samples, num_samples, seed, mesh)
+  num_classes = config.model.get("num_classes") or 0
+  feats, logits, labels = generate_features(family, state, extractor.features_fn,
+                                            jax.random.key(seed), num_samples, num_classes, mesh)
+  values = sample_metrics(ref.test_features, feats, logits, labels, seed)
+  step = int(jax.device_get(state.step)) if step is None else step
+  results = dict(
+      family=config.model.family, dataset=config.data.name, metrics=values, floor=ref.floor,
+      flags=collapse_flags(values, ref.floor),
+      protocol=dict(
+          extractor=dict(name=extractor.name, checkpoint_step=extractor.checkpoint_step,
+                         test_accuracy=extractor.test_accuracy, feature_dim=int(feats.shape[1])),
+          num_samples=num_samples, **ref.protocol, checkpoint_step=step,
+          conditional=bool(num_classes),
+          kid=dict(subsets=KID_SUBSETS, subset_size=min(KID_SUBSET_SIZE, num_samples,
+                                                        ref.protocol["num_real"])),
+          precision_recall_k=PRECISION_RECALL_K, density_coverage_k=DENSITY_COVERAGE_K,
+          inception_score_splits=min(IS_SPLITS, num_samples),
+          diversity_points=min(DIVERSITY_POINTS, num_samples), collapse_fraction=COLLAPSE_FRACTION))
+  if hasattr(family, "log_likelihood_bounds"):
+    # k, image count, batch and seed: arguments, else config.eval.*, else defaults.
+    k = int(num_importance or eval_setting(config, "num_importance", DEFAULT_NUM_IMPORTANCE))
+    lk_seed = eval_setting(config, "seed", seed) if likelihood_seed is None else likelihood_seed
+    test_n = len(trainer.load_data(config, "test")[0])
+    num_images = min(eval_setting(config, "num_test_images", num_samples), test_n)
+    images, test_labels = read_split(config, "test", np.arange(num_images))  # the first N
+    results["likelihood"] = likelihood_bounds(
+        family, state, images, test_labels, num_importance=k, seed=lk_seed,
+        batch_size=eval_setting(config, "batch_size"), mesh=mesh)
+    results["protocol"]["likelihood"] = dict(num_importance=k, num_images=num_images,
+                                             split="test", first_images=True,
+                                             checkpoint_step=step, seed=lk_seed)
+  results["protocol"]["seconds"] = round(time.perf_counter() - t0, 1)
+  return results
+
+
+def _run_config(workdir: Path) -> ml_collections.ConfigDict:
+  path = workdir / "config.json"
+  if not path.is_file():
+    raise UserError(f"{workdir} holds no jaxgen run ({path} is missing); train one with "
+                    f"`jaxgen train --config CONFIG --workdir {workdir}`")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def evaluate_run(workdir: str | Path, *, num_samples: int = DEFAULT_NUM_SAMPLES,
+                 seed: int | None = None, extractor: str | Path | None = None,
+                 num_importance: int | None = None, step: int | None = None) -> dict:
+  """Evaluates a run's checkpoint (latest by default) and writes workdir/metrics.json.
+
+  `seed` (default 0) draws the samples and real subsets; likelihood bounds use it where
+  given, else config.eval.seed.
+  """
+  t0 = time.perf_counter()
+  workdir = Path(workdir)
+  config = _run_config(workdir)
+  mesh = parallel.make_mesh()
+  if config.model.family == "classifier":
+    config, _, state = trainer.load_run(workdir, step)
+    values = make_eval_fn(config, mesh=mesh)(state, 0)
+    results = dict(family="classifier", dataset=config.data.name, metrics=values, floor={},
+                   flags=[], protocol=dict(split="test", checkpoint_step=int(state.step),
+                                           seconds=round(time.perf_counter() - t0, 1)))
+  else:
+    ext = load_extractor(config, extractor, mesh)  # before the run: a missing extractor fails fast
+    config, family, state = trainer.load_run(workdir, step)
+    results = evaluate_state(config, family, state, ext, num_samples=num_samples, seed=seed or 0,
+                             num_importance=num_importance, mesh=mesh, likelihood_seed=seed)
+  results["run"] = str(workdir)
+  if jax.process_index() == 0:
+    (workdir / "metrics.json").write_text(json.dumps(results, indent=2))
+  return results
+
+
+def load_results(workdir: str | Path) -> dict:
+  """A run's metrics.json (written by `jaxgen evaluate --workdir`)."""
+  path = Path(workdir) / "metrics.json"
+  if not path.is_file():
+    raise UserError(f"{path} not found; evaluate the run first with "
+                    f"`jaxgen evaluate --workdir {workdir}`")
+  return json.loads(path.read_text())
+
+
+def make_eval_fn(config: ml_collections.ConfigDict, extractor: str | Path | None = None,
+                 mesh: jax.sharding.Mesh | None = None) -> Callable[[Any, int], dict]:
+  """`eval_fn(state, step) -> {metric: value}` for the trainer (every config.eval_every steps).
+
+  Classifiers: test-split accuracy and loss. Generative families: the sample metrics on
+  config.eval_num_samples (default IN_TRAINING_NUM_SAMPLES) samples vs as many test images,
+  collapse flags and, where the family has them, likelihood bounds. The extractor and the
+  real features are loaded here, so a missing extractor fails before training starts.
+  """
+  mesh = mesh or parallel.make_mesh()
+  if config.model.family == "classifier":
+    images, labels = read_split(config, "test")
+    return lambda state, step: {f"test_{k}": v for k, v in classifier_accuracy(
+        classifier_features_fn(state), images, labels, mesh).items()}
+  family = steps.get_family(config.model.family)
+  ext = load_extractor(config, extractor, mesh)
+  num = config.get("eval_num_samples") or IN_TRAINING_NUM_SAMPLES
+  ref = real_reference(ext, config, num, num, config.seed, mesh)
+
+  def eval_fn(state: Any, step: int) -> dict:
+    results = evaluate_state(config, family, state, ext, num_samples=num, seed=config.seed,
+                             step=step, mesh=mesh, reference=ref)
+    return dict(results["metrics"], **results.get("likelihood", {}), flags=results["flags"])
+
+  return eval_fn
+
+
+# ----------------------------------------------------------------------- tables
+
+
+ROWS = (  # key, label, format[, key of its std over subsets]; metrics, then likelihood bounds
+    ("fd", "FD (lower better)", "{:.2f}"),
+    ("kid", "KID (lower)", "{:.4g}", "kid_std"),  # its scale follows the features' (cubic kernel)
+    ("inception_score", "IS (higher)", "{:.2f}", "inception_score_std"),
+    ("precision", "precision", "{:.3f}"),
+    ("recall", "recall", "{:.3f}"),
+    ("density", "density", "{:.3f}"),
+    ("coverage", "coverage", "{:.3f}"),
+    ("diversity", "diversity", "{:.2f}"),
+    ("conditional_accuracy", "cond. accuracy", "{:.3f}"),
+    ("test_accuracy", "test accuracy", "{:.4f}"),
+    ("test_loss", "test loss", "{:.4f}"),
+    ("nll_elbo", "-ELBO nats/image", "{:.2f}"),
+    ("nll_iwae", "-IWAE nats/image", "{:.2f}"),
+    ("bpd_elbo", "-ELBO bits/dim", "{:.4f}"),
+    ("bpd_iwae", "-IWAE bits/dim", "{:.4f}"),
+)
+
+
+def _cell(row: tuple, values: dict, flagged: bool = False) -> str:
+  key, _, fmt, *std = row
+  if values.get(key) is None:
+    return "-"
+  text = fmt.format(values[key])
+  if std and values.get(std[0]) is not None:
+    text += f" ±{values[std[0]]:.2g}"
+  return text + (" !" if flagged else "")
+
+
+def _protocol_line(r: dict) -> str:
+  p = r["protocol"]
+  if "extractor" not in p:
+    return f"{r['run']}: {r['family']} at step {p.get('checkpoint_step')}, {p.get('split')} split"
+  e = p["extractor"]
+  acc = f"{e['test_accuracy']:.2%}" if e.get("test_accuracy") is not None else "?"
+  line = (f"{r['run']}: step {p['checkpoint_step']}, {p['num_samples']} samples vs "
+          f"{p['num_real']} {p['real_split']} images, seed {p['seed']}; extractor {e['name']} "
+          f"(step {e['checkpoint_step']}, test accuracy {acc}, {e['feature_dim']}-d)")
+  if "likelihood" in p:
+    lk = p["likelihood"]
+    line += f"; bounds on {lk['num_images']} {lk['split']} images, k={lk['num_importance']}"
+  return line
+
+
+def format_table(results: list[dict]) -> str:
+  """Metric rows x run columns, then the floor (real train vs test) of the first run.
+
+  Values under COLLAPSE_FRACTION x floor (recall, coverage, diversity) carry a "!".
+  """
+  floor = results[0].get("floor") or {}
+  merged = [dict(r.get("metrics", {}), **r.get("likelihood", {})) for r in results]
+  rows = [row for row in ROWS if any(m.get(row[0]) is not None for m in merged)]
+  names = [r.get("run", f"run{i}") for i, r in enumerate(results)]
+  header = ["metric", *names] + (["floor: train vs test"] if floor else [])
+  body = []
+  for row in rows:
+    flagged = [any(f.startswith(row[0] + " ") for f in r.get("flags", [])) for r in results]
+    cells = [_cell(row, m, fl) for m, fl in zip(merged, flagged)]
+    body.append([row[1], *cells] + ([_cell(row, floor)] if floor else []))
+  widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+  fmt = lambda line: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+  out = [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, body)]
+  for name, r in zip(names, results):
+    for flag in r.get("flags", []):
+      out.append(f"! {name}: possible mode collapse: {flag}")
+  out.append("protocol:")
+  out += [f"  {_protocol_line(r)}" for r in results]
+  keys = {json.dumps(_comparable(r), sort_keys=True) for r in results}
+  if len(keys) > 1:
+    out.append("  note: the runs differ in extractor, counts or seed; the floor is the first run's")
+  return "\n".join(out)
+
+
+def _comparable(r: dict) -> dict:
+  p = r.get("protocol", {})
+  e = p.get("extractor", {})
+  return dict(extractor=e.get("name"), step=e.get("checkpoint_step"), n=p.get("num_samples"),
+              real=p.get("num_real"), seed=p.get("seed"), data=r.get("dataset"))

@@ -1,0 +1,183 @@
+"""Evaluation: collapse flags against the floor, protocol in metrics.json, likelihood bounds,
+the missing-extractor error, the classifier family through the loop, compare tables."""
+
+import json
+import math
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgen import cli, config as config_lib, evaluate, trainer
+from conftest import REPO
+
+N = 128  # samples and test images: the whole test split of the fashion slice
+
+
+@pytest.fixture(scope="module")
+def slice_data(fashion_slice, tfds_dir):
+  c = config_lib.base_config()
+  c.data.name, c.data.source_dir, c.data.data_dir = "idx", str(fashion_slice), str(tfds_dir)
+  return c.data
+
+
+def gen_config(data, num_classes=0):
+  c = config_lib.base_config()
+  c.data = data
+  c.model.family, c.model.num_classes = "fake", num_classes
+  return c
+
+
+def projection_extractor(cache_dir=None):
+  """A plug-in extractor: random projection of the pixels (features) and a grey-level reader
+  (logits: class k for images of constant level (k - 4.5) / 5)."""
+  w_PxD = jax.random.normal(jax.random.key(0), (784, 32)) / 28.0
+
+  @jax.jit
+  def features_fn(x_BxHxWxC):
+    level_B = jnp.mean(x_BxHxWxC, axis=(1, 2, 3)) * 5 + 4.5
+    logits_BxK = -(level_B[:, None] - jnp.arange(10)) ** 2
+    return x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1) @ w_PxD, logits_BxK
+
+  return evaluate.Extractor("random projection", features_fn, test_accuracy=0.5,
+                            checkpoint_step=7, cache_dir=cache_dir)
+
+
+def image_family(collapsed):
+  """Samples are real train images drawn at random, or the first one repeated (collapse)."""
+  def sample(state, key, num, conditioning=None):
+    idx = jnp.zeros((num,), jnp.int32) if collapsed else jax.random.randint(
+        key, (num,), 0, state.shape[0])
+    return state[idx]
+  return types.SimpleNamespace(sample=sample)
+
+
+@pytest.fixture(scope="module")
+def two_runs(slice_data, tmp_path_factory):
+  """metrics.json of a good and of a collapsed generator, in two run folders."""
+  root = tmp_path_factory.mktemp("runs")
+  train_images, _ = evaluate.read_split(gen_config(slice_data), "train")
+  ext = projection_extractor(root / "floor")
+  out = {}
+  for name, collapsed in (("good", False), ("collapsed", True)):
+    results = evaluate.evaluate_state(gen_config(slice_data), image_family(collapsed),
+                                      jnp.asarray(train_images), ext, num_samples=N, seed=1,
+                                      step=3)
+    results["run"] = str(root / name)
+    (root / name).mkdir()
+    (root / name / "metrics.json").write_text(json.dumps(results))
+    out[name] = results
+  return root, out
+
+
+def test_collapsed_generator_is_flagged_and_real_one_is_not(two_runs):
+  _, r = two_runs
+  good, bad = r["good"]["metrics"], r["collapsed"]["metrics"]
+  floor = r["good"]["floor"]
+  assert floor == r["collapsed"]["floor"]
+  assert floor["recall"] > 0.3 and floor["coverage"] > 0.3
+  assert bad["recall"] < 0.05 and bad["coverage"] < 0.05 and bad["diversity"] == 0.0
+  assert good["recall"] > 0.5 * floor["recall"] and good["coverage"] > 0.5 * floor["coverage"]
+  assert bad["fd"] > 5 * good["fd"]
+  assert r["good"]["flags"] == []
+  assert [f.split()[0] for f in r["collapsed"]["flags"]] == ["recall", "coverage", "diversity"]
+  table = evaluate.format_table([r["collapsed"]])
+  recall_row = next(l for l in table.splitlines() if l.startswith("recall"))
+  assert recall_row.split()[-2:] == ["!", f"{floor['recall']:.3f}"]
+  assert "possible mode collapse: recall" in table
+
+
+def test_floor_is_cached_next_to_the_extractor(two_runs, slice_data, monkeypatch):
+  root, r = two_runs
+  assert len(list((root / "floor").glob("*.npz"))) == 1
+  monkeypatch.setattr(evaluate, "compute_features", lambda *a, **k: 1 / 0)
+  ref = evaluate.real_reference(projection_extractor(root / "floor"), gen_config(slice_data),
+                                N, N, seed=1)
+  assert ref.floor == r["good"]["floor"] and ref.test_features.shape == (N, 32)
+
+
+def test_compare_prints_one_table_for_several_runs(two_runs, capsys):
+  root, _ = two_runs
+  cli.main(["evaluate", "--compare", str(root / "good"), str(root / "collapsed")])
+  out = capsys.readouterr().out
+  header = out.splitlines()[0].split()
+  assert header[1:] == [str(root / "good"), str(root / "collapsed"), "floor:", "train", "vs",
+                        "test"]
+  assert "FD (lower better)" in out and out.count("possible mode collapse") == 3
+  with pytest.raises(SystemExit, match="jaxgen evaluate --workdir"):
+    cli.main(["evaluate", "--compare", str(root / "good"), str(root / "nothing")])
+
+
+def test_protocol_likelihood_bounds_and_conditional_accuracy(slice_data):
+  calls = []
+
+  def sample(state, key, num, conditioning=None):
+    level = (conditioning.astype(jnp.float32) - 4.5) / 5  # class k -> the reader's class k
+    return jnp.broadcast_to(level[:, None, None, None], (num, 28, 28, 1)) + state
+
+  def log_likelihood_bounds(state, batch, key, num_samples):
+    calls.append(num_samples)  # static: recorded once per trace
+    n = batch["image"].shape[0]
+    return {"elbo": jnp.full((n,), -100.0), "iwae": jnp.full((n,), -90.0 + 1.0 / num_samples)}
+
+  family = types.SimpleNamespace(sample=sample, log_likelihood_bounds=log_likelihood_bounds)
+  config = gen_config(slice_data, num_classes=10)
+  config.eval = {"num_test_images": 40, "seed": 5}
+  results = evaluate.evaluate_state(config, family, jnp.zeros(()), projection_extractor(),
+                                    num_samples=N, seed=1, num_importance=4, step=11)
+  assert results["metrics"]["conditional_accuracy"] == 1.0
+  p = results["protocol"]
+  assert p["extractor"] == dict(name="random projection", checkpoint_step=7, test_accuracy=0.5,
+                                feature_dim=32)
+  assert (p["num_samples"], p["num_real"], p["real_split"], p["seed"]) == (N, N, "test", 1)
+  assert (p["checkpoint_step"], p["conditional"], p["floor_num_train"]) == (11, True, N)
+  assert p["likelihood"] == dict(num_importance=4, num_images=40, split="test", first_images=True,
+                                 checkpoint_step=11, seed=5)
+  lk = results["likelihood"]
+  assert lk["nll_elbo"] == pytest.approx(100.0) and lk["nll_iwae"] == pytest.approx(89.75)
+  assert lk["bpd_iwae"] == pytest.approx(89.75 / (784 * math.log(2)))
+  assert calls == [4]
+  table = evaluate.format_table([dict(results, run="vae")])
+  assert "-IWAE nats/image" in table and "89.75" in table and "k=4" in table
+
+
+def test_missing_extractor_names_the_command(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.delenv(evaluate.EXTRACTOR_ENV, raising=False)
+  run = tmp_path / "gan"
+  run.mkdir()
+  run.joinpath("config.json").write_text(
+      config_lib.load(REPO / "experiments/configs/dcgan_fashion.py").to_json())
+  with pytest.raises(SystemExit) as e:
+    cli.main(["evaluate", "--workdir", str(run)])
+  msg = str(e.value)
+  assert "no trained feature extractor in runs/classifier_fashion_mnist" in msg
+  assert ("`jaxgen train --config experiments/configs/classifier_fashion.py --workdir "
+          "runs/classifier_fashion_mnist`") in msg
+  assert len(msg.splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def classifier_run(slice_data, tmp_path_factory):
+  c = config_lib.load(REPO / "experiments/configs/classifier_fashion.py")
+  c.data = slice_data
+  c.model.width, c.model.feature_dim = 8, 32
+  c.batch_size, c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 64, 24, 8, 24, 24
+  workdir = tmp_path_factory.mktemp("classifier")
+  trainer.train_and_evaluate(c, workdir, eval_fn=evaluate.make_eval_fn(c))
+  return c, workdir
+
+
+def test_classifier_trains_through_the_loop_and_serves_as_extractor(classifier_run):
+  config, workdir = classifier_run
+  log = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  evals = [r["eval"] for r in log if "eval" in r]
+  assert len(evals) == 1 and evals[0]["test_accuracy"] > 0.4  # chance: 0.1
+  assert not (workdir / "samples").exists()
+  ext = evaluate.load_extractor(config, workdir)
+  assert ext.test_accuracy == evals[0]["test_accuracy"] and ext.checkpoint_step == 24
+  assert json.loads((workdir / "extractor.json").read_text())["num_test"] == N
+  feats, logits = evaluate.compute_features(ext.features_fn, np.zeros((5, 28, 28, 1), np.float32))
+  assert feats.shape == (5, 32) and logits.shape == (5, 10)
