@@ -66,6 +66,10 @@ def load(name: str, split: str, *, source_dir: str | None = None,
     array_record format. IDX data sets are prepared into data_dir on first use.
     """
     data_dir = os.path.expanduser(data_dir or idx.default_data_dir())
+    if name.split("/")[0] == "captioned_fashion_mnist":  # text-to-image canvases (jaxgen.data.captions)
+        from jaxgen.data import captions
+        builder = captions.prepare(captions.caption_config(name, source_dir), data_dir)
+        return builder.as_data_source(split=split), _info_from_builder(name, builder.info)
     if name == "fashion_mnist":
         if source_dir is None or os.path.abspath(source_dir) == idx.FASHION_MNIST_DIR:
             config = idx.FASHION_MNIST
@@ -89,7 +93,7 @@ def num_batches_per_epoch(num_examples: int, batch_size: int, drop_remainder: bo
 
 
 def _to_batch(items: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Stacks items into {"image": float32 [L, H, W, C] in [-1, 1], "label": int32 [L]}."""
+    """Stacks items into {"image": float32 [L, H, W, C] in [-1, 1], "label": int32 [L], ...}."""
     images = np.stack([it["image"] for it in items])
     if images.ndim == 3:  # sources without a channel axis
         images = images[..., None]
@@ -97,7 +101,10 @@ def _to_batch(items: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
     images *= 1 / 127.5
     images -= 1.0
     labels = np.array([it.get("label", 0) for it in items], np.int32)
-    return {"image": images, "label": labels}
+    # Other integer features (e.g. caption tokens) pass through, stacked, as int32.
+    extra = {k: np.stack([it[k] for it in items]).astype(np.int32) for k in items[0]
+             if k not in ("image", "label") and np.issubdtype(np.asarray(items[0][k]).dtype, np.integer)}
+    return {"image": images, "label": labels, **extra}
 
 
 class Loader:

@@ -1,0 +1,223 @@
+"""DRAW (Gregor et al. 2015) and its caption-conditioned form alignDRAW (Mansimov et al. 2016).
+
+At each of T steps, with the canvas c (logits of the image) and the decoder state h^dec:
+
+    x^_t    = x - sigmoid(c_{t-1})                        the error image
+    r_t     = read(x, x^_t, h^dec_{t-1})                  Gaussian N x N window, or whole images
+    h^enc_t = RNN^enc(h^enc_{t-1}, [r_t, h^dec_{t-1}])
+    z_t     ~ q(z_t | h^enc_t) = N(q_mean, exp(q_logvar))
+    s_t     = sum_j alpha_tj h^lang_j,  alpha_t = softmax_j(v . tanh(U h^lang_j + W h^dec_{t-1}))
+    h^dec_t = RNN^dec(h^dec_{t-1}, [z_t, s_t])            s_t only with a caption
+    c_t     = c_{t-1} + write(h^dec_t)                    Gaussian N x N window, or a dense layer
+
+The prior is N(0, I), or alignDRAW's N(tanh(W_mu h^dec_{t-1}), exp(tanh(W_s h^dec_{t-1}))^2)
+with `learned_prior`. Generation runs the same steps with z_t drawn from the prior and no
+encoder. h^lang comes from a bidirectional RNN over the caption's tokens. Models know nothing of
+training: `train` is accepted for the shared `apply` but unused.
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxgen.errors import ConfigError
+from jaxgen.models import rnn
+from jaxgen.models.vae import reparameterize
+
+# ------------------------------------------------------------------ Gaussian attention
+
+
+def filterbank(center_B: jnp.ndarray, delta_B: jnp.ndarray, var_B: jnp.ndarray, n: int,
+               size: int) -> jnp.ndarray:
+  """N Gaussian filters along one image axis, F_BxNxA with every row summing to 1.
+
+  Filter i is centred at center + (i - (n - 1) / 2) * delta in pixel coordinates 0..size-1,
+  with variance var. Normalising with a softmax over pixels keeps the rows exact even when a
+  filter lies far outside the image (where exp(-d^2 / 2 var) underflows).
+  """
+  offsets_N = jnp.arange(n, dtype=center_B.dtype) - (n - 1) / 2
+  mu_BxN = center_B[:, None] + offsets_N[None, :] * delta_B[:, None]
+  pixels_A = jnp.arange(size, dtype=center_B.dtype)
+  d2_BxNxA = jnp.square(pixels_A[None, None, :] - mu_BxN[:, :, None])
+  return jax.nn.softmax(-d2_BxNxA / (2.0 * var_B[:, None, None]), axis=-1)
+
+
+def attention_window(params_Bx5: jnp.ndarray, height: int, width: int,
+                     n: int) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  """(F_y [B, N, H], F_x [B, N, W], intensity gamma [B]) from DRAW's five window parameters.
+
+  params = (g~_x, g~_y, log var, log delta~, log gamma): the centre g = (A + 1)/2 (g~ + 1) - 1
+  (g~ = 0 is the image centre), the stride delta = (max(H, W) - 1) / (N - 1) * delta~.
+  """
+  gx, gy, log_var, log_delta, log_gamma = jnp.moveaxis(params_Bx5, -1, 0)
+  center_x = (width + 1) / 2 * (gx + 1) - 1
+  center_y = (height + 1) / 2 * (gy + 1) - 1
+  delta = (max(height, width) - 1) / max(n - 1, 1) * jnp.exp(log_delta)
+  var = jnp.exp(log_var)
+  return (filterbank(center_y, delta, var, n, height), filterbank(center_x, delta, var, n, width),
+          jnp.exp(log_gamma))
+
+
+def read_window(x_BxHxWxC: jnp.ndarray, fy_BxNxH: jnp.ndarray, fx_BxNxW: jnp.ndarray,
+                gamma_B: jnp.ndarray) -> jnp.ndarray:
+  """The N x N glimpse gamma * F_y x F_x^T of each channel, [B, N, N, C]."""
+  patch = jnp.einsum("bnh,bhwc,bmw->bnmc", fy_BxNxH, x_BxHxWxC, fx_BxNxW)
+  return gamma_B[:, None, None, None] * patch
+
+
+def write_window(patch_BxNxNxC: jnp.ndarray, fy_BxNxH: jnp.ndarray, fx_BxNxW: jnp.ndarray,
+                 gamma_B: jnp.ndarray) -> jnp.ndarray:
+  """The N x N patch spread onto the image, F_y^T w F_x / gamma, [B, H, W, C]."""
+  image = jnp.einsum("bnh,bnmc,bmw->bhwc", fy_BxNxH, patch_BxNxNxC, fx_BxNxW)
+  return image / gamma_B[:, None, None, None]
+
+
+# ------------------------------------------------------------------ one step
+
+
+class DrawStep(nn.Module):
+  """One DRAW step, scanned over time by `DRAW`: (carry, x, lang) -> (carry, per-step outputs).
+
+  carry = (encoder carry, decoder carry, canvas logits [B, H, W, C]). With `infer` the encoder
+  reads x and z ~ q; otherwise z ~ prior and x is None. `lang` is None or (h^lang [B, L, F],
+  its alignment keys U h^lang [B, L, A], mask [B, L]).
+  """
+  image_shape: Sequence[int]
+  latent_dim: int
+  enc_features: int
+  dec_features: int
+  read_n: int
+  write_n: int
+  cell: str
+  align_features: int
+  learned_prior: bool
+  infer: bool
+
+  def _prior(self, h_dec_BxD: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    if not self.learned_prior:
+      zeros = jnp.zeros((h_dec_BxD.shape[0], self.latent_dim), h_dec_BxD.dtype)
+      return zeros, zeros
+    mean = jnp.tanh(nn.Dense(self.latent_dim, name="prior_mean")(h_dec_BxD))
+    log_std = jnp.tanh(nn.Dense(self.latent_dim, name="prior_log_std")(h_dec_BxD))
+    return mean, 2.0 * log_std
+
+  def _read(self, x: jnp.ndarray, x_hat: jnp.ndarray, h_dec_BxD: jnp.ndarray) -> jnp.ndarray:
+    b = x.shape[0]
+    if not self.read_n:
+      return jnp.concatenate([x.reshape(b, -1), x_hat.reshape(b, -1)], axis=-1)
+    h, w, _ = self.image_shape
+    fy, fx, gamma = attention_window(nn.Dense(5, name="read_window")(h_dec_BxD), h, w, self.read_n)
+    glimpses = [read_window(img, fy, fx, gamma).reshape(b, -1) for img in (x, x_hat)]
+    return jnp.concatenate(glimpses, axis=-1)
+
+  def _write(self, h_dec_BxD: jnp.ndarray) -> jnp.ndarray:
+    b = h_dec_BxD.shape[0]
+    h, w, c = self.image_shape
+    if not self.write_n:
+      return nn.Dense(h * w * c, name="write")(h_dec_BxD).reshape(b, h, w, c)
+    n = self.write_n
+    patch = nn.Dense(n * n * c, name="write_patch")(h_dec_BxD).reshape(b, n, n, c)
+    fy, fx, gamma = attention_window(nn.Dense(5, name="write_window")(h_dec_BxD), h, w, n)
+    return write_window(patch, fy, fx, gamma)
+
+  def _align(self, h_dec_BxD: jnp.ndarray, lang: tuple) -> tuple[jnp.ndarray, jnp.ndarray]:
+    lang_BxLxF, keys_BxLxA, mask_BxL = lang
+    query_BxA = nn.Dense(self.align_features, name="align_query")(h_dec_BxD)
+    score_BxL = nn.Dense(1, use_bias=False, name="align_score")(
+        jnp.tanh(keys_BxLxA + query_BxA[:, None, :]))[..., 0]
+    score_BxL = jnp.where(mask_BxL, score_BxL, jnp.finfo(score_BxL.dtype).min)
+    alpha_BxL = jax.nn.softmax(score_BxL, axis=-1)
+    return jnp.einsum("bl,blf->bf", alpha_BxL, lang_BxLxF), alpha_BxL
+
+  @nn.compact
+  def __call__(self, carry: tuple, x_BxHxWxC: jnp.ndarray | None,
+               lang: tuple | None) -> tuple[tuple, dict]:
+    enc_carry, dec_carry, canvas = carry
+    h_dec_BxD = rnn.hidden(self.cell, dec_carry)
+    b, z_dim = h_dec_BxD.shape[0], self.latent_dim
+    p_mean, p_logvar = self._prior(h_dec_BxD)
+    eps_BxZ = jax.random.normal(self.make_rng("latent"), (b, z_dim), h_dec_BxD.dtype)
+    out = dict(p_mean=p_mean, p_logvar=p_logvar)
+    if self.infer:
+      x_hat = x_BxHxWxC - jax.nn.sigmoid(canvas)
+      r_BxR = self._read(x_BxHxWxC, x_hat, h_dec_BxD)
+      encoder = rnn.make_cell(self.cell, self.enc_features, name="encoder")
+      enc_carry, h_enc_BxE = encoder(enc_carry, jnp.concatenate([r_BxR, h_dec_BxD], axis=-1))
+      out["q_mean"] = nn.Dense(z_dim, name="q_mean")(h_enc_BxE)
+      out["q_logvar"] = nn.Dense(z_dim, name="q_logvar")(h_enc_BxE)
+      z_BxZ = reparameterize(out["q_mean"], out["q_logvar"], eps_BxZ)
+    else:
+      z_BxZ = reparameterize(p_mean, p_logvar, eps_BxZ)
+    dec_in = z_BxZ
+    if lang is not None:
+      s_BxF, out["alignment"] = self._align(h_dec_BxD, lang)
+      dec_in = jnp.concatenate([z_BxZ, s_BxF], axis=-1)
+    dec_carry, h_dec_BxD = rnn.make_cell(self.cell, self.dec_features, name="decoder")(dec_carry,
+                                                                                       dec_in)
+    canvas = canvas + self._write(h_dec_BxD)
+    out["z"] = z_BxZ
+    if not self.infer:
+      out["canvas"] = canvas
+    return (enc_carry, dec_carry, canvas), out
+
+
+# ------------------------------------------------------------------ the model
+
+
+class DRAW(nn.Module):
+  """DRAW over T steps; alignDRAW when `vocab_size` > 0 (a caption of tokens conditions it).
+
+  `__call__(x, tokens)` with images x [B, H, W, C] in [0, 1] (binary for a Bernoulli
+  likelihood) runs the inference network and returns per-step arrays [T, B, Z] "z", "q_mean",
+  "q_logvar", "p_mean", "p_logvar" (+ "alignment" [T, B, L]) and the final canvas logits
+  "canvas" [B, H, W, C]. `__call__(None, tokens, num=N)` draws z from the prior and returns the
+  canvas logits after every step, "canvas" [T, N, H, W, C]. Latents come from the "latent"
+  random stream, split per step.
+  """
+  image_shape: Sequence[int]
+  num_steps: int = 10
+  latent_dim: int = 10
+  enc_features: int = 256
+  dec_features: int = 256
+  read_n: int = 2           # 0: read the whole image and error image
+  write_n: int = 5          # 0: write the whole canvas through a dense layer
+  cell: str = "tanh"
+  learned_prior: bool = False
+  vocab_size: int = 0       # > 0: caption-conditioned (alignDRAW)
+  embed_dim: int = 64
+  lang_features: int = 128  # per direction of the caption encoder
+  align_features: int = 128
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jnp.ndarray | None, tokens_BxL: jnp.ndarray | None = None, *,
+               num: int = 0, train: bool = True) -> dict[str, jnp.ndarray]:
+    del train
+    if self.cell not in rnn.CELLS:
+      raise ConfigError(f"unknown RNN cell {self.cell!r}; choose one of {rnn.CELLS}")
+    if self.vocab_size and tokens_BxL is None:
+      raise ValueError("a caption-conditioned DRAW needs tokens [B, L]")
+    b = x_BxHxWxC.shape[0] if x_BxHxWxC is not None else (
+        tokens_BxL.shape[0] if self.vocab_size else num)
+    lang = None
+    if self.vocab_size:
+      lang_BxLxF, mask_BxL = rnn.BiRNN(self.vocab_size, self.embed_dim, self.lang_features,
+                                       self.cell, name="caption")(tokens_BxL)
+      keys_BxLxA = nn.Dense(self.align_features, use_bias=False, name="align_keys")(lang_BxLxF)
+      lang = (lang_BxLxF, keys_BxLxA, mask_BxL)
+    dtype = jnp.float32 if x_BxHxWxC is None else x_BxHxWxC.dtype
+    canvas0 = self.param("canvas0", nn.initializers.zeros, tuple(self.image_shape), dtype)
+    carry = (rnn.zero_carry(self.cell, b, self.enc_features, dtype),
+             rnn.zero_carry(self.cell, b, self.dec_features, dtype),
+             jnp.broadcast_to(canvas0, (b, *self.image_shape)))
+    scan = nn.scan(DrawStep, variable_broadcast="params",
+                   split_rngs={"params": False, "latent": True},
+                   in_axes=nn.broadcast, length=self.num_steps)
+    step = scan(self.image_shape, self.latent_dim, self.enc_features, self.dec_features,
+                self.read_n, self.write_n, self.cell, self.align_features, self.learned_prior,
+                infer=x_BxHxWxC is not None, name="step")
+    (_, _, canvas), out = step(carry, x_BxHxWxC, lang)
+    if x_BxHxWxC is not None:
+      out["canvas"] = canvas
+    return out

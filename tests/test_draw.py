@@ -1,0 +1,290 @@
+"""Recurrent generator: the scanned tanh RNN, Gaussian attention, DRAW / alignDRAW steps,
+likelihood bounds, captions, device-count invariance, one compilation, a trained run's CLI."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxgen import cli, config as config_lib, losses, parallel, trainer
+from jaxgen.data import captions
+from jaxgen.models import draw as draw_models, rnn
+from jaxgen.steps import draw
+from conftest import REPO
+
+TINY = dict(num_steps=3, latent_dim=4, enc_features=16, dec_features=16, read_n=2, write_n=3,
+            embed_dim=8, lang_features=8, align_features=8)
+
+
+def draw_config(text=False, **model):
+  c = config_lib.load(REPO / "experiments/configs" /
+                      ("aligndraw_captions.py" if text else "draw_fashion.py"))
+  c.model.update(TINY)
+  c.model.update(model)
+  return c
+
+
+SAMPLE_FRAMES = jax.jit(draw.sample_frames, static_argnums=2)
+
+
+def init(config, batch):
+  """draw.init_state under jit (about twice as fast as running the init op by op)."""
+  return jax.jit(lambda key, batch: draw.init_state(config, key, batch))(jax.random.key(0), batch)
+
+
+def random_batch(n=8, text=False, seed=1):
+  shape = (60, 60, 1) if text else (28, 28, 1)
+  k1, k2 = jax.random.split(jax.random.key(seed))
+  batch = {"image": jax.random.uniform(k1, (n, *shape), minval=-1.0, maxval=1.0),
+           "label": jnp.zeros((n,), jnp.int32)}
+  if text:
+    combos = list(captions.combinations())
+    picks = jax.random.randint(k2, (n,), 0, len(combos))
+    batch["tokens"] = jnp.asarray(np.stack([captions.tokenize(captions.caption(*combos[int(i)]))
+                                            for i in picks]))
+  return batch
+
+
+# ------------------------------------------------------------------ the tanh RNN
+
+
+def test_scanned_cell_equals_a_python_loop():
+  x_BxTxI = jax.random.normal(jax.random.key(0), (3, 7, 5))
+  model = rnn.RNN(features=6, out_features=2)
+  params = model.init(jax.random.key(1), x_BxTxI)["params"]
+  h_T, y_BxTxO = model.apply({"params": params}, x_BxTxI)
+  cell, w = rnn.TanhCell(6), params["scan"]["cell"]
+  h = jnp.zeros((3, 6))
+  for t in range(7):
+    h, _ = cell.apply({"params": w}, h, x_BxTxI[:, t])
+    # the recurrence written out: h_t = tanh(W_hh h_{t-1} + W_xh x_t + b_h), y_t = W_hy h_t + b_y
+    y = h @ params["hy"]["kernel"] + params["hy"]["bias"]
+    np.testing.assert_allclose(y_BxTxO[:, t], y, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(h_T, h, rtol=1e-5, atol=1e-6)
+  h1 = jnp.tanh(x_BxTxI[:, 0] @ w["xh"]["kernel"] + w["xh"]["bias"])  # h_0 = 0
+  np.testing.assert_allclose(model.apply({"params": params}, x_BxTxI[:, :1])[0], h1, rtol=1e-5)
+
+
+def test_gradients_reach_w_hh_through_all_steps():
+  t_steps = 12
+  x_BxTxI = jax.random.normal(jax.random.key(0), (2, t_steps, 3))
+  model = rnn.RNN(features=8)
+  params = model.init(jax.random.key(1), x_BxTxI)["params"]
+
+  def loss(params, x):  # depends on the last hidden state only
+    return jnp.sum(model.apply({"params": params}, x)[0])
+
+  def loop_loss(params, x):
+    h = jnp.zeros((2, 8))
+    for t in range(t_steps):
+      h, _ = rnn.TanhCell(8).apply({"params": params["scan"]["cell"]}, h, x[:, t])
+    return jnp.sum(h)
+
+  g = jax.grad(loss)(params, x_BxTxI)
+  chex.assert_trees_all_close(g, jax.grad(loop_loss)(params, x_BxTxI), rtol=1e-4, atol=1e-6)
+  g_hh = g["scan"]["cell"]["hh"]["kernel"]
+  assert float(jnp.abs(g_hh).max()) > 1e-4
+  # x_1 reaches h_T only through the T-1 products with W_hh, and moving it moves dL/dW_hh
+  g_x = jax.grad(loss, argnums=1)(params, x_BxTxI)
+  assert float(jnp.abs(g_x[:, 0]).max()) > 1e-6
+  moved = x_BxTxI.at[:, 0].add(1.0)
+  g_hh_moved = jax.grad(loss)(params, moved)["scan"]["cell"]["hh"]["kernel"]
+  assert float(jnp.abs(g_hh_moved - g_hh).max()) > 1e-6
+
+
+def test_padding_and_cell_options():
+  enc = rnn.BiRNN(vocab_size=10, embed_dim=4, features=5)
+  tokens = jnp.array([[3, 1, 4, 0, 0], [2, 7, 0, 0, 0]])
+  params = enc.init(jax.random.key(0), tokens)["params"]
+  ann, mask = enc.apply({"params": params}, tokens)
+  short, _ = enc.apply({"params": params}, tokens[:, :3])
+  assert ann.shape == (2, 5, 10)
+  # trailing padding changes neither direction at real positions, and is zero itself
+  np.testing.assert_allclose(ann[:, :3] * mask[:, :3, None], short * mask[:, :3, None], atol=1e-6)
+  assert float(jnp.abs(ann[~mask]).max()) == 0.0
+  x = jnp.ones((2, 4, 3))
+  for kind in rnn.CELLS:
+    m = rnn.RNN(features=5, cell=kind)
+    carry, h = m.apply(m.init(jax.random.key(0), x), x)
+    assert h.shape == (2, 4, 5)
+    np.testing.assert_allclose(rnn.hidden(kind, carry), h[:, -1], atol=1e-6)
+  with pytest.raises(ValueError, match="unknown RNN cell 'rnn'"):
+    rnn.make_cell("rnn", 4)
+
+
+# ------------------------------------------------------------------ attention
+
+
+def test_filterbanks_are_normalised():
+  k = jax.random.split(jax.random.key(0), 2)
+  params = jax.random.normal(k[0], (16, 5)) * 3.0  # windows inside, across and far outside
+  fy, fx, gamma = draw_models.attention_window(params, 28, 40, 5)
+  assert fy.shape == (16, 5, 28) and fx.shape == (16, 5, 40) and gamma.shape == (16,)
+  np.testing.assert_allclose(fy.sum(-1), 1.0, atol=1e-5)
+  np.testing.assert_allclose(fx.sum(-1), 1.0, atol=1e-5)
+  assert float(fy.min()) >= 0.0
+
+
+@pytest.mark.parametrize("size, n, lo", [(28, 4, 12), (29, 5, 12), (29, 1, 14)])
+def test_a_centred_unit_stride_window_reproduces_its_patch(size, n, lo):
+  x = jax.random.uniform(jax.random.key(0), (2, size, size, 1))
+  # centre g~ = 0, stride delta = 1 (delta~ = (N - 1) / (size - 1)), variance 1e-4, gamma = 1
+  log_delta = jnp.log(max(n - 1, 1) / (size - 1))
+  params = jnp.tile(jnp.array([0.0, 0.0, jnp.log(1e-4), log_delta, 0.0]), (2, 1))
+  fy, fx, gamma = draw_models.attention_window(params, size, size, n)
+  patch = draw_models.read_window(x, fy, fx, gamma)
+  expect = x[:, lo:lo + n, lo:lo + n]
+  np.testing.assert_allclose(patch, expect, atol=1e-5)
+  # writing the patch back puts it where it came from, and nowhere else
+  written = draw_models.write_window(patch, fy, fx, gamma)
+  np.testing.assert_allclose(written[:, lo:lo + n, lo:lo + n], expect, atol=1e-5)
+  np.testing.assert_allclose(jnp.abs(written).sum(), jnp.abs(patch).sum(), rtol=1e-5)
+
+
+# ------------------------------------------------------------------ the family
+
+
+@pytest.fixture(scope="module")
+def states():
+  """{text: initial state} of the tiny DRAW (False) and alignDRAW (True), shared by the tests."""
+  return {text: init(draw_config(text), random_batch(text=text)) for text in (False, True)}
+
+
+def test_golden_values_after_one_step_and_a_single_compilation(states):
+  batch, state = random_batch(), states[False]
+  chex.clear_trace_counter()
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(state, batch, key):
+    return draw.train_step(state, batch, key)
+
+  new, m = step(state, batch, jax.random.key(42))
+  check_golden(m, False)
+  for i in range(3):  # new batches (same shapes) reuse the one compilation
+    new, _ = step(new, random_batch(seed=i + 2), jax.random.key(42))
+  assert int(new.step) == 4
+
+
+def check_golden(metrics, text):
+  got = {k: float(v) for k, v in metrics.items()}
+  for k, v in GOLDEN[text].items():
+    np.testing.assert_allclose(got[k], v, rtol=2e-5, err_msg=k)
+  dims = 60 * 60 if text else 28 * 28
+  np.testing.assert_allclose(got["bpd"], got["loss"] / (dims * np.log(2)), rtol=1e-6)
+  np.testing.assert_allclose(got["loss"], got["recon"] + got["kl"], rtol=1e-6)
+
+
+# At initialisation the canvas is sigmoid(0) = 0.5 everywhere: recon ~ H*W*ln 2 (543.6 nats for
+# 28x28, 2495.3 for 60x60); the KL is a few nats per step.
+GOLDEN = {
+    False: {"loss": 546.90363, "recon": 543.62842, "kl": 3.2752090},
+    True: {"loss": 2500.4309, "recon": 2495.3198, "kl": 5.1111698},
+}
+
+
+def test_kl_between_gaussians():
+  mq, lq, mp, lp = jnp.array([0.3]), jnp.array([-0.5]), jnp.array([-0.2]), jnp.array([0.4])
+  # KL(N(a, s^2) || N(b, t^2)) = log(t/s) + (s^2 + (a-b)^2) / (2 t^2) - 1/2
+  s2, t2 = np.exp(-0.5), np.exp(0.4)
+  expect = 0.5 * np.log(t2 / s2) + (s2 + 0.25) / (2 * t2) - 0.5
+  np.testing.assert_allclose(losses.gaussian_kl_between(mq, lq, mp, lp), [expect], rtol=1e-6)
+  np.testing.assert_allclose(losses.gaussian_kl_between(mq, lq, 0.0, 0.0),
+                             losses.gaussian_kl(mq, lq), rtol=1e-6)
+
+
+def test_likelihood_bounds(states):
+  batch, state = random_batch(n=4), states[False]
+  bounds = jax.jit(draw.log_likelihood_bounds, static_argnums=(3, 4))
+  a = bounds(state, batch, jax.random.key(1), 6, 8)    # 2 sequences per chunk
+  b = bounds(state, batch, jax.random.key(1), 6, 1024)  # all 6 at once
+  chex.assert_trees_all_close(a, b, rtol=1e-5)
+  assert a["iwae"].shape == (4,) and bool(jnp.all(a["iwae"] >= a["elbo"] - 1e-4))
+  assert bool(jnp.all(a["iwae"] < 0)) and bool(jnp.all(jnp.isfinite(a["elbo"])))
+
+
+def test_changing_the_caption_changes_the_output(states):
+  text_state = states[True]
+  sandal = draw.tokenize(text_state, "the sandal is on the left of the bag")
+  coat = draw.tokenize(text_state, "the coat is at the top right of the image")
+  tokens = np.stack([sandal] * 6)
+  key = jax.random.key(3)  # the same latent noise for both calls
+  a = SAMPLE_FRAMES(text_state, key, 6, jnp.asarray(tokens))[-1]
+  tokens[5] = coat  # only the last caption differs
+  b = SAMPLE_FRAMES(text_state, key, 6, jnp.asarray(tokens))[-1]
+  assert a.shape == (6, 60, 60, 1)
+  np.testing.assert_array_equal(a[:5], b[:5])
+  assert float(jnp.abs(a[5] - b[5]).max()) > 1e-4
+
+
+def test_held_out_captions_tokenise_and_generate(states):
+  text_state = states[True]
+  held = [captions.caption(*c) for c in captions.combinations() if captions.is_held_out(*c)]
+  tokens = jnp.asarray(np.stack([draw.tokenize(text_state, c) for c in held]))
+  chunks = [tokens[i:i + 6] for i in range(0, len(held), 6)]  # 54 = 9 x 6: one compilation
+  frames = jnp.concatenate([SAMPLE_FRAMES(text_state, jax.random.key(0), 6, t) for t in chunks],
+                           axis=1)
+  assert frames.shape == (TINY["num_steps"], len(held), 60, 60, 1)
+  assert bool(jnp.all(jnp.isfinite(frames))) and float(jnp.abs(frames).max()) <= 1.0
+  with pytest.raises(captions.CaptionError, match="unknown word 'hat'.*vocabulary is: ankle"):
+    draw.tokenize(text_state, "the hat is on the left of the bag")
+  with pytest.raises(draw.UserError, match="not caption-conditioned"):
+    draw.tokenize(states[False], "the bag is at the top of the image")
+
+
+def _sharded_step(state, batch, devices):
+  mesh = parallel.make_mesh(devices)
+  shardings = jax.tree.map(lambda _: parallel.replicated(mesh), state)
+  state = jax.device_put(state, shardings)
+  batch = jax.device_put(batch, parallel.data_sharding(mesh))
+  step, _ = trainer.compile_train_step(draw, state, shardings, batch, mesh)
+  after, metrics = step(state, batch, jax.random.key(3))
+  return jax.device_get(after), jax.device_get(metrics)
+
+
+def test_one_and_eight_devices_agree_and_golden_values_of_alignDRAW():
+  # alignDRAW (caption encoder, alignment, learned prior) contains every part of DRAW.
+  # SGD with lr 1: the parameter change is exactly the gradient.
+  c = draw_config(text=True)
+  c.optim.name, c.optim.lr, c.optim.grad_clip = "sgd", 1.0, 0.0
+  batch = random_batch(n=8, text=True)
+  before = jax.device_get(init(c, batch))
+  a1, m1 = _sharded_step(before, batch, jax.devices()[:1])
+  a8, m8 = _sharded_step(before, batch, jax.devices()[:8])
+  check_golden(m1, True)  # the metrics are those of the parameters before the update
+  for k in m1:
+    np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5, err_msg=k)
+  grads = lambda a: jax.tree.map(lambda x, y: x - y, before.draw.params, a.draw.params)
+  # sums over 8 x 60 x 60 pixels through T recurrent steps: float32 order moves them ~1e-5
+  chex.assert_trees_all_close(grads(a1), grads(a8), rtol=1e-4, atol=1e-4)
+
+
+def test_pictures(tmp_path, states):
+  paths = draw.pictures(states[False], random_batch(), jax.random.key(1), tmp_path)
+  assert [p.name for p in paths] == ["canvas.gif", "samples.png", "steps.png"]
+  assert Image.open(paths[0]).n_frames == TINY["num_steps"]
+  assert Image.open(paths[2]).size == (2 * (3 * 30 + 2), 2 * (8 * 30 + 2))  # 8 rows x T steps
+  paths = draw.pictures(states[True], random_batch(n=5, text=True), jax.random.key(1), tmp_path)
+  assert [p.name for p in paths[3:]] == ["example_captions.png", "test_captions.png"]
+  width, height = Image.open(paths[4]).size
+  assert height == 2 * (5 * 62 + 2) and width > 2 * (8 * 62 + 2)  # 5 captions; text on the left
+
+
+# ------------------------------------------------------------------ a trained run
+
+
+def test_trained_caption_run_samples_from_the_cli(fashion_slice, tfds_dir, tmp_path):
+  c = draw_config(text=True)
+  c.data.name, c.data.source_dir = "captioned_fashion_mnist/small", str(fashion_slice)
+  c.data.data_dir = str(tfds_dir)
+  c.batch_size, c.num_steps, c.log_every, c.checkpoint_every = 16, 3, 1, 3
+  c.sample_every, c.num_grid_samples = 0, 0  # the CLI samples below
+  trainer.train_and_evaluate(c, tmp_path)
+  assert (tmp_path / "checkpoints/3").is_dir()
+  out = tmp_path / "sneaker.png"
+  cli.main(["sample", "--workdir", str(tmp_path), "--num", "4", "--out", str(out),
+            "--caption", "the sneaker is on the left of the trouser"])
+  assert Image.open(out).size == (2 * (2 * 62 + 2),) * 2  # 2 x 2 grid of 60 px + 2 pad, x2
+  assert Image.open(out.with_suffix(".gif")).n_frames == TINY["num_steps"]
