@@ -13,7 +13,15 @@ if they were samples) and the real test images, with the same counts. The floor'
 features and numbers are cached next to the extractor's checkpoint (floor/*.npz, *.json).
 Runs whose recall, coverage or sample diversity fall below COLLAPSE_FRACTION of the floor
 are flagged. Families with `log_likelihood_bounds(state, batch, key, num_samples)` also
-get ELBO / IWAE bounds on the test split, in nats per image and bits per dimension.
+get ELBO / IWAE bounds on the test split, in nats per image and bits per dimension; their
+batches carry every feature the loader yields (image, label, caption tokens, ...).
+
+Caption-conditioned runs (data.name "captioned_*", or test items with "tokens" and a family
+with `tokenize`) draw canvases the 28 x 28 metrics do not apply to. They get caption accuracy
+instead: a sample for each of the first num_samples test captions, correct where the items'
+data-set classifier (fashion_mnist's, for captioned Fashion-MNIST) recognises every item the
+caption names at its place; over all captions, the held-out combinations and the seen ones.
+Its floor (a ceiling) is the same accuracy of the real test canvases.
 Evaluation runs in one process (features are gathered to the host for the metrics).
 """
 
@@ -33,7 +41,7 @@ import ml_collections
 import numpy as np
 
 from jaxgen import losses, metrics, parallel, steps, trainer
-from jaxgen.data import idx
+from jaxgen.data import captions, idx, pipeline
 from jaxgen.errors import UserError
 from jaxgen.steps import classifier as classifier_steps
 
@@ -49,6 +57,8 @@ COLLAPSE_METRICS = ("recall", "coverage", "diversity")
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
 PRECISION_RECALL_K, DENSITY_COVERAGE_K, IS_SPLITS = 3, 5, 10
 DIVERSITY_POINTS = 2000
+CAPTIONED_PREFIX = "captioned_"     # data sets of captioned canvases (jaxgen.data.captions)
+ITEM_DATA = "fashion_mnist"         # where their items come from: whose extractor scores them
 
 FeaturesFn = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 
@@ -72,6 +82,16 @@ class Extractor:
 
 
 # ------------------------------------------------------------------- extractor
+
+
+def extractor_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` as the extractor sees it: captioned canvases are scored item by item, by the
+  classifier of their items' data set (ITEM_DATA at the same data.source_dir)."""
+  if not config.data.name.startswith(CAPTIONED_PREFIX):
+    return config
+  config = config.copy_and_resolve_references()
+  config.data.name = ITEM_DATA
+  return config
 
 
 def extractor_dir(config: ml_collections.ConfigDict, extractor: str | Path | None = None) -> Path:
@@ -111,8 +131,10 @@ def load_extractor(config: ml_collections.ConfigDict, extractor: str | Path | No
   """The jaxgen classifier for `config`'s data set (see `extractor_dir`), with its test accuracy.
 
   The accuracy on the full test split is computed once per checkpoint and cached in
-  DIR/extractor.json. Raises ExtractorNotFound naming the command that trains it.
+  DIR/extractor.json. Raises ExtractorNotFound naming the command that trains it. Captioned
+  data sets use their items' classifier (`extractor_config`).
   """
+  config = extractor_config(config)
   workdir = extractor_dir(config, extractor)
   ckpts = workdir / "checkpoints"
   if not (workdir / "config.json").is_file() or not any(
@@ -147,9 +169,10 @@ def load_extractor(config: ml_collections.ConfigDict, extractor: str | Path | No
 # --------------------------------------------------------------- data, features
 
 
-def read_split(config: ml_collections.ConfigDict, split: str,
-               indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """Images [N, H, W, C] float32 in [-1, 1] and labels [N] of a split (all, or `indices`)."""
+def read_batch(config: ml_collections.ConfigDict, split: str,
+               indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """A split's examples (all, or `indices`) as one batch with the loader's keys: image float32
+  [N, H, W, C] in [-1, 1], label int32 [N] and any other integer feature (caption tokens, ...)."""
   source, _ = trainer.load_data(config, split)
   indices = np.arange(len(source)) if indices is None else np.asarray(indices)
   getitems = getattr(source, "__getitems__", None) or (lambda ii: [source[i] for i in ii])
@@ -157,8 +180,15 @@ def read_split(config: ml_collections.ConfigDict, split: str,
   images = np.stack([it["image"] for it in items]).astype(np.float32)
   if images.ndim == 3:
     images = images[..., None]
-  labels = np.array([it.get("label", 0) for it in items], np.int32)
-  return images / 127.5 - 1.0, labels
+  # Images scaled as evaluation always has (the loader's x * (1 / 127.5) differs in the last bit).
+  return dict(pipeline._to_batch(items), image=images / 127.5 - 1.0)
+
+
+def read_split(config: ml_collections.ConfigDict, split: str,
+               indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Images [N, H, W, C] float32 in [-1, 1] and labels [N] of a split (all, or `indices`)."""
+  batch = read_batch(config, split, indices)
+  return batch["image"], batch["label"]
 
 
 def subset_indices(total: int, num: int, seed: int) -> np.ndarray:
@@ -308,18 +338,79 @@ def real_reference(extractor: Extractor, config: ml_collections.ConfigDict, num_
   return Reference(test_feats, floor, protocol)
 
 
+# -------------------------------------------------------------------- captions
+
+
+def is_captioned(config: ml_collections.ConfigDict, family: Any) -> bool:
+  """Whether a run draws captioned canvases: data.name "captioned_*", or a family that reads
+  captions (`tokenize`) on data whose test items carry "tokens"."""
+  if config.data.name.startswith(CAPTIONED_PREFIX):
+    return True
+  return hasattr(family, "tokenize") and "tokens" in trainer.load_data(config, "test")[0][0]
+
+
+def caption_correct(batch: dict, classify_fn: Callable[[jax.Array], jax.Array],
+                    sample_fn: Callable[[int, jax.Array], jax.Array] | None = None,
+                    mesh: jax.sharding.Mesh | None = None,
+                    batch_size: int = BATCH_SIZE) -> np.ndarray:
+  """1.0 / 0.0 per caption of `batch`, [N]: whether every item it names is recognised at its place.
+
+  batch: tokens [N, L], classes and positions [N, 2], image [N, S, S, C]. The canvases scored are
+  the batch's own, or, given `sample_fn(i, tokens_BxL) -> images [B, S, S, C]`, samples drawn
+  for the captions, B at a time (block i). classify_fn: crops [M, 28, 28, C] -> logits [M, K].
+  """
+  mesh = mesh or parallel.make_mesh()
+  n = len(batch["tokens"])
+  bs = _batch_size(min(batch_size, n), mesh)
+  sharding = parallel.data_sharding(mesh)
+  out = []
+  for i, start in enumerate(range(0, n, bs)):
+    block = jax.device_put({k: _pad(np.asarray(batch[k][start:start + bs]), bs)
+                            for k in ("image", "tokens", "classes", "positions")}, sharding)
+    images = block["image"] if sample_fn is None else sample_fn(i, block["tokens"])
+    ok = captions.caption_accuracy(images, block["classes"], block["positions"], classify_fn)
+    out.append(np.asarray(jax.device_get(ok))[:min(bs, n - start)])
+  return np.concatenate(out)
+
+
+def caption_summary(correct_N: np.ndarray, held_out_N: np.ndarray) -> dict[str, float | None]:
+  """Mean caption accuracy over all captions, the held-out combinations and the seen ones
+  (None where there are none)."""
+  held = np.asarray(held_out_N).astype(bool)
+  mean = lambda x: float(np.mean(x)) if len(x) else None
+  return dict(caption_accuracy=mean(correct_N), caption_accuracy_held_out=mean(correct_N[held]),
+              caption_accuracy_seen=mean(correct_N[~held]))
+
+
+def caption_metrics(family: Any, state: Any, batch: dict,
+                    classify_fn: Callable[[jax.Array], jax.Array], key: jax.Array,
+                    mesh: jax.sharding.Mesh | None = None,
+                    batch_size: int = BATCH_SIZE) -> tuple[dict, dict]:
+  """(metrics, floor): `caption_summary` of one sample per caption of `batch`
+  (family.sample(state, fold_in(key, block), B, conditioning=tokens_BxL)) and of the batch's
+  real canvases. batch as in `caption_correct`, plus held_out [N] (else all count as seen)."""
+  mesh = mesh or parallel.make_mesh()
+  sample = _jit_sample(family.sample, parallel.data_sharding(mesh))
+  sample_fn = lambda i, tokens: sample(state, jax.random.fold_in(key, i), len(tokens), tokens)
+  held = batch.get("held_out", np.zeros(len(batch["tokens"]), np.int32))
+  correct = lambda fn: caption_correct(batch, classify_fn, fn, mesh, batch_size)
+  return caption_summary(correct(sample_fn), held), caption_summary(correct(None), held)
+
+
 def eval_setting(config: ml_collections.ConfigDict, name: str, default: Any = None) -> Any:
   """config.eval.<name> (the family configs' evaluation block), else `default`."""
   value = config.get("eval", {}).get(name)
   return default if value is None else value
 
 
-def likelihood_bounds(family: Any, state: Any, images: np.ndarray, labels: np.ndarray, *,
+def likelihood_bounds(family: Any, state: Any, batch: dict[str, np.ndarray], *,
                       num_importance: int, seed: int = 0, batch_size: int | None = None,
                       mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
   """Test-set bounds from `family.log_likelihood_bounds`: -ELBO, -IWAE_k (nats/image, bits/dim).
 
-  The family binarises (or not) with the fixed key it is given; batch b uses fold_in(key(seed), b).
+  batch: image [N, H, W, C] and every other feature the family may read (label, tokens, ...),
+  each [N, ...]; the family gets them all, `batch_size` rows at a time. The family binarises
+  (or not) with the fixed key it is given; batch b uses fold_in(key(seed), b).
   """
   mesh = mesh or parallel.make_mesh()
   bs = _batch_size(batch_size or max(LIKELIHOOD_IMAGES_PER_CALL // num_importance, 1), mesh)
@@ -327,15 +418,15 @@ def likelihood_bounds(family: Any, state: Any, images: np.ndarray, labels: np.nd
   key = jax.random.fold_in(jax.random.key(seed), 1)
   sharding = parallel.data_sharding(mesh)
   out = {"elbo": [], "iwae": []}
-  for i, start in enumerate(range(0, len(images), bs)):
-    n = min(bs, len(images) - start)
-    batch = {"image": _pad(images[start:start + bs], bs),
-             "label": _pad(labels[start:start + bs].astype(np.int32), bs)}
-    result = jax.device_get(bounds(state, jax.device_put(batch, sharding),
+  num = len(batch["image"])
+  for i, start in enumerate(range(0, num, bs)):
+    n = min(bs, num - start)
+    block = {k: _pad(np.asarray(v[start:start + bs]), bs) for k, v in batch.items()}
+    result = jax.device_get(bounds(state, jax.device_put(block, sharding),
                                    jax.random.fold_in(key, i), num_samples=num_importance))
     for k in out:
       out[k].append(np.asarray(result[k], np.float64)[:n])
-  dims = math.prod(images.shape[1:]) * math.log(2)
+  dims = math.prod(batch["image"].shape[1:]) * math.log(2)
   nats = {k: -float(np.mean(np.concatenate(v))) for k, v in out.items()}
   return dict(nll_elbo=nats["elbo"], nll_iwae=nats["iwae"],
               bpd_elbo=nats["elbo"] / dims, bpd_iwae=nats["iwae"] / dims)
@@ -344,28 +435,16 @@ def likelihood_bounds(family: Any, state: Any, images: np.ndarray, labels: np.nd
 # ------------------------------------------------------------------------ runs
 
 
-def evaluate_state(config: ml_collections.ConfigDict, family: Any, state: Any, extractor: Extractor,
-                   *, num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0,
-                   num_importance: int | None = None, step: int | None = None,
-                   mesh: jax.sharding.Mesh | None = None,
-                   reference: "Reference | None" = None,
-                   likelihood_seed: int | None = None) -> dict:
-  """All metrics of a generative `state` vs the test split, its floor, flags and protocol.
-
-  `reference`: a precomputed `real_reference` for these counts and seed (else computed or
-  read from the cache). Likelihood bounds (families with `log_likelihood_bounds`) use
-  `num_importance` and `likelihood_seed` where given, else config.eval.num_importance / seed,
-  on the first config.eval.num_test_images test images (default: num_samples).
-  """
-  t0 = time.perf_counter()
-  mesh = mesh or parallel.make_mesh()
+def _sample_results(config: ml_collections.ConfigDict, family: Any, state: Any,
+                    extractor: Extractor, num_samples: int, seed: int, step: int,
+                    mesh: jax.sharding.Mesh, reference: "Reference | None") -> dict:
+  """Sample metrics of `num_samples` samples vs the test split, the floor, flags and protocol."""
   ref = reference or real_reference(extractor, config, num_samples, num_samples, seed, mesh)
   num_classes = config.model.get("num_classes") or 0
   feats, logits, labels = generate_features(family, state, extractor.features_fn,
                                             jax.random.key(seed), num_samples, num_classes, mesh)
   values = sample_metrics(ref.test_features, feats, logits, labels, seed)
-  step = int(jax.device_get(state.step)) if step is None else step
-  results = dict(
+  return dict(
       family=config.model.family, dataset=config.data.name, metrics=values, floor=ref.floor,
       flags=collapse_flags(values, ref.floor),
       protocol=dict(
@@ -378,15 +457,60 @@ def evaluate_state(config: ml_collections.ConfigDict, family: Any, state: Any, e
           precision_recall_k=PRECISION_RECALL_K, density_coverage_k=DENSITY_COVERAGE_K,
           inception_score_splits=min(IS_SPLITS, num_samples),
           diversity_points=min(DIVERSITY_POINTS, num_samples), collapse_fraction=COLLAPSE_FRACTION))
+
+
+def _caption_results(config: ml_collections.ConfigDict, family: Any, state: Any,
+                     extractor: Extractor, num_samples: int, seed: int, step: int,
+                     mesh: jax.sharding.Mesh) -> dict:
+  """Caption accuracy on the first num_samples test captions (at most the split), its floor
+  (the real test canvases) and protocol."""
+  test_n = len(trainer.load_data(config, "test")[0])
+  batch = read_batch(config, "test", np.arange(min(num_samples, test_n)))
+  classify_fn = lambda crops: extractor.features_fn(crops)[1]
+  values, floor = caption_metrics(family, state, batch, classify_fn, jax.random.key(seed), mesh)
+  n = len(batch["tokens"])
+  held_out = int(np.sum(batch["held_out"])) if "held_out" in batch else 0
+  return dict(
+      family=config.model.family, dataset=config.data.name, metrics=values, floor=floor, flags=[],
+      protocol=dict(
+          extractor=dict(name=extractor.name, checkpoint_step=extractor.checkpoint_step,
+                         test_accuracy=extractor.test_accuracy),
+          captions=dict(num=n, held_out=held_out, split="test", first=True),
+          num_samples=n, seed=seed, checkpoint_step=step,
+          floor=f"the {n} real test canvases scored the same way"))
+
+
+def evaluate_state(config: ml_collections.ConfigDict, family: Any, state: Any, extractor: Extractor,
+                   *, num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0,
+                   num_importance: int | None = None, step: int | None = None,
+                   mesh: jax.sharding.Mesh | None = None,
+                   reference: "Reference | None" = None,
+                   likelihood_seed: int | None = None) -> dict:
+  """All metrics of a generative `state` vs the test split, its floor, flags and protocol.
+
+  Sample metrics, or for captioned runs (`is_captioned`) caption accuracy. `reference`: a
+  precomputed `real_reference` for these counts and seed (else computed or read from the
+  cache; unused for captioned runs). Likelihood bounds (families with `log_likelihood_bounds`)
+  use `num_importance` and `likelihood_seed` where given, else config.eval.num_importance /
+  seed, on the first config.eval.num_test_images test examples (default: num_samples).
+  """
+  t0 = time.perf_counter()
+  mesh = mesh or parallel.make_mesh()
+  step = int(jax.device_get(state.step)) if step is None else step
+  if is_captioned(config, family):
+    results = _caption_results(config, family, state, extractor, num_samples, seed, step, mesh)
+  else:
+    results = _sample_results(config, family, state, extractor, num_samples, seed, step, mesh,
+                              reference)
   if hasattr(family, "log_likelihood_bounds"):
     # k, image count, batch and seed: arguments, else config.eval.*, else defaults.
     k = int(num_importance or eval_setting(config, "num_importance", DEFAULT_NUM_IMPORTANCE))
     lk_seed = eval_setting(config, "seed", seed) if likelihood_seed is None else likelihood_seed
     test_n = len(trainer.load_data(config, "test")[0])
     num_images = min(eval_setting(config, "num_test_images", num_samples), test_n)
-    images, test_labels = read_split(config, "test", np.arange(num_images))  # the first N
+    batch = read_batch(config, "test", np.arange(num_images))  # the first N, every feature
     results["likelihood"] = likelihood_bounds(
-        family, state, images, test_labels, num_importance=k, seed=lk_seed,
+        family, state, batch, num_importance=k, seed=lk_seed,
         batch_size=eval_setting(config, "batch_size"), mesh=mesh)
     results["protocol"]["likelihood"] = dict(num_importance=k, num_images=num_images,
                                              split="test", first_images=True,
@@ -446,9 +570,10 @@ def make_eval_fn(config: ml_collections.ConfigDict, extractor: str | Path | None
   """`eval_fn(state, step) -> {metric: value}` for the trainer (every config.eval_every steps).
 
   Classifiers: test-split accuracy and loss. Generative families: the sample metrics on
-  config.eval_num_samples (default IN_TRAINING_NUM_SAMPLES) samples vs as many test images,
-  collapse flags and, where the family has them, likelihood bounds. The extractor and the
-  real features are loaded here, so a missing extractor fails before training starts.
+  config.eval_num_samples (default IN_TRAINING_NUM_SAMPLES) samples vs as many test images
+  (captioned runs: caption accuracy on as many test captions), collapse flags and, where the
+  family has them, likelihood bounds. The extractor and the real features are loaded here, so
+  a missing extractor fails before training starts.
   """
   mesh = mesh or parallel.make_mesh()
   if config.model.family == "classifier":
@@ -458,7 +583,9 @@ def make_eval_fn(config: ml_collections.ConfigDict, extractor: str | Path | None
   family = steps.get_family(config.model.family)
   ext = load_extractor(config, extractor, mesh)
   num = config.get("eval_num_samples") or IN_TRAINING_NUM_SAMPLES
-  ref = real_reference(ext, config, num, num, config.seed, mesh)
+  ref = None
+  if not is_captioned(config, family):
+    ref = real_reference(ext, config, num, num, config.seed, mesh)
 
   def eval_fn(state: Any, step: int) -> dict:
     results = evaluate_state(config, family, state, ext, num_samples=num, seed=config.seed,
@@ -481,6 +608,9 @@ ROWS = (  # key, label, format[, key of its std over subsets]; metrics, then lik
     ("coverage", "coverage", "{:.3f}"),
     ("diversity", "diversity", "{:.2f}"),
     ("conditional_accuracy", "cond. accuracy", "{:.3f}"),
+    ("caption_accuracy", "caption accuracy", "{:.3f}"),
+    ("caption_accuracy_held_out", "  held-out captions", "{:.3f}"),
+    ("caption_accuracy_seen", "  seen captions", "{:.3f}"),
     ("test_accuracy", "test accuracy", "{:.4f}"),
     ("test_loss", "test loss", "{:.4f}"),
     ("nll_elbo", "-ELBO nats/image", "{:.2f}"),
@@ -506,9 +636,16 @@ def _protocol_line(r: dict) -> str:
     return f"{r['run']}: {r['family']} at step {p.get('checkpoint_step')}, {p.get('split')} split"
   e = p["extractor"]
   acc = f"{e['test_accuracy']:.2%}" if e.get("test_accuracy") is not None else "?"
-  line = (f"{r['run']}: step {p['checkpoint_step']}, {p['num_samples']} samples vs "
-          f"{p['num_real']} {p['real_split']} images, seed {p['seed']}; extractor {e['name']} "
-          f"(step {e['checkpoint_step']}, test accuracy {acc}, {e['feature_dim']}-d)")
+  if "captions" in p:
+    c = p["captions"]
+    line = (f"{r['run']}: step {p['checkpoint_step']}, a sample for each of the first {c['num']} "
+            f"{c['split']} captions ({c['held_out']} held out), seed {p['seed']}; items at the "
+            f"captions' places classified by {e['name']} (step {e['checkpoint_step']}, test "
+            f"accuracy {acc}); floor: {p['floor']}")
+  else:
+    line = (f"{r['run']}: step {p['checkpoint_step']}, {p['num_samples']} samples vs "
+            f"{p['num_real']} {p['real_split']} images, seed {p['seed']}; extractor {e['name']} "
+            f"(step {e['checkpoint_step']}, test accuracy {acc}, {e['feature_dim']}-d)")
   if "likelihood" in p:
     lk = p["likelihood"]
     line += f"; bounds on {lk['num_images']} {lk['split']} images, k={lk['num_importance']}"
@@ -516,7 +653,8 @@ def _protocol_line(r: dict) -> str:
 
 
 def format_table(results: list[dict]) -> str:
-  """Metric rows x run columns, then the floor (real train vs test) of the first run.
+  """Metric rows x run columns, then the floor of the first run (real train vs test, or for
+  captioned runs the real test canvases).
 
   Values under COLLAPSE_FRACTION x floor (recall, coverage, diversity) carry a "!".
   """
@@ -524,7 +662,9 @@ def format_table(results: list[dict]) -> str:
   merged = [dict(r.get("metrics", {}), **r.get("likelihood", {})) for r in results]
   rows = [row for row in ROWS if any(m.get(row[0]) is not None for m in merged)]
   names = [r.get("run", f"run{i}") for i, r in enumerate(results)]
-  header = ["metric", *names] + (["floor: train vs test"] if floor else [])
+  captioned = "captions" in results[0].get("protocol", {})
+  floor_name = "real test canvases" if captioned else "train vs test"
+  header = ["metric", *names] + ([f"floor: {floor_name}"] if floor else [])
   body = []
   for row in rows:
     flagged = [any(f.startswith(row[0] + " ") for f in r.get("flags", [])) for r in results]

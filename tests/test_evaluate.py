@@ -1,5 +1,6 @@
 """Evaluation: collapse flags against the floor, protocol in metrics.json, likelihood bounds,
-the missing-extractor error, the classifier family through the loop, compare tables."""
+the missing-extractor error, the classifier family through the loop, compare tables; captioned
+runs: every batch feature reaches the bounds, caption accuracy against the real canvases."""
 
 import json
 import math
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 
 from jaxgen import cli, config as config_lib, evaluate, trainer
+from jaxgen.data import captions
+from jaxgen.steps import draw
 from conftest import REPO
 
 N = 128  # samples and test images: the whole test split of the fashion slice
@@ -181,3 +184,120 @@ def test_classifier_trains_through_the_loop_and_serves_as_extractor(classifier_r
   assert json.loads((workdir / "extractor.json").read_text())["num_test"] == N
   feats, logits = evaluate.compute_features(ext.features_fn, np.zeros((5, 28, 28, 1), np.float32))
   assert feats.shape == (5, 32) and logits.shape == (5, 10)
+
+
+# ------------------------------------------------------------------ captions
+
+
+def test_likelihood_bounds_pass_every_batch_feature_to_the_family():
+  seen = []
+
+  def log_likelihood_bounds(state, batch, key, num_samples):
+    seen.append(sorted(batch))
+    score = jnp.sum(batch["tokens"], axis=-1) + 10 * batch["held_out"]
+    return {"elbo": -score.astype(jnp.float32), "iwae": -score.astype(jnp.float32) + 1.0}
+
+  n = 13  # two batches of 8 (one per simulated device), the second padded
+  tokens = np.arange(n * 3, dtype=np.int32).reshape(n, 3)
+  held = np.arange(n, dtype=np.int32) % 2
+  batch = dict(image=np.zeros((n, 4, 4, 1), np.float32), label=np.zeros(n, np.int32),
+               tokens=tokens, held_out=held)
+  family = types.SimpleNamespace(log_likelihood_bounds=log_likelihood_bounds)
+  lk = evaluate.likelihood_bounds(family, None, batch, num_importance=3, batch_size=8)
+  assert seen == [["held_out", "image", "label", "tokens"]]  # traced once, every key
+  expect = float(np.mean(tokens.sum(-1) + 10 * held))
+  assert lk["nll_elbo"] == pytest.approx(expect) and lk["nll_iwae"] == pytest.approx(expect - 1)
+  assert lk["bpd_elbo"] == pytest.approx(expect / (16 * math.log(2)))
+
+
+def level_items():
+  """Two 28 x 28 items per class, class k of constant grey level (k - 4.5) / 5 in [-1, 1]: what
+  `projection_extractor`'s logits read back as class k."""
+  levels = np.round((np.arange(10) + 0.5) * 25.5).astype(np.uint8)
+  labels = np.repeat(np.arange(10), 2)
+  return np.broadcast_to(levels[labels][:, None, None], (20, 28, 28)).copy(), labels
+
+
+@pytest.fixture(scope="module")
+def canvases():
+  images, labels = level_items()
+  canv = captions.make_canvases(images, labels, 48, seed=0, train=False)
+  assert 0 < canv["held_out"].sum() < 48
+  return canv
+
+
+def as_batch(canv):
+  return dict(canv, image=canv["image"] / 127.5 - 1.0)
+
+
+def test_caption_metrics_score_samples_per_caption_against_the_real_canvases(canvases):
+  batch = as_batch(canvases)
+  reader = projection_extractor().features_fn
+  classify = lambda crops: reader(crops)[1]
+
+  def oracle(state, key, num, conditioning=None):  # the real canvas of each caption
+    match_NxM = jnp.all(conditioning[:, None] == state[0][None], axis=-1)
+    return state[1][jnp.argmax(match_NxM, axis=1)]
+
+  blank = lambda state, key, num, conditioning=None: -jnp.ones((num, 60, 60, 1))
+  table = (jnp.asarray(batch["tokens"]), jnp.asarray(batch["image"], jnp.float32))
+  ones = dict(caption_accuracy=1.0, caption_accuracy_held_out=1.0, caption_accuracy_seen=1.0)
+  values, floor = evaluate.caption_metrics(types.SimpleNamespace(sample=oracle), table, batch,
+                                           classify, jax.random.key(0), batch_size=16)
+  assert values == floor == ones
+  # blank crops read as class 0: only one-item captions of class 0 are right
+  values, floor = evaluate.caption_metrics(types.SimpleNamespace(sample=blank), None, batch,
+                                           classify, jax.random.key(0), batch_size=16)
+  right = (batch["classes"][:, 0] == 0) & (batch["classes"][:, 1] == captions.NONE)
+  held = batch["held_out"] == 1
+  assert floor == ones and right.any()
+  assert values == pytest.approx(dict(caption_accuracy=right.mean(),
+                                      caption_accuracy_held_out=right[held].mean(),
+                                      caption_accuracy_seen=right[~held].mean()))
+
+
+def test_tiny_aligndraw_gets_caption_rows_a_real_canvas_floor_and_bounds(canvases, monkeypatch):
+  config = config_lib.load(REPO / "experiments/configs/aligndraw_captions.py")
+  config.model.update(dict(num_steps=2, latent_dim=4, enc_features=16, dec_features=16, read_n=2,
+                           write_n=3, embed_dim=8, lang_features=8, align_features=8))
+  config.data.name = "captioned_fashion_mnist/small"
+  config.eval = {"num_test_images": 16, "num_importance": 2, "batch_size": 8, "seed": 0}
+  n = len(canvases["tokens"])
+  items = [{k: v[i] for k, v in canvases.items()} for i in range(n)]
+  monkeypatch.setattr(trainer, "load_data", lambda config, split: (items, None))  # in memory
+  example = {"image": jnp.zeros((1, 60, 60, 1)), "tokens": jnp.asarray(canvases["tokens"][:1])}
+  state = jax.jit(lambda key: draw.init_state(config, key, example))(jax.random.key(0))
+  assert evaluate.is_captioned(config, draw)
+  results = evaluate.evaluate_state(config, draw, state, projection_extractor(),
+                                    num_samples=1000, seed=2, step=5)  # capped at the split
+  rows = {"caption_accuracy", "caption_accuracy_held_out", "caption_accuracy_seen"}
+  assert set(results["metrics"]) == rows and "fd" not in results["metrics"]
+  assert results["floor"] == dict.fromkeys(rows, 1.0) and results["flags"] == []
+  m, held = results["metrics"], int(canvases["held_out"].sum())
+  assert m["caption_accuracy"] * n == pytest.approx(
+      m["caption_accuracy_held_out"] * held + m["caption_accuracy_seen"] * (n - held))
+  p = results["protocol"]
+  assert p["captions"] == dict(num=n, held_out=held, split="test", first=True)
+  assert (p["seed"], p["checkpoint_step"], p["extractor"]["name"]) == (2, 5, "random projection")
+  assert p["likelihood"]["num_images"] == 16
+  lk = results["likelihood"]  # the bounds read the captions (tokens) of the test batch
+  assert 0 < lk["nll_iwae"] <= lk["nll_elbo"] + 1e-3
+  assert lk["bpd_elbo"] == pytest.approx(lk["nll_elbo"] / (3600 * math.log(2)))
+  table = evaluate.format_table([dict(results, run="aligndraw")])
+  header, _, *body = table.splitlines()
+  assert header.split()[-4:] == ["floor:", "real", "test", "canvases"]
+  assert next(l for l in body if l.startswith("caption accuracy")).split()[-1] == "1.000"
+  assert any(l.strip().startswith("held-out captions") for l in body)
+  assert "FD" not in table and "-IWAE nats/image" in table and f"({held} held out)" in table
+
+
+def test_captioned_runs_use_their_items_classifier(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.delenv(evaluate.EXTRACTOR_ENV, raising=False)
+  config = config_lib.load(REPO / "experiments/configs/aligndraw_captions.py")
+  assert evaluate.extractor_config(config).data.name == "fashion_mnist"
+  assert config.data.name == "captioned_fashion_mnist"  # not changed in place
+  with pytest.raises(evaluate.ExtractorNotFound) as e:
+    evaluate.load_extractor(config)
+  assert str(e.value).startswith("no trained feature extractor in runs/classifier_fashion_mnist ")
+  assert str(e.value).endswith("classifier_fashion.py --workdir runs/classifier_fashion_mnist`")
