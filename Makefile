@@ -39,5 +39,9 @@ test: setup data
 test-all: setup data
 	$(PY) -m pytest -q -m ""
 
+bench: setup
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m benchmarks.throughput
+
 clean:
 	rm -rf runs .pytest_cache

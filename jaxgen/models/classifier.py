@@ -9,6 +9,8 @@ feature_dim-wide penultimate activations together with the logits.
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxgen import ops
+
 
 class Classifier(nn.Module):
   """images_BxHxWxC -> logits_BxK; `features` -> (features_BxD, logits_BxK)."""
@@ -33,7 +35,7 @@ class Classifier(nn.Module):
     for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
       x = nn.relu(norm(conv(x), use_running_average=not train))
       if i < len(self.convs) - 1:  # 28x28 -> 14x14 -> 7x7
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = ops.max_pool(x, (2, 2))
     h_BxD = nn.relu(self.dense(x.reshape(x.shape[0], -1)))
     logits_BxK = self.head(self.drop(h_BxD, deterministic=not train))
     return h_BxD, logits_BxK

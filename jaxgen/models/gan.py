@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxgen import ops
 from jaxgen.errors import ConfigError
 
 
@@ -42,6 +43,7 @@ class Generator(nn.Module):
   width: int = 64
   kernel_size: int = 5
   num_classes: int = 0
+  fast_deconv: bool = True  # jaxgen.ops.ConvTranspose: same params and outputs, faster gradient
 
   @nn.compact
   def __call__(self, z_BxZ: jnp.ndarray, labels_B: jnp.ndarray | None = None, *,
@@ -56,10 +58,11 @@ class Generator(nn.Module):
     x = x.reshape(x.shape[0], start, start, widths[0])
     x = nn.relu(norm("bn_dense")(x))
     k = (self.kernel_size, self.kernel_size)
+    deconv = ops.ConvTranspose if self.fast_deconv else nn.ConvTranspose
     for i, w in enumerate(widths[1:]):
-      x = nn.ConvTranspose(w, k, strides=(2, 2), use_bias=False, name=f"deconv{i}")(x)
+      x = deconv(w, k, strides=(2, 2), use_bias=False, name=f"deconv{i}")(x)
       x = nn.relu(norm(f"bn{i}")(x))
-    x = nn.ConvTranspose(channels, k, strides=(2, 2), name="to_image")(x)
+    x = deconv(channels, k, strides=(2, 2), name="to_image")(x)
     return jnp.tanh(x)
 
 
@@ -69,6 +72,7 @@ class Discriminator(nn.Module):
   width: int = 64
   kernel_size: int = 5
   num_classes: int = 0
+  fast_conv: bool = True  # jaxgen.ops.Conv: same params and outputs, faster input gradient
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jnp.ndarray, labels_B: jnp.ndarray | None = None, *,
@@ -76,8 +80,9 @@ class Discriminator(nn.Module):
     _, widths = upsampling_plan(self.image_shape[0], self.width)
     k = (self.kernel_size, self.kernel_size)
     x = x_BxHxWxC
+    conv = ops.Conv if self.fast_conv else nn.Conv
     for i, w in enumerate(reversed(widths)):
-      x = nn.Conv(w, k, strides=(2, 2), use_bias=i == 0, name=f"conv{i}")(x)
+      x = conv(w, k, strides=(2, 2), use_bias=i == 0, name=f"conv{i}")(x)
       if i > 0:  # DCGAN: no BatchNorm on the discriminator's input layer.
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"bn{i}")(x)
       x = nn.leaky_relu(x, 0.2)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxgen import ops
 from jaxgen.errors import ConfigError
 
 
@@ -93,8 +94,8 @@ class Decoder(nn.Module):
     x = x.reshape(x.shape[0], start, start, widths[0])
     k = (self.kernel_size, self.kernel_size)
     for i, w in enumerate(widths[1:]):
-      x = nn.swish(nn.ConvTranspose(w, k, strides=(2, 2), name=f"deconv{i}")(x))
-    return nn.ConvTranspose(self.out_channels, k, strides=(2, 2), name="to_image")(x)
+      x = nn.swish(ops.ConvTranspose(w, k, strides=(2, 2), name=f"deconv{i}")(x))
+    return ops.ConvTranspose(self.out_channels, k, strides=(2, 2), name="to_image")(x)
 
 
 class VAE(nn.Module):

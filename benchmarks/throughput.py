@@ -1,0 +1,370 @@
+"""Train-step throughput of every jaxgen family, with FLOP utilisation and a PyTorch peer.
+
+    python -m benchmarks.throughput                      # all families, default batch sizes
+    python -m benchmarks.throughput --families gan --batch_sizes 32,64,128 --devices 1,2,4,8 \\
+        --image_shapes 28x28x1,32x32x3,64x64x3 --set model.width=64 --json out.json
+
+For each family (its config in experiments/configs/, *_fashion.py first), image shape, batch
+size (default: the config's, half and double it) and device count it compiles the family's `train_step` once ahead of time (jaxgen.trainer's
+`compile_train_step`, state donated, batch sharded over a "data" mesh) and reports:
+compile seconds; ms per step and images/s (median of `--repeats` timed runs of `--steps`
+steps after warm-up, each ended by block_until_ready); GFLOP per step from XLA's cost
+analysis (all devices together; a dilated convolution's zeros count too); achieved GFLOP/s
+and its ratio to the measured float32 matmul peak (of the host's cores on CPU, of one device
+x devices elsewhere); memory per device (XLA's arguments + temporaries of the compiled step,
+and, where the backend reports one, the device's peak in use so far in the process); and,
+on one device, the PyTorch peer's images/s (benchmarks/torch_peer.py, if torch is
+installed: `pip install -e ".[bench]"`) and the ratio jaxgen / PyTorch.
+
+Random batches: no data set is needed. Each device count runs in its own process, because
+the CPU's simulated device count (XLA_FLAGS=--xla_force_host_platform_device_count) must be
+set before JAX starts; on GPU/TPU hosts the first N real devices are used. The table is
+printed and written, with the machine's description, to `--json`.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "experiments" / "configs"
+COLUMNS = (  # (key, header, format)
+    ("family", "family", "{}"), ("image", "image", "{}"), ("batch", "batch", "{}"),
+    ("devices", "dev", "{}"), ("compile_s", "compile s", "{:.1f}"),
+    ("ms_per_step", "ms/step", "{:.1f}"), ("images_per_s", "img/s", "{:.0f}"),
+    ("gflop_per_step", "GFLOP/step", "{:.2f}"), ("gflops", "GFLOP/s", "{:.1f}"),
+    ("peak_fraction", "% peak", "{:.0%}"), ("memory_mib", "XLA MiB", "{:.0f}"),
+    ("device_peak_mib", "dev peak MiB", "{:.0f}"), ("torch_images_per_s", "torch img/s", "{:.0f}"),
+    ("ratio", "jax/torch", "{:.2f}x"))
+
+
+# ------------------------------------------------------------------ what to measure
+
+
+def family_configs(families: list[str] | None) -> tuple[dict[str, Path], list[str]]:
+  """({family: its config file}, notes on requested families left out)."""
+  from jaxgen import config as config_lib, steps
+
+  found: dict[str, Path] = {}
+  # Fashion-MNIST configs first: they need no extra batch fields (e.g. caption tokens).
+  for path in sorted(CONFIGS.glob("*.py"), key=lambda p: ("fashion" not in p.stem, p.name)):
+    try:
+      found.setdefault(config_lib.load(path).model.family, path)
+    except Exception:  # a config being written elsewhere must not stop the benchmark
+      continue
+  notes, chosen = [], {}
+  for family in families or steps.FAMILIES:
+    if family not in steps.FAMILIES:
+      raise SystemExit(f"unknown family {family!r}; choose from {steps.FAMILIES}")
+    if importlib.util.find_spec(f"jaxgen.steps.{family}") is None:
+      notes.append(f"{family}: skipped (no jaxgen/steps/{family}.py yet)")
+    elif family not in found:
+      notes.append(f"{family}: skipped (no config in {CONFIGS.relative_to(REPO)} names it)")
+    else:
+      chosen[family] = found[family]
+  return chosen, notes
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+  """"28x28x1" -> (28, 28, 1)."""
+  h, w, c = (int(v) for v in text.lower().split("x"))
+  return h, w, c
+
+
+def load_config(path: Path, image_shape: tuple[int, int, int], batch_size: int,
+                overrides: dict[str, str]):
+  from jaxgen import config as config_lib
+
+  config = config_lib.load(path, overrides)
+  config.data.image_shape = tuple(image_shape)
+  config.batch_size = batch_size
+  return config
+
+
+# ------------------------------------------------------------------------ measuring
+
+
+def timed_runs(run_steps, repeats: int, steps: int) -> list[float]:
+  """Seconds per step of each of `repeats` calls of `run_steps(steps)` (which must block)."""
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    run_steps(steps)
+    times.append((time.perf_counter() - t0) / steps)
+  return times
+
+
+def matmul_peak_gflops(repeats: int = 5) -> dict:
+  """Measured float32 matmul GFLOP/s of one device: the best of `repeats` timed runs of
+  n x n @ n x n at default precision."""
+  import jax
+  import jax.numpy as jnp
+
+  n = 2048 if jax.devices()[0].platform == "cpu" else 8192
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  matmul = jax.jit(lambda a: a @ a)
+  matmul(a).block_until_ready()
+
+  def run(k):
+    for _ in range(k):
+      out = matmul(a)
+    out.block_until_ready()
+
+  run(2)
+  s = min(timed_runs(run, repeats, 3))
+  return dict(matmul_size=n, matmul_peak_gflops=2 * n ** 3 / s / 1e9)
+
+
+def random_batch(config, mesh):
+  """A global batch of uniform images in [-1, 1] and labels, sharded over the mesh."""
+  import jax
+  import numpy as np
+  from jaxgen import parallel
+
+  rng = np.random.default_rng(0)
+  b, shape = config.batch_size, tuple(config.data.image_shape)
+  batch = {"image": rng.uniform(-1, 1, (b, *shape)).astype(np.float32),
+           "label": rng.integers(0, 10, (b,)).astype(np.int32)}
+  return jax.device_put(batch, parallel.data_sharding(mesh))
+
+
+def measure_jax(family_name: str, config, num_devices: int, repeats: int, steps: int,
+                warmup: int) -> dict:
+  """One row: compile, time and cost the family's train step on `num_devices` devices."""
+  import jax
+  from jaxgen import parallel, steps as families, trainer
+
+  family = families.get_family(family_name)
+  devices = jax.devices()[:num_devices]
+  mesh = parallel.make_mesh(devices)
+  state, shardings = trainer.create_state(config, mesh, jax.random.key(0))
+  batch = random_batch(config, mesh)
+  step, stats = trainer.compile_train_step(family, state, shardings, batch, mesh)
+  key = jax.random.key(1)
+  holder = [state]
+
+  def run(k):
+    s = holder[0]
+    for _ in range(k):
+      s, _ = step(s, batch, key)
+    holder[0] = jax.block_until_ready(s)
+
+  run(warmup)
+  sec = statistics.median(timed_runs(run, repeats, steps))
+  # cost_analysis describes one device's program of a data-parallel step
+  flops = stats["flops_per_step"] * num_devices
+  row = dict(compile_s=stats["compile_s"], ms_per_step=1e3 * sec,
+             images_per_s=config.batch_size / sec, gflop_per_step=flops / 1e9,
+             gflops=flops / sec / 1e9)
+  if "temp_bytes" in stats:
+    row["memory_mib"] = (stats["temp_bytes"] + stats["argument_bytes"]) / 2 ** 20
+  peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in devices]
+  if all(p is not None for p in peaks):
+    row["device_peak_mib"] = max(peaks) / 2 ** 20
+  return row
+
+
+def measure_torch(family: str, config, repeats: int, steps: int, warmup: int) -> dict:
+  """The PyTorch peer's images/s, or a note saying why there is none."""
+  if importlib.util.find_spec("torch") is None:
+    return dict(torch_note='torch not installed (pip install -e ".[bench]")')
+  from benchmarks import torch_peer
+
+  if family not in torch_peer.PEERS:
+    return dict(torch_note=f"no PyTorch peer for {family}")
+  try:
+    r = torch_peer.measure(family, config, config.batch_size, repeats, steps, warmup)
+  except NotImplementedError as e:
+    return dict(torch_note=str(e))
+  return dict(torch_images_per_s=r["images_per_s"], torch_ms_per_step=r["ms_per_step"],
+              torch_threads=r["threads"], torch_device=r["device"])
+
+
+def machine(peak: dict) -> dict:
+  import jax
+
+  d = jax.devices()[0]
+  info = dict(platform=d.platform, device_kind=d.device_kind, device_count=jax.device_count(),
+              cpu_count=os.cpu_count(), processor=platform.processor() or platform.machine(),
+              python=platform.python_version(), jax=jax.__version__,
+              load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None, **peak)
+  if importlib.util.find_spec("torch") is not None:
+    import torch
+    info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+  return info
+
+
+def run_here(args) -> dict:
+  """Measures every requested row on this process's devices; returns {"machine", "rows", "notes"}."""
+  import jax
+
+  chosen, notes = family_configs(args.families)
+  peak = matmul_peak_gflops()
+  info = machine(peak)
+  rows = []
+  for num_devices in args.devices:
+    if num_devices > jax.device_count():
+      notes.append(f"{num_devices} devices: skipped (this host has {jax.device_count()})")
+      continue
+    # Simulated CPU devices share the host's cores; real accelerators add their own.
+    peak_total = peak["matmul_peak_gflops"] * (1 if info["platform"] == "cpu" else num_devices)
+    for family, path in chosen.items():
+      for shape in args.image_shapes:
+        for batch_size in args.batch_sizes or default_batch_sizes(base_batch(path)):
+          if batch_size % num_devices:
+            notes.append(f"{family} batch {batch_size}: skipped on {num_devices} devices "
+                         "(does not divide)")
+            continue
+          config = load_config(path, shape, batch_size, args.overrides)
+          row = dict(family=family, config=str(path.relative_to(REPO)),
+                     image="x".join(map(str, shape)), batch=batch_size, devices=num_devices)
+          try:
+            row.update(measure_jax(family, config, num_devices, args.repeats, args.steps,
+                                   args.warmup))
+          except Exception as e:  # e.g. an image size the family's model cannot take
+            notes.append(f"{family} {row['image']} batch {batch_size}: failed ({e!r:.200})")
+            continue
+          row["peak_fraction"] = row["gflops"] / peak_total
+          if num_devices == 1 and not args.no_torch:
+            row.update(measure_torch(family, config, args.repeats, args.steps, args.warmup))
+            if "torch_images_per_s" in row:
+              row["ratio"] = row["images_per_s"] / row["torch_images_per_s"]
+          rows.append(row)
+          if not args.quiet:
+            print(format_table([row], header=not rows[:-1]), flush=True)
+  return dict(machine=info, rows=rows, notes=notes)
+
+
+def base_batch(path: Path) -> int:
+  from jaxgen import config as config_lib
+  return int(config_lib.load(path).batch_size)
+
+
+def default_batch_sizes(batch_size: int) -> list[int]:
+  """The config's batch size, half and double it."""
+  return sorted({max(batch_size // 2, 1), batch_size, 2 * batch_size})
+
+
+# -------------------------------------------------------------------------- output
+
+
+def format_table(rows: list[dict], header: bool = True) -> str:
+  """Fixed-width text table; '-' where a value is missing."""
+  cells = [[fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in COLUMNS]
+           for r in rows]
+  widths = [max(len(h), 12 if k in ("torch_images_per_s", "device_peak_mib") else 0, 5)
+            for k, h, _ in COLUMNS]
+  widths = [max([w] + [len(c[i]) for c in cells]) for i, w in enumerate(widths)]
+  line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))
+  out = [line([h for _, h, _ in COLUMNS])] if header else []
+  return "\n".join(out + [line(c) for c in cells])
+
+
+def describe(result: dict) -> str:
+  m = result["machine"]
+  torch = (f"; torch {m['torch']} with {m['torch_threads']} threads" if "torch" in m else "")
+  load = (f"; load average {m['load_average'][0]:.2f}" if m.get("load_average") else "")
+  return (f"{m['device_count']} x {m['device_kind']} ({m['platform']}), {m['cpu_count']} CPU "
+          f"cores; float32 matmul peak {m['matmul_peak_gflops']:.0f} GFLOP/s "
+          f"({m['matmul_size']}^3); jax {m['jax']}{torch}{load}")
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  csv = lambda t: [v for v in t.split(",") if v]
+  p.add_argument("--families", type=csv, default=None,
+                 help="comma-separated (default: every family with a steps module and config)")
+  p.add_argument("--batch_sizes", type=lambda t: [int(v) for v in csv(t)], default=None,
+                 help="comma-separated (default: each config's batch size, half and double)")
+  p.add_argument("--image_shapes", type=lambda t: [parse_shape(v) for v in csv(t)],
+                 default=[(28, 28, 1)], help="e.g. 28x28x1,32x32x3,64x64x3")
+  p.add_argument("--devices", type=lambda t: [int(v) for v in csv(t)], default=[1],
+                 help="device counts, e.g. 1,2,4,8 (simulated on CPU)")
+  p.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
+  p.add_argument("--steps", type=int, default=10, help="steps per timed run")
+  p.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
+  p.add_argument("--set", dest="overrides", action="append", default=[],
+                 help="config override key=value for every family, e.g. model.width=64")
+  p.add_argument("--no_torch", action="store_true", help="skip the PyTorch peer")
+  p.add_argument("--json", default="runs/benchmarks/throughput.json", help="where to write results")
+  p.add_argument("--quiet", action="store_true", help="print only the final table")
+  p.add_argument("--here", action="store_true", help=argparse.SUPPRESS)  # a per-count child
+  args = p.parse_args(argv)
+  args.overrides = dict(kv.split("=", 1) for kv in args.overrides)
+  return args
+
+
+def _child_argv(argv: list[str], num_devices: int, out: str) -> list[str]:
+  """argv with --devices, --json and --quiet replaced for one device count."""
+  keep, skip = [], False
+  for a in argv:
+    if skip:
+      skip = False
+      continue
+    name = a.split("=", 1)[0]
+    if name in ("--devices", "--json"):
+      skip = "=" not in a
+      continue
+    if name not in ("--quiet", "--here"):
+      keep.append(a)
+  return keep + ["--devices", str(num_devices), "--json", out, "--quiet", "--here"]
+
+
+def run_per_device_count(args, argv: list[str]) -> dict:
+  """Runs each device count in a fresh process (XLA_FLAGS set before JAX starts); merges."""
+  merged: dict = dict(machine=None, rows=[], notes=[])
+  for n in args.devices:
+    with tempfile.TemporaryDirectory() as tmp:
+      out = os.path.join(tmp, "result.json")
+      env = dict(os.environ)
+      env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
+                          + f" --xla_force_host_platform_device_count={n}").strip()
+      cmd = [sys.executable, "-m", "benchmarks.throughput", *_child_argv(argv, n, out)]
+      if n > 1:
+        cmd.append("--no_torch")  # the PyTorch peer runs on one device only
+      done = subprocess.run(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
+      if done.returncode:
+        merged["notes"].append(f"{n} devices: the run failed (exit {done.returncode})")
+        continue
+      part = json.loads(Path(out).read_text())
+    merged["machine"] = merged["machine"] or part["machine"]
+    merged["rows"] += part["rows"]
+    merged["notes"] += [x for x in part["notes"] if x not in merged["notes"]]
+    if not args.quiet:
+      print(format_table(part["rows"], header=n == args.devices[0]), flush=True)
+  return merged
+
+
+def main(argv: list[str] | None = None) -> dict:
+  argv = sys.argv[1:] if argv is None else argv
+  args = parse_args(argv)
+  if args.here or args.devices == [1]:
+    result = run_here(args)
+  else:
+    result = run_per_device_count(args, argv)
+  print()
+  print(describe(result) if result["machine"] else "no measurements")
+  print(format_table(result["rows"]))
+  for note in result["notes"]:
+    print("note:", note)
+  path = Path(args.json)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(result, indent=1))
+  print(f"wrote {path}")
+  return result
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,255 @@
+"""PyTorch (eager) peers of jaxgen's models, timed on the same train step.
+
+Each peer mirrors the flax model layer for layer (sizes from the same plan functions,
+the same optimizer and hyper-parameters, BatchNorm momentum and epsilon) and does the work
+of the family's `train_step`: the GAN's D update then G update and generator EMA, the VAE's
+fresh binarisation, reparameterised ELBO and Adam update, the classifier's flips, dropout
+and cross-entropy. Peers are for timing, not for matching numbers: "SAME" padding is
+symmetric here (PyTorch's `padding`, `output_padding`) where XLA pads one side more.
+
+torch is an optional extra (`pip install -e ".[bench]"`) and never a core dependency:
+import this module only where `torch` is installed. Threads: PyTorch's default
+(`torch.get_num_threads()`, reported with every result).
+"""
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import ml_collections
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from jaxgen.models import gan as gan_models
+from jaxgen.models import vae as vae_models
+
+
+def device() -> torch.device:
+  """CUDA where this torch build sees a GPU, else the CPU."""
+  return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _pad(k: int) -> tuple[int, int]:
+  """(padding, output_padding) giving XLA "SAME" sizes for a stride-2 (transposed) conv."""
+  p = (k - 1) // 2
+  return p, 2 + 2 * p - k
+
+
+def _conv(cin: int, cout: int, k: int, bias: bool = True) -> nn.Conv2d:
+  return nn.Conv2d(cin, cout, k, stride=2, padding=_pad(k)[0], bias=bias)
+
+
+def _deconv(cin: int, cout: int, k: int, bias: bool = True) -> nn.ConvTranspose2d:
+  p, op = _pad(k)
+  return nn.ConvTranspose2d(cin, cout, k, stride=2, padding=p, output_padding=op, bias=bias)
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+  return nn.BatchNorm2d(c, eps=1e-5, momentum=0.1)  # flax momentum 0.9 == torch 0.1
+
+
+# ----------------------------------------------------------------------------- GAN
+
+
+class Generator(nn.Module):
+  """z_BxZ -> images_BxCxHxW, as jaxgen.models.gan.Generator (unconditional)."""
+
+  def __init__(self, image_shape: Sequence[int], width: int, kernel_size: int, latent_dim: int):
+    super().__init__()
+    start, widths = gan_models.upsampling_plan(image_shape[0], width)
+    self.start, self.c0 = start, widths[0]
+    self.dense = nn.Linear(latent_dim, start * start * widths[0], bias=False)
+    self.bn_dense = _bn(widths[0])
+    self.deconvs = nn.ModuleList(_deconv(a, b, kernel_size, bias=False)
+                                 for a, b in zip(widths, widths[1:]))
+    self.bns = nn.ModuleList(_bn(b) for b in widths[1:])
+    self.to_image = _deconv(widths[-1], image_shape[2], kernel_size)
+
+  def forward(self, z: torch.Tensor) -> torch.Tensor:
+    x = self.dense(z).view(z.shape[0], self.start, self.start, self.c0).permute(0, 3, 1, 2)
+    x = F.relu(self.bn_dense(x))
+    for deconv, bn in zip(self.deconvs, self.bns):
+      x = F.relu(bn(deconv(x)))
+    return torch.tanh(self.to_image(x))
+
+
+class Discriminator(nn.Module):
+  """images_BxCxHxW -> logits_B, as jaxgen.models.gan.Discriminator (unconditional)."""
+
+  def __init__(self, image_shape: Sequence[int], width: int, kernel_size: int):
+    super().__init__()
+    start, widths = gan_models.upsampling_plan(image_shape[0], width)
+    chans = (image_shape[2], *reversed(widths))
+    self.convs = nn.ModuleList(_conv(a, b, kernel_size, bias=i == 0)
+                               for i, (a, b) in enumerate(zip(chans, chans[1:])))
+    self.bns = nn.ModuleList(_bn(b) for b in chans[2:])
+    self.logit = nn.Linear(start * start * chans[-1], 1)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    x = F.leaky_relu(self.convs[0](x), 0.2)
+    for conv, bn in zip(self.convs[1:], self.bns):
+      x = F.leaky_relu(bn(conv(x)), 0.2)
+    # flatten in NHWC order, as the flax model does
+    return self.logit(x.permute(0, 2, 3, 1).reshape(x.shape[0], -1))[:, 0]
+
+
+def gan_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[], None]:
+  """One DCGAN train step (D then G, non-saturating loss, Adam, EMA) on a fixed random batch."""
+  m, o, dev = config.model, config.optim, device()
+  shape = tuple(config.data.image_shape)
+  g = Generator(shape, m.width, m.kernel_size, m.latent_dim).to(dev)
+  d = Discriminator(shape, m.width, m.kernel_size).to(dev)
+  ema = [p.detach().clone() for p in g.parameters()]
+  g_opt = torch.optim.Adam(g.parameters(), o.g_lr, betas=(o.b1, o.b2))
+  d_opt = torch.optim.Adam(d.parameters(), o.d_lr, betas=(o.b1, o.b2))
+  real = torch.rand(batch_size, shape[2], shape[0], shape[1], device=dev) * 2 - 1
+  ones = torch.ones(batch_size, device=dev)
+  zeros = torch.zeros(batch_size, device=dev)
+
+  def step() -> None:
+    with torch.no_grad():
+      fake = g(torch.randn(batch_size, m.latent_dim, device=dev))
+    d_opt.zero_grad(set_to_none=True)
+    d_loss = (F.binary_cross_entropy_with_logits(d(real), ones)
+              + F.binary_cross_entropy_with_logits(d(fake), zeros))
+    d_loss.backward()
+    d_opt.step()
+    d.requires_grad_(False)  # G's update needs no gradient for D's weights
+    g_opt.zero_grad(set_to_none=True)
+    g_loss = F.binary_cross_entropy_with_logits(d(g(torch.randn(batch_size, m.latent_dim,
+                                                                device=dev))), ones)
+    g_loss.backward()
+    g_opt.step()
+    d.requires_grad_(True)
+    with torch.no_grad():
+      torch._foreach_lerp_(ema, [p.detach() for p in g.parameters()], 1.0 - m.ema_decay)
+
+  return step
+
+
+# ----------------------------------------------------------------------------- VAE
+
+
+class VAE(nn.Module):
+  """Encoder + reparameterised sample + decoder, as jaxgen.models.vae.VAE (unconditional)."""
+
+  def __init__(self, image_shape: Sequence[int], out_channels: int, latent_dim: int, width: int,
+               kernel_size: int):
+    super().__init__()
+    start, widths = vae_models.resolution_plan(image_shape[0], width)
+    enc = (image_shape[2], *reversed(widths))
+    self.start, self.c0 = start, widths[0]
+    self.convs = nn.ModuleList(_conv(a, b, kernel_size) for a, b in zip(enc, enc[1:]))
+    self.to_latent = nn.Linear(start * start * widths[0], 2 * latent_dim)
+    self.dense = nn.Linear(latent_dim, start * start * widths[0])
+    self.deconvs = nn.ModuleList(_deconv(a, b, kernel_size) for a, b in zip(widths, widths[1:]))
+    self.to_image = _deconv(widths[-1], out_channels, kernel_size)
+
+  def forward(self, x: torch.Tensor, eps: torch.Tensor):
+    for conv in self.convs:
+      x = F.silu(conv(x))
+    mean, logvar = self.to_latent(x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)).chunk(2, -1)
+    z = mean + torch.exp(0.5 * logvar) * eps
+    h = F.silu(self.dense(z)).view(z.shape[0], self.start, self.start, self.c0)
+    h = h.permute(0, 3, 1, 2)
+    for deconv in self.deconvs:
+      h = F.silu(deconv(h))
+    return mean, logvar, self.to_image(h)
+
+
+def vae_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[], None]:
+  """One VAE train step (dynamic binarisation, Bernoulli ELBO, Adam) on a fixed random batch."""
+  m, dev = config.model, device()
+  shape = tuple(config.data.image_shape)
+  if m.likelihood != "bernoulli":
+    raise NotImplementedError("the PyTorch VAE peer has only the Bernoulli likelihood")
+  model = VAE(shape, shape[2], m.latent_dim, m.width, m.get("kernel_size", 4)).to(dev)
+  opt = torch.optim.Adam(model.parameters(), config.optim.lr)
+  images = torch.rand(batch_size, shape[2], shape[0], shape[1], device=dev) * 2 - 1
+
+  def step() -> None:
+    target = torch.bernoulli((images + 1) / 2)
+    eps = torch.randn(batch_size, m.latent_dim, device=dev)
+    opt.zero_grad(set_to_none=True)
+    mean, logvar, logits = model(2 * target - 1, eps)
+    recon = F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / batch_size
+    kl = 0.5 * torch.sum(logvar.exp() + mean.square() - 1 - logvar) / batch_size
+    (recon + kl).backward()
+    opt.step()
+
+  return step
+
+
+# ----------------------------------------------------------------------- classifier
+
+
+class Classifier(nn.Module):
+  """images_BxCxHxW -> logits_BxK, as jaxgen.models.classifier.Classifier."""
+
+  def __init__(self, image_shape: Sequence[int], num_classes: int, width: int, feature_dim: int,
+               dropout: float):
+    super().__init__()
+    chans = (image_shape[2], width, 2 * width, 4 * width)
+    self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1, bias=False)
+                               for a, b in zip(chans, chans[1:]))
+    self.bns = nn.ModuleList(_bn(b) for b in chans[1:])
+    side = image_shape[0] // 4
+    self.features = nn.Linear(side * side * chans[-1], feature_dim)
+    self.drop = nn.Dropout(dropout)
+    self.logits = nn.Linear(feature_dim, num_classes)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+      x = F.relu(bn(conv(x)))
+      if i < len(self.convs) - 1:
+        x = F.max_pool2d(x, 2)
+    h = F.relu(self.features(x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)))
+    return self.logits(self.drop(h))
+
+
+def classifier_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[], None]:
+  """One classifier train step (random flips, dropout, cross-entropy, AdamW) on a random batch."""
+  m, o, dev = config.model, config.optim, device()
+  shape = tuple(config.data.image_shape)
+  model = Classifier(shape, 10, m.width, m.feature_dim, m.dropout).to(dev)
+  opt = torch.optim.AdamW(model.parameters(), o.lr, weight_decay=o.get("weight_decay", 0.0))
+  images = torch.rand(batch_size, shape[2], shape[0], shape[1], device=dev) * 2 - 1
+  labels = torch.randint(0, 10, (batch_size,), device=dev)
+
+  def step() -> None:
+    x = images
+    if m.get("flip", False):
+      flip = torch.rand(batch_size, device=dev) < 0.5
+      x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), labels).backward()
+    opt.step()
+
+  return step
+
+
+PEERS: dict[str, Callable[[ml_collections.ConfigDict, int], Callable[[], None]]] = {
+    "gan": gan_step, "vae": vae_step, "classifier": classifier_step}
+
+
+def measure(family: str, config: ml_collections.ConfigDict, batch_size: int, repeats: int = 5,
+            steps: int = 10, warmup: int = 3) -> dict:
+  """Median ms/step and images/s of the family's PyTorch train step over `repeats` timed runs
+  of `steps` steps each, after `warmup` steps."""
+  step = PEERS[family](config, batch_size)
+  sync = torch.cuda.synchronize if device().type == "cuda" else (lambda: None)
+  for _ in range(warmup):
+    step()
+  sync()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      step()
+    sync()
+    times.append((time.perf_counter() - t0) / steps)
+  s = statistics.median(times)
+  return dict(ms_per_step=1e3 * s, images_per_s=batch_size / s if s > 0 else math.inf,
+              threads=torch.get_num_threads(), device=str(device()))

@@ -1,0 +1,278 @@
+"""Strided convolutions whose every pass runs on XLA:CPU's fast convolution path.
+
+A stride-s transposed convolution is an ordinary convolution of the input dilated by s
+(zeros between pixels); autodiff of a strided convolution produces the same kind for its
+input gradient, and autodiff of the transposed one a kernel gradient with dilated input.
+XLA:CPU runs those dilated forms off its fast path: the transposed convolution's kernel
+gradient 25-50x slower than its forward pass, the others 1.5-2x slower than a strided
+convolution of the same FLOPs. Here:
+
+  conv_transpose  forward: s x s stride-1 convolutions, one per output phase, interleaved;
+                  gradients: a strided convolution of the output gradient and that
+                  convolution's own kernel gradient.
+  conv            forward and kernel gradient: XLA's strided convolution as it is;
+                  input gradient: the phase-split transposed convolution above.
+
+`conv_transpose` equals flax's `nn.ConvTranspose` (`lax.conv_transpose`, kernel
+[kH, kW, Cin, Cout], not flipped) and `conv` equals `nn.Conv` (`lax.conv_general_dilated`),
+values and gradients, up to float32 summation order (~1e-6 relative). Both are
+`jax.custom_vjp` functions: reverse mode only (no jvp / jacfwd through them).
+`ConvTranspose` and `Conv` are drop-in flax modules with the same parameters.
+`max_pool` is the same idea for non-overlapping max pooling.
+"""
+
+import functools
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Padding = str | Sequence[tuple[int, int]]
+Pads = tuple[tuple[int, int], ...]
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+# ------------------------------------------------------------------- padding rules
+
+
+def transpose_padding(kernel_size: int, stride: int, padding: str | tuple[int, int]
+                      ) -> tuple[int, int]:
+  """(low, high) padding of the stride-dilated input, as lax.conv_transpose pads one axis.
+
+  "SAME" and "VALID" name the padding of the forward convolution this one transposes;
+  an explicit (low, high) pair is used as it is.
+  """
+  k, s = kernel_size, stride
+  if padding == "SAME":
+    total = k + s - 2
+    low = k - 1 if s > k - 1 else int(np.ceil(total / 2))
+  elif padding == "VALID":
+    total = k + s - 2 + max(k - s, 0)
+    low = k - 1
+  else:
+    return _pair(padding)
+  return low, total - low
+
+
+def conv_padding(size: int, kernel_size: int, stride: int, padding: str | tuple[int, int]
+                 ) -> tuple[int, int]:
+  """(low, high) padding of a strided convolution of one axis, as lax pads "SAME"/"VALID"."""
+  if padding == "VALID":
+    return 0, 0
+  if padding == "SAME":
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel_size - size, 0)
+    return total // 2, total - total // 2
+  return _pair(padding)
+
+
+def _pair(padding) -> tuple[int, int]:
+  if isinstance(padding, str):
+    raise ValueError(f"padding {padding!r}: jaxgen.ops takes 'SAME', 'VALID' or (low, high) pairs")
+  low, high = padding
+  return int(low), int(high)
+
+
+def _per_axis(padding: Padding, n: int) -> list:
+  return [padding] * n if isinstance(padding, str) else [tuple(p) for p in padding]
+
+
+# -------------------------------------------------------------- the two conv forms
+
+
+def _strided(x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, strides: tuple[int, ...],
+             pads: Pads) -> jax.Array:
+  """Ordinary strided convolution (XLA's fast path)."""
+  return lax.conv_general_dilated(x_BxHxWxC, kernel_KxKxIxO, strides, pads,
+                                  dimension_numbers=_DN)
+
+
+def _phase_plan(size: int, k: int, s: int, low: int, high: int
+                ) -> tuple[int, int, list[tuple[slice, int, tuple[int, int]]]]:
+  """How one axis of a stride-s dilated convolution splits into s stride-1 ones.
+
+  Output o = s * m + p (phase p) sums x[m - q + t] * kernel[r + s * t] over taps t, where
+  low - p = s * q + r. Returns (output size, per-phase size m, [(kernel taps of phase p,
+  number of taps, (low, high) padding of x)]); a phase with no taps is all zeros.
+  """
+  out = (size - 1) * s + 1 + low + high - k + 1
+  m = -(-out // s)
+  phases = []
+  for p in range(s):
+    q, r = divmod(low - p, s)
+    taps = max(0, -(-(k - r) // s))
+    phases.append((slice(r, k, s), taps, (q, m + taps - 1 - q - size)))
+  return out, m, phases
+
+
+def _dilated(x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, strides: tuple[int, ...],
+             pads: Pads) -> jax.Array:
+  """Convolution of x dilated by `strides` and padded by `pads` (stride 1), computed as
+  one stride-1 convolution per output phase; equals
+  lax.conv_general_dilated(x, kernel, 1, pads, lhs_dilation=strides)."""
+  (h_out, mh, rows), (w_out, mw, cols) = [
+      _phase_plan(n, k, s, lo, hi) for n, k, s, (lo, hi)
+      in zip(x_BxHxWxC.shape[1:3], kernel_KxKxIxO.shape[:2], strides, pads)]
+  b, cout = x_BxHxWxC.shape[0], kernel_KxKxIxO.shape[3]
+  grid = []
+  for taps_h, nh, pad_h in rows:
+    row = []
+    for taps_w, nw, pad_w in cols:
+      if nh and nw:
+        row.append(_strided(x_BxHxWxC, kernel_KxKxIxO[taps_h, taps_w], (1, 1), (pad_h, pad_w)))
+      else:
+        row.append(jnp.zeros((b, mh, mw, cout), x_BxHxWxC.dtype))
+    grid.append(jnp.stack(row, axis=3))  # [B, mh, mw, sw, O]
+  y = jnp.stack(grid, axis=2)  # [B, mh, sh, mw, sw, O]
+  return y.reshape(b, mh * strides[0], mw * strides[1], cout)[:, :h_out, :w_out]
+
+
+def _flip_swap(kernel_KxKxIxO: jax.Array) -> jax.Array:
+  """Spatially flipped kernel with input and output channels swapped: [K, K, O, I]."""
+  return jnp.flip(kernel_KxKxIxO, (0, 1)).swapaxes(2, 3)
+
+
+def _kernel_grad(x_BxHxWxC: jax.Array, dy_BxHxWxO: jax.Array, kernel_shape: Sequence[int],
+                 strides: tuple[int, ...], pads: Pads) -> jax.Array:
+  """d/dkernel of sum(dy * _strided(x, kernel)): XLA's kernel gradient of a strided conv."""
+  zeros = jnp.zeros(kernel_shape, x_BxHxWxC.dtype)
+  return jax.vjp(lambda k: _strided(x_BxHxWxC, k, strides, pads), zeros)[1](dy_BxHxWxO)[0]
+
+
+# ------------------------------------------------------------------ conv_transpose
+
+
+def _transpose_cotangent_pads(kernel_hw: Sequence[int], pads: Pads) -> Pads:
+  """Padding of dy such that dx[i] = sum_k dy_padded[s * i + k] * flip(kernel)[k]."""
+  return tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel_hw, pads))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_transpose(x_BxHxWxC, kernel_KxKxIxO, strides, pads):
+  return _dilated(x_BxHxWxC, kernel_KxKxIxO, strides, pads)
+
+
+def _conv_transpose_fwd(x_BxHxWxC, kernel_KxKxIxO, strides, pads):
+  return _dilated(x_BxHxWxC, kernel_KxKxIxO, strides, pads), (x_BxHxWxC, kernel_KxKxIxO)
+
+
+def _conv_transpose_bwd(strides, pads, residuals, dy_BxHxWxO):
+  x_BxHxWxC, kernel_KxKxIxO = residuals
+  dy_pads = _transpose_cotangent_pads(kernel_KxKxIxO.shape[:2], pads)
+  flipped = _flip_swap(kernel_KxKxIxO)
+  dx = _strided(dy_BxHxWxO, flipped, strides, dy_pads)
+  dk_flipped = _kernel_grad(dy_BxHxWxO, x_BxHxWxC, flipped.shape, strides, dy_pads)
+  return dx, _flip_swap(dk_flipped)
+
+
+_conv_transpose.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
+
+
+def conv_transpose(x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, strides: Sequence[int],
+                   padding: Padding = "SAME") -> jax.Array:
+  """Transposed convolution [B, H', W', O] equal to `lax.conv_transpose(x, kernel, strides,
+  padding)` (flax `nn.ConvTranspose`), with fast forward and backward passes."""
+  strides = tuple(int(s) for s in strides)
+  pads = tuple(transpose_padding(k, s, p) for k, s, p in
+               zip(kernel_KxKxIxO.shape[:2], strides, _per_axis(padding, len(strides))))
+  return _conv_transpose(x_BxHxWxC, kernel_KxKxIxO, strides, pads)
+
+
+# ---------------------------------------------------------------------------- conv
+
+
+def _conv_cotangent_pads(in_hw: Sequence[int], out_hw: Sequence[int], kernel_hw: Sequence[int],
+                         strides: Sequence[int], pads: Pads) -> Pads:
+  """Padding of the stride-dilated dy whose convolution with the flipped kernel is dx."""
+  return tuple((k - 1 - lo, n - (m - 1) * s - 1 + lo)
+               for n, m, k, s, (lo, _) in zip(in_hw, out_hw, kernel_hw, strides, pads))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x_BxHxWxC, kernel_KxKxIxO, strides, pads):
+  return _strided(x_BxHxWxC, kernel_KxKxIxO, strides, pads)
+
+
+def _conv_fwd(x_BxHxWxC, kernel_KxKxIxO, strides, pads):
+  return _strided(x_BxHxWxC, kernel_KxKxIxO, strides, pads), (x_BxHxWxC, kernel_KxKxIxO)
+
+
+def _conv_bwd(strides, pads, residuals, dy_BxHxWxO):
+  x_BxHxWxC, kernel_KxKxIxO = residuals
+  dy_pads = _conv_cotangent_pads(x_BxHxWxC.shape[1:3], dy_BxHxWxO.shape[1:3],
+                                 kernel_KxKxIxO.shape[:2], strides, pads)
+  dx = _dilated(dy_BxHxWxO, _flip_swap(kernel_KxKxIxO), strides, dy_pads)
+  dk = _kernel_grad(x_BxHxWxC, dy_BxHxWxO, kernel_KxKxIxO.shape, strides, pads)
+  return dx, dk
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv(x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, strides: Sequence[int],
+         padding: Padding = "SAME") -> jax.Array:
+  """Strided convolution [B, H', W', O] equal to `lax.conv_general_dilated(x, kernel, strides,
+  padding)` (flax `nn.Conv`), whose input gradient avoids XLA:CPU's dilated-input path."""
+  strides = tuple(int(s) for s in strides)
+  pads = tuple(conv_padding(n, k, s, p) for n, k, s, p in
+               zip(x_BxHxWxC.shape[1:3], kernel_KxKxIxO.shape[:2], strides,
+                   _per_axis(padding, len(strides))))
+  return _conv(x_BxHxWxC, kernel_KxKxIxO, strides, pads)
+
+
+# -------------------------------------------------------------------- flax modules
+
+
+class _ConvModule(nn.Module):
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] = (1, 1)
+  padding: Padding = "SAME"
+  use_bias: bool = True
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros_init()
+
+  op = staticmethod(conv)
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    shape = (*self.kernel_size, x_BxHxWxC.shape[-1], self.features)
+    kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
+    x_BxHxWxC, kernel = nn.dtypes.promote_dtype(x_BxHxWxC, kernel)
+    y = self.op(x_BxHxWxC, kernel, self.strides, self.padding)
+    if self.use_bias:
+      y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32)
+    return y
+
+
+class ConvTranspose(_ConvModule):
+  """Drop-in for `nn.ConvTranspose` on NHWC images (2-D; no dilation, mask or
+  transpose_kernel): the same "kernel" [kH, kW, Cin, Cout] and "bias" [Cout] parameters."""
+  op = staticmethod(conv_transpose)
+
+
+class Conv(_ConvModule):
+  """Drop-in for `nn.Conv` on NHWC images (2-D; no dilation, groups or mask): the same
+  "kernel" [kH, kW, Cin, Cout] and "bias" [Cout] parameters."""
+  op = staticmethod(conv)
+
+
+# ---------------------------------------------------------------------- max pooling
+
+
+def max_pool(x_BxHxWxC: jax.Array, window: Sequence[int] = (2, 2)) -> jax.Array:
+  """Non-overlapping max pooling [B, H // wh, W // ww, C], equal to
+  `nn.max_pool(x, window, strides=window)` ("VALID": trailing rows/columns dropped).
+
+  Written as a reshape and a max, whose gradient is a cheap elementwise mask; the
+  reduce-window form's gradient is a select-and-scatter that XLA:CPU runs slowly. Where a
+  window holds several equal maxima the gradient is split evenly between them rather than
+  given to one (after a ReLU such ties are zeros, whose gradient the ReLU zeroes anyway).
+  """
+  wh, ww = window
+  b, h, w, c = x_BxHxWxC.shape
+  x = x_BxHxWxC[:, :h - h % wh, :w - w % ww]
+  return jnp.max(x.reshape(b, h // wh, wh, w // ww, ww, c), axis=(2, 4))

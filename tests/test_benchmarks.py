@@ -1,0 +1,58 @@
+"""benchmarks/: a tiny run of the throughput script (and the PyTorch peers, if installed)."""
+
+import json
+import sys
+
+import pytest
+
+from conftest import REPO
+
+if str(REPO) not in sys.path:  # benchmarks/ is a top-level folder, not part of the package
+  sys.path.insert(0, str(REPO))
+from benchmarks import throughput  # noqa: E402
+
+TINY = ["--batch_sizes", "8", "--repeats", "1", "--steps", "1", "--warmup", "1", "--quiet"]
+
+
+def test_throughput_smoke(tmp_path, capsys):
+  out = tmp_path / "t.json"
+  result = throughput.main(["--families", "gan,vae", "--no_torch", "--json", str(out), *TINY])
+  rows = {r["family"]: r for r in result["rows"]}
+  assert set(rows) == {"gan", "vae"}, result["notes"]
+  for r in rows.values():
+    assert r["batch"] == 8 and r["devices"] == 1 and r["image"] == "28x28x1"
+    assert r["images_per_s"] > 0 and r["compile_s"] > 0
+    assert r["gflop_per_step"] > 0 and 0 < r["peak_fraction"]
+    assert r["memory_mib"] > 0
+  assert json.loads(out.read_text())["machine"]["matmul_peak_gflops"] > 0
+  table = capsys.readouterr().out
+  assert "img/s" in table and "GFLOP/s" in table and "matmul peak" in table
+
+
+def test_device_counts_run_in_their_own_processes(tmp_path):
+  result = throughput.main(["--families", "gan", "--devices", "1,2", "--no_torch",
+                            "--json", str(tmp_path / "t.json"), *TINY])
+  assert [r["devices"] for r in result["rows"]] == [1, 2], result["notes"]
+
+
+def test_child_argv_replaces_devices_and_output():
+  argv = ["--families", "gan", "--devices=1,2", "--json", "a.json", "--quiet"]
+  assert throughput._child_argv(argv, 2, "b.json") == [
+      "--families", "gan", "--devices", "2", "--json", "b.json", "--quiet", "--here"]
+
+
+def test_missing_family_is_a_note_not_an_error(monkeypatch):
+  monkeypatch.setattr(throughput.importlib.util, "find_spec",
+                      lambda name: None if name.endswith(".draw") else object())
+  chosen, notes = throughput.family_configs(["gan", "draw"])
+  assert list(chosen) == ["gan"] and "draw: skipped" in notes[0]
+
+
+@pytest.mark.parametrize("family", ["gan", "vae", "classifier"])
+def test_torch_peers_train(family):
+  pytest.importorskip("torch")
+  from benchmarks import torch_peer
+  path = throughput.family_configs([family])[0][family]
+  config = throughput.load_config(path, (28, 28, 1), 4, {})
+  r = torch_peer.measure(family, config, 4, repeats=1, steps=1, warmup=1)
+  assert r["images_per_s"] > 0 and r["threads"] >= 1

@@ -1,0 +1,168 @@
+"""jaxgen.ops: the fast convolutions equal lax's and their autodiff; the DCGAN step with them
+equals the plain one."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxgen import ops
+from jaxgen.models import gan as gan_models
+from jaxgen.steps import gan
+from test_gan import gan_config, random_batch
+
+
+def _plain(x, kernel, strides, padding):
+  return lax.conv_transpose(x, kernel, strides, padding)
+
+
+def _plain_conv(x, kernel, strides, padding):
+  return lax.conv_general_dilated(x, kernel, strides, padding,
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _assert_close(got, want, rtol=1e-5):
+  """Elementwise, to rtol of the array's largest magnitude (sums of products round ~1e-7)."""
+  scale = float(jnp.max(jnp.abs(want)))
+  np.testing.assert_allclose(got, want, rtol=0, atol=rtol * max(scale, 1e-30))
+
+
+@pytest.mark.parametrize("x_shape, kernel_hw, cout, strides, padding", [
+    ((4, 7, 7, 16), (5, 5), 8, (2, 2), "SAME"),     # the DCGAN generator's layers
+    ((2, 14, 14, 8), (5, 5), 1, (2, 2), "SAME"),
+    ((3, 7, 7, 6), (4, 4), 5, (2, 2), "SAME"),      # the VAE decoder's
+    ((2, 5, 9, 3), (3, 3), 4, (2, 2), "SAME"),      # odd, non-square sizes
+    ((2, 6, 5, 3), (3, 2), 4, (2, 3), "SAME"),      # non-square kernel and strides
+    ((2, 4, 4, 3), (1, 1), 2, (2, 2), "SAME"),      # kernel smaller than the stride
+    ((2, 5, 5, 3), (3, 3), 2, (3, 3), "SAME"),
+    ((2, 5, 6, 3), (5, 5), 2, (2, 2), "VALID"),
+    ((2, 5, 6, 3), (1, 2), 2, (3, 3), "VALID"),     # VALID with K < stride: crops the gradient
+    ((2, 6, 6, 3), (3, 3), 4, (1, 1), "SAME"),      # stride 1
+    ((2, 6, 6, 3), (4, 4), 2, (2, 2), ((2, 1), (0, 3))),  # explicit padding
+])
+def test_conv_transpose_matches_autodiff(x_shape, kernel_hw, cout, strides, padding):
+  kx, kk, kd = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, x_shape)
+  kernel = jax.random.normal(kk, (*kernel_hw, x_shape[-1], cout))
+  want, want_vjp = jax.vjp(lambda a, b: _plain(a, b, strides, padding), x, kernel)
+  got, got_vjp = jax.vjp(jax.jit(lambda a, b: ops.conv_transpose(a, b, strides, padding)),
+                         x, kernel)
+  assert got.shape == want.shape
+  _assert_close(got, want)
+  dy = jax.random.normal(kd, want.shape)
+  for g, w, name in zip(got_vjp(dy), want_vjp(dy), ("dx", "dkernel")):
+    assert g.shape == w.shape, name
+    _assert_close(g, w)
+
+
+@pytest.mark.parametrize("x_shape, kernel_hw, cout, strides, padding", [
+    ((4, 28, 28, 1), (5, 5), 8, (2, 2), "SAME"),    # the DCGAN discriminator's layers
+    ((4, 14, 14, 8), (5, 5), 16, (2, 2), "SAME"),
+    ((3, 28, 28, 2), (4, 4), 5, (2, 2), "SAME"),    # the VAE encoder's
+    ((2, 9, 7, 3), (3, 3), 4, (2, 2), "SAME"),      # odd sizes: uneven SAME padding
+    ((2, 10, 9, 3), (3, 2), 4, (3, 2), "SAME"),     # non-square kernel and strides
+    ((2, 9, 9, 3), (1, 1), 2, (2, 2), "SAME"),      # kernel smaller than the stride
+    ((2, 11, 8, 3), (5, 3), 2, (2, 2), "VALID"),    # VALID: trailing pixels unused
+    ((2, 8, 8, 3), (2, 2), 2, (3, 3), "VALID"),
+    ((2, 6, 6, 3), (3, 3), 4, (1, 1), "SAME"),      # stride 1
+    ((2, 8, 7, 3), (4, 4), 2, (2, 2), ((2, 1), (0, 3))),  # explicit padding
+])
+def test_conv_matches_autodiff(x_shape, kernel_hw, cout, strides, padding):
+  kx, kk, kd = jax.random.split(jax.random.key(7), 3)
+  x = jax.random.normal(kx, x_shape)
+  kernel = jax.random.normal(kk, (*kernel_hw, x_shape[-1], cout))
+  want, want_vjp = jax.vjp(lambda a, b: _plain_conv(a, b, strides, padding), x, kernel)
+  got, got_vjp = jax.vjp(jax.jit(lambda a, b: ops.conv(a, b, strides, padding)), x, kernel)
+  np.testing.assert_array_equal(got, want)  # the forward pass is the same XLA convolution
+  dy = jax.random.normal(kd, want.shape)
+  for g, w, name in zip(got_vjp(dy), want_vjp(dy), ("dx", "dkernel")):
+    assert g.shape == w.shape, name
+    _assert_close(g, w)
+
+
+def test_bad_padding_is_refused():
+  with pytest.raises(ValueError, match="CIRCULAR"):
+    ops.conv(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1)), (2, 2), "CIRCULAR")
+
+
+@pytest.mark.parametrize("fast, plain, x_hw", [(ops.conv_transpose, _plain, 5),
+                                               (ops.conv, _plain_conv, 10)])
+def test_vmap_and_second_order(fast, plain, x_hw):
+  """Under vmap, and differentiated twice (the custom backward passes are differentiable)."""
+  x = jax.random.normal(jax.random.key(1), (3, 2, x_hw, x_hw, 4))
+  kernel = jax.random.normal(jax.random.key(2), (3, 3, 4, 2))
+  loss = lambda f: lambda k, x: jnp.sum(jnp.sin(f(x, k, (2, 2), "SAME")))
+  _assert_close(jax.vmap(jax.grad(loss(fast)), (None, 0))(kernel, x),
+                jax.vmap(jax.grad(loss(plain)), (None, 0))(kernel, x))
+  inner = lambda f: lambda k: jnp.sum(jax.grad(loss(f), argnums=1)(k, x[0]) ** 2)
+  _assert_close(jax.grad(inner(fast))(kernel), jax.grad(inner(plain))(kernel), rtol=1e-4)
+
+
+@pytest.mark.parametrize("plain_cls, fast_cls", [(nn.ConvTranspose, ops.ConvTranspose),
+                                                 (nn.Conv, ops.Conv)])
+def test_modules_are_drop_ins_for_flax(plain_cls, fast_cls):
+  x = jax.random.normal(jax.random.key(3), (2, 7, 7, 6))
+  for use_bias in (True, False):
+    plain = plain_cls(4, (5, 5), strides=(2, 2), use_bias=use_bias)
+    fast = fast_cls(4, (5, 5), strides=(2, 2), use_bias=use_bias)
+    vp, vf = plain.init(jax.random.key(4), x), fast.init(jax.random.key(4), x)
+    chex.assert_trees_all_equal(vp, vf)  # names, shapes and initial values
+    vp = jax.tree.map(lambda a: a + 0.1, vp)  # a non-zero bias
+    _assert_close(fast.apply(vp, x), plain.apply(vp, x))
+
+
+def _plain_models(hp):
+  g, d = _models(hp)
+  return g.clone(fast_deconv=False), d.clone(fast_conv=False)
+
+
+_models = gan._models
+
+
+def test_dcgan_step_equals_plain_autodiff(monkeypatch):
+  # SGD with lr 1: the parameter change is the gradient itself (Adam's first step would be
+  # lr * sign(grad), amplifying summation-order noise on near-zero gradients).
+  c = gan_config(width=16, latent_dim=32)
+  c.optim.name, c.optim.g_lr, c.optim.d_lr = "sgd", 1.0, 1.0
+  batch = random_batch()
+  init = gan.init_state(c, jax.random.key(0), batch)
+  fast_state, fast_m = jax.jit(gan.train_step)(init, batch, jax.random.key(42))
+  monkeypatch.setattr(gan, "_models", _plain_models)
+  assert not gan._models(init.hp)[0].fast_deconv and not gan._models(init.hp)[1].fast_conv
+  plain_state, plain_m = jax.jit(gan.train_step)(init, batch, jax.random.key(42))
+  for k in plain_m:
+    np.testing.assert_allclose(fast_m[k], plain_m[k], rtol=2e-6, err_msg=k)
+  for name, got, want in zip(("g", "d"), (fast_state.g, fast_state.d), (plain_state.g, plain_state.d)):
+    before = init.g.params if name == "g" else init.d.params
+    delta = lambda s: jax.tree.map(jnp.subtract, before, s.params)
+    jax.tree.map(_assert_close, delta(got), delta(want))
+
+
+def test_fast_flags_keep_parameters():
+  shape, z, x = (28, 28, 1), jnp.ones((2, 16)), jnp.ones((2, 28, 28, 1))
+  for model, arg, flag in ((gan_models.Generator, z, "fast_deconv"),
+                           (gan_models.Discriminator, x, "fast_conv")):
+    fast, plain = model(shape, width=8), model(shape, width=8, **{flag: False})
+    chex.assert_trees_all_equal(fast.init(jax.random.key(0), arg, train=False),
+                                plain.init(jax.random.key(0), arg, train=False))
+
+
+@pytest.mark.parametrize("shape, window", [((3, 28, 28, 4), (2, 2)), ((2, 7, 9, 3), (2, 2)),
+                                           ((2, 9, 8, 2), (3, 2))])
+def test_max_pool_matches_flax(shape, window):
+  x = jax.random.normal(jax.random.key(5), shape)  # continuous values: no tied maxima
+  dy = jax.random.normal(jax.random.key(6), nn.max_pool(x, window, strides=window).shape)
+  want, want_vjp = jax.vjp(lambda a: nn.max_pool(a, window, strides=window), x)
+  got, got_vjp = jax.vjp(lambda a: ops.max_pool(a, window), x)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(got_vjp(dy)[0], want_vjp(dy)[0])
+
+
+def test_max_pool_after_relu_ties_get_no_gradient():
+  """Channel 0: a window of ReLU zeros (tied maxima); channel 1: a plain maximum."""
+  x = jnp.array([[-1.0, -2.0], [-3.0, -4.0]])[None, :, :, None] * jnp.array([1.0, -1.0])
+  grad = lambda pool: jax.grad(lambda a: jnp.sum(pool(nn.relu(a))))(x)
+  np.testing.assert_array_equal(grad(ops.max_pool), grad(lambda a: nn.max_pool(a, (2, 2), (2, 2))))
