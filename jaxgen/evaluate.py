@@ -512,9 +512,13 @@ def evaluate_state(config: ml_collections.ConfigDict, family: Any, state: Any, e
     results["likelihood"] = likelihood_bounds(
         family, state, batch, num_importance=k, seed=lk_seed,
         batch_size=eval_setting(config, "batch_size"), mesh=mesh)
-    results["protocol"]["likelihood"] = dict(num_importance=k, num_images=num_images,
-                                             split="test", first_images=True,
-                                             checkpoint_step=step, seed=lk_seed)
+    likelihood = config.model.get("likelihood", "bernoulli")
+    results["protocol"]["likelihood"] = dict(
+        num_importance=k, num_images=num_images, split="test", first_images=True,
+        checkpoint_step=step, seed=lk_seed, model_likelihood=likelihood,
+        binarisation=(f"each test image binarised once, Bernoulli(pixel), from seed {lk_seed}"
+                      if likelihood == "bernoulli" else "none (8-bit grey levels)"),
+        units="nats per image; bits/dim = nats / (H*W*C ln 2)")
   results["protocol"]["seconds"] = round(time.perf_counter() - t0, 1)
   return results
 
