@@ -136,8 +136,11 @@ def test_protocol_likelihood_bounds_and_conditional_accuracy(slice_data):
                                 feature_dim=32)
   assert (p["num_samples"], p["num_real"], p["real_split"], p["seed"]) == (N, N, "test", 1)
   assert (p["checkpoint_step"], p["conditional"], p["floor_num_train"]) == (11, True, N)
-  assert p["likelihood"] == dict(num_importance=4, num_images=40, split="test", first_images=True,
-                                 checkpoint_step=11, seed=5)
+  assert p["likelihood"] == dict(
+      num_importance=4, num_images=40, split="test", first_images=True, checkpoint_step=11, seed=5,
+      model_likelihood="bernoulli",
+      binarisation="each test image binarised once, Bernoulli(pixel), from seed 5",
+      units="nats per image; bits/dim = nats / (H*W*C ln 2)")
   lk = results["likelihood"]
   assert lk["nll_elbo"] == pytest.approx(100.0) and lk["nll_iwae"] == pytest.approx(89.75)
   assert lk["bpd_iwae"] == pytest.approx(89.75 / (784 * math.log(2)))
