@@ -85,7 +85,8 @@ def compile_train_step(family: Any, state: Any, shardings: Any, batch: dict,
   step = jax.jit(family.train_step, in_shardings=(shardings, parallel.data_sharding(mesh), repl),
                  out_shardings=(shardings, repl), donate_argnums=0)
   t0 = time.perf_counter()
-  compiled = step.lower(state, batch, jax.random.key(0)).compile()
+  with jax.set_mesh(mesh):  # lets steps constrain arrays they create (common.shard_batch_axis)
+    compiled = step.lower(state, batch, jax.random.key(0)).compile()
   stats = {"compile_s": time.perf_counter() - t0}
   cost = compiled.cost_analysis()
   if isinstance(cost, list):  # older jax returned one dict per device

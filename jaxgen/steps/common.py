@@ -50,6 +50,18 @@ def optimizer(optim: ml_collections.ConfigDict, lr: float) -> optax.GradientTran
   return optax.chain(optax.clip_by_global_norm(clip), tx) if clip else tx
 
 
+def shard_batch_axis(x: jax.Array) -> jax.Array:
+  """Splits x's leading (batch) axis over the mesh's "data" axis when a mesh is set; else x.
+
+  Arrays made inside a step (e.g. latents from a key) are otherwise replicated, so every
+  device would run the whole batch through the networks that consume them.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or "data" not in mesh.axis_names:
+    return x
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec("data"))
+
+
 def labels_for(num: int, num_classes: int, conditioning: Any = None) -> jax.Array | None:
   """Class labels for `num` conditional samples: the given ones, or 0..K-1 cycled."""
   if not num_classes:

@@ -63,7 +63,8 @@ def train_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, 
   real = batch["image"]
   labels = batch["label"] if hp.num_classes else None
   keys = jax.random.split(jax.random.fold_in(key, state.step), hp.d_steps + 1)
-  latent = lambda k: jax.random.normal(k, (real.shape[0], hp.latent_dim), real.dtype)
+  latent = lambda k: common.shard_batch_axis(
+      jax.random.normal(k, (real.shape[0], hp.latent_dim), real.dtype))
 
   # ---- discriminator: G's BatchNorm runs on batch statistics but its running
   # averages are updated only in the generator's own step.
