@@ -16,7 +16,8 @@ from jaxgen import ops
 from jaxgen.errors import ConfigError
 
 
-def upsampling_plan(image_size: int, width: int) -> tuple[int, tuple[int, ...]]:
+def upsampling_plan(image_size: int, width: int,
+                    model: str = "DCGAN") -> tuple[int, tuple[int, ...]]:
   """Returns (start_size, channels per resolution) for an image of `image_size`.
 
   e.g. 28 -> (7, (4w, 2w)); 32 -> (4, (8w, 4w, 2w)); 64 -> (4, (8w, 4w, 2w, w)).
@@ -30,7 +31,7 @@ def upsampling_plan(image_size: int, width: int) -> tuple[int, tuple[int, ...]]:
     num_up += 1
   if size not in (4, 7) or num_up == 0:
     raise ConfigError(
-        f"DCGAN needs an image size of 7*2^n or 4*2^n (28, 32, 64, ...), got {image_size}; "
+        f"{model} needs an image size of 7*2^n or 4*2^n (28, 32, 64, ...), got {image_size}; "
         "resize the data or choose another model.")
   top = min(num_up, 3)  # at most 8 * width channels, halving at each doubling of resolution
   channels = tuple(max(int(width * 2.0 ** (top - i)), 8) for i in range(num_up))

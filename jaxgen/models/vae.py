@@ -18,28 +18,17 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxgen import ops
-from jaxgen.errors import ConfigError
+from jaxgen.models import gan
 
 
 def resolution_plan(image_size: int, width: int) -> tuple[int, tuple[int, ...]]:
-  """Returns (smallest size, channels per resolution from smallest to largest).
+  """(smallest size, channels per resolution from smallest to largest), as the DCGAN's plan.
 
   e.g. 28 -> (7, (4w, 2w)); 64 -> (4, (8w, 4w, 2w, w)). The encoder's stride-2 convolutions
-  produce these channel counts in reverse order; the decoder's dense layer produces the
-  first and each of its stride-2 transposed convolutions the next (the last one, to the
-  output channels, is not listed).
+  produce these channel counts in reverse order; the decoder's dense layer produces the first
+  and each of its stride-2 transposed convolutions the next.
   """
-  size, num_down = image_size, 0
-  while size % 2 == 0 and size > 7:
-    size //= 2
-    num_down += 1
-  if size not in (4, 7) or num_down == 0:
-    raise ConfigError(
-        f"the VAE needs an image size of 7*2^n or 4*2^n (28, 32, 64, ...), got {image_size}; "
-        "resize the data or choose another model.")
-  top = min(num_down, 3)  # at most 8 * width channels, halving at each doubling of resolution
-  channels = tuple(max(int(width * 2.0 ** (top - i)), 8) for i in range(num_down))
-  return size, channels
+  return gan.upsampling_plan(image_size, width, model="the VAE")
 
 
 def _one_hot(labels: jnp.ndarray, num_classes: int, dtype) -> jnp.ndarray:
