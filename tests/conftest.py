@@ -14,6 +14,8 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
+import chex  # noqa: E402
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -55,3 +57,36 @@ def fashion_slice(tmp_path_factory) -> Path:
 def tfds_dir(tmp_path_factory) -> Path:
   """One prepared-data folder shared by the session's tests."""
   return tmp_path_factory.mktemp("tensorflow_datasets")
+
+
+def sharded_train_step(family, state, batch: dict, devices: list):
+  """One train step compiled as the loop does, state replicated and batch split over `devices`.
+
+  Returns (new state, metrics, the placed batch), still on the mesh.
+  """
+  from jaxgen import parallel, trainer
+  mesh = parallel.make_mesh(devices)
+  sharding = parallel.replicated(mesh)
+  # Fresh buffers from host copies: the compiled step donates its state, and the caller's
+  # arrays must survive it.
+  state = jax.device_put(jax.device_get(state), sharding)
+  batch = jax.device_put(jax.device_get(batch), parallel.data_sharding(mesh))
+  step, _ = trainer.compile_train_step(family, state, sharding, batch, mesh)
+  new_state, metrics = step(state, batch, jax.random.key(3))
+  return new_state, metrics, batch
+
+
+def train_steps_traced_once(train_step, state, batches: list, key) -> tuple:
+  """Runs jit(train_step) over `batches`, failing if it traces more than once; (state, metrics list)."""
+  chex.clear_trace_counter()
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(state, batch, key):
+    return train_step(state, batch, key)
+
+  metrics = []
+  for batch in batches:
+    state, m = step(state, batch, key)
+    metrics.append(m)
+  return state, metrics

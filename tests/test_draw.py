@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxgen import cli, config as config_lib, losses, parallel, trainer
+from jaxgen import cli, config as config_lib, losses, trainer
 from jaxgen.data import captions
 from jaxgen.models import draw as draw_models, rnn
 from jaxgen.steps import draw
-from conftest import REPO
+from conftest import REPO, sharded_train_step, train_steps_traced_once
 
 TINY = dict(num_steps=3, latent_dim=4, enc_features=16, dec_features=16, read_n=2, write_n=3,
             embed_dim=8, lang_features=8, align_features=8)
@@ -153,18 +153,11 @@ def states():
 
 
 def test_golden_values_after_one_step_and_a_single_compilation(states):
-  batch, state = random_batch(), states[False]
-  chex.clear_trace_counter()
-
-  @jax.jit
-  @chex.assert_max_traces(n=1)
-  def step(state, batch, key):
-    return draw.train_step(state, batch, key)
-
-  new, m = step(state, batch, jax.random.key(42))
-  check_golden(m, False)
-  for i in range(3):  # new batches (same shapes) reuse the one compilation
-    new, _ = step(new, random_batch(seed=i + 2), jax.random.key(42))
+  # new batches (same shapes) after the first reuse the one compilation
+  batches = [random_batch()] + [random_batch(seed=i + 2) for i in range(3)]
+  new, metrics = train_steps_traced_once(draw.train_step, states[False], batches,
+                                         jax.random.key(42))
+  check_golden(metrics[0], False)
   assert int(new.step) == 4
 
 
@@ -234,16 +227,6 @@ def test_held_out_captions_tokenise_and_generate(states):
     draw.tokenize(states[False], "the bag is at the top of the image")
 
 
-def _sharded_step(state, batch, devices):
-  mesh = parallel.make_mesh(devices)
-  shardings = jax.tree.map(lambda _: parallel.replicated(mesh), state)
-  state = jax.device_put(state, shardings)
-  batch = jax.device_put(batch, parallel.data_sharding(mesh))
-  step, _ = trainer.compile_train_step(draw, state, shardings, batch, mesh)
-  after, metrics = step(state, batch, jax.random.key(3))
-  return jax.device_get(after), jax.device_get(metrics)
-
-
 def test_one_and_eight_devices_agree_and_golden_values_of_alignDRAW():
   # alignDRAW (caption encoder, alignment, learned prior) contains every part of DRAW.
   # SGD with lr 1: the parameter change is exactly the gradient.
@@ -251,8 +234,8 @@ def test_one_and_eight_devices_agree_and_golden_values_of_alignDRAW():
   c.optim.name, c.optim.lr, c.optim.grad_clip = "sgd", 1.0, 0.0
   batch = random_batch(n=8, text=True)
   before = jax.device_get(init(c, batch))
-  a1, m1 = _sharded_step(before, batch, jax.devices()[:1])
-  a8, m8 = _sharded_step(before, batch, jax.devices()[:8])
+  a1, m1, _ = jax.device_get(sharded_train_step(draw, before, batch, jax.devices()[:1]))
+  a8, m8, _ = jax.device_get(sharded_train_step(draw, before, batch, jax.devices()[:8]))
   check_golden(m1, True)  # the metrics are those of the parameters before the update
   for k in m1:
     np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5, err_msg=k)

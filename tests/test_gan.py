@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgen import config as config_lib, losses, parallel, trainer
+from jaxgen import config as config_lib, losses
 from jaxgen.models import gan as gan_models
 from jaxgen.steps import gan
-from conftest import REPO
+from conftest import REPO, sharded_train_step, train_steps_traced_once
 
 
 def gan_config(**model):
@@ -97,16 +97,6 @@ def test_one_step_golden_values():
   assert int(state.step) == 1
 
 
-def _sharded_step(c, batch, devices):
-  mesh = parallel.make_mesh(devices)
-  state, shardings = trainer.create_state(c, mesh, jax.random.key(0))
-  batch = jax.device_put(batch, parallel.data_sharding(mesh))
-  step, _ = trainer.compile_train_step(gan, state, shardings, batch, mesh)
-  before = jax.device_get(state)
-  after, metrics = step(state, batch, jax.random.key(3))
-  return before, jax.device_get(after), jax.device_get(metrics)
-
-
 @pytest.mark.parametrize("num_classes", [0, 10])
 def test_one_and_eight_devices_agree(num_classes):
   # SGD with lr 1: the parameter change is exactly the gradient, so this compares gradients
@@ -114,8 +104,9 @@ def test_one_and_eight_devices_agree(num_classes):
   c = gan_config(width=8, latent_dim=16, num_classes=num_classes)
   c.optim.name, c.optim.g_lr, c.optim.d_lr = "sgd", 1.0, 1.0
   batch = random_batch(n=32)
-  b1, a1, m1 = _sharded_step(c, batch, jax.devices()[:1])
-  b8, a8, m8 = _sharded_step(c, batch, jax.devices()[:8])
+  b1 = b8 = gan.init_state(c, jax.random.key(0), batch)
+  a1, m1, _ = jax.device_get(sharded_train_step(gan, b1, batch, jax.devices()[:1]))
+  a8, m8, _ = jax.device_get(sharded_train_step(gan, b8, batch, jax.devices()[:8]))
   assert len(jax.devices()) == 8
   for k in m1:
     np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5, atol=1e-6, err_msg=k)
@@ -132,14 +123,9 @@ def test_train_step_traces_once():
   c = gan_config(width=8, latent_dim=16)
   batch = random_batch(n=8)
   state = gan.init_state(c, jax.random.key(0), batch)
-
-  @jax.jit
-  @chex.assert_max_traces(n=1)
-  def step(state, batch, key):
-    return gan.train_step(state, batch, key)
-
-  for i in range(5):
-    state, _ = step(state, random_batch(n=8, seed=i), jax.random.key(0))
+  state, _ = train_steps_traced_once(gan.train_step, state,
+                                     [random_batch(n=8, seed=i) for i in range(5)],
+                                     jax.random.key(0))
   assert int(state.step) == 5
 
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxgen import config as config_lib, losses, parallel, trainer
+from jaxgen import config as config_lib, losses, trainer
 from jaxgen.errors import ConfigError
 from jaxgen.models import vae as vae_models
 from jaxgen.steps import vae
-from conftest import REPO
+from conftest import REPO, sharded_train_step, train_steps_traced_once
 
 
 def vae_config(**model):
@@ -168,12 +168,8 @@ def test_binarisation_is_fresh_for_each_key():
 
 
 def _sharded(c, batch, devices):
-  mesh = parallel.make_mesh(devices)
-  state, shardings = trainer.create_state(c, mesh, jax.random.key(0))
-  batch = jax.device_put(batch, parallel.data_sharding(mesh))
-  step, _ = trainer.compile_train_step(vae, state, shardings, batch, mesh)
-  before = jax.device_get(state)
-  after, metrics = step(state, batch, jax.random.key(3))
+  before = vae.init_state(c, jax.random.key(0), batch)
+  after, metrics, batch = sharded_train_step(vae, before, batch, devices)
   bounds = jax.jit(vae.log_likelihood_bounds, static_argnums=(3, 4))(
       after, batch, jax.random.key(4), 7, 64)
   return before, jax.device_get(after), jax.device_get(metrics), jax.device_get(bounds)
@@ -197,14 +193,9 @@ def test_one_and_eight_devices_agree():
 def test_train_step_traces_once():
   c = vae_config()
   state = vae.init_state(c, jax.random.key(0), random_batch(n=8))
-
-  @jax.jit
-  @chex.assert_max_traces(n=1)
-  def step(state, batch, key):
-    return vae.train_step(state, batch, key)
-
-  for i in range(3):
-    state, _ = step(state, random_batch(n=8, seed=i), jax.random.key(0))
+  state, _ = train_steps_traced_once(vae.train_step, state,
+                                     [random_batch(n=8, seed=i) for i in range(3)],
+                                     jax.random.key(0))
   assert int(state.step) == 3
 
 
