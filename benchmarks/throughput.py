@@ -5,16 +5,20 @@
         --image_shapes 28x28x1,32x32x3,64x64x3 --set model.width=64 --json out.json
 
 For each family (its config in experiments/configs/, *_fashion.py first), image shape, batch
-size (default: the config's, half and double it) and device count it compiles the family's `train_step` once ahead of time (jaxgen.trainer's
-`compile_train_step`, state donated, batch sharded over a "data" mesh) and reports:
-compile seconds; ms per step and images/s (median of `--repeats` timed runs of `--steps`
-steps after warm-up, each ended by block_until_ready); GFLOP per step from XLA's cost
-analysis (all devices together; a dilated convolution's zeros count too); achieved GFLOP/s
-and its ratio to the measured float32 matmul peak (of the host's cores on CPU, of one device
-x devices elsewhere); memory per device (XLA's arguments + temporaries of the compiled step,
-and, where the backend reports one, the device's peak in use so far in the process); and,
-on one device, the PyTorch peer's images/s (benchmarks/torch_peer.py, if torch is
-installed: `pip install -e ".[bench]"`) and the ratio jaxgen / PyTorch.
+size (default: the config's, half and double it) and device count it compiles the family's
+`train_step` once ahead of time (jaxgen.trainer's `compile_train_step`, state donated, batch
+sharded over a "data" mesh) and reports: compile seconds; ms per step and images/s (median of
+`--repeats` timed runs of `--steps` steps after warm-up, each ended by block_until_ready);
+GFLOP per step from XLA's cost analysis (all devices together); achieved GFLOP/s and its
+ratio to the measured float32 matmul peak (of the host's cores on CPU, of one device x
+devices elsewhere); memory per device (XLA's arguments + temporaries of the compiled step,
+and, where the backend reports one, the device's peak in use so far in the process); and, on
+one device, the PyTorch peer's images/s (benchmarks/torch_peer.py, if torch is installed:
+`pip install -e ".[bench]"`) and the ratio jaxgen / PyTorch. The two are timed in turn, run
+for run, so that a change in the machine's load touches both alike.
+
+On CPU the step is compiled with XLA's Eigen convolutions (jaxgen.ops.compile);
+`--set xla_cpu_eigen_convs=false` measures XLA's default (YNNPACK) convolutions instead.
 
 Random batches: no data set is needed. Each device count runs in its own process, because
 the CPU's simulated device count (XLA_FLAGS=--xla_force_host_platform_device_count) must be
@@ -94,11 +98,19 @@ def load_config(path: Path, image_shape: tuple[int, int, int], batch_size: int,
 
 def timed_runs(run_steps, repeats: int, steps: int) -> list[float]:
   """Seconds per step of each of `repeats` calls of `run_steps(steps)` (which must block)."""
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    run_steps(steps)
-    times.append((time.perf_counter() - t0) / steps)
+  return interleaved({"run": run_steps}, repeats, steps)["run"]
+
+
+def interleaved(runners: dict, repeats: int, steps: int) -> dict[str, list[float]]:
+  """Seconds per step of `repeats` timed calls `run(steps)` of each runner, taken in turn
+  (the order alternating each round) so that a change in the machine's load or clock
+  during the measurement touches every runner alike."""
+  times: dict[str, list[float]] = {name: [] for name in runners}
+  for i in range(repeats):
+    for name in (list(runners) if i % 2 == 0 else list(runners)[::-1]):
+      t0 = time.perf_counter()
+      runners[name](steps)
+      times[name].append((time.perf_counter() - t0) / steps)
   return times
 
 
@@ -136,9 +148,9 @@ def random_batch(config, mesh):
   return jax.device_put(batch, parallel.data_sharding(mesh))
 
 
-def measure_jax(family_name: str, config, num_devices: int, repeats: int, steps: int,
-                warmup: int) -> dict:
-  """One row: compile, time and cost the family's train step on `num_devices` devices."""
+def jax_runner(family_name: str, config, num_devices: int, warmup: int) -> tuple:
+  """(`run(k)`: k train steps then block_until_ready, row of compile and cost figures)
+  for the family's train step compiled on `num_devices` devices, run `warmup` times."""
   import jax
   from jaxgen import parallel, steps as families, trainer
 
@@ -147,7 +159,8 @@ def measure_jax(family_name: str, config, num_devices: int, repeats: int, steps:
   mesh = parallel.make_mesh(devices)
   state, shardings = trainer.create_state(config, mesh, jax.random.key(0))
   batch = random_batch(config, mesh)
-  step, stats = trainer.compile_train_step(family, state, shardings, batch, mesh)
+  step, stats = trainer.compile_train_step(family, state, shardings, batch, mesh,
+                                           config.get("xla_cpu_eigen_convs", True))
   key = jax.random.key(1)
   holder = [state]
 
@@ -158,34 +171,51 @@ def measure_jax(family_name: str, config, num_devices: int, repeats: int, steps:
     holder[0] = jax.block_until_ready(s)
 
   run(warmup)
-  sec = statistics.median(timed_runs(run, repeats, steps))
   # cost_analysis describes one device's program of a data-parallel step
-  flops = stats["flops_per_step"] * num_devices
-  row = dict(compile_s=stats["compile_s"], ms_per_step=1e3 * sec,
-             images_per_s=config.batch_size / sec, gflop_per_step=flops / 1e9,
-             gflops=flops / sec / 1e9)
+  row = dict(compile_s=stats["compile_s"],
+             gflop_per_step=stats["flops_per_step"] * num_devices / 1e9)
   if "temp_bytes" in stats:
     row["memory_mib"] = (stats["temp_bytes"] + stats["argument_bytes"]) / 2 ** 20
   peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in devices]
   if all(p is not None for p in peaks):
     row["device_peak_mib"] = max(peaks) / 2 ** 20
-  return row
+  return run, row
 
 
-def measure_torch(family: str, config, repeats: int, steps: int, warmup: int) -> dict:
-  """The PyTorch peer's images/s, or a note saying why there is none."""
+def torch_runner(family: str, config, warmup: int) -> tuple:
+  """(`run(k)` of the PyTorch peer's train step, or None, {torch_* facts or torch_note})."""
   if importlib.util.find_spec("torch") is None:
-    return dict(torch_note='torch not installed (pip install -e ".[bench]")')
+    return None, dict(torch_note='torch not installed (pip install -e ".[bench]")')
   from benchmarks import torch_peer
 
   if family not in torch_peer.PEERS:
-    return dict(torch_note=f"no PyTorch peer for {family}")
+    return None, dict(torch_note=f"no PyTorch peer for {family}")
   try:
-    r = torch_peer.measure(family, config, config.batch_size, repeats, steps, warmup)
+    run = torch_peer.runner(family, config, config.batch_size, warmup)
   except NotImplementedError as e:
-    return dict(torch_note=str(e))
-  return dict(torch_images_per_s=r["images_per_s"], torch_ms_per_step=r["ms_per_step"],
-              torch_threads=r["threads"], torch_device=r["device"])
+    return None, dict(torch_note=str(e))
+  import torch
+  return run, dict(torch_threads=torch.get_num_threads(), torch_device=str(torch_peer.device()))
+
+
+def measure(family: str, config, num_devices: int, args) -> dict:
+  """One row: jaxgen's step (and on one device the PyTorch peer's, timed interleaved with it)."""
+  run, row = jax_runner(family, config, num_devices, args.warmup)
+  runners = {"jax": run}
+  if num_devices == 1 and not args.no_torch:
+    torch_run, facts = torch_runner(family, config, args.warmup)
+    row.update(facts)
+    if torch_run is not None:
+      runners["torch"] = torch_run
+  times = interleaved(runners, args.repeats, args.steps)
+  sec = statistics.median(times["jax"])
+  row.update(ms_per_step=1e3 * sec, images_per_s=config.batch_size / sec,
+             gflops=row["gflop_per_step"] / sec)
+  if "torch" in times:
+    torch_sec = statistics.median(times["torch"])
+    row.update(torch_ms_per_step=1e3 * torch_sec, torch_images_per_s=config.batch_size / torch_sec,
+               ratio=torch_sec / sec)
+  return row
 
 
 def machine(peak: dict) -> dict:
@@ -227,16 +257,11 @@ def run_here(args) -> dict:
           row = dict(family=family, config=str(path.relative_to(REPO)),
                      image="x".join(map(str, shape)), batch=batch_size, devices=num_devices)
           try:
-            row.update(measure_jax(family, config, num_devices, args.repeats, args.steps,
-                                   args.warmup))
+            row.update(measure(family, config, num_devices, args))
           except Exception as e:  # e.g. an image size the family's model cannot take
             notes.append(f"{family} {row['image']} batch {batch_size}: failed ({e!r:.200})")
             continue
           row["peak_fraction"] = row["gflops"] / peak_total
-          if num_devices == 1 and not args.no_torch:
-            row.update(measure_torch(family, config, args.repeats, args.steps, args.warmup))
-            if "torch_images_per_s" in row:
-              row["ratio"] = row["images_per_s"] / row["torch_images_per_s"]
           rows.append(row)
           if not args.quiet:
             print(format_table([row], header=not rows[:-1]), flush=True)

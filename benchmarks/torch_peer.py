@@ -4,7 +4,9 @@ Each peer mirrors the flax model layer for layer (sizes from the same plan funct
 the same optimizer and hyper-parameters, BatchNorm momentum and epsilon) and does the work
 of the family's `train_step`: the GAN's D update then G update and generator EMA, the VAE's
 fresh binarisation, reparameterised ELBO and Adam update, the classifier's flips, dropout
-and cross-entropy. Peers are for timing, not for matching numbers: "SAME" padding is
+and cross-entropy, DRAW's T recurrent steps with Gaussian read and write windows, KL per
+step and clipped Adam update. Each step function's `num_params` is its trainable parameter
+count, which tests hold equal to the flax model's. Peers are for timing, not for matching numbers: "SAME" padding is
 symmetric here (PyTorch's `padding`, `output_padding`) where XLA pads one side more.
 
 torch is an optional extra (`pip install -e ".[bench]"`) and never a core dependency:
@@ -126,6 +128,7 @@ def gan_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[],
     with torch.no_grad():
       torch._foreach_lerp_(ema, [p.detach() for p in g.parameters()], 1.0 - m.ema_decay)
 
+  step.num_params = sum(p.numel() for net in (g, d) for p in net.parameters())
   return step
 
 
@@ -179,6 +182,7 @@ def vae_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[],
     (recon + kl).backward()
     opt.step()
 
+  step.num_params = sum(p.numel() for p in model.parameters())
   return step
 
 
@@ -227,28 +231,147 @@ def classifier_step(config: ml_collections.ConfigDict, batch_size: int) -> Calla
     F.cross_entropy(model(x), labels).backward()
     opt.step()
 
+  step.num_params = sum(p.numel() for p in model.parameters())
+  return step
+
+
+# ----------------------------------------------------------------------------- DRAW
+
+
+def _filterbank(center_B: torch.Tensor, delta_B: torch.Tensor, var_B: torch.Tensor, n: int,
+                size: int) -> torch.Tensor:
+  """N Gaussian filters along one axis, [B, N, size], as jaxgen.models.draw.filterbank."""
+  offsets = torch.arange(n, dtype=center_B.dtype, device=center_B.device) - (n - 1) / 2
+  mu = center_B[:, None] + offsets[None, :] * delta_B[:, None]
+  pixels = torch.arange(size, dtype=center_B.dtype, device=center_B.device)
+  d2 = torch.square(pixels[None, None, :] - mu[:, :, None])
+  return torch.softmax(-d2 / (2.0 * var_B[:, None, None]), dim=-1)
+
+
+def _window(params_Bx5: torch.Tensor, height: int, width: int, n: int):
+  """(F_y, F_x, gamma) as jaxgen.models.draw.attention_window."""
+  gx, gy, log_var, log_delta, log_gamma = params_Bx5.unbind(-1)
+  delta = (max(height, width) - 1) / max(n - 1, 1) * torch.exp(log_delta)
+  var = torch.exp(log_var)
+  return (_filterbank((height + 1) / 2 * (gy + 1) - 1, delta, var, n, height),
+          _filterbank((width + 1) / 2 * (gx + 1) - 1, delta, var, n, width), torch.exp(log_gamma))
+
+
+class TanhCell(nn.Module):
+  """h' = tanh(W_hh h + W_xh x + b_h), as jaxgen.models.rnn.TanhCell."""
+
+  def __init__(self, inputs: int, features: int):
+    super().__init__()
+    self.hh = nn.Linear(features, features, bias=False)
+    self.xh = nn.Linear(inputs, features)
+
+  def forward(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(self.hh(h) + self.xh(x))
+
+
+class DRAW(nn.Module):
+  """DRAW's inference pass over T steps (tanh cells, N(0, I) prior, no caption), as
+  jaxgen.models.draw.DRAW; images [B, H, W, C] as in flax."""
+
+  def __init__(self, image_shape: Sequence[int], m: ml_collections.ConfigDict):
+    super().__init__()
+    h, w, c = image_shape
+    self.shape, self.m = tuple(image_shape), m
+    read = 2 * (m.read_n ** 2 * c if m.read_n else h * w * c)
+    self.canvas0 = nn.Parameter(torch.zeros(h, w, c))
+    self.read_window = nn.Linear(m.dec_features, 5) if m.read_n else None
+    self.encoder = TanhCell(read + m.dec_features, m.enc_features)
+    self.q_mean = nn.Linear(m.enc_features, m.latent_dim)
+    self.q_logvar = nn.Linear(m.enc_features, m.latent_dim)
+    self.decoder = TanhCell(m.latent_dim, m.dec_features)
+    self.write = nn.Linear(m.dec_features, (m.write_n ** 2 if m.write_n else h * w) * c)
+    self.write_window = nn.Linear(m.dec_features, 5) if m.write_n else None
+
+  def forward(self, x: torch.Tensor, eps_TxBxZ: torch.Tensor):
+    b, (h, w, c), m = x.shape[0], self.shape, self.m
+    h_enc = x.new_zeros(b, m.enc_features)
+    h_dec = x.new_zeros(b, m.dec_features)
+    canvas = self.canvas0.expand(b, h, w, c)
+    kl = 0.0
+    for t in range(m.num_steps):
+      x_hat = x - torch.sigmoid(canvas)
+      if m.read_n:
+        fy, fx, gamma = _window(self.read_window(h_dec), h, w, m.read_n)
+        r = torch.cat([(gamma[:, None, None, None] * torch.einsum("bnh,bhwc,bmw->bnmc", fy, img, fx)
+                        ).reshape(b, -1) for img in (x, x_hat)], -1)
+      else:
+        r = torch.cat([x.reshape(b, -1), x_hat.reshape(b, -1)], -1)
+      h_enc = self.encoder(h_enc, torch.cat([r, h_dec], -1))
+      mean, logvar = self.q_mean(h_enc), self.q_logvar(h_enc)
+      z = mean + torch.exp(0.5 * logvar) * eps_TxBxZ[t]
+      kl = kl + 0.5 * torch.sum(logvar.exp() + mean.square() - 1 - logvar)
+      h_dec = self.decoder(h_dec, z)
+      if m.write_n:
+        n = m.write_n
+        fy, fx, gamma = _window(self.write_window(h_dec), h, w, n)
+        patch = self.write(h_dec).view(b, n, n, c)
+        canvas = canvas + (torch.einsum("bnh,bnmc,bmw->bhwc", fy, patch, fx)
+                           / gamma[:, None, None, None])
+      else:
+        canvas = canvas + self.write(h_dec).view(b, h, w, c)
+    return canvas, kl
+
+
+def draw_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[], None]:
+  """One DRAW train step (dynamic binarisation, Bernoulli -ELBO, clipped Adam) on a random batch."""
+  m, o, dev = config.model, config.optim, device()
+  if m.cell != "tanh" or m.learned_prior or m.get("captions", False):
+    raise NotImplementedError("the PyTorch DRAW peer has only the tanh cell, the N(0, I) prior "
+                              "and no captions")
+  shape = tuple(config.data.image_shape)
+  model = DRAW(shape, m).to(dev)
+  opt = torch.optim.Adam(model.parameters(), o.lr, betas=(o.get("b1", 0.9), o.get("b2", 0.999)))
+  images = torch.rand(batch_size, *shape, device=dev) * 2 - 1
+
+  def step() -> None:
+    x = torch.bernoulli((images + 1) / 2)
+    eps = torch.randn(m.num_steps, batch_size, m.latent_dim, device=dev)
+    opt.zero_grad(set_to_none=True)
+    canvas, kl = model(x, eps)
+    recon = F.binary_cross_entropy_with_logits(canvas, x, reduction="sum")
+    ((recon + kl) / batch_size).backward()
+    if o.get("grad_clip", 0.0):
+      nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+    opt.step()
+
+  step.num_params = sum(p.numel() for p in model.parameters())
   return step
 
 
 PEERS: dict[str, Callable[[ml_collections.ConfigDict, int], Callable[[], None]]] = {
-    "gan": gan_step, "vae": vae_step, "classifier": classifier_step}
+    "gan": gan_step, "vae": vae_step, "classifier": classifier_step, "draw": draw_step}
+
+
+def runner(family: str, config: ml_collections.ConfigDict, batch_size: int, warmup: int = 3
+           ) -> Callable[[int], None]:
+  """`run(k)`: k steps of the family's PyTorch train step, synchronised at the end; the
+  step is built and run `warmup` times first."""
+  step = PEERS[family](config, batch_size)
+  sync = torch.cuda.synchronize if device().type == "cuda" else (lambda: None)
+
+  def run(k: int) -> None:
+    for _ in range(k):
+      step()
+    sync()
+
+  run(warmup)
+  return run
 
 
 def measure(family: str, config: ml_collections.ConfigDict, batch_size: int, repeats: int = 5,
             steps: int = 10, warmup: int = 3) -> dict:
   """Median ms/step and images/s of the family's PyTorch train step over `repeats` timed runs
   of `steps` steps each, after `warmup` steps."""
-  step = PEERS[family](config, batch_size)
-  sync = torch.cuda.synchronize if device().type == "cuda" else (lambda: None)
-  for _ in range(warmup):
-    step()
-  sync()
+  run = runner(family, config, batch_size, warmup)
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
-    for _ in range(steps):
-      step()
-    sync()
+    run(steps)
     times.append((time.perf_counter() - t0) / steps)
   s = statistics.median(times)
   return dict(ms_per_step=1e3 * s, images_per_s=batch_size / s if s > 0 else math.inf,

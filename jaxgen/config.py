@@ -27,6 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_grid_samples = 64       # 0: no sample grids (e.g. for classifiers)
   c.eval_every = 0              # jaxgen.evaluate metrics every N steps into metrics.jsonl (0: off)
   c.eval_num_samples = 2000     # samples vs test images per in-training evaluation
+  c.xla_cpu_eigen_convs = True  # CPU: XLA's Eigen convolutions, not YNNPACK's (jaxgen.ops.compile)
   c.data = ml_collections.ConfigDict()
   c.data.name = "fashion_mnist"  # or "idx" (MNIST-format files in source_dir) or a TFDS name
   c.data.source_dir = ""         # folder of IDX files ("" = the data set's default)

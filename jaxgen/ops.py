@@ -19,9 +19,13 @@ values and gradients, up to float32 summation order (~1e-6 relative). Both are
 `jax.custom_vjp` functions: reverse mode only (no jvp / jacfwd through them).
 `ConvTranspose` and `Conv` are drop-in flax modules with the same parameters.
 `max_pool` is the same idea for non-overlapping max pooling.
+
+`compile` compiles a lowered step with XLA:CPU's convolutions on its Eigen path rather
+than YNNPACK (see CPU_COMPILER_OPTIONS); on other backends it is `lowered.compile()`.
 """
 
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -263,16 +267,75 @@ class Conv(_ConvModule):
 # ---------------------------------------------------------------------- max pooling
 
 
-def max_pool(x_BxHxWxC: jax.Array, window: Sequence[int] = (2, 2)) -> jax.Array:
-  """Non-overlapping max pooling [B, H // wh, W // ww, C], equal to
-  `nn.max_pool(x, window, strides=window)` ("VALID": trailing rows/columns dropped).
-
-  Written as a reshape and a max, whose gradient is a cheap elementwise mask; the
-  reduce-window form's gradient is a select-and-scatter that XLA:CPU runs slowly. Where a
-  window holds several equal maxima the gradient is split evenly between them rather than
-  given to one (after a ReLU such ties are zeros, whose gradient the ReLU zeroes anyway).
-  """
+def _window_slices(x_BxHxWxC: jax.Array, window: tuple[int, int]) -> list[jax.Array]:
+  """The wh * ww strided slices [B, H // wh, W // ww, C] of x, one per window position,
+  in row-major window order."""
   wh, ww = window
   b, h, w, c = x_BxHxWxC.shape
-  x = x_BxHxWxC[:, :h - h % wh, :w - w % ww]
-  return jnp.max(x.reshape(b, h // wh, wh, w // ww, ww, c), axis=(2, 4))
+  x = x_BxHxWxC.reshape(b, h // wh, wh, w // ww, ww, c)
+  return [x[:, :, i, :, j] for i in range(wh) for j in range(ww)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool(x_BxHxWxC, window):
+  return functools.reduce(jnp.maximum, _window_slices(x_BxHxWxC, window))
+
+
+def _max_pool_fwd(x_BxHxWxC, window):
+  y = _max_pool(x_BxHxWxC, window)
+  return y, (x_BxHxWxC, y)
+
+
+def _max_pool_bwd(window, residuals, dy):
+  x_BxHxWxC, y = residuals
+  taken = jnp.zeros(y.shape, bool)
+  parts = []
+  for part in _window_slices(x_BxHxWxC, window):
+    first = (part == y) & ~taken  # the first maximum in window order takes the gradient
+    taken = taken | first
+    parts.append(jnp.where(first, dy, 0.0))
+  wh, ww = window
+  b, h, w, c = x_BxHxWxC.shape
+  dx = jnp.stack(parts, axis=3).reshape(b, h // wh, w // ww, wh, ww, c)
+  return (dx.transpose(0, 1, 3, 2, 4, 5).reshape(b, h, w, c),)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def max_pool(x_BxHxWxC: jax.Array, window: Sequence[int] = (2, 2)) -> jax.Array:
+  """Non-overlapping max pooling [B, H // wh, W // ww, C], equal to
+  `nn.max_pool(x, window, strides=window)` ("VALID": trailing rows/columns dropped), values
+  and gradients, ties included (the first maximum in row-major window order takes it).
+
+  The maximum of the wh * ww strided slices and a custom VJP keep both passes elementwise;
+  the reduce-window form's gradient is a select-and-scatter that XLA:CPU runs ~15x slower.
+  """
+  wh, ww = (int(v) for v in window)
+  _, h, w, _ = x_BxHxWxC.shape
+  return _max_pool(x_BxHxWxC[:, :h - h % wh, :w - w % ww], (wh, ww))
+
+
+# ------------------------------------------------------------ XLA:CPU compile options
+
+# XLA:CPU hands dots, reductions and convolutions to YNNPACK by default. On the 2-core AMD
+# EPYC this was tuned on, YNNPACK's convolutions ran 1.3-1.6x slower than XLA's own Eigen
+# convolutions (its dots and reductions are the faster ones), which cost the DCGAN step
+# 1.8x: this list is the default one less INDIVIDUAL_CONVOLUTION.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                        "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+def compile(lowered: jax.stages.Lowered, platform: str, eigen_convs: bool = True
+            ) -> jax.stages.Compiled:
+  """`lowered.compile()`, with CPU_COMPILER_OPTIONS when `platform` is "cpu" and
+  `eigen_convs`. A jaxlib that lacks the option compiles with its defaults (and warns)."""
+  if platform == "cpu" and eigen_convs:
+    try:
+      return lowered.compile(compiler_options=CPU_COMPILER_OPTIONS)
+    except jax.errors.JaxRuntimeError as e:
+      if not any(name in str(e) for name in CPU_COMPILER_OPTIONS):
+        raise
+      warnings.warn(f"this jaxlib does not take {CPU_COMPILER_OPTIONS}; compiling with XLA's "
+                    f"defaults ({str(e).splitlines()[0]})", RuntimeWarning, stacklevel=2)
+  return lowered.compile()

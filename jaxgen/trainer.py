@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxgen import checkpoint, data, parallel, steps, viz
+from jaxgen import checkpoint, data, ops, parallel, steps, viz
 from jaxgen.errors import ConfigError, UserError
 
 
@@ -76,8 +76,10 @@ def create_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 
 
 def compile_train_step(family: Any, state: Any, shardings: Any, batch: dict,
-                       mesh: jax.sharding.Mesh) -> tuple[Callable, dict]:
-  """Lowers and compiles `family.train_step` once for these shapes (AOT, state donated).
+                       mesh: jax.sharding.Mesh, eigen_convs: bool = True
+                       ) -> tuple[Callable, dict]:
+  """Lowers and compiles `family.train_step` once for these shapes (AOT, state donated);
+  on CPU, with convolutions on XLA's Eigen path unless `eigen_convs` is False (ops.compile).
 
   Returns (compiled step, stats with compile seconds, FLOPs and memory per step).
   """
@@ -86,7 +88,8 @@ def compile_train_step(family: Any, state: Any, shardings: Any, batch: dict,
                  out_shardings=(shardings, repl), donate_argnums=0)
   t0 = time.perf_counter()
   with jax.set_mesh(mesh):  # lets steps constrain arrays they create (common.shard_batch_axis)
-    compiled = step.lower(state, batch, jax.random.key(0)).compile()
+    compiled = ops.compile(step.lower(state, batch, jax.random.key(0)),
+                           mesh.devices.flat[0].platform, eigen_convs)
   stats = {"compile_s": time.perf_counter() - t0}
   cost = compiled.cost_analysis()
   if isinstance(cost, list):  # older jax returned one dict per device
@@ -188,7 +191,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 
   # ---- compile once
   batch = parallel.global_batch(next(loader), mesh)
-  train_step, compile_stats = compile_train_step(family, state, shardings, batch, mesh)
+  train_step, compile_stats = compile_train_step(family, state, shardings, batch, mesh,
+                                                 config.get("xla_cpu_eigen_convs", True))
   if is_main:
     print(f"compiled train_step in {compile_stats['compile_s']:.1f}s on {jax.device_count()} "
           f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es); "

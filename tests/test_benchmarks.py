@@ -3,6 +3,8 @@
 import json
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from conftest import REPO
@@ -48,11 +50,24 @@ def test_missing_family_is_a_note_not_an_error(monkeypatch):
   assert list(chosen) == ["gan"] and "draw: skipped" in notes[0]
 
 
-@pytest.mark.parametrize("family", ["gan", "vae", "classifier"])
-def test_torch_peers_train(family):
+def _flax_param_count(state) -> int:
+  """Trainable parameters of a family's state: leaves under a ModelState's `params`."""
+  leaves = jax.tree_util.tree_leaves_with_path(state)
+  return sum(x.size for path, x in leaves
+             if any(getattr(k, "name", None) == "params" for k in path)
+             and not any(getattr(k, "name", None) in ("opt_state", "ema_params") for k in path))
+
+
+@pytest.mark.parametrize("family", ["gan", "vae", "classifier", "draw"])
+def test_torch_peers_train_the_same_architecture(family):
   pytest.importorskip("torch")
   from benchmarks import torch_peer
+  from jaxgen import steps
   path = throughput.family_configs([family])[0][family]
   config = throughput.load_config(path, (28, 28, 1), 4, {})
+  step = torch_peer.PEERS[family](config, 4)
+  batch = {"image": jnp.zeros((4, 28, 28, 1)), "label": jnp.zeros((4,), jnp.int32)}
+  state = steps.get_family(family).init_state(config, jax.random.key(0), batch)
+  assert step.num_params == _flax_param_count(state) > 0
   r = torch_peer.measure(family, config, 4, repeats=1, steps=1, warmup=1)
   assert r["images_per_s"] > 0 and r["threads"] >= 1

@@ -1,6 +1,8 @@
 """jaxgen.ops: the fast convolutions equal lax's and their autodiff; the DCGAN step with them
 equals the plain one."""
 
+import re
+
 import chex
 import flax.linen as nn
 import jax
@@ -161,8 +163,54 @@ def test_max_pool_matches_flax(shape, window):
   np.testing.assert_array_equal(got_vjp(dy)[0], want_vjp(dy)[0])
 
 
+def test_max_pool_ties_give_the_gradient_to_the_first_maximum_as_flax():
+  x = jax.random.randint(jax.random.key(7), (2, 8, 6, 3), 0, 3).astype(jnp.float32)  # many ties
+  dy = jax.random.normal(jax.random.key(8), (2, 4, 3, 3))
+  want = jax.vjp(lambda a: nn.max_pool(a, (2, 2), strides=(2, 2)), x)[1](dy)[0]
+  got = jax.vjp(lambda a: ops.max_pool(a, (2, 2)), x)[1](dy)[0]
+  np.testing.assert_array_equal(got, want)
+  assert int(jnp.sum(got != 0)) == dy.size  # one entry per window
+
+
 def test_max_pool_after_relu_ties_get_no_gradient():
   """Channel 0: a window of ReLU zeros (tied maxima); channel 1: a plain maximum."""
   x = jnp.array([[-1.0, -2.0], [-3.0, -4.0]])[None, :, :, None] * jnp.array([1.0, -1.0])
   grad = lambda pool: jax.grad(lambda a: jnp.sum(pool(nn.relu(a))))(x)
   np.testing.assert_array_equal(grad(ops.max_pool), grad(lambda a: nn.max_pool(a, (2, 2), (2, 2))))
+
+
+def _conv_and_dot(x, kernel, w):
+  return _plain_conv(x, kernel, (2, 2), "SAME").sum() + jnp.sum(x.reshape(x.shape[0], -1) @ w)
+
+
+def _ynnpack_opcodes(compiled) -> set[str]:
+  """HLO opcodes inside the computations XLA:CPU hands to YNNPACK."""
+  text = compiled.as_text()
+  called = {m.group(1) for line in text.splitlines() if '"__ynn_fusion"' in line
+            for m in [re.search(r"calls=(%[\w.-]+)", line)] if m}
+  opcodes = set()
+  for block in text.split("\n\n"):
+    if block.strip() and block.strip().split()[0] in called:
+      opcodes |= set(re.findall(r"[\]}] ([a-z][\w-]*)\(", block))
+  return opcodes
+
+
+def test_compile_keeps_convolutions_on_eigen_and_equals_the_default():
+  x = jax.random.normal(jax.random.key(0), (8, 14, 14, 16))
+  kernel = jax.random.normal(jax.random.key(1), (5, 5, 16, 32))
+  w = jax.random.normal(jax.random.key(2), (14 * 14 * 16, 8))
+  lowered = jax.jit(jax.grad(_conv_and_dot, argnums=(0, 1))).lower(x, kernel, w)
+  fast, default = ops.compile(lowered, "cpu"), ops.compile(lowered, "cpu", eigen_convs=False)
+  assert "convolution" in _ynnpack_opcodes(default), "XLA's default no longer uses YNNPACK convs"
+  assert "convolution" not in _ynnpack_opcodes(fast)
+  assert "dot" in _ynnpack_opcodes(fast)  # dots stay on YNNPACK
+  for got, want in zip(fast(x, kernel, w), default(x, kernel, w)):
+    _assert_close(got, want)
+
+
+def test_compile_without_the_option_warns_and_uses_defaults(monkeypatch):
+  monkeypatch.setattr(ops, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option_here": "1"})
+  lowered = jax.jit(lambda a: a * 2).lower(jnp.ones(3))
+  with pytest.warns(RuntimeWarning, match="xla_cpu_no_such_option_here"):
+    compiled = ops.compile(lowered, "cpu")
+  np.testing.assert_array_equal(compiled(jnp.ones(3)), 2 * np.ones(3))
