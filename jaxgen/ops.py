@@ -112,11 +112,19 @@ def _phase_plan(size: int, k: int, s: int, low: int, high: int
   return out, m, phases
 
 
+# Below this many output channels XLA's own dilated convolution is the faster forward pass
+# (e.g. a generator's last layer to 1 or 3 image channels: 2.0 vs 4.1 ms at batch 64).
+_MIN_PHASE_SPLIT_CHANNELS = 8
+
+
 def _dilated(x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, strides: tuple[int, ...],
              pads: Pads) -> jax.Array:
   """Convolution of x dilated by `strides` and padded by `pads` (stride 1), computed as
   one stride-1 convolution per output phase; equals
   lax.conv_general_dilated(x, kernel, 1, pads, lhs_dilation=strides)."""
+  if kernel_KxKxIxO.shape[3] < _MIN_PHASE_SPLIT_CHANNELS:
+    return lax.conv_general_dilated(x_BxHxWxC, kernel_KxKxIxO, (1,) * len(strides), pads,
+                                    lhs_dilation=strides, dimension_numbers=_DN)
   (h_out, mh, rows), (w_out, mw, cols) = [
       _phase_plan(n, k, s, lo, hi) for n, k, s, (lo, hi)
       in zip(x_BxHxWxC.shape[1:3], kernel_KxKxIxO.shape[:2], strides, pads)]

@@ -32,6 +32,13 @@ def _assert_close(got, want, rtol=1e-5):
   np.testing.assert_allclose(got, want, rtol=0, atol=rtol * max(scale, 1e-30))
 
 
+@pytest.fixture(params=[True, False], ids=["phase_split", "xla_dilated"])
+def phase_split(request, monkeypatch):
+  """Every case through both forms of a dilated convolution, whatever its channel count."""
+  monkeypatch.setattr(ops, "_MIN_PHASE_SPLIT_CHANNELS", 0 if request.param else 10 ** 9)
+  return request.param
+
+
 @pytest.mark.parametrize("x_shape, kernel_hw, cout, strides, padding", [
     ((4, 7, 7, 16), (5, 5), 8, (2, 2), "SAME"),     # the DCGAN generator's layers
     ((2, 14, 14, 8), (5, 5), 1, (2, 2), "SAME"),
@@ -45,7 +52,7 @@ def _assert_close(got, want, rtol=1e-5):
     ((2, 6, 6, 3), (3, 3), 4, (1, 1), "SAME"),      # stride 1
     ((2, 6, 6, 3), (4, 4), 2, (2, 2), ((2, 1), (0, 3))),  # explicit padding
 ])
-def test_conv_transpose_matches_autodiff(x_shape, kernel_hw, cout, strides, padding):
+def test_conv_transpose_matches_autodiff(x_shape, kernel_hw, cout, strides, padding, phase_split):
   kx, kk, kd = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, x_shape)
   kernel = jax.random.normal(kk, (*kernel_hw, x_shape[-1], cout))
@@ -72,7 +79,7 @@ def test_conv_transpose_matches_autodiff(x_shape, kernel_hw, cout, strides, padd
     ((2, 6, 6, 3), (3, 3), 4, (1, 1), "SAME"),      # stride 1
     ((2, 8, 7, 3), (4, 4), 2, (2, 2), ((2, 1), (0, 3))),  # explicit padding
 ])
-def test_conv_matches_autodiff(x_shape, kernel_hw, cout, strides, padding):
+def test_conv_matches_autodiff(x_shape, kernel_hw, cout, strides, padding, phase_split):
   kx, kk, kd = jax.random.split(jax.random.key(7), 3)
   x = jax.random.normal(kx, x_shape)
   kernel = jax.random.normal(kk, (*kernel_hw, x_shape[-1], cout))

@@ -54,7 +54,7 @@ class Encoder(nn.Module):
     k = (self.kernel_size, self.kernel_size)
     x = x_BxHxWxC
     for i, w in enumerate(reversed(widths)):
-      x = nn.swish(nn.Conv(w, k, strides=(2, 2), name=f"conv{i}")(x))
+      x = nn.swish(ops.Conv(w, k, strides=(2, 2), name=f"conv{i}")(x))
     h_BxF = x.reshape(x.shape[0], -1)
     if self.num_classes:
       h_BxF = jnp.concatenate([h_BxF, _one_hot(labels, self.num_classes, h_BxF.dtype)], axis=-1)
