@@ -165,7 +165,7 @@ def jax_runner(family_name: str, config, num_devices: int, warmup: int) -> tuple
   state, shardings = trainer.create_state(config, mesh, jax.random.key(0))
   batch = random_batch(config, mesh)
   step, stats = trainer.compile_train_step(family, state, shardings, batch, mesh,
-                                           config.get("xla_cpu_eigen_convs", True))
+                                           config.xla_cpu_eigen_convs)
   key = jax.random.key(1)
   holder = [state]
 

@@ -6,8 +6,9 @@ of the family's `train_step`: the GAN's D update then G update and generator EMA
 fresh binarisation, reparameterised ELBO and Adam update, the classifier's flips, dropout
 and cross-entropy, DRAW's T recurrent steps with Gaussian read and write windows, KL per
 step and clipped Adam update. Each step function's `num_params` is its trainable parameter
-count, which tests hold equal to the flax model's. Peers are for timing, not for matching numbers: "SAME" padding is
-symmetric here (PyTorch's `padding`, `output_padding`) where XLA pads one side more.
+count, which tests hold equal to the flax model's. Peers are for timing, not for matching
+numbers: "SAME" padding is symmetric here (PyTorch's `padding`, `output_padding`) where XLA
+pads one side more.
 
 torch is an optional extra (`pip install -e ".[bench]"`) and never a core dependency:
 import this module only where `torch` is installed. Threads: PyTorch's default
@@ -16,7 +17,6 @@ import this module only where `torch` is installed. Threads: PyTorch's default
 
 import math
 import statistics
-import time
 from collections.abc import Callable, Sequence
 
 import ml_collections
@@ -46,6 +46,11 @@ def _conv(cin: int, cout: int, k: int, bias: bool = True) -> nn.Conv2d:
 def _deconv(cin: int, cout: int, k: int, bias: bool = True) -> nn.ConvTranspose2d:
   p, op = _pad(k)
   return nn.ConvTranspose2d(cin, cout, k, stride=2, padding=p, output_padding=op, bias=bias)
+
+
+def _num_params(*modules: nn.Module) -> int:
+  """Trainable parameters of the modules together."""
+  return sum(p.numel() for m in modules for p in m.parameters())
 
 
 def _bn(c: int) -> nn.BatchNorm2d:
@@ -128,7 +133,7 @@ def gan_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[],
     with torch.no_grad():
       torch._foreach_lerp_(ema, [p.detach() for p in g.parameters()], 1.0 - m.ema_decay)
 
-  step.num_params = sum(p.numel() for net in (g, d) for p in net.parameters())
+  step.num_params = _num_params(g, d)
   return step
 
 
@@ -182,7 +187,7 @@ def vae_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[],
     (recon + kl).backward()
     opt.step()
 
-  step.num_params = sum(p.numel() for p in model.parameters())
+  step.num_params = _num_params(model)
   return step
 
 
@@ -231,7 +236,7 @@ def classifier_step(config: ml_collections.ConfigDict, batch_size: int) -> Calla
     F.cross_entropy(model(x), labels).backward()
     opt.step()
 
-  step.num_params = sum(p.numel() for p in model.parameters())
+  step.num_params = _num_params(model)
   return step
 
 
@@ -339,7 +344,7 @@ def draw_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[]
       nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
     opt.step()
 
-  step.num_params = sum(p.numel() for p in model.parameters())
+  step.num_params = _num_params(model)
   return step
 
 
@@ -367,12 +372,8 @@ def measure(family: str, config: ml_collections.ConfigDict, batch_size: int, rep
             steps: int = 10, warmup: int = 3) -> dict:
   """Median ms/step and images/s of the family's PyTorch train step over `repeats` timed runs
   of `steps` steps each, after `warmup` steps."""
-  run = runner(family, config, batch_size, warmup)
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    run(steps)
-    times.append((time.perf_counter() - t0) / steps)
-  s = statistics.median(times)
+  from benchmarks.throughput import timed_runs
+
+  s = statistics.median(timed_runs(runner(family, config, batch_size, warmup), repeats, steps))
   return dict(ms_per_step=1e3 * s, images_per_s=batch_size / s if s > 0 else math.inf,
               threads=torch.get_num_threads(), device=str(device()))
