@@ -18,7 +18,11 @@ convolution of the same FLOPs. Here:
 values and gradients, up to float32 summation order (~1e-6 relative). Both are
 `jax.custom_vjp` functions: reverse mode only (no jvp / jacfwd through them).
 `ConvTranspose` and `Conv` are drop-in flax modules with the same parameters.
-`max_pool` is the same idea for non-overlapping max pooling.
+`max_pool` is the same idea for non-overlapping max pooling. `batch_norm_act` (module
+`BatchNormAct`) is training-mode BatchNorm, (leaky) ReLU and optional max pooling as one
+custom VJP: autodiff of the three makes about a dozen passes over full-size intermediates;
+this reads x three times forward and once backward, writing only the pooled output and the
+gradient, because it pools before it normalises.
 
 `compile` compiles a lowered step with XLA:CPU's convolutions on its Eigen path rather
 than YNNPACK (see CPU_COMPILER_OPTIONS); on other backends it is `lowered.compile()`.
@@ -294,18 +298,25 @@ def _max_pool_fwd(x_BxHxWxC, window):
   return y, (x_BxHxWxC, y)
 
 
-def _max_pool_bwd(window, residuals, dy):
-  x_BxHxWxC, y = residuals
-  taken = jnp.zeros(y.shape, bool)
+def _route_to_first(x_BxHxWxC: jax.Array, picked: jax.Array, dy: jax.Array,
+                    window: tuple[int, int]) -> jax.Array:
+  """[B, H, W, C]: each window's `dy` at the first position (row-major window order) where x
+  equals `picked` (both [B, H // wh, W // ww, C]), zeros elsewhere: nn.max_pool's gradient."""
+  taken = jnp.zeros(picked.shape, bool)
   parts = []
   for part in _window_slices(x_BxHxWxC, window):
-    first = (part == y) & ~taken  # the first maximum in window order takes the gradient
+    first = (part == picked) & ~taken
     taken = taken | first
     parts.append(jnp.where(first, dy, 0.0))
   wh, ww = window
   b, h, w, c = x_BxHxWxC.shape
   dx = jnp.stack(parts, axis=3).reshape(b, h // wh, w // ww, wh, ww, c)
-  return (dx.transpose(0, 1, 3, 2, 4, 5).reshape(b, h, w, c),)
+  return dx.transpose(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+
+
+def _max_pool_bwd(window, residuals, dy):
+  x_BxHxWxC, y = residuals
+  return (_route_to_first(x_BxHxWxC, y, dy, window),)
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
@@ -322,6 +333,136 @@ def max_pool(x_BxHxWxC: jax.Array, window: Sequence[int] = (2, 2)) -> jax.Array:
   wh, ww = (int(v) for v in window)
   _, h, w, _ = x_BxHxWxC.shape
   return _max_pool(x_BxHxWxC[:, :h - h % wh, :w - w % ww], (wh, ww))
+
+
+# ------------------------------------------------ BatchNorm, activation, pooling: fused
+
+
+def _batch_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-channel mean and biased variance over all but the last axis, as flax computes them
+  (use_fast_variance: E[x^2] - E[x]^2, clipped at 0)."""
+  axes = tuple(range(x.ndim - 1))
+  mean = jnp.mean(x, axes)
+  return mean, jnp.maximum(0.0, jnp.mean(x * x, axes) - mean * mean)
+
+
+def _trim(x_BxHxWxC: jax.Array, window: tuple[int, int]) -> jax.Array:
+  """x without the trailing rows/columns a "VALID" window pool drops."""
+  _, h, w, _ = x_BxHxWxC.shape
+  return x_BxHxWxC[:, :h - h % window[0], :w - w % window[1]]
+
+
+def _activation(u: jax.Array, negative_slope: float) -> jax.Array:
+  return jnp.maximum(u, 0.0) if negative_slope == 0.0 else jnp.where(u >= 0, u, negative_slope * u)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _batch_norm_act(x, scale, bias, epsilon, negative_slope, window):
+  return _batch_norm_act_fwd(x, scale, bias, epsilon, negative_slope, window)[0]
+
+
+def _batch_norm_act_fwd(x, scale, bias, epsilon, negative_slope, window):
+  mean, var = _batch_stats(x)
+  rstd = lax.rsqrt(var + epsilon)
+  a = scale * rstd
+  picked = x
+  if window:
+    # act(a * x + b) is monotone in x, increasing where a > 0 and decreasing where a < 0,
+    # so each window's maximum comes from its largest or smallest x: the pool runs on x and
+    # normalises a quarter of the values. (a == 0: all equal, flax picks the first.)
+    parts = _window_slices(_trim(x, window), window)
+    largest = functools.reduce(jnp.maximum, parts)
+    smallest = functools.reduce(jnp.minimum, parts)
+    picked = jnp.where(a > 0, largest, jnp.where(a < 0, smallest, parts[0]))
+  y = _activation((picked - mean) * a + bias, negative_slope)
+  return (y, mean, var), (x, picked, mean, rstd, scale, bias)
+
+
+def _batch_norm_act_bwd(epsilon, negative_slope, window, residuals, cotangents):
+  x, picked, mean, rstd, scale, bias = residuals
+  dy, dmean, dvar = cotangents
+  axes = tuple(range(x.ndim - 1))
+  n = x.size // x.shape[-1]
+  a = scale * rstd
+  u = (picked - mean) * a + bias
+  du = dy * jnp.where(u > 0 if negative_slope == 0.0 else u >= 0, 1.0, negative_slope)
+  dbias = jnp.sum(du, axes)
+  dscale = jnp.sum(du * (picked - mean), axes) * rstd
+  g = du
+  if window:
+    g = _route_to_first(_trim(x, window), picked, du, window)
+    g = jnp.pad(g, [(0, full - part) for full, part in zip(x.shape, g.shape)])
+  centred = x - mean
+  # BatchNorm's gradient through the batch statistics, plus any cotangent of the statistics.
+  dx = (a * (g - dbias / n - centred * (rstd * dscale / n))
+        + (dmean + 2.0 * dvar * centred) / n)
+  return dx, dscale, dbias
+
+
+_batch_norm_act.defvjp(_batch_norm_act_fwd, _batch_norm_act_bwd)
+
+
+def batch_norm_act(x_BxHxWxC: jax.Array, scale_C: jax.Array, bias_C: jax.Array, *,
+                   epsilon: float = 1e-5, negative_slope: float = 0.0,
+                   window: Sequence[int] | None = None
+                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Training-mode BatchNorm, (leaky) ReLU and optional max pooling as one op:
+  (y [B, H // wh, W // ww, C] (or x's shape without `window`), batch mean_C, batch var_C).
+
+  Equals `nn.BatchNorm(use_running_average=False, epsilon=epsilon)` (with these scale and
+  bias), then `nn.relu` (`negative_slope` 0) or `nn.leaky_relu(., negative_slope)`, then
+  `nn.max_pool(., window, strides=window)`, values and gradients up to float32 rounding.
+  Statistics are over all axes but the last, so x may have any rank without `window`.
+  The custom VJP makes a few passes over x instead of autodiff's dozen over full-size
+  intermediates, and pools before normalising. The gradient goes to the first position of
+  each window that holds the selected x, as flax's; it can differ only where two x in a
+  window differ yet normalise to the same float32.
+  """
+  if negative_slope < 0:
+    raise ValueError(f"negative_slope {negative_slope} < 0: the fused pool needs a monotone "
+                     "activation; use nn.BatchNorm and pool separately")
+  window = tuple(int(v) for v in window) if window else None
+  if window and x_BxHxWxC.ndim != 4:
+    raise ValueError(f"pooling needs [B, H, W, C] input, got shape {x_BxHxWxC.shape}")
+  return _batch_norm_act(x_BxHxWxC, scale_C, bias_C, float(epsilon), float(negative_slope),
+                         window)
+
+
+class BatchNormAct(nn.Module):
+  """`nn.BatchNorm` -> ReLU (or leaky ReLU) -> optional max pool over `window`, with
+  nn.BatchNorm's variables (params scale, bias; batch_stats mean, var) and running-average
+  update, so checkpoints interchange. Training runs `batch_norm_act` (`fused`) or the same
+  arithmetic through plain autodiff (`fused=False`, a reference); inference is plain jnp."""
+  use_running_average: bool | None = None
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+  negative_slope: float = 0.0
+  window: tuple[int, int] | None = None
+  fused: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+    use_running_average = nn.merge_param("use_running_average", self.use_running_average,
+                                         use_running_average)
+    features = (x.shape[-1],)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+    scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+    if self.fused and not use_running_average:
+      y, mean, var = batch_norm_act(x, scale, bias, epsilon=self.epsilon,
+                                    negative_slope=self.negative_slope, window=self.window)
+    else:  # flax's arithmetic
+      mean, var = (ra_mean.value, ra_var.value) if use_running_average else _batch_stats(x)
+      y = (x - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
+      y = _activation(y, self.negative_slope)
+      if self.window:
+        y = (max_pool(y, self.window) if self.fused
+             else nn.max_pool(y, self.window, strides=self.window))
+    if not use_running_average and not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y
 
 
 # ------------------------------------------------------------ XLA:CPU compile options

@@ -1,5 +1,5 @@
-"""jaxgen.ops: the fast convolutions equal lax's and their autodiff; the DCGAN step with them
-equals the plain one."""
+"""jaxgen.ops: the fast convolutions, max pool and fused BatchNorm equal lax's / flax's and
+their autodiff; the DCGAN and classifier steps with them equal the plain ones."""
 
 import re
 
@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxgen import ops
+from jaxgen import config as config_lib, ops
+from jaxgen.models import classifier as classifier_models
 from jaxgen.models import gan as gan_models
-from jaxgen.steps import gan
+from jaxgen.steps import classifier, gan
 from test_gan import gan_config, random_batch
+from conftest import REPO
 
 
 def _plain(x, kernel, strides, padding):
@@ -124,8 +126,7 @@ def test_modules_are_drop_ins_for_flax(plain_cls, fast_cls):
 
 
 def _plain_models(hp):
-  g, d = _models(hp)
-  return g.clone(fast_deconv=False), d.clone(fast_conv=False)
+  return tuple(m.clone(fast_ops=False) for m in _models(hp))
 
 
 _models = gan._models
@@ -140,7 +141,7 @@ def test_dcgan_step_equals_plain_autodiff(monkeypatch):
   init = gan.init_state(c, jax.random.key(0), batch)
   fast_state, fast_m = jax.jit(gan.train_step)(init, batch, jax.random.key(42))
   monkeypatch.setattr(gan, "_models", _plain_models)
-  assert not gan._models(init.hp)[0].fast_deconv and not gan._models(init.hp)[1].fast_conv
+  assert not any(m.fast_ops for m in gan._models(init.hp))
   plain_state, plain_m = jax.jit(gan.train_step)(init, batch, jax.random.key(42))
   for k in plain_m:
     np.testing.assert_allclose(fast_m[k], plain_m[k], rtol=2e-6, err_msg=k)
@@ -150,13 +151,31 @@ def test_dcgan_step_equals_plain_autodiff(monkeypatch):
     jax.tree.map(_assert_close, delta(got), delta(want))
 
 
+def test_classifier_step_equals_plain_autodiff(monkeypatch):
+  c = config_lib.load(REPO / "experiments/configs/classifier_fashion.py")
+  c.model.width, c.optim.name, c.optim.lr = 8, "sgd", 1.0  # the update is the gradient
+  batch = dict(image=jax.random.uniform(jax.random.key(1), (16, 28, 28, 1), minval=-1.0),
+               label=jnp.arange(16) % 10)
+  init = classifier.init_state(c, jax.random.key(0), batch)
+  fast_state, fast_m = jax.jit(classifier.train_step)(init, batch, jax.random.key(42))
+  plain_model = classifier._model
+  monkeypatch.setattr(classifier, "_model", lambda hp: plain_model(hp).clone(fast_ops=False))
+  plain_state, plain_m = jax.jit(classifier.train_step)(init, batch, jax.random.key(42))
+  for k in plain_m:
+    np.testing.assert_allclose(fast_m[k], plain_m[k], rtol=2e-6, err_msg=k)
+  delta = lambda s: jax.tree.map(jnp.subtract, init.net.params, s.net.params)
+  jax.tree.map(_assert_close, delta(fast_state), delta(plain_state))
+  jax.tree.map(_assert_close, fast_state.net.batch_stats, plain_state.net.batch_stats)
+
+
 def test_fast_flags_keep_parameters():
   shape, z, x = (28, 28, 1), jnp.ones((2, 16)), jnp.ones((2, 28, 28, 1))
-  for model, arg, flag in ((gan_models.Generator, z, "fast_deconv"),
-                           (gan_models.Discriminator, x, "fast_conv")):
-    fast, plain = model(shape, width=8), model(shape, width=8, **{flag: False})
-    chex.assert_trees_all_equal(fast.init(jax.random.key(0), arg, train=False),
-                                plain.init(jax.random.key(0), arg, train=False))
+  for model, arg in ((gan_models.Generator(shape, width=8), z),
+                     (gan_models.Discriminator(shape, width=8), x),
+                     (classifier_models.Classifier(10, width=8), x)):
+    chex.assert_trees_all_equal(model.init(jax.random.key(0), arg, train=False),
+                                model.clone(fast_ops=False).init(jax.random.key(0), arg,
+                                                                 train=False))
 
 
 @pytest.mark.parametrize("shape, window", [((3, 28, 28, 4), (2, 2)), ((2, 7, 9, 3), (2, 2)),
@@ -184,6 +203,93 @@ def test_max_pool_after_relu_ties_get_no_gradient():
   x = jnp.array([[-1.0, -2.0], [-3.0, -4.0]])[None, :, :, None] * jnp.array([1.0, -1.0])
   grad = lambda pool: jax.grad(lambda a: jnp.sum(pool(nn.relu(a))))(x)
   np.testing.assert_array_equal(grad(ops.max_pool), grad(lambda a: nn.max_pool(a, (2, 2), (2, 2))))
+
+
+class _FlaxBatchNormAct(nn.Module):
+  """The reference: flax's BatchNorm, ReLU / leaky ReLU and max pool."""
+  negative_slope: float
+  window: tuple | None
+
+  @nn.compact
+  def __call__(self, x, use_running_average):
+    y = nn.BatchNorm(use_running_average=use_running_average, momentum=0.9, name="bn")(x)
+    y = nn.relu(y) if self.negative_slope == 0 else nn.leaky_relu(y, self.negative_slope)
+    return nn.max_pool(y, self.window, strides=self.window) if self.window else y
+
+
+class _JaxgenBatchNormAct(nn.Module):
+  negative_slope: float
+  window: tuple | None
+  fused: bool = True
+
+  @nn.compact
+  def __call__(self, x, use_running_average):
+    return ops.BatchNormAct(momentum=0.9, negative_slope=self.negative_slope, window=self.window,
+                            fused=self.fused, name="bn")(x, use_running_average)
+
+
+# scale: positive, negative (the pool takes each window's smallest x) and zero (the first)
+_SCALE, _BIAS = jnp.array([1.5, -0.7, 0.0, 0.3, -2.0]), jnp.array([0.1, 0.2, 0.3, -0.1, 0.0])
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
+@pytest.mark.parametrize("shape, negative_slope, window", [
+    ((6, 8, 8, 5), 0.0, (2, 2)), ((6, 7, 9, 5), 0.2, (2, 2)), ((4, 9, 9, 5), 0.0, (3, 3)),
+    ((6, 5, 5, 5), 0.0, None), ((12, 5), 0.2, None)])
+@pytest.mark.parametrize("use_running_average", [False, True], ids=["train", "eval"])
+def test_batch_norm_act_is_flax_batch_norm_activation_and_pool(
+    shape, negative_slope, window, use_running_average, fused):
+  x = 2.0 * jax.random.normal(jax.random.key(0), shape) + 0.5
+  want_m = _FlaxBatchNormAct(negative_slope, window)
+  got_m = _JaxgenBatchNormAct(negative_slope, window, fused)
+  chex.assert_trees_all_equal(got_m.init(jax.random.key(1), x, True),
+                              want_m.init(jax.random.key(1), x, True))
+  variables = {"params": {"bn": {"scale": _SCALE, "bias": _BIAS}},
+               "batch_stats": {"bn": {"mean": 0.1 * jnp.arange(5.0), "var": jnp.arange(1.0, 6.0)}}}
+
+  def run(model):
+    def loss(params, x):
+      y, updates = model.apply({**variables, "params": params}, x, use_running_average,
+                               mutable=["batch_stats"])
+      dy = jax.random.normal(jax.random.key(3), y.shape)
+      return jnp.sum(y * dy), (y, updates)
+    return jax.value_and_grad(loss, (0, 1), has_aux=True)(variables["params"], x)
+
+  (_, (want_y, want_stats)), want_grads = run(want_m)
+  (_, (got_y, got_stats)), got_grads = run(got_m)
+  _assert_close(got_y, want_y)
+  jax.tree.map(_assert_close, got_stats, want_stats)
+  jax.tree.map(_assert_close, got_grads, want_grads)
+
+
+def _flax_batch_norm_act(x, scale, bias):
+  """(ReLU(BatchNorm(x)) max-pooled 2x2, batch mean, batch var) as flax computes them."""
+  mean = jnp.mean(x, (0, 1, 2))
+  var = jnp.maximum(0.0, jnp.mean(x * x, (0, 1, 2)) - mean ** 2)
+  y = nn.relu((x - mean) * (lax.rsqrt(var + 1e-5) * scale) + bias)
+  return nn.max_pool(y, (2, 2), strides=(2, 2)), mean, var
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["continuous", "tied"])
+def test_batch_norm_act_gradient_includes_the_statistics_cotangents(ties):
+  """Cotangents on all three outputs; with integer x (tied window maxima) the gradient still
+  goes to the first maximum, as flax's (another position would be off by O(1))."""
+  x = (jax.random.randint(jax.random.key(0), (4, 6, 6, 5), -2, 3).astype(jnp.float32) if ties
+       else jax.random.normal(jax.random.key(0), (4, 6, 6, 5)))
+  fused = lambda x, s, b: ops.batch_norm_act(x, s, b, window=(2, 2))
+  want, want_vjp = jax.vjp(_flax_batch_norm_act, x, _SCALE, _BIAS)
+  got, got_vjp = jax.vjp(fused, x, _SCALE, _BIAS)
+  jax.tree.map(_assert_close, got, want)
+  cotangents = (jax.random.normal(jax.random.key(1), want[0].shape), jnp.arange(5.0), 0.3 * jnp.ones(5))
+  jax.tree.map(_assert_close, got_vjp(cotangents), want_vjp(cotangents))
+
+
+def test_batch_norm_act_refuses_what_it_cannot_fuse():
+  x = jnp.ones((2, 4, 4, 3))
+  with pytest.raises(ValueError, match="monotone activation"):
+    ops.batch_norm_act(x, jnp.ones(3), jnp.zeros(3), negative_slope=-0.1)
+  with pytest.raises(ValueError, match=r"pooling needs \[B, H, W, C\]"):
+    ops.batch_norm_act(x[0], jnp.ones(3), jnp.zeros(3), window=(2, 2))
 
 
 def _conv_and_dot(x, kernel, w):

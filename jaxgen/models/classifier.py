@@ -2,8 +2,9 @@
 
 images_BxHxWxC in [-1, 1] -> conv (width) -> max-pool -> conv (2 width) -> max-pool
 -> conv (4 width) -> flatten -> dense (feature_dim, ReLU) -> dropout -> logits_BxK.
-Each 3x3 conv is followed by BatchNorm and ReLU. `features` returns the
-feature_dim-wide penultimate activations together with the logits.
+Each 3x3 conv is followed by BatchNorm and ReLU (with the pooling, one fused
+`jaxgen.ops.BatchNormAct`). `features` returns the feature_dim-wide penultimate
+activations together with the logits.
 """
 
 import flax.linen as nn
@@ -18,12 +19,16 @@ class Classifier(nn.Module):
   width: int = 32
   feature_dim: int = 128
   dropout: float = 0.3
+  fast_ops: bool = True  # jaxgen.ops.BatchNormAct fused: same params and outputs, faster gradient
 
   def setup(self):
     w = self.width
     self.convs = [nn.Conv(c, (3, 3), use_bias=False, name=f"conv{i}")
                   for i, c in enumerate((w, 2 * w, 4 * w))]
-    self.norms = [nn.BatchNorm(momentum=0.9, name=f"bn{i}") for i in range(len(self.convs))]
+    # BatchNorm, ReLU and (after all but the last conv, 28x28 -> 14x14 -> 7x7) max pooling
+    self.norms = [ops.BatchNormAct(momentum=0.9, window=(2, 2) if i < len(self.convs) - 1 else None,
+                                   fused=self.fast_ops, name=f"bn{i}")
+                  for i in range(len(self.convs))]
     self.dense = nn.Dense(self.feature_dim, name="features")
     self.drop = nn.Dropout(self.dropout)
     self.head = nn.Dense(self.num_classes, name="logits")
@@ -32,10 +37,8 @@ class Classifier(nn.Module):
                ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(penultimate features_BxD after ReLU, logits_BxK). Dropout needs a "dropout" rng when training."""
     x = x_BxHxWxC
-    for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
-      x = nn.relu(norm(conv(x), use_running_average=not train))
-      if i < len(self.convs) - 1:  # 28x28 -> 14x14 -> 7x7
-        x = ops.max_pool(x, (2, 2))
+    for conv, norm in zip(self.convs, self.norms):
+      x = norm(conv(x), use_running_average=not train)
     h_BxD = nn.relu(self.dense(x.reshape(x.shape[0], -1)))
     logits_BxK = self.head(self.drop(h_BxD, deterministic=not train))
     return h_BxD, logits_BxK

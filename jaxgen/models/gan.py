@@ -44,25 +44,27 @@ class Generator(nn.Module):
   width: int = 64
   kernel_size: int = 5
   num_classes: int = 0
-  fast_deconv: bool = True  # jaxgen.ops.ConvTranspose: same params and outputs, faster gradient
+  fast_ops: bool = True  # jaxgen.ops layers: same params and outputs, faster gradients
 
   @nn.compact
   def __call__(self, z_BxZ: jnp.ndarray, labels_B: jnp.ndarray | None = None, *,
                train: bool = True) -> jnp.ndarray:
     height, _, channels = self.image_shape
     start, widths = upsampling_plan(height, self.width)
-    norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
+    # BatchNorm then ReLU
+    norm = lambda name: ops.BatchNormAct(use_running_average=not train, momentum=0.9,
+                                         fused=self.fast_ops, name=name)
     x = z_BxZ
     if self.num_classes:
       x = jnp.concatenate([x, nn.one_hot(labels_B, self.num_classes, dtype=x.dtype)], axis=-1)
     x = nn.Dense(start * start * widths[0], use_bias=False, name="dense")(x)
     x = x.reshape(x.shape[0], start, start, widths[0])
-    x = nn.relu(norm("bn_dense")(x))
+    x = norm("bn_dense")(x)
     k = (self.kernel_size, self.kernel_size)
-    deconv = ops.ConvTranspose if self.fast_deconv else nn.ConvTranspose
+    deconv = ops.ConvTranspose if self.fast_ops else nn.ConvTranspose
     for i, w in enumerate(widths[1:]):
       x = deconv(w, k, strides=(2, 2), use_bias=False, name=f"deconv{i}")(x)
-      x = nn.relu(norm(f"bn{i}")(x))
+      x = norm(f"bn{i}")(x)
     x = deconv(channels, k, strides=(2, 2), name="to_image")(x)
     return jnp.tanh(x)
 
@@ -73,7 +75,7 @@ class Discriminator(nn.Module):
   width: int = 64
   kernel_size: int = 5
   num_classes: int = 0
-  fast_conv: bool = True  # jaxgen.ops.Conv: same params and outputs, faster input gradient
+  fast_ops: bool = True  # jaxgen.ops layers: same params and outputs, faster gradients
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jnp.ndarray, labels_B: jnp.ndarray | None = None, *,
@@ -81,12 +83,14 @@ class Discriminator(nn.Module):
     _, widths = upsampling_plan(self.image_shape[0], self.width)
     k = (self.kernel_size, self.kernel_size)
     x = x_BxHxWxC
-    conv = ops.Conv if self.fast_conv else nn.Conv
+    conv = ops.Conv if self.fast_ops else nn.Conv
     for i, w in enumerate(reversed(widths)):
       x = conv(w, k, strides=(2, 2), use_bias=i == 0, name=f"conv{i}")(x)
-      if i > 0:  # DCGAN: no BatchNorm on the discriminator's input layer.
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"bn{i}")(x)
-      x = nn.leaky_relu(x, 0.2)
+      if i > 0:  # BatchNorm then leaky ReLU; DCGAN has no BatchNorm on the input layer
+        x = ops.BatchNormAct(use_running_average=not train, momentum=0.9, negative_slope=0.2,
+                             fused=self.fast_ops, name=f"bn{i}")(x)
+      else:
+        x = nn.leaky_relu(x, 0.2)
     h_BxF = x.reshape(x.shape[0], -1)
     logits_B = nn.Dense(1, name="logit")(h_BxF)[:, 0]
     if self.num_classes:  # projection discriminator (Miyato & Koyama 2018)
