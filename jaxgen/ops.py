@@ -1,4 +1,4 @@
-"""Strided convolutions whose every pass runs on XLA:CPU's fast convolution path.
+"""Convolutions, pooling and BatchNorm whose every pass runs on XLA:CPU's fast paths.
 
 A stride-s transposed convolution is an ordinary convolution of the input dilated by s
 (zeros between pixels); autodiff of a strided convolution produces the same kind for its
@@ -12,6 +12,10 @@ convolution of the same FLOPs. Here:
                   convolution's own kernel gradient.
   conv            forward and kernel gradient: XLA's strided convolution as it is;
                   input gradient: the phase-split transposed convolution above.
+
+A forward convolution of a thin input (kh * kw * Cin <= 27: an image's first layer, or the
+input gradient of a layer that makes an image) runs tap by tap, a sum of shifted input
+slices times kernel rows in one elementwise pass, 2-8x faster than XLA:CPU's convolution.
 
 `conv_transpose` equals flax's `nn.ConvTranspose` (`lax.conv_transpose`, kernel
 [kH, kW, Cin, Cout], not flipped) and `conv` equals `nn.Conv` (`lax.conv_general_dilated`),
@@ -98,6 +102,35 @@ def _strided(x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, strides: tuple[int
                                   dimension_numbers=_DN)
 
 
+# Convolutions of at most this many kernel taps x input channels (an image's first layer)
+# run forward as a sum of shifted input slices times kernel rows, one elementwise pass:
+# XLA's convolution of a 1-channel 28x28 batch to 32 channels took 4.1 ms, this 0.5 ms.
+_MAX_TAPWISE = 27
+
+
+def _tap_slices(x_BxHxWxC: jax.Array, kernel_hw: Sequence[int], strides: tuple[int, ...],
+                pads: Pads) -> list[jax.Array]:
+  """The kh * kw strided slices [B, H', W', C] of padded x that kernel tap (i, j) multiplies,
+  in row-major tap order."""
+  x = lax.pad(x_BxHxWxC, jnp.zeros((), x_BxHxWxC.dtype),
+              ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)))  # may crop: lo < 0
+  out = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:3], kernel_hw, strides)]
+  (sh, sw), (kh, kw) = strides, kernel_hw
+  return [x[:, i:i + (out[0] - 1) * sh + 1:sh, j:j + (out[1] - 1) * sw + 1:sw]
+          for i in range(kh) for j in range(kw)]
+
+
+def _forward(x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, strides: tuple[int, ...],
+             pads: Pads) -> jax.Array:
+  """_strided's value; tap by tap (elementwise) for thin inputs."""
+  kh, kw, cin, _ = kernel_KxKxIxO.shape
+  if kh * kw * cin > _MAX_TAPWISE:
+    return _strided(x_BxHxWxC, kernel_KxKxIxO, strides, pads)
+  taps = _tap_slices(x_BxHxWxC, (kh, kw), strides, pads)
+  return sum(tap[..., c:c + 1] * kernel_KxKxIxO[t // kw, t % kw, c]
+             for t, tap in enumerate(taps) for c in range(cin))
+
+
 def _phase_plan(size: int, k: int, s: int, low: int, high: int
                 ) -> tuple[int, int, list[tuple[slice, int, tuple[int, int]]]]:
   """How one axis of a stride-s dilated convolution splits into s stride-1 ones.
@@ -179,7 +212,7 @@ def _conv_transpose_bwd(strides, pads, residuals, dy_BxHxWxO):
   x_BxHxWxC, kernel_KxKxIxO = residuals
   dy_pads = _transpose_cotangent_pads(kernel_KxKxIxO.shape[:2], pads)
   flipped = _flip_swap(kernel_KxKxIxO)
-  dx = _strided(dy_BxHxWxO, flipped, strides, dy_pads)
+  dx = _forward(dy_BxHxWxO, flipped, strides, dy_pads)
   dk_flipped = _kernel_grad(dy_BxHxWxO, x_BxHxWxC, flipped.shape, strides, dy_pads)
   return dx, _flip_swap(dk_flipped)
 
@@ -209,11 +242,11 @@ def _conv_cotangent_pads(in_hw: Sequence[int], out_hw: Sequence[int], kernel_hw:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv(x_BxHxWxC, kernel_KxKxIxO, strides, pads):
-  return _strided(x_BxHxWxC, kernel_KxKxIxO, strides, pads)
+  return _forward(x_BxHxWxC, kernel_KxKxIxO, strides, pads)
 
 
 def _conv_fwd(x_BxHxWxC, kernel_KxKxIxO, strides, pads):
-  return _strided(x_BxHxWxC, kernel_KxKxIxO, strides, pads), (x_BxHxWxC, kernel_KxKxIxO)
+  return _forward(x_BxHxWxC, kernel_KxKxIxO, strides, pads), (x_BxHxWxC, kernel_KxKxIxO)
 
 
 def _conv_bwd(strides, pads, residuals, dy_BxHxWxO):
@@ -231,7 +264,8 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 def conv(x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, strides: Sequence[int],
          padding: Padding = "SAME") -> jax.Array:
   """Strided convolution [B, H', W', O] equal to `lax.conv_general_dilated(x, kernel, strides,
-  padding)` (flax `nn.Conv`), whose input gradient avoids XLA:CPU's dilated-input path."""
+  padding)` (flax `nn.Conv`), whose input gradient avoids XLA:CPU's dilated-input path and
+  whose forward pass on thin inputs (kh * kw * Cin <= 27) is elementwise."""
   strides = tuple(int(s) for s in strides)
   pads = tuple(conv_padding(n, k, s, p) for n, k, s, p in
                zip(x_BxHxWxC.shape[1:3], kernel_KxKxIxO.shape[:2], strides,
@@ -302,16 +336,17 @@ def _route_to_first(x_BxHxWxC: jax.Array, picked: jax.Array, dy: jax.Array,
                     window: tuple[int, int]) -> jax.Array:
   """[B, H, W, C]: each window's `dy` at the first position (row-major window order) where x
   equals `picked` (both [B, H // wh, W // ww, C]), zeros elsewhere: nn.max_pool's gradient."""
-  taken = jnp.zeros(picked.shape, bool)
-  parts = []
-  for part in _window_slices(x_BxHxWxC, window):
-    first = (part == picked) & ~taken
-    taken = taken | first
-    parts.append(jnp.where(first, dy, 0.0))
   wh, ww = window
   b, h, w, c = x_BxHxWxC.shape
-  dx = jnp.stack(parts, axis=3).reshape(b, h // wh, w // ww, wh, ww, c)
-  return dx.transpose(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+  # The first matching position per window, computed on the pooled grid; the full-size pass
+  # is then a broadcast in x's own memory order (stacking per-position slices would need a
+  # transpose, which XLA:CPU runs several times slower).
+  first = functools.reduce(jnp.minimum, [jnp.where(part == picked, k, wh * ww) for k, part
+                                         in enumerate(_window_slices(x_BxHxWxC, window))])
+  position = jnp.arange(wh * ww).reshape(1, 1, wh, 1, ww, 1)
+  expand = lambda a: a[:, :, None, :, None, :]
+  dx = jnp.where(position == expand(first), expand(dy), 0.0)
+  return dx.reshape(b, h, w, c)
 
 
 def _max_pool_bwd(window, residuals, dy):

@@ -34,10 +34,12 @@ def _assert_close(got, want, rtol=1e-5):
   np.testing.assert_allclose(got, want, rtol=0, atol=rtol * max(scale, 1e-30))
 
 
-@pytest.fixture(params=[True, False], ids=["phase_split", "xla_dilated"])
+@pytest.fixture(params=[True, False], ids=["jaxgen_forms", "xla_forms"])
 def phase_split(request, monkeypatch):
-  """Every case through both forms of a dilated convolution, whatever its channel count."""
+  """Every case through both forms of a dilated convolution (phase split or XLA's) and of a
+  forward convolution (tap by tap or XLA's), whatever its channel count."""
   monkeypatch.setattr(ops, "_MIN_PHASE_SPLIT_CHANNELS", 0 if request.param else 10 ** 9)
+  monkeypatch.setattr(ops, "_MAX_TAPWISE", 10 ** 9 if request.param else 0)
   return request.param
 
 
@@ -87,7 +89,7 @@ def test_conv_matches_autodiff(x_shape, kernel_hw, cout, strides, padding, phase
   kernel = jax.random.normal(kk, (*kernel_hw, x_shape[-1], cout))
   want, want_vjp = jax.vjp(lambda a, b: _plain_conv(a, b, strides, padding), x, kernel)
   got, got_vjp = jax.vjp(jax.jit(lambda a, b: ops.conv(a, b, strides, padding)), x, kernel)
-  np.testing.assert_array_equal(got, want)  # the forward pass is the same XLA convolution
+  _assert_close(got, want)
   dy = jax.random.normal(kd, want.shape)
   for g, w, name in zip(got_vjp(dy), want_vjp(dy), ("dx", "dkernel")):
     assert g.shape == w.shape, name

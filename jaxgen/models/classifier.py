@@ -19,11 +19,12 @@ class Classifier(nn.Module):
   width: int = 32
   feature_dim: int = 128
   dropout: float = 0.3
-  fast_ops: bool = True  # jaxgen.ops.BatchNormAct fused: same params and outputs, faster gradient
+  fast_ops: bool = True  # jaxgen.ops layers: same params and outputs, faster passes
 
   def setup(self):
     w = self.width
-    self.convs = [nn.Conv(c, (3, 3), use_bias=False, name=f"conv{i}")
+    conv = ops.Conv if self.fast_ops else nn.Conv
+    self.convs = [conv(c, (3, 3), use_bias=False, name=f"conv{i}")
                   for i, c in enumerate((w, 2 * w, 4 * w))]
     # BatchNorm, ReLU and (after all but the last conv, 28x28 -> 14x14 -> 7x7) max pooling
     self.norms = [ops.BatchNormAct(momentum=0.9, window=(2, 2) if i < len(self.convs) - 1 else None,

@@ -44,7 +44,7 @@ class Generator(nn.Module):
   width: int = 64
   kernel_size: int = 5
   num_classes: int = 0
-  fast_ops: bool = True  # jaxgen.ops layers: same params and outputs, faster gradients
+  fast_ops: bool = True  # jaxgen.ops layers: same params and outputs, faster passes
 
   @nn.compact
   def __call__(self, z_BxZ: jnp.ndarray, labels_B: jnp.ndarray | None = None, *,
@@ -75,7 +75,7 @@ class Discriminator(nn.Module):
   width: int = 64
   kernel_size: int = 5
   num_classes: int = 0
-  fast_ops: bool = True  # jaxgen.ops layers: same params and outputs, faster gradients
+  fast_ops: bool = True  # jaxgen.ops layers: same params and outputs, faster passes
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jnp.ndarray, labels_B: jnp.ndarray | None = None, *,
