@@ -404,7 +404,7 @@ def _batch_norm_act_fwd(x, scale, bias, epsilon, negative_slope, window):
   if window:
     # act(a * x + b) is monotone in x, increasing where a > 0 and decreasing where a < 0,
     # so each window's maximum comes from its largest or smallest x: the pool runs on x and
-    # normalises a quarter of the values. (a == 0: all equal, flax picks the first.)
+    # only the pooled values are normalised. (a == 0: all equal, flax picks the first.)
     parts = _window_slices(_trim(x, window), window)
     largest = functools.reduce(jnp.maximum, parts)
     smallest = functools.reduce(jnp.minimum, parts)
