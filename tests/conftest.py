@@ -23,6 +23,15 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def assert_close_to_scale(got, want, rtol: float = 1e-5) -> None:
+  """Each leaf elementwise to rtol of that leaf's largest magnitude: float32 summation order
+  moves a sum by ~1e-7 of its terms' size, not of its own (which cancellation can make tiny)."""
+  def close(g, w):
+    scale = float(np.max(np.abs(w)))
+    np.testing.assert_allclose(g, w, rtol=0, atol=rtol * max(scale, 1e-30))
+  jax.tree.map(close, got, want)
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
   """Writes a uint8 array as a gzipped MNIST-format IDX file."""
   magic = 0x0800 | array.ndim

@@ -12,7 +12,7 @@ from jaxgen import cli, config as config_lib, losses, trainer
 from jaxgen.data import captions
 from jaxgen.models import draw as draw_models, rnn
 from jaxgen.steps import draw
-from conftest import REPO, sharded_train_step, train_steps_traced_once
+from conftest import REPO, assert_close_to_scale, sharded_train_step, train_steps_traced_once
 
 TINY = dict(num_steps=3, latent_dim=4, enc_features=16, dec_features=16, read_n=2, write_n=3,
             embed_dim=8, lang_features=8, align_features=8)
@@ -240,8 +240,10 @@ def test_one_and_eight_devices_agree_and_golden_values_of_alignDRAW():
   for k in m1:
     np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5, err_msg=k)
   grads = lambda a: jax.tree.map(lambda x, y: x - y, before.draw.params, a.draw.params)
-  # sums over 8 x 60 x 60 pixels through T recurrent steps: float32 order moves them ~1e-5
-  chex.assert_trees_all_close(grads(a1), grads(a8), rtol=1e-4, atol=1e-4)
+  # sums over 8 x 60 x 60 pixels through T recurrent steps: float32 order moves them by up
+  # to ~3e-5 of each parameter's largest gradient (an AVX-512 host; elementwise, a cancelling
+  # entry's relative change can be 5e-4)
+  assert_close_to_scale(grads(a1), grads(a8), rtol=1e-4)
 
 
 def test_pictures(tmp_path, states):

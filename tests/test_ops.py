@@ -16,7 +16,7 @@ from jaxgen.models import classifier as classifier_models
 from jaxgen.models import gan as gan_models
 from jaxgen.steps import classifier, gan
 from test_gan import gan_config, random_batch
-from conftest import REPO
+from conftest import REPO, assert_close_to_scale as _assert_close
 
 
 def _plain(x, kernel, strides, padding):
@@ -26,12 +26,6 @@ def _plain(x, kernel, strides, padding):
 def _plain_conv(x, kernel, strides, padding):
   return lax.conv_general_dilated(x, kernel, strides, padding,
                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def _assert_close(got, want, rtol=1e-5):
-  """Elementwise, to rtol of the array's largest magnitude (sums of products round ~1e-7)."""
-  scale = float(jnp.max(jnp.abs(want)))
-  np.testing.assert_allclose(got, want, rtol=0, atol=rtol * max(scale, 1e-30))
 
 
 @pytest.fixture(params=[True, False], ids=["jaxgen_forms", "xla_forms"])
@@ -150,7 +144,7 @@ def test_dcgan_step_equals_plain_autodiff(monkeypatch):
   for name, got, want in zip(("g", "d"), (fast_state.g, fast_state.d), (plain_state.g, plain_state.d)):
     before = init.g.params if name == "g" else init.d.params
     delta = lambda s: jax.tree.map(jnp.subtract, before, s.params)
-    jax.tree.map(_assert_close, delta(got), delta(want))
+    _assert_close(delta(got), delta(want))
 
 
 def test_classifier_step_equals_plain_autodiff(monkeypatch):
@@ -166,8 +160,8 @@ def test_classifier_step_equals_plain_autodiff(monkeypatch):
   for k in plain_m:
     np.testing.assert_allclose(fast_m[k], plain_m[k], rtol=2e-6, err_msg=k)
   delta = lambda s: jax.tree.map(jnp.subtract, init.net.params, s.net.params)
-  jax.tree.map(_assert_close, delta(fast_state), delta(plain_state))
-  jax.tree.map(_assert_close, fast_state.net.batch_stats, plain_state.net.batch_stats)
+  _assert_close(delta(fast_state), delta(plain_state))
+  _assert_close(fast_state.net.batch_stats, plain_state.net.batch_stats)
 
 
 def test_fast_flags_keep_parameters():
@@ -260,8 +254,8 @@ def test_batch_norm_act_is_flax_batch_norm_activation_and_pool(
   (_, (want_y, want_stats)), want_grads = run(want_m)
   (_, (got_y, got_stats)), got_grads = run(got_m)
   _assert_close(got_y, want_y)
-  jax.tree.map(_assert_close, got_stats, want_stats)
-  jax.tree.map(_assert_close, got_grads, want_grads)
+  _assert_close(got_stats, want_stats)
+  _assert_close(got_grads, want_grads)
 
 
 def _flax_batch_norm_act(x, scale, bias):
@@ -281,9 +275,9 @@ def test_batch_norm_act_gradient_includes_the_statistics_cotangents(ties):
   fused = lambda x, s, b: ops.batch_norm_act(x, s, b, window=(2, 2))
   want, want_vjp = jax.vjp(_flax_batch_norm_act, x, _SCALE, _BIAS)
   got, got_vjp = jax.vjp(fused, x, _SCALE, _BIAS)
-  jax.tree.map(_assert_close, got, want)
+  _assert_close(got, want)
   cotangents = (jax.random.normal(jax.random.key(1), want[0].shape), jnp.arange(5.0), 0.3 * jnp.ones(5))
-  jax.tree.map(_assert_close, got_vjp(cotangents), want_vjp(cotangents))
+  _assert_close(got_vjp(cotangents), want_vjp(cotangents))
 
 
 def test_batch_norm_act_refuses_what_it_cannot_fuse():
