@@ -16,6 +16,7 @@ convolution of the same FLOPs. Here:
 A forward convolution of a thin input (kh * kw * Cin <= 27: an image's first layer, or the
 input gradient of a layer that makes an image) runs tap by tap, a sum of shifted input
 slices times kernel rows in one elementwise pass, 2-8x faster than XLA:CPU's convolution.
+It does so on every backend; only CPU speeds were measured.
 
 `conv_transpose` equals flax's `nn.ConvTranspose` (`lax.conv_transpose`, kernel
 [kH, kW, Cin, Cout], not flipped) and `conv` equals `nn.Conv` (`lax.conv_general_dilated`),
@@ -25,8 +26,8 @@ values and gradients, up to float32 summation order (~1e-6 relative). Both are
 `max_pool` is the same idea for non-overlapping max pooling. `batch_norm_act` (module
 `BatchNormAct`) is training-mode BatchNorm, (leaky) ReLU and optional max pooling as one
 custom VJP: autodiff of the three makes about a dozen passes over full-size intermediates;
-this reads x three times forward and once backward, writing only the pooled output and the
-gradient, because it pools before it normalises.
+this reads x a few times and writes only the pooled output and the gradient, because it
+pools before it normalises.
 
 `compile` compiles a lowered step with XLA:CPU's convolutions on its Eigen path rather
 than YNNPACK (see CPU_COMPILER_OPTIONS); on other backends it is `lowered.compile()`.
@@ -124,7 +125,8 @@ def _forward(x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, strides: tuple[int
              pads: Pads) -> jax.Array:
   """_strided's value; tap by tap (elementwise) for thin inputs."""
   kh, kw, cin, _ = kernel_KxKxIxO.shape
-  if kh * kw * cin > _MAX_TAPWISE:
+  padded = [n + lo + hi for n, (lo, hi) in zip(x_BxHxWxC.shape[1:3], pads)]
+  if kh * kw * cin > _MAX_TAPWISE or padded[0] < kh or padded[1] < kw:  # or an empty output
     return _strided(x_BxHxWxC, kernel_KxKxIxO, strides, pads)
   taps = _tap_slices(x_BxHxWxC, (kh, kw), strides, pads)
   return sum(tap[..., c:c + 1] * kernel_KxKxIxO[t // kw, t % kw, c]
@@ -251,6 +253,8 @@ def _conv_fwd(x_BxHxWxC, kernel_KxKxIxO, strides, pads):
 
 def _conv_bwd(strides, pads, residuals, dy_BxHxWxO):
   x_BxHxWxC, kernel_KxKxIxO = residuals
+  if dy_BxHxWxO.size == 0:  # an empty output (kernel larger than the padded input)
+    return jnp.zeros_like(x_BxHxWxC), jnp.zeros_like(kernel_KxKxIxO)
   dy_pads = _conv_cotangent_pads(x_BxHxWxC.shape[1:3], dy_BxHxWxO.shape[1:3],
                                  kernel_KxKxIxO.shape[:2], strides, pads)
   dx = _dilated(dy_BxHxWxO, _flip_swap(kernel_KxKxIxO), strides, dy_pads)
@@ -388,7 +392,7 @@ def _trim(x_BxHxWxC: jax.Array, window: tuple[int, int]) -> jax.Array:
 
 
 def _activation(u: jax.Array, negative_slope: float) -> jax.Array:
-  return jnp.maximum(u, 0.0) if negative_slope == 0.0 else jnp.where(u >= 0, u, negative_slope * u)
+  return nn.relu(u) if negative_slope == 0.0 else nn.leaky_relu(u, negative_slope)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
@@ -451,23 +455,29 @@ def batch_norm_act(x_BxHxWxC: jax.Array, scale_C: jax.Array, bias_C: jax.Array, 
   The custom VJP makes a few passes over x instead of autodiff's dozen over full-size
   intermediates, and pools before normalising. The gradient goes to the first position of
   each window that holds the selected x, as flax's; it can differ only where two x in a
-  window differ yet normalise to the same float32.
+  window differ yet normalise to the same float32. Inputs below float32 (bfloat16) are
+  computed in float32, as flax does; y is float32. Reverse mode only (a custom VJP).
   """
-  if negative_slope < 0:
+  window = tuple(int(v) for v in window) if window else None
+  if window and negative_slope < 0:
     raise ValueError(f"negative_slope {negative_slope} < 0: the fused pool needs a monotone "
                      "activation; use nn.BatchNorm and pool separately")
-  window = tuple(int(v) for v in window) if window else None
   if window and x_BxHxWxC.ndim != 4:
     raise ValueError(f"pooling needs [B, H, W, C] input, got shape {x_BxHxWxC.shape}")
-  return _batch_norm_act(x_BxHxWxC, scale_C, bias_C, float(epsilon), float(negative_slope),
-                         window)
+  x = _at_least_float32(x_BxHxWxC)  # as flax: statistics in float32 at least
+  return _batch_norm_act(x, scale_C, bias_C, float(epsilon), float(negative_slope), window)
+
+
+def _at_least_float32(x: jax.Array) -> jax.Array:
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 class BatchNormAct(nn.Module):
   """`nn.BatchNorm` -> ReLU (or leaky ReLU) -> optional max pool over `window`, with
   nn.BatchNorm's variables (params scale, bias; batch_stats mean, var) and running-average
-  update, so checkpoints interchange. Training runs `batch_norm_act` (`fused`) or the same
-  arithmetic through plain autodiff (`fused=False`, a reference); inference is plain jnp."""
+  update, so checkpoints interchange. Training runs `batch_norm_act` (`fused`) or flax's
+  arithmetic through plain autodiff (`fused=False`, the reference tests hold it to); inference
+  is plain jnp, pooled by `max_pool`. With `fused` it is reverse-mode only (custom VJPs)."""
   use_running_average: bool | None = None
   momentum: float = 0.99
   epsilon: float = 1e-5
@@ -488,6 +498,7 @@ class BatchNormAct(nn.Module):
       y, mean, var = batch_norm_act(x, scale, bias, epsilon=self.epsilon,
                                     negative_slope=self.negative_slope, window=self.window)
     else:  # flax's arithmetic
+      x = _at_least_float32(x)
       mean, var = (ra_mean.value, ra_var.value) if use_running_average else _batch_stats(x)
       y = (x - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
       y = _activation(y, self.negative_slope)

@@ -76,6 +76,8 @@ def test_conv_transpose_matches_autodiff(x_shape, kernel_hw, cout, strides, padd
     ((2, 8, 8, 3), (2, 2), 2, (3, 3), "VALID"),
     ((2, 6, 6, 3), (3, 3), 4, (1, 1), "SAME"),      # stride 1
     ((2, 8, 7, 3), (4, 4), 2, (2, 2), ((2, 1), (0, 3))),  # explicit padding
+    ((2, 8, 7, 1), (3, 3), 4, (2, 2), ((-1, 2), (1, -2))),  # negative: crops the input
+    ((2, 4, 4, 1), (5, 5), 3, (2, 2), "VALID"),     # kernel larger than the input: empty
 ])
 def test_conv_matches_autodiff(x_shape, kernel_hw, cout, strides, padding, phase_split):
   kx, kk, kd = jax.random.split(jax.random.key(7), 3)
@@ -276,14 +278,42 @@ def test_batch_norm_act_gradient_includes_the_statistics_cotangents(ties):
   want, want_vjp = jax.vjp(_flax_batch_norm_act, x, _SCALE, _BIAS)
   got, got_vjp = jax.vjp(fused, x, _SCALE, _BIAS)
   _assert_close(got, want)
-  cotangents = (jax.random.normal(jax.random.key(1), want[0].shape), jnp.arange(5.0), 0.3 * jnp.ones(5))
+  cotangents = (jax.random.normal(jax.random.key(1), want[0].shape), jnp.arange(5.0),
+                0.3 * jnp.ones(5))
   _assert_close(got_vjp(cotangents), want_vjp(cotangents))
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
+def test_batch_norm_act_relu_at_zero_and_bfloat16_are_flax(fused):
+  """scale = bias = 0 puts every value at the ReLU's kink (flax's gradient there is 0), and a
+  bfloat16 input far from 0 is normalised in float32, as flax does."""
+  for x, scale, bias in [(jnp.ones((4, 4, 4, 2)), jnp.zeros(2), jnp.zeros(2)),
+                         ((100.0 + 3.0 * jax.random.normal(jax.random.key(0), (8, 4, 4, 5))
+                           ).astype(jnp.bfloat16), _SCALE, _BIAS)]:
+    variables = {"params": {"bn": {"scale": scale, "bias": bias}},
+                 "batch_stats": {"bn": {"mean": jnp.zeros(x.shape[-1]),
+                                        "var": jnp.ones(x.shape[-1])}}}
+
+    def run(model):
+      def loss(params, x):
+        y, updates = model.apply({**variables, "params": params}, x, False,
+                                 mutable=["batch_stats"])
+        return jnp.sum(y * jnp.arange(y.size).reshape(y.shape) / y.size), (y, updates)
+      return jax.value_and_grad(loss, (0, 1), has_aux=True)(variables["params"], x)
+
+    (_, (want_y, want_stats)), want_grads = run(_FlaxBatchNormAct(0.0, (2, 2)))
+    (_, (got_y, got_stats)), got_grads = run(_JaxgenBatchNormAct(0.0, (2, 2), fused))
+    assert got_y.dtype == want_y.dtype and got_grads[1].dtype == x.dtype
+    _assert_close((got_y, got_stats, got_grads[0]), (want_y, want_stats, want_grads[0]),
+                  rtol=1e-4)
+    _assert_close(got_grads[1].astype(jnp.float32), want_grads[1].astype(jnp.float32),
+                  rtol=1e-2)  # x's gradient rounded to its bfloat16 (8-bit significand)
 
 
 def test_batch_norm_act_refuses_what_it_cannot_fuse():
   x = jnp.ones((2, 4, 4, 3))
   with pytest.raises(ValueError, match="monotone activation"):
-    ops.batch_norm_act(x, jnp.ones(3), jnp.zeros(3), negative_slope=-0.1)
+    ops.batch_norm_act(x, jnp.ones(3), jnp.zeros(3), negative_slope=-0.1, window=(2, 2))
   with pytest.raises(ValueError, match=r"pooling needs \[B, H, W, C\]"):
     ops.batch_norm_act(x[0], jnp.ones(3), jnp.zeros(3), window=(2, 2))
 
