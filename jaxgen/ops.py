@@ -317,6 +317,12 @@ class Conv(_ConvModule):
 # ---------------------------------------------------------------------- max pooling
 
 
+def _trim(x_BxHxWxC: jax.Array, window: tuple[int, int]) -> jax.Array:
+  """x without the trailing rows/columns a "VALID" window pool drops."""
+  _, h, w, _ = x_BxHxWxC.shape
+  return x_BxHxWxC[:, :h - h % window[0], :w - w % window[1]]
+
+
 def _window_slices(x_BxHxWxC: jax.Array, window: tuple[int, int]) -> list[jax.Array]:
   """The wh * ww strided slices [B, H // wh, W // ww, C] of x, one per window position,
   in row-major window order."""
@@ -369,9 +375,8 @@ def max_pool(x_BxHxWxC: jax.Array, window: Sequence[int] = (2, 2)) -> jax.Array:
   The maximum of the wh * ww strided slices and a custom VJP keep both passes elementwise;
   the reduce-window form's gradient is a select-and-scatter that XLA:CPU runs ~15x slower.
   """
-  wh, ww = (int(v) for v in window)
-  _, h, w, _ = x_BxHxWxC.shape
-  return _max_pool(x_BxHxWxC[:, :h - h % wh, :w - w % ww], (wh, ww))
+  window = tuple(int(v) for v in window)
+  return _max_pool(_trim(x_BxHxWxC, window), window)
 
 
 # ------------------------------------------------ BatchNorm, activation, pooling: fused
@@ -383,12 +388,6 @@ def _batch_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   axes = tuple(range(x.ndim - 1))
   mean = jnp.mean(x, axes)
   return mean, jnp.maximum(0.0, jnp.mean(x * x, axes) - mean * mean)
-
-
-def _trim(x_BxHxWxC: jax.Array, window: tuple[int, int]) -> jax.Array:
-  """x without the trailing rows/columns a "VALID" window pool drops."""
-  _, h, w, _ = x_BxHxWxC.shape
-  return x_BxHxWxC[:, :h - h % window[0], :w - w % window[1]]
 
 
 def _activation(u: jax.Array, negative_slope: float) -> jax.Array:
@@ -423,10 +422,11 @@ def _batch_norm_act_bwd(epsilon, negative_slope, window, residuals, cotangents):
   axes = tuple(range(x.ndim - 1))
   n = x.size // x.shape[-1]
   a = scale * rstd
-  u = (picked - mean) * a + bias
+  picked_centred = picked - mean
+  u = picked_centred * a + bias
   du = dy * jnp.where(u > 0 if negative_slope == 0.0 else u >= 0, 1.0, negative_slope)
   dbias = jnp.sum(du, axes)
-  dscale = jnp.sum(du * (picked - mean), axes) * rstd
+  dscale = jnp.sum(du * picked_centred, axes) * rstd
   g = du
   if window:
     g = _route_to_first(_trim(x, window), picked, du, window)

@@ -1,6 +1,7 @@
 """jaxgen.ops: the fast convolutions, max pool and fused BatchNorm equal lax's / flax's and
 their autodiff; the DCGAN and classifier steps with them equal the plain ones."""
 
+import functools
 import re
 
 import chex
@@ -226,6 +227,16 @@ class _JaxgenBatchNormAct(nn.Module):
                             fused=self.fused, name="bn")(x, use_running_average)
 
 
+def _outputs_and_grads(model, variables, x, use_running_average, dy_fn):
+  """((y, updated batch_stats), (d/dparams, d/dx)) of sum(y * dy_fn(y.shape))."""
+  def loss(params, x):
+    y, updates = model.apply({**variables, "params": params}, x, use_running_average,
+                             mutable=["batch_stats"])
+    return jnp.sum(y * dy_fn(y.shape)), (y, updates)
+  (_, outputs), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(variables["params"], x)
+  return outputs, grads
+
+
 # scale: positive, negative (the pool takes each window's smallest x) and zero (the first)
 _SCALE, _BIAS = jnp.array([1.5, -0.7, 0.0, 0.3, -2.0]), jnp.array([0.1, 0.2, 0.3, -0.1, 0.0])
 
@@ -244,17 +255,11 @@ def test_batch_norm_act_is_flax_batch_norm_activation_and_pool(
                               want_m.init(jax.random.key(1), x, True))
   variables = {"params": {"bn": {"scale": _SCALE, "bias": _BIAS}},
                "batch_stats": {"bn": {"mean": 0.1 * jnp.arange(5.0), "var": jnp.arange(1.0, 6.0)}}}
-
-  def run(model):
-    def loss(params, x):
-      y, updates = model.apply({**variables, "params": params}, x, use_running_average,
-                               mutable=["batch_stats"])
-      dy = jax.random.normal(jax.random.key(3), y.shape)
-      return jnp.sum(y * dy), (y, updates)
-    return jax.value_and_grad(loss, (0, 1), has_aux=True)(variables["params"], x)
-
-  (_, (want_y, want_stats)), want_grads = run(want_m)
-  (_, (got_y, got_stats)), got_grads = run(got_m)
+  run = functools.partial(_outputs_and_grads, variables=variables, x=x,
+                          use_running_average=use_running_average,
+                          dy_fn=lambda shape: jax.random.normal(jax.random.key(3), shape))
+  (want_y, want_stats), want_grads = run(want_m)
+  (got_y, got_stats), got_grads = run(got_m)
   _assert_close(got_y, want_y)
   _assert_close(got_stats, want_stats)
   _assert_close(got_grads, want_grads)
@@ -293,16 +298,11 @@ def test_batch_norm_act_relu_at_zero_and_bfloat16_are_flax(fused):
     variables = {"params": {"bn": {"scale": scale, "bias": bias}},
                  "batch_stats": {"bn": {"mean": jnp.zeros(x.shape[-1]),
                                         "var": jnp.ones(x.shape[-1])}}}
-
-    def run(model):
-      def loss(params, x):
-        y, updates = model.apply({**variables, "params": params}, x, False,
-                                 mutable=["batch_stats"])
-        return jnp.sum(y * jnp.arange(y.size).reshape(y.shape) / y.size), (y, updates)
-      return jax.value_and_grad(loss, (0, 1), has_aux=True)(variables["params"], x)
-
-    (_, (want_y, want_stats)), want_grads = run(_FlaxBatchNormAct(0.0, (2, 2)))
-    (_, (got_y, got_stats)), got_grads = run(_JaxgenBatchNormAct(0.0, (2, 2), fused))
+    run = functools.partial(
+        _outputs_and_grads, variables=variables, x=x, use_running_average=False,
+        dy_fn=lambda shape: jnp.arange(np.prod(shape)).reshape(shape) / np.prod(shape))
+    (want_y, want_stats), want_grads = run(_FlaxBatchNormAct(0.0, (2, 2)))
+    (got_y, got_stats), got_grads = run(_JaxgenBatchNormAct(0.0, (2, 2), fused))
     assert got_y.dtype == want_y.dtype and got_grads[1].dtype == x.dtype
     _assert_close((got_y, got_stats, got_grads[0]), (want_y, want_stats, want_grads[0]),
                   rtol=1e-4)
