@@ -5,8 +5,11 @@ import os
 import struct
 from pathlib import Path
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+# 8 simulated devices unless the caller chose a count (e.g. XLA_FLAGS=
+# --xla_force_host_platform_device_count=4 make test): no test assumes 8.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Many tests (and the CLI subprocesses, which inherit this) build the same small programs,
 # e.g. a state's init: a persistent cache compiles each once per machine, not once per test.
@@ -16,6 +19,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import chex  # noqa: E402
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -31,6 +35,82 @@ def assert_close_to_scale(got, want, rtol: float = 1e-5) -> None:
     scale = float(np.max(np.abs(w))) if np.size(w) else 0.0
     np.testing.assert_allclose(g, w, rtol=0, atol=rtol * max(scale, 1e-30))
   jax.tree.map(close, got, want)
+
+
+# Golden values are float32 losses of one step on one device. On the pinned versions the
+# initial parameters and random numbers are bit-identical on every host (threefry is integer
+# arithmetic); what moves between CPUs (AVX2 / AVX-512) is XLA's summation order and FMA use.
+# Each layer's output is a sum of K <= 6400 products (5x5x256), which a reordering moves by
+# ~log2(K) = 13 roundings of eps = 6e-8, ~8e-7 of its terms' magnitude; through ~6 layers in
+# sequence that is ~5e-6, and x4 for cancellation in the losses' means gives 2e-5.
+GOLDEN_RTOL = 2e-5
+GOLDEN_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
+
+
+@pytest.fixture
+def pinned_env() -> None:
+  """Skips a golden-value test unless jax/jaxlib/flax/optax/numpy are constraints.txt's.
+
+  Golden values depend on these versions (PRNG streams, initialisers, XLA's kernels); the
+  suite pins them, so `make test` always checks them, and a user's other versions skip with
+  the reason rather than fail.
+  """
+  from importlib import metadata
+  pins = dict(line.split("==", 1) for line in (REPO / "constraints.txt").read_text().splitlines()
+              if "==" in line and not line.startswith("#"))
+  for name in GOLDEN_PACKAGES:
+    installed = metadata.version(name).split("+")[0]
+    if pins.get(name) != installed:
+      pytest.skip(f"golden values were recorded with {name}=={pins.get(name)} "
+                  f"(constraints.txt); {installed} is installed")
+
+
+def random_batch(n: int = 16, shape: tuple = (28, 28, 1), seed: int = 1, *,
+                 grey_levels: bool = False, text: bool = False) -> dict:
+  """A batch of `n` random images in [-1, 1] with labels in 0..9.
+
+  grey_levels: images on the 8-bit grid of [-1, 1], as the data pipeline gives them.
+  text: 60x60 canvases with the tokens of random captions, as captioned Fashion-MNIST.
+  """
+  k1, k2 = jax.random.split(jax.random.key(seed))
+  shape = (60, 60, 1) if text else tuple(shape)
+  if grey_levels:
+    image = jax.random.randint(k1, (n, *shape), 0, 256).astype(jnp.float32) / 127.5 - 1.0
+  else:
+    image = jax.random.uniform(k1, (n, *shape), minval=-1.0, maxval=1.0)
+  batch = {"image": image, "label": jax.random.randint(k2, (n,), 0, 10)}
+  if text:
+    from jaxgen.data import captions
+    combos = list(captions.combinations())
+    picks = jax.random.randint(k2, (n,), 0, len(combos))
+    batch["tokens"] = jnp.asarray(np.stack([captions.tokenize(captions.caption(*combos[int(i)]))
+                                            for i in picks]))
+  return batch
+
+
+def num_params(tree) -> int:
+  """Number of scalars in a pytree of arrays."""
+  return sum(int(np.size(x)) for x in jax.tree.leaves(tree))
+
+
+# float64 comparisons of one computation done two ways (device counts, fast vs plain
+# passes). A sum of n terms reordered moves by ~log2(n) roundings of eps = 1.1e-16 of its terms'
+# magnitude; the deepest chain compared (alignDRAW's gradient: T recurrent steps of a few
+# reductions over <= 28800 terms, ~180 roundings) stays below ~2e-14 of a leaf's scale. 1e-10
+# is 3 orders above that and 7 below a real bug (per-shard statistics, per-device random
+# numbers, a wrong gradient: >= 1e-3). float32's ~1e-4 disagreements on some CPUs scale
+# by the ratio of the epsilons (1.9e-9) to ~3e-13 here.
+X64_RTOL = 1e-10
+
+
+def to_float64(tree):
+  """Every floating leaf of `tree` as float64 (integer leaves, e.g. steps and labels, kept).
+
+  Use inside `with jax.enable_x64(True):`; models and jaxgen.ops compute in their inputs' dtype.
+  """
+  return jax.tree.map(
+      lambda x: jnp.asarray(x, jnp.float64) if jnp.issubdtype(jnp.result_type(x), jnp.floating)
+      else x, tree)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

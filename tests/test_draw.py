@@ -1,5 +1,6 @@
 """Recurrent generator: the scanned tanh RNN, Gaussian attention, DRAW / alignDRAW steps,
-likelihood bounds, captions, device-count invariance, one compilation, a trained run's CLI."""
+likelihood bounds, captions, one compilation, a trained run's CLI (device counts:
+test_device_agreement)."""
 
 import chex
 import jax
@@ -12,7 +13,7 @@ from jaxgen import cli, config as config_lib, losses, trainer
 from jaxgen.data import captions
 from jaxgen.models import draw as draw_models, rnn
 from jaxgen.steps import draw
-from conftest import REPO, assert_close_to_scale, sharded_train_step, train_steps_traced_once
+from conftest import GOLDEN_RTOL, REPO, random_batch, train_steps_traced_once
 
 TINY = dict(num_steps=3, latent_dim=4, enc_features=16, dec_features=16, read_n=2, write_n=3,
             embed_dim=8, lang_features=8, align_features=8)
@@ -32,19 +33,6 @@ SAMPLE_FRAMES = jax.jit(draw.sample_frames, static_argnums=2)
 def init(config, batch):
   """draw.init_state under jit (about twice as fast as running the init op by op)."""
   return jax.jit(lambda key, batch: draw.init_state(config, key, batch))(jax.random.key(0), batch)
-
-
-def random_batch(n=8, text=False, seed=1):
-  shape = (60, 60, 1) if text else (28, 28, 1)
-  k1, k2 = jax.random.split(jax.random.key(seed))
-  batch = {"image": jax.random.uniform(k1, (n, *shape), minval=-1.0, maxval=1.0),
-           "label": jnp.zeros((n,), jnp.int32)}
-  if text:
-    combos = list(captions.combinations())
-    picks = jax.random.randint(k2, (n,), 0, len(combos))
-    batch["tokens"] = jnp.asarray(np.stack([captions.tokenize(captions.caption(*combos[int(i)]))
-                                            for i in picks]))
-  return batch
 
 
 # ------------------------------------------------------------------ the tanh RNN
@@ -149,12 +137,13 @@ def test_a_centred_unit_stride_window_reproduces_its_patch(size, n, lo):
 @pytest.fixture(scope="module")
 def states():
   """{text: initial state} of the tiny DRAW (False) and alignDRAW (True), shared by the tests."""
-  return {text: init(draw_config(text), random_batch(text=text)) for text in (False, True)}
+  return {text: init(draw_config(text), random_batch(n=8, text=text)) for text in (False, True)}
 
 
-def test_golden_values_after_one_step_and_a_single_compilation(states):
-  # new batches (same shapes) after the first reuse the one compilation
-  batches = [random_batch()] + [random_batch(seed=i + 2) for i in range(3)]
+def test_golden_values_after_one_step_and_a_single_compilation(states, pinned_env):
+  # Protects DRAW's -ELBO (canvas likelihood, per-step KL, units); tied to the pinned
+  # versions. New batches (same shapes) after the first reuse the one compilation.
+  batches = [random_batch(n=8)] + [random_batch(n=8, seed=i + 2) for i in range(3)]
   new, metrics = train_steps_traced_once(draw.train_step, states[False], batches,
                                          jax.random.key(42))
   check_golden(metrics[0], False)
@@ -164,7 +153,7 @@ def test_golden_values_after_one_step_and_a_single_compilation(states):
 def check_golden(metrics, text):
   got = {k: float(v) for k, v in metrics.items()}
   for k, v in GOLDEN[text].items():
-    np.testing.assert_allclose(got[k], v, rtol=2e-5, err_msg=k)
+    np.testing.assert_allclose(got[k], v, rtol=GOLDEN_RTOL, err_msg=k)
   dims = 60 * 60 if text else 28 * 28
   np.testing.assert_allclose(got["bpd"], got["loss"] / (dims * np.log(2)), rtol=1e-6)
   np.testing.assert_allclose(got["loss"], got["recon"] + got["kl"], rtol=1e-6)
@@ -227,27 +216,16 @@ def test_held_out_captions_tokenise_and_generate(states):
     draw.tokenize(states[False], "the bag is at the top of the image")
 
 
-def test_one_and_eight_devices_agree_and_golden_values_of_alignDRAW():
-  # alignDRAW (caption encoder, alignment, learned prior) contains every part of DRAW.
-  # SGD with lr 1: the parameter change is exactly the gradient.
-  c = draw_config(text=True)
-  c.optim.name, c.optim.lr, c.optim.grad_clip = "sgd", 1.0, 0.0
-  batch = random_batch(n=8, text=True)
-  before = jax.device_get(init(c, batch))
-  a1, m1, _ = jax.device_get(sharded_train_step(draw, before, batch, jax.devices()[:1]))
-  a8, m8, _ = jax.device_get(sharded_train_step(draw, before, batch, jax.devices()[:8]))
-  check_golden(m1, True)  # the metrics are those of the parameters before the update
-  for k in m1:
-    np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5, err_msg=k)
-  grads = lambda a: jax.tree.map(lambda x, y: x - y, before.draw.params, a.draw.params)
-  # sums over 8 x 60 x 60 pixels through T recurrent steps: float32 order moves them by up
-  # to ~3e-5 of each parameter's largest gradient (an AVX-512 host; elementwise, a cancelling
-  # entry's relative change can be 5e-4)
-  assert_close_to_scale(grads(a1), grads(a8), rtol=1e-4)
+def test_golden_values_of_alignDRAW(states, pinned_env):
+  # alignDRAW (caption encoder, alignment, learned prior) contains every part of DRAW; the
+  # metrics are those of the parameters before the update. Tied to the pinned versions.
+  _, metrics = jax.jit(draw.train_step)(states[True], random_batch(n=8, text=True),
+                                        jax.random.key(3))
+  check_golden(metrics, True)
 
 
 def test_pictures(tmp_path, states):
-  paths = draw.pictures(states[False], random_batch(), jax.random.key(1), tmp_path)
+  paths = draw.pictures(states[False], random_batch(n=8), jax.random.key(1), tmp_path)
   assert [p.name for p in paths] == ["canvas.gif", "samples.png", "steps.png"]
   assert Image.open(paths[0]).n_frames == TINY["num_steps"]
   assert Image.open(paths[2]).size == (2 * (3 * 30 + 2), 2 * (8 * 30 + 2))  # 8 rows x T steps

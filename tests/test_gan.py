@@ -1,4 +1,4 @@
-"""DCGAN: shapes, losses, golden step values, device-count invariance, no retracing."""
+"""DCGAN: shapes, losses, golden step values, no retracing (device counts: test_device_agreement)."""
 
 import chex
 import jax
@@ -9,7 +9,7 @@ import pytest
 from jaxgen import config as config_lib, losses
 from jaxgen.models import gan as gan_models
 from jaxgen.steps import gan
-from conftest import REPO, sharded_train_step, train_steps_traced_once
+from conftest import GOLDEN_RTOL, REPO, num_params, random_batch, train_steps_traced_once
 
 
 def gan_config(**model):
@@ -17,16 +17,6 @@ def gan_config(**model):
   c.data.image_shape = (28, 28, 1)
   c.model.update(model)
   return c
-
-
-def random_batch(n=16, shape=(28, 28, 1), seed=1):
-  k1, k2 = jax.random.split(jax.random.key(seed))
-  return {"image": jax.random.uniform(k1, (n, *shape), minval=-1.0, maxval=1.0),
-          "label": jax.random.randint(k2, (n,), 0, 10)}
-
-
-def num_params(tree):
-  return sum(x.size for x in jax.tree.leaves(tree))
 
 
 @pytest.mark.parametrize("shape, width, g_params, d_params, start", [
@@ -80,7 +70,9 @@ def test_losses_on_hand_computed_logits():
   np.testing.assert_allclose(losses.g_loss_hinge(fake), 0.5)
 
 
-def test_one_step_golden_values():
+def test_one_step_golden_values(pinned_env):
+  # Protects the step's arithmetic (losses, their order of updates, the EMA warm-up) against
+  # unnoticed change; tied to the pinned versions (init and PRNG streams), see GOLDEN_RTOL.
   c = gan_config(width=16, latent_dim=32)
   batch = random_batch()
   init = gan.init_state(c, jax.random.key(0), batch)
@@ -93,30 +85,8 @@ def test_one_step_golden_values():
   # At initialisation D is near chance: d_loss ~ 2 ln 2, g_loss ~ ln 2.
   expect = {"d_loss": 1.4357958, "g_loss": 0.6703275, "d_real": 0.5339539, "d_fake": 0.5139064}
   for k, v in expect.items():
-    np.testing.assert_allclose(got[k], v, rtol=2e-5, err_msg=k)
+    np.testing.assert_allclose(got[k], v, rtol=GOLDEN_RTOL, err_msg=k)
   assert int(state.step) == 1
-
-
-@pytest.mark.parametrize("num_classes", [0, 10])
-def test_one_and_eight_devices_agree(num_classes):
-  # SGD with lr 1: the parameter change is exactly the gradient, so this compares gradients
-  # (Adam would amplify summation-order noise on near-zero gradients).
-  c = gan_config(width=8, latent_dim=16, num_classes=num_classes)
-  c.optim.name, c.optim.g_lr, c.optim.d_lr = "sgd", 1.0, 1.0
-  batch = random_batch(n=32)
-  b1 = b8 = gan.init_state(c, jax.random.key(0), batch)
-  a1, m1, _ = jax.device_get(sharded_train_step(gan, b1, batch, jax.devices()[:1]))
-  a8, m8, _ = jax.device_get(sharded_train_step(gan, b8, batch, jax.devices()[:8]))
-  assert len(jax.devices()) == 8
-  for k in m1:
-    np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5, atol=1e-6, err_msg=k)
-  grads = lambda b, a: jax.tree.map(lambda x, y: x - y, b.d.params, a.d.params)
-  # Gradients are sums over 32 x 28 x 28 positions; float32 summation order moves them ~1e-5.
-  chex.assert_trees_all_close(grads(b1, a1), grads(b8, a8), rtol=1e-4, atol=5e-5)
-  g_grads = lambda b, a: jax.tree.map(lambda x, y: x - y, b.g.params, a.g.params)
-  chex.assert_trees_all_close(g_grads(b1, a1), g_grads(b8, a8), rtol=1e-4, atol=5e-5)
-  chex.assert_trees_all_close(a1.d.batch_stats, a8.d.batch_stats, rtol=1e-5, atol=1e-6)
-  chex.assert_trees_all_close(a1.g.batch_stats, a8.g.batch_stats, rtol=1e-5, atol=1e-6)
 
 
 def test_train_step_traces_once():
