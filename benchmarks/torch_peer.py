@@ -6,7 +6,8 @@ of the family's `train_step`: the GAN's D update then G update and generator EMA
 fresh binarisation, reparameterised ELBO and Adam update, the classifier's flips, dropout
 and cross-entropy, DRAW's T recurrent steps with Gaussian read and write windows, KL per
 step and clipped Adam update. Each step function's `num_params` is its trainable parameter
-count, which tests hold equal to the flax model's. Peers are for timing, not for matching
+count and `param_shapes` each parameter's shape in flax's layout, which tests hold equal to
+the flax model's. Peers are for timing, not for matching
 numbers: "SAME" padding is symmetric here (PyTorch's `padding`, `output_padding`) where XLA
 pads one side more.
 
@@ -51,6 +52,24 @@ def _deconv(cin: int, cout: int, k: int, bias: bool = True) -> nn.ConvTranspose2
 def _num_params(*modules: nn.Module) -> int:
   """Trainable parameters of the modules together."""
   return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def flax_layout_shapes(*modules: nn.Module) -> list[tuple[int, ...]]:
+  """Every trainable tensor's shape in flax's layout, sorted: conv kernels [kH, kW, Cin, Cout]
+  (transposed ones too), dense kernels [in, out]. Tests hold it equal to the flax model's."""
+  shapes = []
+  for module in modules:
+    for layer in module.modules():
+      for name, p in layer.named_parameters(recurse=False):
+        s = tuple(p.shape)
+        if name == "weight" and isinstance(layer, nn.Conv2d):
+          s = (s[2], s[3], s[1], s[0])
+        elif name == "weight" and isinstance(layer, nn.ConvTranspose2d):
+          s = (s[2], s[3], s[0], s[1])
+        elif name == "weight" and isinstance(layer, nn.Linear):
+          s = (s[1], s[0])
+        shapes.append(s)
+  return sorted(shapes)
 
 
 def _bn(c: int) -> nn.BatchNorm2d:
@@ -133,7 +152,7 @@ def gan_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[],
     with torch.no_grad():
       torch._foreach_lerp_(ema, [p.detach() for p in g.parameters()], 1.0 - m.ema_decay)
 
-  step.num_params = _num_params(g, d)
+  step.num_params, step.param_shapes = _num_params(g, d), flax_layout_shapes(g, d)
   return step
 
 
@@ -187,7 +206,7 @@ def vae_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[],
     (recon + kl).backward()
     opt.step()
 
-  step.num_params = _num_params(model)
+  step.num_params, step.param_shapes = _num_params(model), flax_layout_shapes(model)
   return step
 
 
@@ -236,7 +255,7 @@ def classifier_step(config: ml_collections.ConfigDict, batch_size: int) -> Calla
     F.cross_entropy(model(x), labels).backward()
     opt.step()
 
-  step.num_params = _num_params(model)
+  step.num_params, step.param_shapes = _num_params(model), flax_layout_shapes(model)
   return step
 
 
@@ -344,7 +363,7 @@ def draw_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[]
       nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
     opt.step()
 
-  step.num_params = _num_params(model)
+  step.num_params, step.param_shapes = _num_params(model), flax_layout_shapes(model)
   return step
 
 

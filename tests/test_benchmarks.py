@@ -5,6 +5,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -21,12 +22,18 @@ def test_throughput_smoke(tmp_path, capsys):
   result = throughput.main(["--families", "gan,vae", "--no_torch", "--json", str(out), *TINY])
   rows = {r["family"]: r for r in result["rows"]}
   assert set(rows) == {"gan", "vae"}, result["notes"]
+  peak = json.loads(out.read_text())["machine"]["matmul_peak_gflops"]
+  assert peak > 0
   for r in rows.values():
     assert r["batch"] == 8 and r["devices"] == 1 and r["image"] == "28x28x1"
-    assert r["images_per_s"] > 0 and r["compile_s"] > 0
-    assert r["gflop_per_step"] > 0 and 0 < r["peak_fraction"]
-    assert r["memory_mib"] > 0
-  assert json.loads(out.read_text())["machine"]["matmul_peak_gflops"] > 0
+    assert r["compile_s"] > 0 and r["memory_mib"] > 0 and r["gflop_per_step"] > 0
+    # the derived columns are the definitions applied to the measured step time
+    sec = r["ms_per_step"] / 1e3
+    assert r["images_per_s"] == pytest.approx(8 / sec, rel=1e-9)
+    assert r["gflops"] == pytest.approx(r["gflop_per_step"] / sec, rel=1e-9)
+    assert r["peak_fraction"] == pytest.approx(r["gflops"] / peak, rel=1e-9)
+  # the GAN step (D and G passes) costs several times the VAE's at these sizes
+  assert rows["gan"]["gflop_per_step"] > 2 * rows["vae"]["gflop_per_step"]
   table = capsys.readouterr().out
   assert "img/s" in table and "GFLOP/s" in table and "matmul peak" in table
 
@@ -50,12 +57,12 @@ def test_missing_family_is_a_note_not_an_error(monkeypatch):
   assert list(chosen) == ["gan"] and "draw: skipped" in notes[0]
 
 
-def _flax_param_count(state) -> int:
-  """Trainable parameters of a family's state: leaves under a ModelState's `params`."""
+def _flax_param_shapes(state) -> list[tuple[int, ...]]:
+  """Shapes of a family's trainable parameters (leaves under a ModelState's `params`), sorted."""
   leaves = jax.tree_util.tree_leaves_with_path(state)
-  return sum(x.size for path, x in leaves
-             if any(getattr(k, "name", None) == "params" for k in path)
-             and not any(getattr(k, "name", None) in ("opt_state", "ema_params") for k in path))
+  return sorted(tuple(x.shape) for path, x in leaves
+                if any(getattr(k, "name", None) == "params" for k in path)
+                and not any(getattr(k, "name", None) in ("opt_state", "ema_params") for k in path))
 
 
 @pytest.mark.parametrize("family", ["gan", "vae", "classifier", "draw"])
@@ -68,6 +75,9 @@ def test_torch_peers_train_the_same_architecture(family):
   step = torch_peer.PEERS[family](config, 4)
   batch = {"image": jnp.zeros((4, 28, 28, 1)), "label": jnp.zeros((4,), jnp.int32)}
   state = steps.get_family(family).init_state(config, jax.random.key(0), batch)
-  assert step.num_params == _flax_param_count(state) > 0
+  shapes = _flax_param_shapes(state)
+  assert step.param_shapes == shapes  # layer by layer, in flax's layout
+  assert step.num_params == sum(int(np.prod(s)) for s in shapes) > 0
   r = torch_peer.measure(family, config, 4, repeats=1, steps=1, warmup=1)
-  assert r["images_per_s"] > 0 and r["threads"] >= 1
+  assert r["images_per_s"] == pytest.approx(4e3 / r["ms_per_step"], rel=1e-9)
+  assert r["threads"] >= 1
