@@ -304,3 +304,42 @@ def test_captioned_runs_use_their_items_classifier(tmp_path, monkeypatch):
     evaluate.load_extractor(config)
   assert str(e.value).startswith("no trained feature extractor in runs/classifier_fashion_mnist ")
   assert str(e.value).endswith("classifier_fashion.py --workdir runs/classifier_fashion_mnist`")
+
+
+# ------------------------------------------------------------------ a real extractor
+
+
+def real_image_family(shift: int):
+  """Samples are real train images of class (requested + shift) % 10, drawn at random."""
+  def sample(state, key, num, conditioning=None):
+    images, labels = state
+    want_N = (jnp.asarray(conditioning) + shift) % 10
+    score_NxM = jax.random.uniform(key, (num, labels.shape[0])) + (labels[None] == want_N[:, None])
+    return images[jnp.argmax(score_NxM, axis=1)]  # a random image among those of the class
+  return types.SimpleNamespace(sample=sample)
+
+
+def test_a_real_imperfect_extractor_scores_real_images_of_the_requested_class(
+    classifier_run, slice_data):
+  # The classifier trained above on 512 real images is an imperfect extractor (test accuracy
+  # well below 1): conditional accuracy of real images of the requested class is its accuracy
+  # on them, and of images of another class about its error rate spread over 9 classes.
+  config, workdir = classifier_run
+  ext = evaluate.load_extractor(config, workdir)
+  assert 0.4 < ext.test_accuracy < 0.95
+  images, labels = evaluate.read_split(gen_config(slice_data), "train")
+  state = (jnp.asarray(images), jnp.asarray(labels))
+  right, wrong = (evaluate.evaluate_state(gen_config(slice_data, num_classes=10),
+                                          real_image_family(shift), state, ext,
+                                          num_samples=N, seed=1, step=1)
+                  for shift in (0, 3))
+  train_accuracy = evaluate.classifier_accuracy(ext.features_fn, images, labels)["accuracy"]
+  m, w = right["metrics"], wrong["metrics"]
+  assert 0.4 < m["conditional_accuracy"] < 1.0
+  # 128 samples: a binomial standard error of at most 0.045 around the train accuracy
+  assert abs(m["conditional_accuracy"] - train_accuracy) < 4 * 0.045
+  assert w["conditional_accuracy"] < 0.3 < m["conditional_accuracy"]
+  # both are real images spread over all classes: near the floor, not collapsed
+  floor = right["floor"]
+  for k in ("recall", "coverage"):
+    assert m[k] > 0.5 * floor[k] and w[k] > 0.5 * floor[k]
