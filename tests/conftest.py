@@ -134,7 +134,8 @@ def read_real(prefix: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 def fashion_slice(tmp_path_factory) -> Path:
   """A folder of IDX files holding the first 512 train / 128 test real Fashion-MNIST images."""
   if not (FASHION / "train-images-idx3-ubyte.gz").exists():
-    pytest.skip(f"real Fashion-MNIST not in {FASHION} (make test installs it as root)")
+    pytest.skip(f"real Fashion-MNIST not in {FASHION}: apt-get install dataset-fashion-mnist "
+                "(make test does so when run as root)")
   folder = tmp_path_factory.mktemp("fashion_slice")
   for prefix, n in (("train", 512), ("t10k", 128)):
     images, labels = read_real(prefix, n)
