@@ -28,6 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every = 0              # jaxgen.evaluate metrics every N steps into metrics.jsonl (0: off)
   c.eval_num_samples = 2000     # samples vs test images per in-training evaluation
   c.xla_cpu_eigen_convs = True  # CPU: XLA's Eigen convolutions, not YNNPACK's (jaxgen.ops.compile)
+  # jaxgen.ops' custom-VJP passes: "auto" (on XLA:CPU, where they were measured faster; off on
+  # GPU/TPU) | True | False (plain flax autodiff); any of the three types may be assigned.
+  c.fast_ops = config_dict.FieldReference("auto", field_type=object)
   c.data = ml_collections.ConfigDict()
   c.data.name = "fashion_mnist"  # or "idx" (MNIST-format files in source_dir) or a TFDS name
   c.data.source_dir = ""         # folder of IDX files ("" = the data set's default)

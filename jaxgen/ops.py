@@ -43,6 +43,27 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxgen.errors import ConfigError
+
+FAST_OPS_SETTINGS = ("auto", True, False)
+
+
+def use_fast_ops(setting: bool | str = "auto", platform: str | None = None) -> bool:
+  """Whether models should use these fast passes: `setting` True/False as given; "auto" where
+  they were measured faster, XLA:CPU (`platform`, default: JAX's default backend).
+
+  The fast passes are custom VJPs (reverse mode only), so a model built with its defaults
+  (fast_ops=False) keeps forward-mode autodiff; the trainer and benchmarks choose with this.
+  """
+  if isinstance(setting, str) and setting.lower() in ("true", "false"):
+    setting = setting.lower() == "true"
+  if setting not in FAST_OPS_SETTINGS:
+    raise ConfigError(f"fast_ops={setting!r}; set --config.fast_ops to auto, true or false")
+  if setting == "auto":
+    return (platform or jax.default_backend()) == "cpu"
+  return bool(setting)
+
+
 Padding = str | Sequence[tuple[int, int]]
 Pads = tuple[tuple[int, int], ...]
 _DN = ("NHWC", "HWIO", "NHWC")

@@ -196,7 +196,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   if is_main:
     print(f"compiled train_step in {compile_stats['compile_s']:.1f}s on {jax.device_count()} "
           f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es); "
-          f"{compile_stats['flops_per_step'] / 1e9:.2f} GFLOP/step", flush=True)
+          f"{compile_stats['flops_per_step'] / 1e9:.2f} GFLOP/step; jaxgen.ops fast paths "
+          f"{'on' if ops.use_fast_ops(config.get('fast_ops', 'auto')) else 'off'} "
+          f"(fast_ops={config.get('fast_ops', 'auto')})", flush=True)
 
   # ---- loop
   step = int(jax.device_get(state.step))

@@ -19,7 +19,7 @@ class Classifier(nn.Module):
   width: int = 32
   feature_dim: int = 128
   dropout: float = 0.3
-  fast_ops: bool = True  # jaxgen.ops layers: same params and outputs, faster passes
+  fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
 
   def setup(self):
     w = self.width

@@ -4,7 +4,8 @@ The generator maps a latent `z_BxZ` (and optionally a class label) through a den
 layer to a `s0 x s0 x C0` map, then strided transposed convolutions double the
 resolution until it reaches the image size: 28x28 starts at 7x7, 32x32 and 64x64
 start at 4x4. The discriminator mirrors it with strided convolutions.
-Models know nothing of training: `train` only switches BatchNorm statistics.
+Models know nothing of training: `train` only switches BatchNorm statistics. With their
+defaults they are plain flax; `fast_ops=True` swaps in `jaxgen.ops`' reverse-mode-only passes.
 """
 
 from collections.abc import Sequence
@@ -44,7 +45,7 @@ class Generator(nn.Module):
   width: int = 64
   kernel_size: int = 5
   num_classes: int = 0
-  fast_ops: bool = True  # jaxgen.ops layers: same params and outputs, faster passes
+  fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
 
   @nn.compact
   def __call__(self, z_BxZ: jnp.ndarray, labels_B: jnp.ndarray | None = None, *,
@@ -75,7 +76,7 @@ class Discriminator(nn.Module):
   width: int = 64
   kernel_size: int = 5
   num_classes: int = 0
-  fast_ops: bool = True  # jaxgen.ops layers: same params and outputs, faster passes
+  fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jnp.ndarray, labels_B: jnp.ndarray | None = None, *,

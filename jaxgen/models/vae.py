@@ -45,6 +45,7 @@ class Encoder(nn.Module):
   width: int = 32
   kernel_size: int = 4
   num_classes: int = 0
+  fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jnp.ndarray, labels: jnp.ndarray | None = None, *,
@@ -52,9 +53,10 @@ class Encoder(nn.Module):
     del train
     _, widths = resolution_plan(self.image_shape[0], self.width)
     k = (self.kernel_size, self.kernel_size)
+    conv = ops.Conv if self.fast_ops else nn.Conv
     x = x_BxHxWxC
     for i, w in enumerate(reversed(widths)):
-      x = nn.swish(ops.Conv(w, k, strides=(2, 2), name=f"conv{i}")(x))
+      x = nn.swish(conv(w, k, strides=(2, 2), name=f"conv{i}")(x))
     h_BxF = x.reshape(x.shape[0], -1)
     if self.num_classes:
       h_BxF = jnp.concatenate([h_BxF, _one_hot(labels, self.num_classes, h_BxF.dtype)], axis=-1)
@@ -70,6 +72,7 @@ class Decoder(nn.Module):
   width: int = 32
   kernel_size: int = 4
   num_classes: int = 0
+  fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
 
   @nn.compact
   def __call__(self, z_BxZ: jnp.ndarray, labels: jnp.ndarray | None = None, *,
@@ -82,9 +85,10 @@ class Decoder(nn.Module):
     x = nn.swish(nn.Dense(start * start * widths[0], name="dense")(x))
     x = x.reshape(x.shape[0], start, start, widths[0])
     k = (self.kernel_size, self.kernel_size)
+    deconv = ops.ConvTranspose if self.fast_ops else nn.ConvTranspose
     for i, w in enumerate(widths[1:]):
-      x = nn.swish(ops.ConvTranspose(w, k, strides=(2, 2), name=f"deconv{i}")(x))
-    return ops.ConvTranspose(self.out_channels, k, strides=(2, 2), name="to_image")(x)
+      x = nn.swish(deconv(w, k, strides=(2, 2), name=f"deconv{i}")(x))
+    return deconv(self.out_channels, k, strides=(2, 2), name="to_image")(x)
 
 
 class VAE(nn.Module):
@@ -99,12 +103,13 @@ class VAE(nn.Module):
   width: int = 32
   kernel_size: int = 4
   num_classes: int = 0
+  fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
 
   def setup(self):
     self.encoder = Encoder(self.image_shape, self.latent_dim, self.width, self.kernel_size,
-                           self.num_classes)
+                           self.num_classes, self.fast_ops)
     self.decoder = Decoder(self.image_shape, self.out_channels, self.width, self.kernel_size,
-                           self.num_classes)
+                           self.num_classes, self.fast_ops)
 
   def __call__(self, x_BxHxWxC: jnp.ndarray, eps_BxZ: jnp.ndarray,
                labels: jnp.ndarray | None = None, *,

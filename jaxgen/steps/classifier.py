@@ -13,7 +13,7 @@ import ml_collections
 import optax
 from flax import struct
 
-from jaxgen import losses
+from jaxgen import losses, ops
 from jaxgen.errors import UserError
 from jaxgen.models import classifier as classifier_models
 from jaxgen.steps import common
@@ -32,7 +32,8 @@ class ClassifierState:
 
 def _model(hp: ml_collections.FrozenConfigDict) -> classifier_models.Classifier:
   return classifier_models.Classifier(num_classes=hp.num_classes, width=hp.width,
-                                      feature_dim=hp.feature_dim, dropout=hp.dropout)
+                                      feature_dim=hp.feature_dim, dropout=hp.dropout,
+                                      fast_ops=hp.fast_ops)
 
 
 def init_state(config: ml_collections.ConfigDict, key: jax.Array,
@@ -42,7 +43,8 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array,
   num_classes = config.data.get("num_classes") or m.get("num_classes") or 10
   hp = ml_collections.FrozenConfigDict(dict(
       image_shape=tuple(sample_batch["image"].shape[1:]), num_classes=num_classes,
-      width=m.width, feature_dim=m.feature_dim, dropout=m.dropout, flip=m.flip))
+      width=m.width, feature_dim=m.feature_dim, dropout=m.dropout, flip=m.flip,
+      fast_ops=ops.use_fast_ops(config.get("fast_ops", "auto"))))
   model = _model(hp)
   params, stats = common.init_model(model, key, sample_batch["image"][:1])
   lr = optax.cosine_decay_schedule(config.optim.lr, max(config.num_steps, 1))

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from jaxgen import losses, viz
+from jaxgen import losses, ops, viz
 from jaxgen.errors import ConfigError
 from jaxgen.models import gan as gan_models
 from jaxgen.steps import common
@@ -27,7 +27,7 @@ class GANState:
 
 def _models(hp: ml_collections.FrozenConfigDict):
   kw = dict(image_shape=tuple(hp.image_shape), width=hp.width, kernel_size=hp.kernel_size,
-            num_classes=hp.num_classes)
+            num_classes=hp.num_classes, fast_ops=hp.fast_ops)
   return gan_models.Generator(**kw), gan_models.Discriminator(**kw)
 
 
@@ -37,7 +37,8 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
   hp = ml_collections.FrozenConfigDict(dict(
       image_shape=tuple(sample_batch["image"].shape[1:]), width=m.width,
       kernel_size=m.kernel_size, num_classes=m.num_classes, latent_dim=m.latent_dim,
-      loss=m.loss, d_steps=m.d_steps, ema_decay=m.ema_decay))
+      loss=m.loss, d_steps=m.d_steps, ema_decay=m.ema_decay,
+      fast_ops=ops.use_fast_ops(config.get("fast_ops", "auto"))))
   if hp.loss not in losses.GAN_LOSSES:
     raise ConfigError(f"unknown GAN loss {hp.loss!r}; set config.model.loss to one of "
                      f"{tuple(losses.GAN_LOSSES)}")

@@ -22,7 +22,7 @@ import numpy as np
 from flax import struct
 from PIL import Image, ImageDraw
 
-from jaxgen import losses, viz
+from jaxgen import losses, ops, viz
 from jaxgen.errors import ConfigError
 from jaxgen.models import vae as vae_models
 from jaxgen.steps import common
@@ -43,7 +43,8 @@ def _model(hp: ml_collections.FrozenConfigDict) -> vae_models.VAE:
   out_channels = LIKELIHOODS[hp.likelihood] * hp.image_shape[-1]
   return vae_models.VAE(
       image_shape=tuple(hp.image_shape), out_channels=out_channels, latent_dim=hp.latent_dim,
-      width=hp.width, kernel_size=hp.kernel_size, num_classes=hp.num_classes)
+      width=hp.width, kernel_size=hp.kernel_size, num_classes=hp.num_classes,
+      fast_ops=hp.fast_ops)
 
 
 def _num_dims(hp: ml_collections.FrozenConfigDict) -> int:
@@ -59,7 +60,7 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
   hp = ml_collections.FrozenConfigDict(dict(
       image_shape=tuple(sample_batch["image"].shape[1:]), width=m.width,
       kernel_size=m.get("kernel_size", 4), latent_dim=m.latent_dim, num_classes=m.num_classes,
-      likelihood=m.likelihood))
+      likelihood=m.likelihood, fast_ops=ops.use_fast_ops(config.get("fast_ops", "auto"))))
   model = _model(hp)
   x = sample_batch["image"][:1]
   labels = jnp.zeros((1,), jnp.int32) if hp.num_classes else None
