@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from benchmarks.timing import timed_runs
 from jaxgen.models import gan as gan_models
 from jaxgen.models import vae as vae_models
 
@@ -391,8 +392,6 @@ def measure(family: str, config: ml_collections.ConfigDict, batch_size: int, rep
             steps: int = 10, warmup: int = 3) -> dict:
   """Median ms/step and images/s of the family's PyTorch train step over `repeats` timed runs
   of `steps` steps each, after `warmup` steps."""
-  from benchmarks.throughput import timed_runs
-
   s = statistics.median(timed_runs(runner(family, config, batch_size, warmup), repeats, steps))
   return dict(ms_per_step=1e3 * s, images_per_s=batch_size / s if s > 0 else math.inf,
               threads=torch.get_num_threads(), device=str(device()))
