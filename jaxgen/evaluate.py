@@ -526,20 +526,20 @@ def _bounds_only_results(config: ml_collections.ConfigDict, step: int, note: str
 
 
 def evaluate_state(config: ml_collections.ConfigDict, family: Any, state: Any,
-                   extractor: Extractor | None, *, num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0,
-                   num_importance: int | None = None, step: int | None = None,
+                   extractor: Extractor | None, *, num_samples: int = DEFAULT_NUM_SAMPLES,
+                   seed: int = 0, num_importance: int | None = None, step: int | None = None,
                    mesh: jax.sharding.Mesh | None = None,
                    reference: "Reference | None" = None,
                    likelihood_seed: int | None = None, note: str = "") -> dict:
   """All metrics of a generative `state` vs the test split, its floor, flags and protocol.
 
   Sample metrics, or for captioned runs (`is_captioned`) caption accuracy; with `extractor`
-  None neither (families with likelihood bounds only), and protocol.sample_metrics = `note`,
-  which should say how to get them. `reference`: a
-  precomputed `real_reference` for these counts and seed (else computed or read from the
-  cache; unused for captioned runs). Likelihood bounds (families with `log_likelihood_bounds`)
-  use `num_importance` and `likelihood_seed` where given, else config.eval.num_importance /
-  seed, on the first config.eval.num_test_images test examples (default: num_samples).
+  None neither (families with likelihood bounds only) and protocol.sample_metrics = `note`,
+  which should say how to get them. `reference`: a precomputed `real_reference` for these
+  counts and seed (else computed or read from the cache; unused for captioned runs).
+  Likelihood bounds (families with `log_likelihood_bounds`) use `num_importance` and
+  `likelihood_seed` where given, else config.eval.num_importance / seed, on the first
+  config.eval.num_test_images test examples (default: num_samples).
   """
   t0 = time.perf_counter()
   mesh = mesh or parallel.make_mesh()

@@ -49,7 +49,7 @@ def projection_extractor(cache_dir=None):
 
 
 def image_family(collapsed):
-  """Samples are distinct real train images drawn at random, or the first one repeated (collapse)."""
+  """Samples: distinct real train images drawn at random, or the first one repeated (collapse)."""
   def sample(state, key, num, conditioning=None):
     idx = jnp.zeros((num,), jnp.int32) if collapsed else jax.random.permutation(
         key, state.shape[0])[:num]
@@ -86,7 +86,8 @@ def test_collapsed_generator_is_flagged_and_real_one_is_not(two_runs):
   assert bad["fd"] > 5 * good["fd"]
   # One image repeated: every sample's nearest other sample is at distance 0.
   assert bad["duplicate_rate"] == 1.0 and floor["duplicate_rate"] < 0.05
-  assert good["duplicate_rate"] < 0.05 and good["duplicate_threshold"] == floor["duplicate_threshold"]
+  assert good["duplicate_rate"] < 0.05
+  assert good["duplicate_threshold"] == floor["duplicate_threshold"]
   assert r["good"]["flags"] == []
   kinds = [evaluate.flag_kind_and_evidence(f) for f in r["collapsed"]["flags"]]
   assert [(k, e.split()[0]) for k, e in kinds] == [
@@ -120,7 +121,8 @@ def test_flags_tell_low_coverage_from_mode_collapse():
   assert evaluate.sample_flags(dict(floor, duplicate_rate=0.06), floor) == [
       "possible mode collapse: duplicate_rate 0.06 > 3 x floor 0.01 (and > 0.05): samples "
       "repeat one another"]
-  assert evaluate.sample_flags(dict(floor, duplicate_rate=0.04), dict(floor, duplicate_rate=0)) == []
+  no_floor = dict(floor, duplicate_rate=0.0)
+  assert evaluate.sample_flags(dict(floor, duplicate_rate=0.04), no_floor) == []
   # metrics.json written before the kinds existed
   assert evaluate.flag_kind_and_evidence("recall 0.1 < 0.5 x floor 0.6") == (
       "low diversity or coverage", "recall 0.1 < 0.5 x floor 0.6")
