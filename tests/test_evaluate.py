@@ -13,7 +13,7 @@ import pytest
 
 from jaxgen import cli, config as config_lib, evaluate, trainer
 from jaxgen.data import captions
-from jaxgen.steps import draw
+from jaxgen.steps import draw, vae
 from conftest import REPO
 
 N = 128  # samples and test images: the whole test split of the fashion slice
@@ -246,6 +246,25 @@ def test_likelihood_families_need_no_extractor_and_say_how_to_get_sample_metrics
   assert "vae: fake at step 9; bounds on 16 test images, k=3; no sample metrics" in table
   with pytest.raises(ValueError, match="needs a feature extractor"):
     evaluate.evaluate_state(config, image_family(False), None, None, step=0)
+
+
+def test_in_training_evaluation_of_a_vae_without_an_extractor_gives_the_bounds(
+    slice_data, tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.delenv(evaluate.EXTRACTOR_ENV, raising=False)
+  config = config_lib.load(REPO / "experiments/configs/vae_fashion.py")
+  config.data, config.eval_every = slice_data, 10
+  config.model.width, config.model.latent_dim = 4, 4
+  config.eval.update(dict(num_importance=2, num_test_images=16, batch_size=8))
+  eval_fn = evaluate.make_eval_fn(config)
+  assert capsys.readouterr().out.startswith(
+      "evaluation every 10 steps: likelihood bounds only; sample metrics (FD, KID, ")
+  example = {"image": jnp.zeros((1, 28, 28, 1)), "label": jnp.zeros((1,), jnp.int32)}
+  state = jax.jit(lambda key: vae.init_state(config, key, example))(jax.random.key(0))
+  values = eval_fn(state, 10)
+  assert sorted(values) == ["bpd_elbo", "bpd_iwae", "flags", "nll_elbo", "nll_iwae"]
+  # An untrained Bernoulli decoder (logits near 0) costs about ln 2 nats per pixel.
+  assert values["flags"] == [] and 0.5 < values["bpd_elbo"] < 1.5
 
 
 @pytest.fixture(scope="module")
