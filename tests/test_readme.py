@@ -125,8 +125,9 @@ def small_budget(command: str, source_dir: Path, data_dir: Path) -> list[str]:
   if argv[0] == "train":
     extra = [f"--config.num_steps={NUM_STEPS}", f"--config.data.source_dir={source_dir}",
              f"--config.data.data_dir={data_dir}"]
-    if "captions" in command:  # the captioned configs' data set, small variant
-      extra.append("--config.data.name=captioned_fashion_mnist/small")
+    name = config_lib.load(argv[argv.index("--config") + 1]).data.name
+    if name.startswith(evaluate.CAPTIONED_PREFIX) and "/" not in name:
+      extra.append(f"--config.data.name={name}/small")
     return argv + extra
   if argv[0] == "evaluate" and "--workdir" in argv:
     return argv + ["--num_samples", str(NUM_SAMPLES), "--num_importance", str(NUM_IMPORTANCE)]
