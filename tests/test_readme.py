@@ -8,9 +8,9 @@ fresh folder holding a link to experiments/, so `runs/...` paths land there and 
 exists until the README trains one.
 
 Two forms:
-  test_every_readme_command_runs (slow, `make test-all`; about 4 min on 2 CPU cores): runs
+  test_every_readme_command_runs (slow, `make test-all`; 4-6 min on 2 shared CPU cores): runs
       every command and both python blocks.
-  test_readme_commands_parse_in_order_and_the_vae_section_runs (default suite, about 1 min):
+  test_readme_commands_parse_in_order_and_the_vae_section_runs (default suite, 1-1.5 min):
       every command through jaxgen's argument parser, train configs loaded with their
       overrides, each workdir read only after a command before it wrote it; then the VAE
       section's commands (train, sample, evaluate without an extractor, report) for real,
