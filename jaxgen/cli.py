@@ -140,6 +140,8 @@ def _evaluate(args: argparse.Namespace) -> None:
                                   extractor=args.extractor, num_importance=args.num_importance,
                                   step=args.step)
   print(evaluate.format_table([results]))
+  if results["protocol"].get("sample_metrics"):
+    print(f"note: {results['protocol']['sample_metrics']}")
   print(f"wrote {Path(args.workdir) / 'metrics.json'} ({results['protocol'].get('seconds', '?')}s)")
 
 

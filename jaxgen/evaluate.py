@@ -11,10 +11,15 @@ runs/classifier_<data.name> relative to the working directory.
 Every number is shown beside its floor: the same metric between real train images (as
 if they were samples) and the real test images, with the same counts. The floor's test
 features and numbers are cached next to the extractor's checkpoint (floor/*.npz, *.json).
-Runs whose recall, coverage or sample diversity fall below COLLAPSE_FRACTION of the floor
-are flagged. Families with `log_likelihood_bounds(state, batch, key, num_samples)` also
-get ELBO / IWAE bounds on the test split, in nats per image and bits per dimension; their
-batches carry every feature the loader yields (image, label, caption tokens, ...).
+Flags (`sample_flags`) say what the numbers show: recall, coverage or sample diversity below
+COLLAPSE_FRACTION of the floor is "low diversity or coverage" (blurry samples show it too);
+"possible mode collapse" is kept for its own signs: near-duplicate samples
+(metrics.duplicate_rate far above its floor) or high precision with low recall.
+Families with `log_likelihood_bounds(state, batch, key, num_samples)` also get ELBO / IWAE
+bounds on the test split, in nats per image and bits per dimension; their batches carry
+every feature the loader yields (image, label, caption tokens, ...). They need no
+extractor: without one (at the default place) only the bounds are computed, with a note
+saying how to get the sample metrics.
 
 Caption-conditioned runs (data.name "captioned_*", or test items with "tokens" and a family
 with `tokenize`) draw canvases the 28 x 28 metrics do not apply to. They get caption accuracy
@@ -52,8 +57,13 @@ BATCH_SIZE = 500                    # images per sampler / extractor call (round
 LIKELIHOOD_IMAGES_PER_CALL = 8192   # batch x k for likelihood bounds
 EXTRACTOR_ENV = "JAXGEN_EXTRACTOR"
 CLASSIFIER_CONFIG = "experiments/configs/classifier_fashion.py"
-COLLAPSE_FRACTION = 0.5
+COLLAPSE_FRACTION = 0.5            # recall, coverage, diversity under this x floor: "low"
 COLLAPSE_METRICS = ("recall", "coverage", "diversity")
+HIGH_PRECISION_FRACTION = 0.75     # precision at least this x floor counts as high
+# Duplicate rates over DUPLICATE_FACTOR x floor (and over DUPLICATE_MIN_RATE, since a floor of
+# about 1% of a few hundred samples can be 0) suggest collapse.
+DUPLICATE_FACTOR, DUPLICATE_MIN_RATE = 3.0, 0.05
+LOW_COVERAGE, MODE_COLLAPSE = "low diversity or coverage", "possible mode collapse"
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
 PRECISION_RECALL_K, DENSITY_COVERAGE_K, IS_SPLITS = 3, 5, 10
 DIVERSITY_POINTS = 2000
@@ -286,17 +296,43 @@ def sample_metrics(real_NxD: np.ndarray, fake_MxD: np.ndarray, fake_logits_MxK: 
              inception_score_std=inception["std"],
              **metrics.precision_recall(real_NxD, fake_MxD, k=PRECISION_RECALL_K),
              **metrics.density_coverage(real_NxD, fake_MxD, k=DENSITY_COVERAGE_K),
-             diversity=mean_pairwise_distance(fake_MxD))
+             diversity=mean_pairwise_distance(fake_MxD),
+             **metrics.duplicate_rate(real_NxD, fake_MxD))
   if fake_labels_M is not None:
     out["conditional_accuracy"] = metrics.conditional_accuracy(fake_logits_MxK, fake_labels_M)
   return out
 
 
-def collapse_flags(values: dict, floor: dict, fraction: float = COLLAPSE_FRACTION) -> list[str]:
-  """One line per metric of COLLAPSE_METRICS below `fraction` x its floor value."""
-  return [f"{k} {values[k]:.3g} < {fraction:g} x floor {floor[k]:.3g}"
-          for k in COLLAPSE_METRICS
-          if k in values and floor.get(k) and values[k] < fraction * floor[k]]
+def sample_flags(values: dict, floor: dict, fraction: float = COLLAPSE_FRACTION) -> list[str]:
+  """"kind: evidence" lines, the evidence starting with the metric it marks in the table.
+
+  LOW_COVERAGE: one line per metric of COLLAPSE_METRICS below `fraction` x its floor.
+  MODE_COLLAPSE: recall low while precision stays high (>= HIGH_PRECISION_FRACTION x floor:
+  samples on the real manifold, but few places of it); or a duplicate rate above
+  DUPLICATE_FACTOR x its floor and DUPLICATE_MIN_RATE (samples repeat one another).
+  """
+  low = lambda k: k in values and floor.get(k) and values[k] < fraction * floor[k]
+  flags = [f"{LOW_COVERAGE}: {k} {values[k]:.3g} < {fraction:g} x floor {floor[k]:.3g}"
+           for k in COLLAPSE_METRICS if low(k)]
+  if low("recall") and floor.get("precision") and (
+      values.get("precision", 0) >= HIGH_PRECISION_FRACTION * floor["precision"]):
+    flags.append(f"{MODE_COLLAPSE}: recall {values['recall']:.3g} < {fraction:g} x floor "
+                 f"{floor['recall']:.3g} with precision {values['precision']:.3g} >= "
+                 f"{HIGH_PRECISION_FRACTION:g} x floor {floor['precision']:.3g}")
+  dup, dup_floor = values.get("duplicate_rate"), floor.get("duplicate_rate")
+  if dup is not None and dup_floor is not None and dup > max(DUPLICATE_FACTOR * dup_floor,
+                                                             DUPLICATE_MIN_RATE):
+    flags.append(f"{MODE_COLLAPSE}: duplicate_rate {dup:.3g} > {DUPLICATE_FACTOR:g} x floor "
+                 f"{dup_floor:.3g} (and > {DUPLICATE_MIN_RATE:g}): samples repeat one another")
+  return flags
+
+
+def flag_kind_and_evidence(flag: str) -> tuple[str, str]:
+  """(kind, evidence) of a flag; flags written before the kinds existed read as LOW_COVERAGE."""
+  for kind in (LOW_COVERAGE, MODE_COLLAPSE):
+    if flag.startswith(kind + ": "):
+      return kind, flag[len(kind) + 2:]
+  return LOW_COVERAGE, flag
 
 
 @dataclasses.dataclass
@@ -315,7 +351,7 @@ def real_reference(extractor: Extractor, config: ml_collections.ConfigDict, num_
   Cached in extractor.cache_dir per (data set, counts, seed, extractor step).
   """
   _, source = _data_key(config.data)
-  key = (f"v1_{config.data.name}_{hashlib.sha1(source.encode()).hexdigest()[:8]}_step"
+  key = (f"v2_{config.data.name}_{hashlib.sha1(source.encode()).hexdigest()[:8]}_step"
          f"{extractor.checkpoint_step}_real{num_real}_fake{num_fake}_seed{seed}")
   cache = extractor.cache_dir / key if extractor.cache_dir else None
   if cache and cache.with_suffix(".json").is_file() and cache.with_suffix(".npz").is_file():
@@ -446,7 +482,7 @@ def _sample_results(config: ml_collections.ConfigDict, family: Any, state: Any,
   values = sample_metrics(ref.test_features, feats, logits, labels, seed)
   return dict(
       family=config.model.family, dataset=config.data.name, metrics=values, floor=ref.floor,
-      flags=collapse_flags(values, ref.floor),
+      flags=sample_flags(values, ref.floor),
       protocol=dict(
           extractor=dict(name=extractor.name, checkpoint_step=extractor.checkpoint_step,
                          test_accuracy=extractor.test_accuracy, feature_dim=int(feats.shape[1])),
@@ -456,7 +492,10 @@ def _sample_results(config: ml_collections.ConfigDict, family: Any, state: Any,
                                                         ref.protocol["num_real"])),
           precision_recall_k=PRECISION_RECALL_K, density_coverage_k=DENSITY_COVERAGE_K,
           inception_score_splits=min(IS_SPLITS, num_samples),
-          diversity_points=min(DIVERSITY_POINTS, num_samples), collapse_fraction=COLLAPSE_FRACTION))
+          diversity_points=min(DIVERSITY_POINTS, num_samples), collapse_fraction=COLLAPSE_FRACTION,
+          duplicates=dict(percentile=metrics.duplicates.DUPLICATE_PERCENTILE,
+                          factor=DUPLICATE_FACTOR, min_rate=DUPLICATE_MIN_RATE),
+          high_precision_fraction=HIGH_PRECISION_FRACTION))
 
 
 def _caption_results(config: ml_collections.ConfigDict, family: Any, state: Any,
@@ -480,24 +519,37 @@ def _caption_results(config: ml_collections.ConfigDict, family: Any, state: Any,
           floor=f"the {n} real test canvases scored the same way"))
 
 
-def evaluate_state(config: ml_collections.ConfigDict, family: Any, state: Any, extractor: Extractor,
-                   *, num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0,
-                   num_importance: int | None = None, step: int | None = None,
+def _bounds_only_results(config: ml_collections.ConfigDict, step: int, note: str) -> dict:
+  """The result skeleton of a run evaluated without an extractor: no sample metrics, a note."""
+  return dict(family=config.model.family, dataset=config.data.name, metrics={}, floor={},
+              flags=[], protocol=dict(checkpoint_step=step, sample_metrics=note))
+
+
+def evaluate_state(config: ml_collections.ConfigDict, family: Any, state: Any,
+                   extractor: Extractor | None, *, num_samples: int = DEFAULT_NUM_SAMPLES,
+                   seed: int = 0, num_importance: int | None = None, step: int | None = None,
                    mesh: jax.sharding.Mesh | None = None,
                    reference: "Reference | None" = None,
-                   likelihood_seed: int | None = None) -> dict:
+                   likelihood_seed: int | None = None, note: str = "") -> dict:
   """All metrics of a generative `state` vs the test split, its floor, flags and protocol.
 
-  Sample metrics, or for captioned runs (`is_captioned`) caption accuracy. `reference`: a
-  precomputed `real_reference` for these counts and seed (else computed or read from the
-  cache; unused for captioned runs). Likelihood bounds (families with `log_likelihood_bounds`)
-  use `num_importance` and `likelihood_seed` where given, else config.eval.num_importance /
-  seed, on the first config.eval.num_test_images test examples (default: num_samples).
+  Sample metrics, or for captioned runs (`is_captioned`) caption accuracy; with `extractor`
+  None neither (families with likelihood bounds only) and protocol.sample_metrics = `note`,
+  which should say how to get them. `reference`: a precomputed `real_reference` for these
+  counts and seed (else computed or read from the cache; unused for captioned runs).
+  Likelihood bounds (families with `log_likelihood_bounds`) use `num_importance` and
+  `likelihood_seed` where given, else config.eval.num_importance / seed, on the first
+  config.eval.num_test_images test examples (default: num_samples).
   """
   t0 = time.perf_counter()
   mesh = mesh or parallel.make_mesh()
   step = int(jax.device_get(state.step)) if step is None else step
-  if is_captioned(config, family):
+  if extractor is None:
+    if not hasattr(family, "log_likelihood_bounds"):
+      raise ValueError(f"the {config.model.family!r} family has no likelihood bounds: its "
+                       "evaluation needs a feature extractor")
+    results = _bounds_only_results(config, step, note or "not computed: no feature extractor")
+  elif is_captioned(config, family):
     results = _caption_results(config, family, state, extractor, num_samples, seed, step, mesh)
   else:
     results = _sample_results(config, family, state, extractor, num_samples, seed, step, mesh,
@@ -521,6 +573,23 @@ def evaluate_state(config: ml_collections.ConfigDict, family: Any, state: Any, e
         units="nats per image; bits/dim = nats / (H*W*C ln 2)")
   results["protocol"]["seconds"] = round(time.perf_counter() - t0, 1)
   return results
+
+
+def optional_extractor(config: ml_collections.ConfigDict, extractor: str | Path | None = None,
+                       mesh: jax.sharding.Mesh | None = None) -> tuple[Extractor | None, str]:
+  """(extractor, "") as `load_extractor`; or (None, a one-line note naming the command that
+  trains it) where the family has likelihood bounds, no extractor was named (--extractor,
+  $JAXGEN_EXTRACTOR) and none is at the default place. Raises ExtractorNotFound otherwise."""
+  try:
+    return load_extractor(config, extractor, mesh), ""
+  except ExtractorNotFound as e:
+    family = steps.get_family(config.model.family)
+    if extractor or os.environ.get(EXTRACTOR_ENV) or not hasattr(family, "log_likelihood_bounds"):
+      raise
+    ext_config = extractor_config(config)
+    return None, (f"sample metrics (FD, KID, precision/recall, ...) skipped: no trained feature "
+                  f"extractor in {extractor_dir(ext_config)}; train it with "
+                  f"`{train_command(ext_config, extractor_dir(ext_config))}` and evaluate again")
 
 
 def _run_config(workdir: Path) -> ml_collections.ConfigDict:
@@ -550,10 +619,13 @@ def evaluate_run(workdir: str | Path, *, num_samples: int = DEFAULT_NUM_SAMPLES,
                    flags=[], protocol=dict(split="test", checkpoint_step=int(state.step),
                                            seconds=round(time.perf_counter() - t0, 1)))
   else:
-    ext = load_extractor(config, extractor, mesh)  # before the run: a missing extractor fails fast
+    # Before the run is loaded: a missing extractor fails fast (or, for families with
+    # likelihood bounds, leaves only them to compute).
+    ext, note = optional_extractor(config, extractor, mesh)
     config, family, state = trainer.load_run(workdir, step)
     results = evaluate_state(config, family, state, ext, num_samples=num_samples, seed=seed or 0,
-                             num_importance=num_importance, mesh=mesh, likelihood_seed=seed)
+                             num_importance=num_importance, mesh=mesh, likelihood_seed=seed,
+                             note=note)
   results["run"] = str(workdir)
   if jax.process_index() == 0:
     (workdir / "metrics.json").write_text(json.dumps(results, indent=2))
@@ -575,9 +647,10 @@ def make_eval_fn(config: ml_collections.ConfigDict, extractor: str | Path | None
 
   Classifiers: test-split accuracy and loss. Generative families: the sample metrics on
   config.eval_num_samples (default IN_TRAINING_NUM_SAMPLES) samples vs as many test images
-  (captioned runs: caption accuracy on as many test captions), collapse flags and, where the
-  family has them, likelihood bounds. The extractor and the real features are loaded here, so
-  a missing extractor fails before training starts.
+  (captioned runs: caption accuracy on as many test captions), flags and, where the family
+  has them, likelihood bounds. The extractor and the real features are loaded here, so a
+  missing extractor fails before training starts (families with likelihood bounds get only
+  those, see `optional_extractor`).
   """
   mesh = mesh or parallel.make_mesh()
   if config.model.family == "classifier":
@@ -585,15 +658,17 @@ def make_eval_fn(config: ml_collections.ConfigDict, extractor: str | Path | None
     return lambda state, step: {f"test_{k}": v for k, v in classifier_accuracy(
         classifier_features_fn(state), images, labels, mesh).items()}
   family = steps.get_family(config.model.family)
-  ext = load_extractor(config, extractor, mesh)
+  ext, note = optional_extractor(config, extractor, mesh)
+  if note and jax.process_index() == 0:
+    print(f"evaluation every {config.eval_every} steps: likelihood bounds only; {note}", flush=True)
   num = config.get("eval_num_samples") or IN_TRAINING_NUM_SAMPLES
   ref = None
-  if not is_captioned(config, family):
+  if ext is not None and not is_captioned(config, family):
     ref = real_reference(ext, config, num, num, config.seed, mesh)
 
   def eval_fn(state: Any, step: int) -> dict:
     results = evaluate_state(config, family, state, ext, num_samples=num, seed=config.seed,
-                             step=step, mesh=mesh, reference=ref)
+                             step=step, mesh=mesh, reference=ref, note=note)
     return dict(results["metrics"], **results.get("likelihood", {}), flags=results["flags"])
 
   return eval_fn
@@ -611,6 +686,7 @@ ROWS = (  # key, label, format[, key of its std over subsets]; metrics, then lik
     ("density", "density", "{:.3f}"),
     ("coverage", "coverage", "{:.3f}"),
     ("diversity", "diversity", "{:.2f}"),
+    ("duplicate_rate", "duplicates", "{:.3f}"),  # metrics.duplicate_rate
     ("conditional_accuracy", "cond. accuracy", "{:.3f}"),
     ("caption_accuracy", "caption accuracy", "{:.3f}"),
     ("caption_accuracy_held_out", "  held-out captions", "{:.3f}"),
@@ -636,6 +712,10 @@ def _cell(row: tuple, values: dict, flagged: bool = False) -> str:
 
 def _protocol_line(r: dict) -> str:
   p = r["protocol"]
+  if "extractor" not in p and "likelihood" in p:  # bounds only, no extractor
+    lk = p["likelihood"]
+    return (f"{r['run']}: {r['family']} at step {p['checkpoint_step']}; bounds on "
+            f"{lk['num_images']} {lk['split']} images, k={lk['num_importance']}; no sample metrics")
   if "extractor" not in p:
     return f"{r['run']}: {r['family']} at step {p.get('checkpoint_step')}, {p.get('split')} split"
   e = p["extractor"]
@@ -660,7 +740,7 @@ def format_table(results: list[dict]) -> str:
   """Metric rows x run columns, then the floor of the first run (real train vs test, or for
   captioned runs the real test canvases).
 
-  Values under COLLAPSE_FRACTION x floor (recall, coverage, diversity) carry a "!".
+  A value carries a "!" where a flag's evidence starts with its metric (`sample_flags`).
   """
   floor = results[0].get("floor") or {}
   merged = [dict(r.get("metrics", {}), **r.get("likelihood", {})) for r in results]
@@ -671,7 +751,8 @@ def format_table(results: list[dict]) -> str:
   header = ["metric", *names] + ([f"floor: {floor_name}"] if floor else [])
   body = []
   for row in rows:
-    flagged = [any(f.startswith(row[0] + " ") for f in r.get("flags", [])) for r in results]
+    flagged = [any(flag_kind_and_evidence(f)[1].startswith(row[0] + " ")
+                   for f in r.get("flags", [])) for r in results]
     cells = [_cell(row, m, fl) for m, fl in zip(merged, flagged)]
     body.append([row[1], *cells] + ([_cell(row, floor)] if floor else []))
   widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
@@ -680,7 +761,7 @@ def format_table(results: list[dict]) -> str:
   out = [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, body)]
   for name, r in zip(names, results):
     for flag in r.get("flags", []):
-      out.append(f"! {name}: possible mode collapse: {flag}")
+      out.append(f"! {name}: {': '.join(flag_kind_and_evidence(flag))}")
   out.append("protocol:")
   out += [f"  {_protocol_line(r)}" for r in results]
   keys = {json.dumps(_comparable(r), sort_keys=True) for r in results}

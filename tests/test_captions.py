@@ -1,6 +1,9 @@
 """Captioned canvases: vocabulary and tokens, held-out combinations, determinism, the TFDS
 builder through the loader, and conditional accuracy."""
 
+import dataclasses
+import re
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -99,6 +102,20 @@ def test_builder_and_loader_pass_captions_through(fashion_slice, tfds_dir):
   with pytest.raises(captions.UserError, match="captioned_fashion_mnist/.canvas60,small"):
     data.load("captioned_fashion_mnist/huge", "test", source_dir=str(fashion_slice),
               data_dir=str(tfds_dir))
+
+
+def test_building_canvases_says_what_happens_and_claims_no_download(fashion_slice, tmp_path,
+                                                                    capfd):
+  config = dataclasses.replace(captions.SMALL, name="tiny", num_train=16, num_test=8,
+                               source_dir=str(fashion_slice))
+  builder = captions.prepare(config, str(tmp_path))
+  out, err = capfd.readouterr()
+  lines = out.splitlines()
+  assert lines[0] == ("tiny: building 16 + 8 captioned 60x60 canvases (train + test) from the IDX "
+                      f"files in {fashion_slice} into array_record in {builder.data_dir}, once")
+  assert re.fullmatch(r"tiny: prepared in \d+\.\ds \(train 16, test 8\); later runs read it "
+                      r"from there", lines[1])
+  assert "download" not in (out + err).lower()
 
 
 def test_caption_accuracy_with_a_nearest_neighbour_classifier(items):

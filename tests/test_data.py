@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -151,6 +152,21 @@ def test_interrupted_prepare_is_not_mistaken_for_done(idx_dir, tmp_path, monkeyp
     monkeypatch.setattr(data.IdxImages, "_generate_examples", real)
     src, info = data.load("idx", "train", source_dir=str(idx_dir), data_dir=dd)
     assert len(src) == N_TRAIN and info.num_examples["test"] == N_TEST
+
+
+def test_preparing_says_what_happens_and_claims_no_download(idx_dir, tmp_path, capfd):
+    dd = tmp_path / "tfds"
+    data.load("idx", "train", source_dir=str(idx_dir), data_dir=str(dd))
+    out, err = capfd.readouterr()
+    prepared = dd / "idx_images" / data.idx_config(idx_dir).name / "1.0.0"
+    lines = out.splitlines()
+    assert lines[0] == (f"{prepared.parent.name}: converting the images and labels from the IDX "
+                        f"files in {idx_dir} into array_record in {prepared}, once")
+    assert re.fullmatch(rf"{prepared.parent.name}: prepared in \d+\.\ds \(train {N_TRAIN}, test "
+                        rf"{N_TEST}\); later runs read it from there", lines[1])
+    assert "download" not in (out + err).lower()  # TFDS's "Downloading and preparing dataset"
+    data.load("idx", "test", source_dir=str(idx_dir), data_dir=str(dd))
+    assert capfd.readouterr().out == ""  # prepared once
 
 
 def test_unprepared_stock_dataset_raises(tmp_path):

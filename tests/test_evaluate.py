@@ -13,7 +13,7 @@ import pytest
 
 from jaxgen import cli, config as config_lib, evaluate, trainer
 from jaxgen.data import captions
-from jaxgen.steps import draw
+from jaxgen.steps import draw, vae
 from conftest import REPO
 
 N = 128  # samples and test images: the whole test split of the fashion slice
@@ -49,10 +49,10 @@ def projection_extractor(cache_dir=None):
 
 
 def image_family(collapsed):
-  """Samples are real train images drawn at random, or the first one repeated (collapse)."""
+  """Samples: distinct real train images drawn at random, or the first one repeated (collapse)."""
   def sample(state, key, num, conditioning=None):
-    idx = jnp.zeros((num,), jnp.int32) if collapsed else jax.random.randint(
-        key, (num,), 0, state.shape[0])
+    idx = jnp.zeros((num,), jnp.int32) if collapsed else jax.random.permutation(
+        key, state.shape[0])[:num]
     return state[idx]
   return types.SimpleNamespace(sample=sample)
 
@@ -84,12 +84,48 @@ def test_collapsed_generator_is_flagged_and_real_one_is_not(two_runs):
   assert bad["recall"] < 0.05 and bad["coverage"] < 0.05 and bad["diversity"] == 0.0
   assert good["recall"] > 0.5 * floor["recall"] and good["coverage"] > 0.5 * floor["coverage"]
   assert bad["fd"] > 5 * good["fd"]
+  # One image repeated: every sample's nearest other sample is at distance 0.
+  assert bad["duplicate_rate"] == 1.0 and floor["duplicate_rate"] < 0.05
+  assert good["duplicate_rate"] < 0.05
+  assert good["duplicate_threshold"] == floor["duplicate_threshold"]
   assert r["good"]["flags"] == []
-  assert [f.split()[0] for f in r["collapsed"]["flags"]] == ["recall", "coverage", "diversity"]
+  kinds = [evaluate.flag_kind_and_evidence(f) for f in r["collapsed"]["flags"]]
+  assert [(k, e.split()[0]) for k, e in kinds] == [
+      ("low diversity or coverage", "recall"), ("low diversity or coverage", "coverage"),
+      ("low diversity or coverage", "diversity"), ("possible mode collapse", "recall"),
+      ("possible mode collapse", "duplicate_rate")]
+  assert f"with precision {bad['precision']:.3g} >=" in kinds[3][1]
   table = evaluate.format_table([r["collapsed"]])
   recall_row = next(l for l in table.splitlines() if l.startswith("recall"))
   assert recall_row.split()[-2:] == ["!", f"{floor['recall']:.3f}"]
-  assert "possible mode collapse: recall" in table
+  dup_row = next(l for l in table.splitlines() if l.startswith("duplicates"))
+  assert dup_row.split()[1:] == ["1.000", "!", f"{floor['duplicate_rate']:.3f}"]
+  assert "low diversity or coverage: recall" in table
+  assert "possible mode collapse: duplicate_rate 1 > 3 x floor" in table
+
+
+def test_flags_tell_low_coverage_from_mode_collapse():
+  floor = dict(precision=0.7, recall=0.6, coverage=0.5, diversity=10.0, duplicate_rate=0.01)
+  # Blurry samples (a VAE): off the manifold (low precision), spread out (few duplicates).
+  blurry = dict(precision=0.2, recall=0.1, coverage=0.2, diversity=8.0, duplicate_rate=0.02)
+  assert evaluate.sample_flags(blurry, floor) == [
+      "low diversity or coverage: recall 0.1 < 0.5 x floor 0.6",
+      "low diversity or coverage: coverage 0.2 < 0.5 x floor 0.5"]
+  # On the manifold but in few places of it: collapse, though no sample repeats another.
+  narrow = dict(blurry, precision=0.6)
+  assert evaluate.sample_flags(narrow, floor)[2:] == [
+      "possible mode collapse: recall 0.1 < 0.5 x floor 0.6 with precision 0.6 >= "
+      "0.75 x floor 0.7"]
+  # Repeats: over 3 x floor, and over 5% (a floor of 0 alone would flag any repeat).
+  assert evaluate.sample_flags(dict(floor, duplicate_rate=0.031), floor) == []
+  assert evaluate.sample_flags(dict(floor, duplicate_rate=0.06), floor) == [
+      "possible mode collapse: duplicate_rate 0.06 > 3 x floor 0.01 (and > 0.05): samples "
+      "repeat one another"]
+  no_floor = dict(floor, duplicate_rate=0.0)
+  assert evaluate.sample_flags(dict(floor, duplicate_rate=0.04), no_floor) == []
+  # metrics.json written before the kinds existed
+  assert evaluate.flag_kind_and_evidence("recall 0.1 < 0.5 x floor 0.6") == (
+      "low diversity or coverage", "recall 0.1 < 0.5 x floor 0.6")
 
 
 def test_floor_is_cached_next_to_the_extractor(two_runs, slice_data, monkeypatch):
@@ -108,7 +144,8 @@ def test_compare_prints_one_table_for_several_runs(two_runs, capsys):
   header = out.splitlines()[0].split()
   assert header[1:] == [str(root / "good"), str(root / "collapsed"), "floor:", "train", "vs",
                         "test"]
-  assert "FD (lower better)" in out and out.count("possible mode collapse") == 3
+  assert "FD (lower better)" in out and out.count("low diversity or coverage") == 3
+  assert out.count("possible mode collapse") == 2
   with pytest.raises(SystemExit, match="jaxgen evaluate --workdir"):
     cli.main(["evaluate", "--compare", str(root / "good"), str(root / "nothing")])
 
@@ -163,6 +200,71 @@ def test_missing_extractor_names_the_command(tmp_path, monkeypatch):
   assert ("`jaxgen train --config experiments/configs/classifier_fashion.py --workdir "
           "runs/classifier_fashion_mnist`") in msg
   assert len(msg.splitlines()) == 1
+
+
+def fake_likelihood_family(nll_elbo=100.0, nll_iwae=90.0):
+  def log_likelihood_bounds(state, batch, key, num_samples):
+    n = batch["image"].shape[0]
+    return {"elbo": jnp.full((n,), -nll_elbo), "iwae": jnp.full((n,), -nll_iwae)}
+  return types.SimpleNamespace(sample=None, log_likelihood_bounds=log_likelihood_bounds)
+
+
+def test_likelihood_families_need_no_extractor_and_say_how_to_get_sample_metrics(
+    slice_data, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.delenv(evaluate.EXTRACTOR_ENV, raising=False)
+  vae = config_lib.load(REPO / "experiments/configs/vae_fashion.py")
+  ext, note = evaluate.optional_extractor(vae)
+  assert ext is None and len(note.splitlines()) == 1
+  assert note == ("sample metrics (FD, KID, precision/recall, ...) skipped: no trained feature "
+                  "extractor in runs/classifier_fashion_mnist; train it with `jaxgen train "
+                  "--config experiments/configs/classifier_fashion.py --workdir "
+                  "runs/classifier_fashion_mnist` and evaluate again")
+  draw_config = config_lib.load(REPO / "experiments/configs/aligndraw_captions.py")
+  assert evaluate.optional_extractor(draw_config)[1] == note  # its items' classifier
+  # A GAN has nothing to evaluate without one; an extractor named by the user must exist.
+  gan = config_lib.load(REPO / "experiments/configs/dcgan_fashion.py")
+  with pytest.raises(evaluate.ExtractorNotFound, match="train it with `jaxgen train"):
+    evaluate.optional_extractor(gan)
+  with pytest.raises(evaluate.ExtractorNotFound, match="no trained feature extractor in elsewhere"):
+    evaluate.optional_extractor(vae, "elsewhere")
+  monkeypatch.setenv(evaluate.EXTRACTOR_ENV, "from_env")
+  with pytest.raises(evaluate.ExtractorNotFound, match="no trained feature extractor in from_env"):
+    evaluate.optional_extractor(vae)
+
+  config = gen_config(slice_data)
+  config.eval = {"num_test_images": 16, "num_importance": 3}
+  results = evaluate.evaluate_state(config, fake_likelihood_family(), None, None, step=9,
+                                    note=note)
+  assert (results["metrics"], results["floor"], results["flags"]) == ({}, {}, [])
+  assert results["protocol"]["sample_metrics"] == note
+  assert results["protocol"]["likelihood"]["num_images"] == 16
+  assert results["likelihood"]["nll_elbo"] == pytest.approx(100.0)
+  table = evaluate.format_table([dict(results, run="vae")])
+  assert table.splitlines()[0].split() == ["metric", "vae"]  # no floor column
+  assert "-IWAE nats/image" in table and "FD" not in table
+  assert "vae: fake at step 9; bounds on 16 test images, k=3; no sample metrics" in table
+  with pytest.raises(ValueError, match="needs a feature extractor"):
+    evaluate.evaluate_state(config, image_family(False), None, None, step=0)
+
+
+def test_in_training_evaluation_of_a_vae_without_an_extractor_gives_the_bounds(
+    slice_data, tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.delenv(evaluate.EXTRACTOR_ENV, raising=False)
+  config = config_lib.load(REPO / "experiments/configs/vae_fashion.py")
+  config.data, config.eval_every = slice_data, 10
+  config.model.width, config.model.latent_dim = 4, 4
+  config.eval.update(dict(num_importance=2, num_test_images=16, batch_size=8))
+  eval_fn = evaluate.make_eval_fn(config)
+  assert capsys.readouterr().out.startswith(
+      "evaluation every 10 steps: likelihood bounds only; sample metrics (FD, KID, ")
+  example = {"image": jnp.zeros((1, 28, 28, 1)), "label": jnp.zeros((1,), jnp.int32)}
+  state = jax.jit(lambda key: vae.init_state(config, key, example))(jax.random.key(0))
+  values = eval_fn(state, 10)
+  assert sorted(values) == ["bpd_elbo", "bpd_iwae", "flags", "nll_elbo", "nll_iwae"]
+  # An untrained Bernoulli decoder (logits near 0) costs about ln 2 nats per pixel.
+  assert values["flags"] == [] and 0.5 < values["bpd_elbo"] < 1.5
 
 
 @pytest.fixture(scope="module")

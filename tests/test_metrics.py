@@ -233,3 +233,46 @@ def test_conditional_accuracy():
   assert metrics.conditional_accuracy(logits, np.array([0, 1, 2, 0])) == 1.0
   assert metrics.conditional_accuracy(logits, np.array([0, 1, 1, 2])) == 0.5
   assert metrics.conditional_accuracy(logits, np.array([1, 0, 0, 1])) == 0.0
+
+
+# ----------------------------------------------------------------------------- duplicates
+
+
+def _bruteforce_duplicates(real, fake, percentile):
+  d_rr, d_ff = cdist(real, real), cdist(fake, fake)
+  np.fill_diagonal(d_rr, np.inf)
+  np.fill_diagonal(d_ff, np.inf)
+  t = np.percentile(d_rr.min(1), percentile)
+  return d_ff.min(1), t
+
+
+def _float32_sq_error(*sets):
+  # The expansion ||a||^2 + ||b||^2 - 2 a.b (after centring) errs by a few float32 ulps of its
+  # largest term: 8 eps |x|^2_max bounds it with room to spare.
+  return 8 * np.finfo(np.float32).eps * max(
+      float(np.max(np.sum((s - s.mean(0)) ** 2, 1))) for s in sets)
+
+
+@pytest.mark.parametrize('percentile', [1.0, 10.0])
+def test_duplicate_rate_matches_bruteforce(real, fake, percentile):
+  fake = fake[:200]
+  fake = np.concatenate([fake[:150], fake[100:150] + 1e-4]).astype(np.float32)  # 50 near-copies
+  nn_ref, t_ref = _bruteforce_duplicates(real.astype(np.float64), fake.astype(np.float64),
+                                         percentile)
+  sq_err = _float32_sq_error(real, fake)
+  # No distance so close to the threshold that float32 could put it on the other side.
+  assert np.all(np.abs(nn_ref ** 2 - t_ref ** 2) > 2 * sq_err)
+  got = metrics.duplicate_rate(real, fake, percentile=percentile, chunk_size=64)
+  assert got['duplicate_rate'] == np.mean(nn_ref < t_ref)
+  assert got['duplicate_rate'] >= 100 / 200  # the 50 pairs, at least
+  np.testing.assert_allclose(got['duplicate_threshold'], t_ref, rtol=sq_err / t_ref ** 2)
+
+
+def test_duplicate_rate_of_real_data_is_its_percentile_and_of_a_repeater_is_one(real):
+  other = _gaussian(0, 600, 16, shift=10.0)[300:]  # same distribution and size as `real`
+  rate = metrics.duplicate_rate(real, other)['duplicate_rate']
+  assert rate < 0.05  # about 1% (the 1st percentile); 3 of 300 expected, 15 allowed
+  repeated = np.repeat(real[:10], 30, axis=0)  # 10 distinct images, each drawn 30 times
+  assert metrics.duplicate_rate(real, repeated)['duplicate_rate'] == 1.0
+  with pytest.raises(ValueError, match='>= 2 points'):
+    metrics.duplicate_rate(real, real[:1])

@@ -234,7 +234,7 @@ SMALL = CaptionConfig(name="small", num_train=2000, num_test=500,
                       description="2000 train / 500 test 60x60 canvases, for quick runs.")
 
 
-class CaptionedFashionMnist(tfds.core.GeneratorBasedBuilder):
+class CaptionedFashionMnist(idx.LocalFilesBuilder, tfds.core.GeneratorBasedBuilder):
   """Canvases of one or two Fashion-MNIST items with captions saying where they are."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -291,15 +291,9 @@ def caption_config(name: str, source_dir: str | None = None) -> CaptionConfig:
 def prepare(config: CaptionConfig, data_dir: str | None = None) -> CaptionedFashionMnist:
   """Returns the builder for `config`, writing its array_record files into data_dir if needed."""
   data_dir = data_dir or idx.default_data_dir()
-  builder = CaptionedFashionMnist(config=config, data_dir=data_dir, file_format="array_record")
-  if builder.is_prepared():
-    return builder
-  idx.validate_folder(config.source_dir, idx.FASHION_MNIST)  # precise errors before TFDS starts
-  try:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=config.source_dir))
-  except Exception:  # another process may have won the final rename
-    builder = CaptionedFashionMnist(config=config, data_dir=data_dir, file_format="array_record")
-    if not builder.is_prepared():
-      raise
-  return builder
+  return idx.prepare_local(
+      lambda: CaptionedFashionMnist(config=config, data_dir=data_dir, file_format="array_record"),
+      config.source_dir,
+      f"building {config.num_train} + {config.num_test} captioned {config.canvas_size}x"
+      f"{config.canvas_size} canvases (train + test)",
+      lambda: idx.validate_folder(config.source_dir, idx.FASHION_MNIST))

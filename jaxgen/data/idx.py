@@ -12,7 +12,9 @@ import gzip
 import hashlib
 import os
 import re
+import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +165,20 @@ def idx_config(source_dir: str | os.PathLike, class_names: tuple[str, ...] | Non
                      image_shape=(h, w, 1), description=f"IDX files from {source_dir}.")
 
 
-class IdxImages(tfds.core.GeneratorBasedBuilder):
+class LocalFilesBuilder:
+    """Mixin for TFDS builders that convert local files: silences TFDS's "Downloading and
+    preparing dataset Unknown size ..." and "... downloaded and prepared" lines (its
+    _log_download_bytes / _log_download_done hooks), which claim a download that never
+    happens; `prepare_local` prints what does happen."""
+
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
+
+class IdxImages(LocalFilesBuilder, tfds.core.GeneratorBasedBuilder):
     """Labelled uint8 images from a folder of MNIST-format IDX files (splits train / test)."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -201,21 +216,43 @@ def default_data_dir() -> str:
     return os.environ.get("JAXGEN_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
 
 
-def prepare(config: IdxConfig, data_dir: str | None = None) -> IdxImages:
-    """Returns the builder for config, preparing it into data_dir first if needed (validated)."""
-    data_dir = data_dir or default_data_dir()
-    builder = IdxImages(config=config, data_dir=data_dir, file_format="array_record")
+def prepare_local(make_builder: Callable[[], tfds.core.DatasetBuilder], source_dir: str, what: str,
+                  validate: Callable[[], object] = lambda: None) -> tfds.core.DatasetBuilder:
+    """The builder `make_builder()` returns, prepared from the files in source_dir if it is not.
+
+    Preparing runs `validate()` first (precise errors before TFDS starts), then prints
+    "<name>: <what> from the IDX files in <source_dir> into array_record in <dir>, once" and,
+    when done, the time it took.
+    """
+    builder = make_builder()
     if builder.is_prepared():
         return builder
-    validate_folder(config.source_dir, config)
+    validate()
+    name = builder.builder_config.name
+    print(f"{name}: {what} from the IDX files in {source_dir} into array_record in "
+          f"{builder.data_dir}, once", flush=True)
+    t0 = time.perf_counter()
     try:
         # TFDS writes into an `incomplete.*` sibling and renames it when done, so an
         # interrupted run never looks prepared.
         builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=config.source_dir))
+            download_config=tfds.download.DownloadConfig(manual_dir=source_dir))
     except Exception:
         # Another process (e.g. another host on a shared disk) may have won the final rename.
-        builder = IdxImages(config=config, data_dir=data_dir, file_format="array_record")
+        builder = make_builder()
         if not builder.is_prepared():
             raise
+    counts = ", ".join(f"{s} {v.num_examples}" for s, v in sorted(builder.info.splits.items(),
+                                                                  reverse=True))
+    print(f"{name}: prepared in {time.perf_counter() - t0:.1f}s ({counts}); later runs read "
+          f"it from there", flush=True)
     return builder
+
+
+def prepare(config: IdxConfig, data_dir: str | None = None) -> IdxImages:
+    """Returns the builder for config, preparing it into data_dir first if needed (validated)."""
+    data_dir = data_dir or default_data_dir()
+    return prepare_local(
+        lambda: IdxImages(config=config, data_dir=data_dir, file_format="array_record"),
+        config.source_dir, "converting the images and labels",
+        lambda: validate_folder(config.source_dir, config))
