@@ -5,9 +5,13 @@
     jaxgen sample --workdir runs/aligndraw --caption "the sneaker is on the left of the trouser"
     jaxgen report --workdir runs/dcgan          # interpolations, reconstructions, ... per family
     jaxgen evaluate --workdir runs/dcgan        # metrics.json + table; --compare RUN1 RUN2 ...
+
+Errors caused by the input print one line (exit 1); --debug (or JAXGEN_DEBUG=1) shows the
+traceback. SIGTERM/SIGINT during `train` save the current step and exit 143/130.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -79,17 +83,12 @@ def _train(args: argparse.Namespace, overrides: dict[str, str]) -> None:
   parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   from jaxgen import trainer
   config = config_lib.load(args.config, overrides)
+  config_lib.validate(config)
   eval_fn = None
   if config.get("eval_every"):
     from jaxgen import evaluate
     eval_fn = evaluate.make_eval_fn(config)
   trainer.train_and_evaluate(config, args.workdir, eval_fn=eval_fn)
-  import jax
-  if jax.process_index() == 0:
-    workdir = Path(args.workdir)
-    grids = sorted((workdir / "samples").glob("step_*.png"))
-    print(f"done: samples {grids[-1] if grids else '-'}\n      metrics {workdir / 'metrics.jsonl'}\n"
-          f"      checkpoints {workdir / 'checkpoints'}")
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -143,13 +142,24 @@ def _evaluate(args: argparse.Namespace) -> None:
   print(f"wrote {Path(args.workdir) / 'metrics.json'} ({results['protocol'].get('seconds', '?')}s)")
 
 
+def _check_counts(args: argparse.Namespace) -> None:
+  for name in ("num", "num_samples", "num_importance"):
+    value = getattr(args, name, None)
+    if value is not None and value < 1:
+      raise UserError(f"--{name} {value}: must be at least 1")
+
+
 def main(argv: list[str] | None = None) -> None:
   argv = sys.argv[1:] if argv is None else argv
-  rest, overrides = _split_overrides(argv)
+  debug = "--debug" in argv or os.environ.get("JAXGEN_DEBUG") == "1"
+  rest, overrides = _split_overrides([a for a in argv if a != "--debug"])
   args = _parser().parse_args(rest)
   if overrides and args.command != "train":
     raise SystemExit(f"jaxgen {args.command}: --config.* overrides apply to `train` only")
+  if not debug:
+    _quiet_library_logs()
   try:
+    _check_counts(args)
     if args.command == "train":
       _train(args, overrides)
     elif args.command == "sample":
@@ -158,8 +168,26 @@ def main(argv: list[str] | None = None) -> None:
       _report(args)
     elif args.command == "evaluate":
       _evaluate(args)
-  except UserError as e:  # one line naming the problem and the fix; other errors keep tracebacks
+  except Exception as e:  # one line naming the problem and the fix; other errors keep tracebacks
+    from jaxgen import checkpoint
+    if type(e).__name__ == "Preempted":
+      print(f"jaxgen {args.command}: {e}", file=sys.stderr, flush=True)
+      raise SystemExit(e.exit_code) from None
+    os_error = None if isinstance(e, UserError) else checkpoint.find_os_error(e)
+    if debug or not (isinstance(e, UserError) or os_error):
+      raise
+    if os_error is not None:
+      e = f"{os_error.filename or ''}{': ' if os_error.filename else ''}{os_error.strerror}"
     raise SystemExit(f"jaxgen {args.command}: error: {e}") from None
+
+
+def _quiet_library_logs() -> None:
+  """Orbax logs the traceback of a failed background save or restore before raising it; the
+  raised error is reported in one line, so library logs show only with --debug."""
+  import logging
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.FATAL)
+  logging.getLogger("absl").setLevel(logging.CRITICAL)
 
 
 if __name__ == "__main__":
