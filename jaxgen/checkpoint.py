@@ -7,6 +7,8 @@ so a checkpoint damaged on disk after it was written is detected, not loaded.
 
 import errno
 import hashlib
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -28,8 +30,14 @@ def _first_line(e: BaseException) -> str:
   return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
+# TensorStore (Orbax's array writer) reports a failed write as a ValueError whose text names the
+# file and the errno, e.g. 'Failed writing: "/x/d/ab12": ... [os_error_code='28']'.
+_TENSORSTORE_OS_ERROR = re.compile(r"""(?:Failed writing|Error opening|local file):? "([^"]+)".*os_error_code=.(\d+)""")
+
+
 def find_os_error(e: BaseException) -> OSError | None:
-  """The OSError behind `e` (itself, its cause/context chain or an exception group), if any."""
+  """The OSError behind `e` (itself, its cause/context chain, an exception group, or a
+  TensorStore error naming an errno), if any."""
   seen = set()
   todo = [e]
   while todo:
@@ -39,6 +47,10 @@ def find_os_error(e: BaseException) -> OSError | None:
     seen.add(id(x))
     if isinstance(x, OSError) and x.errno is not None:
       return x
+    match = _TENSORSTORE_OS_ERROR.search(str(x))
+    if match:
+      code = int(match.group(2))
+      return OSError(code, os.strerror(code), match.group(1))
     todo += [x.__cause__, x.__context__, *getattr(x, "exceptions", ())]
   return None
 
@@ -116,12 +128,16 @@ class Checkpointer:
       return e
     where = os_error.filename or (self.directory / str(step) if step is not None else self.directory)
     cause = os_error.strerror or errno.errorcode.get(os_error.errno, str(os_error.errno))
-    kept = [s for s in self.all_steps() if s != step]
+    try:  # let earlier saves still in flight finish, then list the complete ones
+      self._manager.wait_until_finished()
+    except Exception:  # noqa: BLE001 - the error being reported, again
+      pass
+    self._manager.reload()
+    kept = self.all_steps()
     kept_msg = f"the checkpoints of steps {kept[::-1]} are intact" if kept else "no checkpoint was kept"
     return CheckpointError(
-        f"cannot write checkpoint {'of step ' + str(step) + ' ' if step is not None else ''}"
-        f"({where}: {cause}); {kept_msg}; free space or fix the folder's permissions, then run "
-        f"the same command to resume")
+        f"cannot write a checkpoint ({where}: {cause}); {kept_msg}; free space or fix the "
+        f"folder's permissions, then run the same command to resume")
 
   def save(self, step: int, state: Any, data_state: dict) -> None:
     """Starts saving `state` and `data_state` as `step` (async); OSErrors become one line."""

@@ -182,12 +182,17 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _quiet_library_logs() -> None:
-  """Orbax logs the traceback of a failed background save or restore before raising it; the
-  raised error is reported in one line, so library logs show only with --debug."""
+  """Orbax (and asyncio, for its save tasks) log the traceback of a failed background save or
+  restore before the error is raised; that error is reported in one line, so these logs show
+  only with --debug."""
   import logging
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.FATAL)
   logging.getLogger("absl").setLevel(logging.CRITICAL)
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # "Task exception was never retrieved"
+  sys.unraisablehook = lambda unraisable: None
+  import threading
+  threading.excepthook = lambda args: None
 
 
 if __name__ == "__main__":

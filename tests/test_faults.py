@@ -276,8 +276,8 @@ def test_full_disk_during_a_save_is_one_line_and_the_run_resumes(reference, make
   with pytest.raises(checkpoint.CheckpointError) as e:
     trainer.train_and_evaluate(make_config(), workdir)
   assert str(e.value).startswith(
-      f"cannot write checkpoint of step {2 * EVERY} ({workdir / 'checkpoints' / str(2 * EVERY)}: "
-      f"No space left on device); the checkpoints of steps [{EVERY}] are intact; free space")
+      f"cannot write a checkpoint ({workdir / 'checkpoints' / str(2 * EVERY)}: No space left on "
+      f"device); the checkpoints of steps [{EVERY}] are intact; free space")
   assert checkpoint.Checkpointer(workdir / "checkpoints", read_only=True).all_steps() == [EVERY]
   assert not (workdir / "lock").exists()
 
