@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -453,3 +454,40 @@ def test_lock_refuses_a_second_holder_and_takes_over_a_stale_one(tmp_path):
   (tmp_path / "lock").write_text(json.dumps({"host": "elsewhere", "pid": 1}))
   with pytest.raises(lock_lib.LockError, match=r"names a run on host elsewhere \(pid 1\)"):
     lock_lib.WorkdirLock(tmp_path).acquire()
+
+
+# ------------------------------------------------------------- several processes
+
+
+def _two_processes(workdir: Path, args: list[str], out: Path) -> list[subprocess.Popen]:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  procs = []
+  for i in range(2):
+    with out.with_suffix(f".{i}.txt").open("w") as f:
+      procs.append(subprocess.Popen(
+          [sys.executable, "-m", "jaxgen.cli", "train", "--workdir", str(workdir), *args,
+           "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)],
+          cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, text=True))
+  return procs
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(cli_args, tmp_path):
+  args = cli_args()
+  for p in _two_processes(tmp_path / "straight", args, tmp_path / "straight"):
+    assert p.wait(timeout=600) == 0
+  procs = _two_processes(tmp_path / "run", args, tmp_path / "cut")
+  _wait_for(lambda: _printed_step(tmp_path / "cut.0.txt", 3), procs[0], timeout=600)
+  procs[1].send_signal(signal.SIGTERM)  # only process 1 is told
+  assert [p.wait(timeout=600) for p in procs] == [143, 143]
+  last = {(tmp_path / f"cut.{i}.txt").read_text().strip().splitlines()[-1] for i in range(2)}
+  assert len(last) == 1 and last.pop().startswith("jaxgen train: stopped by SIGTERM at step ")
+  for p in _two_processes(tmp_path / "run", args, tmp_path / "end"):
+    assert p.wait(timeout=600) == 0
+  _, _, a = trainer.load_run(tmp_path / "straight")
+  _, _, b = trainer.load_run(tmp_path / "run")
+  chex.assert_trees_all_equal(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b)))
+  assert [r["step"] for r in _log_rows(tmp_path / "run")] == list(range(1, N + 1))
