@@ -7,8 +7,6 @@ so a checkpoint damaged on disk after it was written is detected, not loaded.
 
 import errno
 import hashlib
-import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -17,7 +15,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxgen.errors import UserError
+from jaxgen.errors import UserError, find_os_error
 
 TMP_MARKER = ".orbax-checkpoint-tmp"
 
@@ -28,31 +26,6 @@ class CheckpointError(UserError, RuntimeError):
 
 def _first_line(e: BaseException) -> str:
   return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-
-
-# TensorStore (Orbax's array writer) reports a failed write as a ValueError whose text names the
-# file and the errno, e.g. 'Failed writing: "/x/d/ab12": ... [os_error_code='28']'.
-_TENSORSTORE_OS_ERROR = re.compile(r"""(?:Failed writing|Error opening|local file):? "([^"]+)".*os_error_code=.(\d+)""")
-
-
-def find_os_error(e: BaseException) -> OSError | None:
-  """The OSError behind `e` (itself, its cause/context chain, an exception group, or a
-  TensorStore error naming an errno), if any."""
-  seen = set()
-  todo = [e]
-  while todo:
-    x = todo.pop()
-    if x is None or id(x) in seen:
-      continue
-    seen.add(id(x))
-    if isinstance(x, OSError) and x.errno is not None:
-      return x
-    match = _TENSORSTORE_OS_ERROR.search(str(x))
-    if match:
-      code = int(match.group(2))
-      return OSError(code, os.strerror(code), match.group(1))
-    todo += [x.__cause__, x.__context__, *getattr(x, "exceptions", ())]
-  return None
 
 
 def leaf_array(x: Any) -> np.ndarray:
@@ -76,10 +49,8 @@ def checksums(tree: Any) -> dict[str, str]:
   return out
 
 
-def verify(state: Any, data_state: dict, integrity: dict | None) -> str | None:
+def verify(state: Any, data_state: dict, integrity: dict) -> str | None:
   """None if the restored `state` and `data_state` match the recorded `integrity`, else why not."""
-  if not integrity:
-    return "it holds no checksums (written by an older jaxgen, or damaged)"
   want, got = integrity.get("leaves", {}), checksums(state)
   if set(want) != set(got):
     return f"its checksums list {len(want)} array leaves, the state has {len(got)}"
@@ -126,7 +97,8 @@ class Checkpointer:
     os_error = find_os_error(e)
     if os_error is None:
       return e
-    where = os_error.filename or (self.directory / str(step) if step is not None else self.directory)
+    where = os_error.filename or (self.directory / str(step) if step is not None
+                                  else self.directory)
     cause = os_error.strerror or errno.errorcode.get(os_error.errno, str(os_error.errno))
     try:  # let earlier saves still in flight finish, then list the complete ones
       self._manager.wait_until_finished()
@@ -134,7 +106,8 @@ class Checkpointer:
       pass
     self._manager.reload()
     kept = self.all_steps()
-    kept_msg = f"the checkpoints of steps {kept[::-1]} are intact" if kept else "no checkpoint was kept"
+    kept_msg = (f"the checkpoints of steps {kept[::-1]} are intact" if kept
+                else "no checkpoint was kept")
     return CheckpointError(
         f"cannot write a checkpoint ({where}: {cause}); {kept_msg}; free space or fix the "
         f"folder's permissions, then run the same command to resume")
@@ -168,7 +141,8 @@ class Checkpointer:
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
       state, data_state = restored["state"], dict(restored["data"] or {})
-      problem = verify(state, data_state, restored.get("integrity") if "integrity" in items else None)
+      # Checkpoints written before checksums existed load unverified.
+      problem = verify(state, data_state, restored["integrity"]) if "integrity" in items else None
     except Exception as e:  # orbax raises many types for unreadable or mismatched files
       raise CheckpointError(f"checkpoint {path} cannot be restored ({type(e).__name__}: "
                             f"{_first_line(e)})") from e

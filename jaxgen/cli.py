@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from jaxgen.errors import UserError
+from jaxgen.errors import Preempted, UserError, find_os_error
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -43,9 +43,6 @@ def _parser() -> argparse.ArgumentParser:
   t = sub.add_parser("train", help="train a config (resumes if --workdir has checkpoints)")
   t.add_argument("--config", required=True, help="Python file with get_config()")
   t.add_argument("--workdir", required=True, help="where checkpoints, metrics and samples go")
-  t.add_argument("--coordinator", help="host:port of process 0, for multi-host runs")
-  t.add_argument("--num_processes", type=int)
-  t.add_argument("--process_id", type=int)
   s = sub.add_parser("sample", help="write a grid of samples from a trained run")
   s.add_argument("--workdir", required=True)
   s.add_argument("--num", type=int, default=64)
@@ -73,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
                  "$JAXGEN_EXTRACTOR, else runs/classifier_<data.name>)")
   e.add_argument("--num_importance", type=int, default=None, help="IWAE samples k")
   e.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  for cmd in (t, e):  # several processes (e.g. hosts) take part in one run or evaluation
+    cmd.add_argument("--coordinator", help="host:port of process 0, for multi-host runs")
+    cmd.add_argument("--num_processes", type=int)
+    cmd.add_argument("--process_id", type=int)
   return p
 
 
@@ -131,15 +132,20 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+  from jaxgen import parallel
+  parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   from jaxgen import evaluate
+  import jax
   if args.compare:
     print(evaluate.format_table([evaluate.load_results(w) for w in args.compare]))
     return
   results = evaluate.evaluate_run(args.workdir, num_samples=args.num_samples, seed=args.seed,
                                   extractor=args.extractor, num_importance=args.num_importance,
                                   step=args.step)
-  print(evaluate.format_table([results]))
-  print(f"wrote {Path(args.workdir) / 'metrics.json'} ({results['protocol'].get('seconds', '?')}s)")
+  if jax.process_index() == 0:
+    print(evaluate.format_table([results]))
+    seconds = results["protocol"].get("seconds", "?")
+    print(f"wrote {Path(args.workdir) / 'metrics.json'} ({seconds}s)")
 
 
 def _check_counts(args: argparse.Namespace) -> None:
@@ -168,12 +174,16 @@ def main(argv: list[str] | None = None) -> None:
       _report(args)
     elif args.command == "evaluate":
       _evaluate(args)
+  except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves and exits itself)
+    if debug:
+      raise
+    print(f"jaxgen {args.command}: interrupted", file=sys.stderr)
+    raise SystemExit(130) from None
   except Exception as e:  # one line naming the problem and the fix; other errors keep tracebacks
-    from jaxgen import checkpoint
-    if type(e).__name__ == "Preempted":
+    if isinstance(e, Preempted):
       print(f"jaxgen {args.command}: {e}", file=sys.stderr, flush=True)
       raise SystemExit(e.exit_code) from None
-    os_error = None if isinstance(e, UserError) else checkpoint.find_os_error(e)
+    os_error = None if isinstance(e, UserError) else find_os_error(e)
     if debug or not (isinstance(e, UserError) or os_error):
       raise
     if os_error is not None:

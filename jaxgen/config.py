@@ -109,7 +109,8 @@ def _require(config: ml_collections.ConfigDict, key: str, minimum: int | float,
   if value is None:
     return
   if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-    raise ConfigError(f"config.{key}={value!r}: expected {'a number' if kind is float else 'an integer'}")
+    expected = "a number" if kind is float else "an integer"
+    raise ConfigError(f"config.{key}={value!r}: expected {expected}")
   if not value >= minimum:
     bound = "positive" if minimum == 1 or (kind is float and minimum > 0) else f">= {minimum}"
     raise ConfigError(f"config.{key}={value}: must be {bound}; set --config.{key}=...")
@@ -128,7 +129,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def flatten(config: ml_collections.ConfigDict | dict) -> dict[str, object]:
   """{"a.b": value} of a config as its config.json holds it (tuples as lists)."""
-  tree = json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else config
+  tree = (json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort")
+          else config)
   out = {}
   def walk(node, prefix):
     for k, v in node.items():

@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxgen import checkpoint, config as config_lib, data, lock as lock_lib, ops, parallel, steps, viz
-from jaxgen.errors import ConfigError, UserError
+from jaxgen import checkpoint, config as config_lib, data, ops, parallel, steps, viz
+from jaxgen import lock as lock_lib
+from jaxgen.errors import ConfigError, Preempted, UserError
 
 
 class TrainingDiverged(UserError, FloatingPointError):
@@ -141,14 +142,6 @@ def save_samples(family: Any, state: Any, key: jax.Array, num: int, path: Path,
 # ---------------------------------------------------------------- reliability
 
 
-class Preempted(Exception):
-  """SIGTERM or SIGINT stopped the run at a step boundary, after that step was saved."""
-
-  def __init__(self, message: str, signum: int):
-    super().__init__(message)
-    self.exit_code = 128 + signum
-
-
 class _StopSignals:
   """SIGTERM/SIGINT ask the loop to stop at the next step boundary. A second one exits at once
   (os._exit): a save in flight is then left as a temporary folder, as after kill -9, and the
@@ -226,7 +219,8 @@ def _check_health(health: tuple, state: Any, step: int, max_loss: float,
     return
   if first:
     then = {k: float(v) for k, v in then.items()}
-    bad = [k for k, v in then.items() if not math.isfinite(v) or (_is_loss(k) and abs(v) > max_loss)]
+    bad = [k for k, v in then.items()
+           if not math.isfinite(v) or (_is_loss(k) and abs(v) > max_loss)]
     what = ", ".join(f"{k} became {then[k]:.4g}" for k in bad)
     if all(math.isfinite(then[k]) for k in bad):
       what += f" (above config.max_loss={max_loss:g})"
@@ -273,7 +267,8 @@ def _stored_config(workdir: Path) -> dict | None:
   try:
     return config_lib.flatten(json.loads(path.read_text()))
   except ValueError as e:
-    raise ConfigError(f"{path} is not valid JSON ({e}); restore it or train in a new --workdir") from None
+    raise ConfigError(f"{path} is not valid JSON ({e}); restore it or train in a new "
+                      f"--workdir") from None
 
 
 def _lock_workdir(workdir: Path, is_main: bool) -> lock_lib.WorkdirLock:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import chex
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
@@ -127,7 +126,8 @@ def _interrupt(workdir: Path, args: list[str], out: Path, rng: random.Random, fa
   elif fault == "concurrent_then_SIGTERM":
     rc, lines = _finish(_start("train", "--workdir", str(workdir), *args, out=rival), rival)
     assert rc == 1 and len(lines) == 1, lines
-    assert lines[0].startswith(f"jaxgen train: error: {workdir} is in use by another run (host "), lines
+    assert lines[0].startswith(f"jaxgen train: error: {workdir} is in use by another run "
+                               f"(host "), lines
     assert f", pid {p.pid}, since " in lines[0], lines
     p.send_signal(signal.SIGTERM)
   elif fault == "SIGINT":
@@ -228,7 +228,8 @@ def test_damaged_checkpoints_are_skipped_and_the_run_resumes_to_the_same_bits(
 
   _, _, state = trainer.load_run(workdir)  # what sample / evaluate / report use
   out = capsys.readouterr().out.splitlines()
-  why = "is damaged: 1 array leaves fail their SHA-256" if how == "overwrite" else "cannot be restored"
+  why = ("is damaged: 1 array leaves fail their SHA-256" if how == "overwrite"
+         else "cannot be restored")
   assert out[0].startswith(f"skipping checkpoint {workdir / 'checkpoints' / str(N)} {why}"), out
   assert out[1] == f"using {workdir / 'checkpoints' / str(N - EVERY)}, the newest good checkpoint"
   assert len(out) == 2 and int(state.step) == N - EVERY
@@ -371,7 +372,8 @@ def test_exploding_finite_losses_stop_the_run(short_run, make_config, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(short_run, workdir)
   last = _log_rows(workdir)[-1]
-  with pytest.raises(trainer.TrainingDiverged, match=r"^d_loss became [0-9.]+, g_loss became [0-9.]+ \(above "
+  with pytest.raises(trainer.TrainingDiverged, match=r"^d_loss became [0-9.]+, g_loss became "
+                     r"[0-9.]+ \(above "
                      r"config.max_loss=0.1\) at step 9; training stopped and the checkpoint of "
                      r"step 8 is kept"):
     trainer.train_and_evaluate(make_config(num_steps=12, max_loss=0.1), workdir)
@@ -489,5 +491,6 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(cli_args, t
     assert p.wait(timeout=600) == 0
   _, _, a = trainer.load_run(tmp_path / "straight")
   _, _, b = trainer.load_run(tmp_path / "run")
-  chex.assert_trees_all_equal(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b)))
+  chex.assert_trees_all_equal(jax.tree.leaves(jax.device_get(a)),
+                              jax.tree.leaves(jax.device_get(b)))
   assert [r["step"] for r in _log_rows(tmp_path / "run")] == list(range(1, N + 1))

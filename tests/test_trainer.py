@@ -184,3 +184,28 @@ def test_two_processes_match_one_process(slice_config, tmp_path):
   for step in one:
     for k in ("d_loss", "g_loss"):
       np.testing.assert_allclose(one[step][k], two[step][k], rtol=1e-5, err_msg=f"{k}@{step}")
+
+
+@pytest.mark.slow
+def test_two_process_evaluate_matches_one_process(slice_config, tmp_path):
+  """`jaxgen evaluate` over 2 processes x 2 devices gives one process's numbers."""
+  from jaxgen import evaluate
+  trainer.train_and_evaluate(slice_config, tmp_path / "gan")
+  c = config_lib.load(REPO / "experiments/configs/classifier_fashion.py")
+  c.data = slice_config.data
+  c.model.width, c.batch_size, c.num_steps, c.eval_every = 8, 64, 10, 0
+  trainer.train_and_evaluate(c, tmp_path / "cls")
+  one = evaluate.evaluate_run(tmp_path / "gan", num_samples=96, extractor=tmp_path / "cls")
+  (tmp_path / "gan/metrics.json").unlink()
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  procs = [_cli("evaluate", "--workdir", str(tmp_path / "gan"), "--extractor", str(tmp_path / "cls"),
+                "--num_samples", "96", "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2",
+                "--process_id", str(i), devices=2) for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  two = json.loads((tmp_path / "gan/metrics.json").read_text())
+  for k, v in one["metrics"].items():
+    if isinstance(v, float):
+      np.testing.assert_allclose(two["metrics"][k], v, rtol=1e-4, err_msg=k)
