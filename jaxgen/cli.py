@@ -5,13 +5,17 @@
     jaxgen sample --workdir runs/aligndraw --caption "the sneaker is on the left of the trouser"
     jaxgen report --workdir runs/dcgan          # interpolations, reconstructions, ... per family
     jaxgen evaluate --workdir runs/dcgan        # metrics.json + table; --compare RUN1 RUN2 ...
+
+Errors caused by the input print one line (exit 1); --debug (or JAXGEN_DEBUG=1) shows the
+traceback. SIGTERM/SIGINT during `train` save the current step and exit 143/130.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from jaxgen.errors import UserError
+from jaxgen.errors import Preempted, UserError, find_os_error
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -39,9 +43,6 @@ def _parser() -> argparse.ArgumentParser:
   t = sub.add_parser("train", help="train a config (resumes if --workdir has checkpoints)")
   t.add_argument("--config", required=True, help="Python file with get_config()")
   t.add_argument("--workdir", required=True, help="where checkpoints, metrics and samples go")
-  t.add_argument("--coordinator", help="host:port of process 0, for multi-host runs")
-  t.add_argument("--num_processes", type=int)
-  t.add_argument("--process_id", type=int)
   s = sub.add_parser("sample", help="write a grid of samples from a trained run")
   s.add_argument("--workdir", required=True)
   s.add_argument("--num", type=int, default=64)
@@ -69,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
                  "$JAXGEN_EXTRACTOR, else runs/classifier_<data.name>)")
   e.add_argument("--num_importance", type=int, default=None, help="IWAE samples k")
   e.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  for cmd in (t, e):  # several processes (e.g. hosts) take part in one run or evaluation
+    cmd.add_argument("--coordinator", help="host:port of process 0, for multi-host runs")
+    cmd.add_argument("--num_processes", type=int)
+    cmd.add_argument("--process_id", type=int)
   return p
 
 
@@ -79,17 +84,12 @@ def _train(args: argparse.Namespace, overrides: dict[str, str]) -> None:
   parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   from jaxgen import trainer
   config = config_lib.load(args.config, overrides)
+  config_lib.validate(config)
   eval_fn = None
   if config.get("eval_every"):
     from jaxgen import evaluate
     eval_fn = evaluate.make_eval_fn(config)
   trainer.train_and_evaluate(config, args.workdir, eval_fn=eval_fn)
-  import jax
-  if jax.process_index() == 0:
-    workdir = Path(args.workdir)
-    grids = sorted((workdir / "samples").glob("step_*.png"))
-    print(f"done: samples {grids[-1] if grids else '-'}\n      metrics {workdir / 'metrics.jsonl'}\n"
-          f"      checkpoints {workdir / 'checkpoints'}")
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -132,26 +132,42 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+  from jaxgen import parallel
+  parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   from jaxgen import evaluate
+  import jax
   if args.compare:
     print(evaluate.format_table([evaluate.load_results(w) for w in args.compare]))
     return
   results = evaluate.evaluate_run(args.workdir, num_samples=args.num_samples, seed=args.seed,
                                   extractor=args.extractor, num_importance=args.num_importance,
                                   step=args.step)
-  print(evaluate.format_table([results]))
-  if results["protocol"].get("sample_metrics"):
-    print(f"note: {results['protocol']['sample_metrics']}")
-  print(f"wrote {Path(args.workdir) / 'metrics.json'} ({results['protocol'].get('seconds', '?')}s)")
+  if jax.process_index() == 0:
+    print(evaluate.format_table([results]))
+    if results["protocol"].get("sample_metrics"):
+      print(f"note: {results['protocol']['sample_metrics']}")
+    seconds = results["protocol"].get("seconds", "?")
+    print(f"wrote {Path(args.workdir) / 'metrics.json'} ({seconds}s)")
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+  for name in ("num", "num_samples", "num_importance"):
+    value = getattr(args, name, None)
+    if value is not None and value < 1:
+      raise UserError(f"--{name} {value}: must be at least 1")
 
 
 def main(argv: list[str] | None = None) -> None:
   argv = sys.argv[1:] if argv is None else argv
-  rest, overrides = _split_overrides(argv)
+  debug = "--debug" in argv or os.environ.get("JAXGEN_DEBUG") == "1"
+  rest, overrides = _split_overrides([a for a in argv if a != "--debug"])
   args = _parser().parse_args(rest)
   if overrides and args.command != "train":
     raise SystemExit(f"jaxgen {args.command}: --config.* overrides apply to `train` only")
+  if not debug:
+    _quiet_library_logs()
   try:
+    _check_counts(args)
     if args.command == "train":
       _train(args, overrides)
     elif args.command == "sample":
@@ -160,8 +176,35 @@ def main(argv: list[str] | None = None) -> None:
       _report(args)
     elif args.command == "evaluate":
       _evaluate(args)
-  except UserError as e:  # one line naming the problem and the fix; other errors keep tracebacks
+  except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves and exits itself)
+    if debug:
+      raise
+    print(f"jaxgen {args.command}: interrupted", file=sys.stderr)
+    raise SystemExit(130) from None
+  except Exception as e:  # one line naming the problem and the fix; other errors keep tracebacks
+    if isinstance(e, Preempted):
+      print(f"jaxgen {args.command}: {e}", file=sys.stderr, flush=True)
+      raise SystemExit(e.exit_code) from None
+    os_error = None if isinstance(e, UserError) else find_os_error(e)
+    if debug or not (isinstance(e, UserError) or os_error):
+      raise
+    if os_error is not None:
+      e = f"{os_error.filename or ''}{': ' if os_error.filename else ''}{os_error.strerror}"
     raise SystemExit(f"jaxgen {args.command}: error: {e}") from None
+
+
+def _quiet_library_logs() -> None:
+  """Orbax (and asyncio, for its save tasks) log the traceback of a failed background save or
+  restore before the error is raised; that error is reported in one line, so these logs show
+  only with --debug."""
+  import logging
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.FATAL)
+  logging.getLogger("absl").setLevel(logging.CRITICAL)
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # "Task exception was never retrieved"
+  sys.unraisablehook = lambda unraisable: None
+  import threading
+  threading.excepthook = lambda args: None
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 
 import ast
 import importlib.util
+import json
 from pathlib import Path
 
 import ml_collections
@@ -27,6 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_grid_samples = 64       # 0: no sample grids (e.g. for classifiers)
   c.eval_every = 0              # jaxgen.evaluate metrics every N steps into metrics.jsonl (0: off)
   c.eval_num_samples = 2000     # samples vs test images per in-training evaluation
+  c.max_loss = 1e6              # a loss (metric named *loss) above this stops the run as diverged
   c.xla_cpu_eigen_convs = True  # CPU: XLA's Eigen convolutions, not YNNPACK's (jaxgen.ops.compile)
   # jaxgen.ops' custom-VJP passes: "auto" (on XLA:CPU, where they were measured faster; off on
   # GPU/TPU) | True | False (plain flax autodiff); any of the three types may be assigned.
@@ -96,3 +98,72 @@ def load(path: str | Path, overrides: dict[str, str] | None = None) -> ml_collec
   config = module.get_config()
   apply_overrides(config, overrides or {})
   return config
+
+
+# Fields a resumed run may change: they set how long it runs and what it records, not what
+# its steps compute. Every other field is the run's identity (model, data, optimiser, seed...).
+RESUMABLE = ("num_steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
+             "num_grid_samples", "eval_every", "eval_num_samples", "max_loss", "eval.")
+
+
+def _require(config: ml_collections.ConfigDict, key: str, minimum: int | float,
+             kind: type = int) -> None:
+  value = config.get(key)
+  if value is None:
+    return
+  if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+    expected = "a number" if kind is float else "an integer"
+    raise ConfigError(f"config.{key}={value!r}: expected {expected}")
+  if not value >= minimum:
+    bound = "positive" if minimum == 1 or (kind is float and minimum > 0) else f">= {minimum}"
+    raise ConfigError(f"config.{key}={value}: must be {bound}; set --config.{key}=...")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the loop's counts and cadences before any work; raises one-line ConfigErrors."""
+  for key in ("num_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+    _require(config, key, 1)
+  for key in ("sample_every", "num_grid_samples", "eval_every"):
+    _require(config, key, 0)
+  if config.get("eval_every"):
+    _require(config, "eval_num_samples", 1)
+  _require(config, "max_loss", 1e-30, float)
+
+
+def flatten(config: ml_collections.ConfigDict | dict) -> dict[str, object]:
+  """{"a.b": value} of a config as its config.json holds it (tuples as lists)."""
+  tree = (json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort")
+          else config)
+  out = {}
+  def walk(node, prefix):
+    for k, v in node.items():
+      if isinstance(v, dict):
+        walk(v, f"{prefix}{k}.")
+      else:
+        out[prefix + k] = v
+  walk(tree, "")
+  return out
+
+
+def _resumable(key: str) -> bool:
+  return any(key == f or (f.endswith(".") and key.startswith(f)) for f in RESUMABLE)
+
+
+def drift(stored: dict, requested: ml_collections.ConfigDict) -> list[str]:
+  """Fields a resumed run changes, as "key: stored -> requested" lines.
+
+  Raises ConfigError naming the first field that would change what the run computes.
+  """
+  want = flatten(requested)
+  changes = []
+  for key in sorted(set(stored) | set(want)):
+    old, new = stored.get(key, "<absent>"), want.get(key, "<absent>")
+    if old == new:
+      continue
+    if not _resumable(key):
+      raise ConfigError(
+          f"config.{key} is {old!r} in this run's config.json but {new!r} was requested; only "
+          f"step counts and cadences may change on resume (--config.{key}={old} keeps it), or "
+          f"train in a new --workdir")
+    changes.append(f"config.{key}: {old!r} -> {new!r}")
+  return changes

@@ -27,7 +27,7 @@ instead: a sample for each of the first num_samples test captions, correct where
 data-set classifier (fashion_mnist's, for captioned Fashion-MNIST) recognises every item the
 caption names at its place; over all captions, the held-out combinations and the seen ones.
 Its floor (a ceiling) is the same accuracy of the real test canvases.
-Evaluation runs in one process (features are gathered to the host for the metrics).
+Evaluation runs on every process of a run (features are gathered to every host for the metrics).
 """
 
 import dataclasses
@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -213,6 +214,13 @@ def _batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> int:
   return max(n, batch_size // n * n)
 
 
+def _to_host(tree: Any) -> Any:
+  """Whole host copies of (possibly several processes') arrays, on every process."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def _pad(x: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([x, np.zeros((size - len(x), *x.shape[1:]), x.dtype)]) if len(x) < size else x
 
@@ -227,7 +235,7 @@ def compute_features(features_fn: FeaturesFn, images_NxHxWxC: np.ndarray,
   for start in range(0, len(images_NxHxWxC), bs):
     block = images_NxHxWxC[start:start + bs]
     x = jax.device_put(_pad(block, bs), parallel.data_sharding(mesh))
-    f, l = jax.device_get(features_fn(x))
+    f, l = _to_host(features_fn(x))
     feats.append(np.asarray(f)[:len(block)])
     logits.append(np.asarray(l)[:len(block)])
   return np.concatenate(feats), np.concatenate(logits)
@@ -258,7 +266,7 @@ def generate_features(family: Any, state: Any, features_fn: FeaturesFn, key: jax
     if num_classes:
       cond = jax.device_put(_pad(labels[start:start + bs].astype(np.int32), bs), sharding)
     images = sample(state, jax.random.fold_in(key, i), bs, cond)
-    f, l = jax.device_get(features_fn(images))
+    f, l = _to_host(features_fn(images))
     n = min(bs, num - start)
     feats.append(np.asarray(f)[:n])
     logits.append(np.asarray(l)[:n])
@@ -405,7 +413,7 @@ def caption_correct(batch: dict, classify_fn: Callable[[jax.Array], jax.Array],
                             for k in ("image", "tokens", "classes", "positions")}, sharding)
     images = block["image"] if sample_fn is None else sample_fn(i, block["tokens"])
     ok = captions.caption_accuracy(images, block["classes"], block["positions"], classify_fn)
-    out.append(np.asarray(jax.device_get(ok))[:min(bs, n - start)])
+    out.append(np.asarray(_to_host(ok))[:min(bs, n - start)])
   return np.concatenate(out)
 
 
@@ -458,7 +466,7 @@ def likelihood_bounds(family: Any, state: Any, batch: dict[str, np.ndarray], *,
   for i, start in enumerate(range(0, num, bs)):
     n = min(bs, num - start)
     block = {k: _pad(np.asarray(v[start:start + bs]), bs) for k, v in batch.items()}
-    result = jax.device_get(bounds(state, jax.device_put(block, sharding),
+    result = _to_host(bounds(state, jax.device_put(block, sharding),
                                    jax.random.fold_in(key, i), num_samples=num_importance))
     for k in out:
       out[k].append(np.asarray(result[k], np.float64)[:n])

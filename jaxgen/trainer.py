@@ -11,7 +11,10 @@ data position included, so a resumed run sees the batches an uninterrupted one w
 import functools
 import json
 import math
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,12 +24,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxgen import checkpoint, data, ops, parallel, steps, viz
-from jaxgen.errors import ConfigError, UserError
+from jaxgen import checkpoint, config as config_lib, data, ops, parallel, steps, viz
+from jaxgen import lock as lock_lib
+from jaxgen.errors import ConfigError, Preempted, UserError
 
 
 class TrainingDiverged(UserError, FloatingPointError):
-  """A loss became NaN or infinite."""
+  """A loss became NaN, infinite or larger than config.max_loss, or the state non-finite."""
 
 
 # --------------------------------------------------------------------- set-up
@@ -126,16 +130,6 @@ class _Progress:
       print(flush=True)
 
 
-def _check_finite(metrics: dict, step: int, ckpt: checkpoint.Checkpointer) -> None:
-  bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-  if bad:
-    last = ckpt.latest_step()
-    kept = f"the checkpoint of step {last} is kept" if last is not None else "nothing was saved"
-    raise TrainingDiverged(
-        f"{', '.join(bad)} became {metrics[bad[0]]} at step {step}; training stopped and {kept}; "
-        f"lower the learning rate (--config.optim.*lr) or change the seed, then run again")
-
-
 def save_samples(family: Any, state: Any, key: jax.Array, num: int, path: Path,
                  write: bool = True) -> Path:
   """Draws `num` samples (every process takes part) and writes their grid to `path`."""
@@ -143,6 +137,156 @@ def save_samples(family: Any, state: Any, key: jax.Array, num: int, path: Path,
   if write:
     viz.save_grid(np.asarray(jax.device_get(images)), path)
   return path
+
+
+# ---------------------------------------------------------------- reliability
+
+
+class _StopSignals:
+  """SIGTERM/SIGINT ask the loop to stop at the next step boundary. A second one exits at once
+  (os._exit): a save in flight is then left as a temporary folder, as after kill -9, and the
+  last complete checkpoint stays the one a resume uses."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum, self._previous = 0, {}
+
+  def __enter__(self) -> "_StopSignals":
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+  def _handle(self, signum: int, frame: Any) -> None:
+    if self.signum:
+      name = signal.Signals(signum).name
+      os.write(2, f"jaxgen train: second {name}: exiting at once; the last complete checkpoint "
+                  f"is intact\n".encode())
+      os._exit(128 + signum)
+    self.signum = signum
+
+
+def _agree_max(value: int) -> int:
+  """The largest of every process's `value` (so all stop, or all fail, at the same point)."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+  return int(np.max(multihost_utils.process_allgather(np.int32(value))))
+
+
+def _is_loss(name: str) -> bool:
+  return name.endswith("loss")
+
+
+def _track_losses(health: tuple, metrics: dict, step: jax.Array, max_loss: float) -> tuple:
+  """(first bad step, its metrics): the first step whose metrics are not finite or whose losses
+  exceed `max_loss` (0 while none is). Runs on device every step, read only when logging."""
+  first, then = health
+  ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v) & ((jnp.abs(v) <= max_loss) | (not _is_loss(k))))
+                          for k, v in metrics.items()]))
+  newly = (first == 0) & ~ok
+  return (jnp.where(newly, step, first),
+          jax.tree.map(lambda old, new: jnp.where(newly, new, old), then, metrics))
+
+
+@jax.jit
+def _finite_leaves(tree: Any) -> jax.Array:
+  """One flag per floating-point leaf of `tree`: all its entries are finite."""
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+           if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.stack(flags) if flags else jnp.ones((0,), bool)
+
+
+def nonfinite_leaves(state: Any) -> list[str]:
+  """Paths of the floating-point leaves of `state` (params, optimiser state, EMA, BatchNorm
+  statistics) holding a NaN or infinity."""
+  paths = [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]
+           if jnp.issubdtype(x.dtype, jnp.inexact)]
+  flags = np.asarray(jax.device_get(_finite_leaves(state)))
+  return [p for p, ok in zip(paths, flags) if not ok]
+
+
+def _check_health(health: tuple, state: Any, step: int, max_loss: float,
+                  ckpt: checkpoint.Checkpointer) -> None:
+  """Raises TrainingDiverged if a loss went bad at or before `step` or `state` is not finite."""
+  first, then = jax.device_get(health)
+  bad_leaves = [] if first else nonfinite_leaves(state)
+  if not first and not bad_leaves:
+    return
+  if first:
+    then = {k: float(v) for k, v in then.items()}
+    bad = [k for k, v in then.items()
+           if not math.isfinite(v) or (_is_loss(k) and abs(v) > max_loss)]
+    what = ", ".join(f"{k} became {then[k]:.4g}" for k in bad)
+    if all(math.isfinite(then[k]) for k in bad):
+      what += f" (above config.max_loss={max_loss:g})"
+    what += f" at step {int(first)}"
+  else:
+    what = (f"the state became non-finite at step {step} ({len(bad_leaves)} leaves, first "
+            f"{bad_leaves[0]})")
+  ckpt.wait()
+  last = ckpt.latest_step()
+  kept = f"the checkpoint of step {last} is kept" if last is not None else "nothing was saved"
+  raise TrainingDiverged(f"{what}; training stopped and {kept}; lower the learning rate "
+                         f"(--config.optim.*lr) or change the seed, then run again")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def truncate_log(path: Path, step: int) -> int:
+  """Drops metrics.jsonl rows after `step` (steps a killed run will redo) and torn lines;
+  returns how many rows went."""
+  if not path.is_file():
+    return 0
+  lines = path.read_text().splitlines()
+  keep = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+      keep.append(line)
+  if len(keep) != len(lines):
+    _write_atomic(path, "".join(l + "\n" for l in keep))
+  return len(lines) - len(keep)
+
+
+def _stored_config(workdir: Path) -> dict | None:
+  path = workdir / "config.json"
+  if not path.is_file():
+    return None
+  try:
+    return config_lib.flatten(json.loads(path.read_text()))
+  except ValueError as e:
+    raise ConfigError(f"{path} is not valid JSON ({e}); restore it or train in a new "
+                      f"--workdir") from None
+
+
+def _lock_workdir(workdir: Path, is_main: bool) -> lock_lib.WorkdirLock:
+  """Process 0 takes the workdir's lock; every process raises if it could not."""
+  lock, error = lock_lib.WorkdirLock(workdir), None
+  if is_main:
+    try:
+      note = lock.acquire()
+      if note:
+        print(note, flush=True)
+    except UserError as e:
+      error = e
+    except OSError as e:
+      error = UserError(f"cannot write to {e.filename or workdir} ({e.strerror}); choose a "
+                        f"writable --workdir")
+  if _agree_max(int(error is not None)):
+    raise error or lock_lib.LockError("process 0 could not lock the workdir (see its output)")
+  return lock
 
 
 # ------------------------------------------------------------------------- loop
@@ -154,9 +298,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 
   Writes workdir/config.json, metrics.jsonl, samples/step_*.png and checkpoints/.
   `eval_fn(state, step)`, if given, runs every config.eval_every steps and its numbers are logged.
+  SIGTERM/SIGINT save the current step and raise Preempted.
   """
   workdir = Path(workdir)
   config = ml_collections.ConfigDict(config)  # a copy: image shape etc. are filled in below
+  config_lib.validate(config)
   family = steps.get_family(config.model.family)
   is_main = jax.process_index() == 0
   parallel.check_batch_size(config.batch_size)
@@ -169,52 +315,101 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     raise ConfigError(f"config.model.num_classes={config.model.num_classes} but "
                      f"{config.data.name!r} has {info.num_classes} classes; set it to "
                      f"{info.num_classes} (conditional) or 0")
+  if config.batch_size > len(source):
+    raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(source)} training "
+                      f"examples of {config.data.name!r}; set --config.batch_size to at most "
+                      f"{len(source)}")
+  stored = _stored_config(workdir)
+  changes = config_lib.drift(stored, config) if stored is not None else []
+
+  with _StopSignals() as signals:
+    lock = _lock_workdir(workdir, is_main)
+    try:
+      return _train_locked(config, workdir, family, source, changes, stored is None, eval_fn,
+                           signals)
+    finally:
+      lock.release()
+
+
+def _train_locked(config: ml_collections.ConfigDict, workdir: Path, family: Any, source: Any,
+                  changes: list[str], new_run: bool, eval_fn: Callable | None,
+                  signals: _StopSignals) -> Any:
+  is_main = jax.process_index() == 0
+  say = functools.partial(print, flush=True) if is_main else (lambda *a, **k: None)
   loader = data.make_loader(source, batch_size=config.batch_size, seed=config.seed,
                             process_index=jax.process_index(),
                             process_count=jax.process_count())
 
-  # ---- state, resumed from the latest checkpoint if there is one
+  # ---- state, resumed from the newest good checkpoint if there is one
   mesh = parallel.make_mesh()
   init_key, train_key, sample_key = jax.random.split(jax.random.key(config.seed), 3)
+  if is_main:
+    for p in checkpoint.remove_partial_saves(workdir / "checkpoints"):
+      say(f"removed {p}, the unfinished save of an interrupted run")
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-  if ckpt.latest_step() is None:
+  restored = 0
+  if not ckpt.all_steps():
     state, shardings = create_state(config, mesh, init_key)
   else:
     shardings = parallel.replicated(mesh)
-    state, data_state, restored = ckpt.restore(abstract_state(config, mesh))
+    state, data_state, restored, bad = ckpt.restore_newest_good(abstract_state(config, mesh), say)
     loader.set_state(data_state)
-    if is_main:
-      print(f"resumed from {ckpt.directory / str(restored)}", flush=True)
+    say(f"resumed from {ckpt.directory / str(restored)}")
+    if bad:  # this run writes those steps again
+      for p in ckpt.move_aside(bad, workdir / "damaged_checkpoints"):
+        say(f"moved the damaged checkpoint aside to {p}")
+  if restored >= config.num_steps:
+    ckpt.close()
+    say(f"{workdir} is at step {restored} already and num_steps is {config.num_steps}: nothing "
+        f"to train (raise --config.num_steps to continue)")
+    return state
   if is_main:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    for line in changes:
+      say(f"resuming with {line}")
+    if new_run or changes:
+      workdir.mkdir(parents=True, exist_ok=True)
+      _write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2))
+    dropped = truncate_log(workdir / "metrics.jsonl", restored)
+    if dropped:
+      say(f"dropped {dropped} metrics.jsonl rows after step {restored} (they are redone)")
 
   # ---- compile once
   batch = parallel.global_batch(next(loader), mesh)
   train_step, compile_stats = compile_train_step(family, state, shardings, batch, mesh,
                                                  config.get("xla_cpu_eigen_convs", True))
-  if is_main:
-    print(f"compiled train_step in {compile_stats['compile_s']:.1f}s on {jax.device_count()} "
-          f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es); "
-          f"{compile_stats['flops_per_step'] / 1e9:.2f} GFLOP/step; jaxgen.ops fast paths "
-          f"{'on' if ops.use_fast_ops(config.get('fast_ops', 'auto')) else 'off'} "
-          f"(fast_ops={config.get('fast_ops', 'auto')})", flush=True)
+  say(f"compiled train_step in {compile_stats['compile_s']:.1f}s on {jax.device_count()} "
+      f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es); "
+      f"{compile_stats['flops_per_step'] / 1e9:.2f} GFLOP/step; jaxgen.ops fast paths "
+      f"{'on' if ops.use_fast_ops(config.get('fast_ops', 'auto')) else 'off'} "
+      f"(fast_ops={config.get('fast_ops', 'auto')})")
 
   # ---- loop
-  step = int(jax.device_get(state.step))
+  step = restored
   progress = _Progress(config.num_steps, is_main)
   log = (workdir / "metrics.jsonl").open("a") if is_main else None
   t_last, step_last = time.perf_counter(), step
   eval_every = config.get("eval_every", 0)
+  max_loss = config.get("max_loss", math.inf)
+  track = jax.jit(functools.partial(_track_losses, max_loss=max_loss), donate_argnums=0)
+  health, grid = None, None
   try:
+    stop = _agree_max(signals.signum)
+    if stop:  # a signal before the first step: nothing new to save
+      raise Preempted(f"stopped by {signal.Signals(stop).name} before step {step + 1}: nothing "
+                      f"new to save; run the same command to resume", stop)
     while step < config.num_steps:
       state, metrics = train_step(state, batch, train_key)
       step += 1
+      if health is None:
+        health = jax.jit(lambda m, s: (jnp.zeros_like(s), m), out_shardings=shardings)(
+            metrics, state.step)
+      health = track(health, metrics, state.step)
       is_last = step == config.num_steps
-      save_now = step % config.checkpoint_every == 0 or is_last
+      stop = _agree_max(signals.signum)
+      save_now = step % config.checkpoint_every == 0 or is_last or stop
       if step % config.log_every == 0 or save_now:
+        _check_health(health, state, step, max_loss, ckpt)  # never log or keep a bad state
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        _check_finite(metrics, step, ckpt)
         now = time.perf_counter()
         ips = (step - step_last) * config.batch_size / (now - t_last)
         t_last, step_last = now, step
@@ -222,6 +417,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         if log:
           log.write(json.dumps({"step": step, "images_per_s": round(ips, 1), **metrics}) + "\n")
           log.flush()
+      if save_now:
+        ckpt.save(step, state, loader.get_state())
+        if stop or is_last:
+          ckpt.wait()
+      if stop:
+        progress.close()
+        raise Preempted(f"stopped by {signal.Signals(stop).name} at step {step}: saved "
+                        f"{ckpt.directory / str(step)}; run the same command to resume", stop)
       if eval_fn and eval_every and (step % eval_every == 0 or is_last):
         results = eval_fn(state, step)
         if log:
@@ -229,26 +432,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
           log.flush()
       grid_now = (config.sample_every and step % config.sample_every == 0) or is_last
       if grid_now and config.num_grid_samples:
-        save_samples(family, state, sample_key, config.num_grid_samples,
-                     workdir / "samples" / f"step_{step:07d}.png", write=is_main)
-      if save_now:
-        ckpt.save(step, state, loader.get_state())
+        grid = save_samples(family, state, sample_key, config.num_grid_samples,
+                            workdir / "samples" / f"step_{step:07d}.png", write=is_main)
       if not is_last:
         batch = parallel.global_batch(next(loader), mesh)
   finally:
     progress.close()
-    ckpt.wait()
-    ckpt.close()
-    if log:
-      log.close()
+    try:
+      ckpt.wait()
+    finally:
+      ckpt.close()
+      if log:
+        log.close()
+  say(f"done: samples {grid or '-'}\n      metrics {workdir / 'metrics.jsonl'}\n"
+      f"      checkpoints {ckpt.directory}")
   return state
-
 
 # ----------------------------------------------------------------- trained runs
 
 
 def load_run(workdir: str | Path, step: int | None = None) -> tuple[ml_collections.ConfigDict, Any, Any]:
-  """(config, family module, state) of a trained run, restored from its checkpoint (latest by default)."""
+  """(config, family module, state) of a trained run, restored from its checkpoint (by default
+  the newest one that restores and verifies; each one skipped is reported in one line)."""
   workdir = Path(workdir)
   config_path = workdir / "config.json"
   if not config_path.is_file():
@@ -256,9 +461,16 @@ def load_run(workdir: str | Path, step: int | None = None) -> tuple[ml_collectio
                             f"with `jaxgen train --config CONFIG --workdir {workdir}`")
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   config.data.image_shape = tuple(config.data.image_shape)
-  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", async_save=False)
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", async_save=False, read_only=True)
+  abstract = abstract_state(config, parallel.make_mesh())
   try:
-    state, _, _ = ckpt.restore(abstract_state(config, parallel.make_mesh()), step)
+    if step is None:
+      say = print if jax.process_index() == 0 else (lambda *a: None)
+      state, _, restored, bad = ckpt.restore_newest_good(abstract, say)
+      if bad:
+        say(f"using {ckpt.directory / str(restored)}, the newest good checkpoint")
+    else:
+      state, _, _ = ckpt.restore(abstract, step)
   finally:
     ckpt.close()
   return config, steps.get_family(config.model.family), state

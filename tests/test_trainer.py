@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def test_resume_matches_uninterrupted_run(slice_config, tmp_path):
   assert (tmp_path / "b/samples/step_0000010.png").is_file()
 
 
-def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_lost(slice_config, tmp_path):
+def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_lost(slice_config, tmp_path, capsys):
   slice_config.num_steps = 5
   trainer.train_and_evaluate(slice_config, tmp_path)
   state_dir = tmp_path / "checkpoints/5/state"
@@ -67,9 +68,13 @@ def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_lost(slice_config, t
     f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])  # truncate every file
   before = tree_listing(tmp_path)
   slice_config.num_steps = 8
-  with pytest.raises(checkpoint.CheckpointError, match="checkpoints/5 cannot be restored") as e:
+  capsys.readouterr()
+  with pytest.raises(checkpoint.CheckpointError, match=r"none of the checkpoints .* \(steps \[5\]\) "
+                     "restores and verifies") as e:
     trainer.train_and_evaluate(slice_config, tmp_path)
   assert "\n" not in str(e.value)
+  out = capsys.readouterr().out.splitlines()
+  assert len(out) == 1 and re.match(r"skipping checkpoint .*/checkpoints/5 cannot be restored", out[0])
   assert tree_listing(tmp_path) == before
 
 
@@ -96,10 +101,23 @@ def test_image_shape_mismatch_is_caught_before_anything_is_written(slice_config,
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(slice_config, tmp_path):
   slice_config.num_steps = 5
   trainer.train_and_evaluate(slice_config, tmp_path)
-  slice_config.num_steps, slice_config.optim.d_lr = 10, float("nan")
-  with pytest.raises(trainer.TrainingDiverged, match="loss became nan at step 6; .*step 5 is kept"):
+  # max_loss may change on resume; 0.5 is below every loss of this run, so step 6 "diverges"
+  slice_config.num_steps, slice_config.max_loss = 10, 0.5
+  with pytest.raises(trainer.TrainingDiverged,
+                     match=r"loss became [0-9.]+ \(above config.max_loss=0.5\) at step 6; .*step 5 is kept"):
     trainer.train_and_evaluate(slice_config, tmp_path)
   assert checkpoint.Checkpointer(tmp_path / "checkpoints").latest_step() == 5
+  assert max(read_log(tmp_path)) == 5  # the bad step is not logged
+
+
+def test_nan_state_is_never_saved(slice_config, tmp_path):
+  # the generator's update comes last in a step: its losses are finite, its new params are not
+  slice_config.optim.g_lr, slice_config.checkpoint_every = float("nan"), 1
+  with pytest.raises(trainer.TrainingDiverged,
+                     match=r"the state became non-finite at step 1 \(\d+ leaves, first \.g\.params\[.*"
+                           r"nothing was saved"):
+    trainer.train_and_evaluate(slice_config, tmp_path)
+  assert checkpoint.Checkpointer(tmp_path / "checkpoints").all_steps() == []
 
 
 def _cli(*args, devices=2, **popen):
@@ -166,3 +184,28 @@ def test_two_processes_match_one_process(slice_config, tmp_path):
   for step in one:
     for k in ("d_loss", "g_loss"):
       np.testing.assert_allclose(one[step][k], two[step][k], rtol=1e-5, err_msg=f"{k}@{step}")
+
+
+@pytest.mark.slow
+def test_two_process_evaluate_matches_one_process(slice_config, tmp_path):
+  """`jaxgen evaluate` over 2 processes x 2 devices gives one process's numbers."""
+  from jaxgen import evaluate
+  trainer.train_and_evaluate(slice_config, tmp_path / "gan")
+  c = config_lib.load(REPO / "experiments/configs/classifier_fashion.py")
+  c.data = slice_config.data
+  c.model.width, c.batch_size, c.num_steps, c.eval_every = 8, 64, 10, 0
+  trainer.train_and_evaluate(c, tmp_path / "cls")
+  one = evaluate.evaluate_run(tmp_path / "gan", num_samples=96, extractor=tmp_path / "cls")
+  (tmp_path / "gan/metrics.json").unlink()
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  procs = [_cli("evaluate", "--workdir", str(tmp_path / "gan"), "--extractor", str(tmp_path / "cls"),
+                "--num_samples", "96", "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2",
+                "--process_id", str(i), devices=2) for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  two = json.loads((tmp_path / "gan/metrics.json").read_text())
+  for k, v in one["metrics"].items():
+    if isinstance(v, float):
+      np.testing.assert_allclose(two["metrics"][k], v, rtol=1e-4, err_msg=k)
