@@ -219,25 +219,29 @@ def evaluation_section(runs: list[dict]) -> str:
   merged = [dict(r["results"].get("metrics", {}), **r["results"].get("likelihood", {}))
             for r in done]
   floor = done[0]["results"].get("floor") or {}
-  header = ["metric", *[r["name"] for r in done]] + (["floor: real train vs test"] if floor else [])
+  captioned = "captions" in done[0]["results"].get("protocol", {})
+  floor_name = "floor: real test canvases" if captioned else "floor: train vs test"
+  header = ["metric", *[r["name"] for r in done]] + ([floor_name] if floor else [])
   rows = []
   for row in ROWS:
     if not any(m.get(row[0]) is not None for m in merged):
       continue
     cells = [_eval_cell(row, m, r["results"].get("flags", [])) for m, r in zip(merged, done)]
     rows.append([row[1], *cells] + ([_eval_cell(row, floor, [])] if floor else []))
-  parts = ['<h2 id="evaluation">Evaluation</h2>', _table(header, rows, "eval")]
+  parts = ['<h2 id="evaluation">Evaluation</h2><div class="side"><div>',
+           _table(header, rows, "eval")]
   for r in done:
     for flag in r["results"].get("flags", []):
       parts.append(f'<p class="flag">! {html.escape(r["name"])}: possible mode collapse: '
                    f'{html.escape(flag)}</p>')
-  for r in done:
-    protocol = _flatten(r["results"].get("protocol", {}))
-    parts.append(f"<h3>Protocol: {html.escape(r['name'])}</h3>" +
-                 _table(["setting", "value"], [list(p) for p in protocol], "protocol"))
   if len(done) > 1:
     parts.append('<p class="note">the floor is the first run\'s</p>')
-  return "".join(parts)
+  parts.append("</div>")
+  for r in done:
+    protocol = _flatten(r["results"].get("protocol", {}))
+    parts.append(f"<div><h3>Protocol: {html.escape(r['name'])}</h3>" +
+                 _table(["setting", "value"], [list(p) for p in protocol], "protocol") + "</div>")
+  return "".join(parts) + "</div>"
 
 
 def summary_section(runs: list[dict]) -> str:
@@ -293,6 +297,12 @@ def run_section(run: dict) -> str:
   images = [p for p in run["pictures"] if p.suffix.lower() in MIME]
   if images:
     parts.append('<div class="pictures">' + "".join(_img(p, p.name) for p in images) + "</div>")
+  for p in run["pictures"]:
+    if p.suffix == ".json":  # e.g. kl_per_unit.json: its single numbers (lists are drawn)
+      info = json.loads(p.read_text())
+      rows = [[k, _fmt(v) if isinstance(v, float) else str(v)] for k, v in info.items()
+              if isinstance(v, (int, float, str))]
+      parts.append(f"<p>{html.escape(p.name)}</p>" + _table(["", ""], rows, "info"))
   parts += [f'<p class="note">{html.escape(n)}</p>' for n in run["notes"]]
   parts.append("<h3>Config</h3><details><summary>config.json</summary><pre>"
                + html.escape(json.dumps(run["config"], indent=2)) + "</pre></details>")
@@ -313,11 +323,13 @@ h1{margin-bottom:4px} h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-
 table{border-collapse:collapse;margin:8px 0;font-size:13px}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
 table.eval td:not(:first-child){text-align:right;font-family:monospace}
-.charts,.grids,.pictures{display:flex;flex-wrap:wrap;gap:12px}
+.charts,.grids,.pictures,.side{display:flex;flex-wrap:wrap;gap:12px}
+.side{gap:32px;align-items:flex-start} .side h3{margin-top:8px} .side>div{max-width:600px}
 .chart{border:1px solid #eee;background:#fff}
 figure{margin:0} figcaption{font-size:12px;color:#555}
-img{image-rendering:pixelated;max-width:100%}
-.note{color:#666;font-style:italic} .flag{color:#b00}
+img{image-rendering:pixelated;max-width:100%;height:auto}
+.grids img{width:232px} .pictures img{max-width:560px}
+.note{color:#666;font-style:italic} .flag{color:#b00;font-size:13px;margin:4px 0}
 pre{background:#f6f6f6;padding:8px;font-size:12px;overflow:auto}
 """
 

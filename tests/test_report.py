@@ -208,7 +208,7 @@ def test_report_html_in_headless_chromium(evaluated_run, tmp_path):
   tables = Tables()
   tables.feed(dom)
   header, *rows = tables.tables["eval"]
-  assert header == ["metric", str(run), "floor: real train vs test"]
+  assert header == ["metric", str(run), "floor: train vs test"]
   cells = {row[0]: row[1:] for row in rows}
   m, floor = results["metrics"], results["floor"]
   assert cells["FD (lower better)"] == [f"{m['fd']:.2f}", f"{floor['fd']:.2f}"]
@@ -252,7 +252,7 @@ def test_report_compares_runs_in_one_page(evaluated_run, tmp_path, capsys):
   tables = Tables()
   tables.feed(page)
   header, *body = tables.tables["eval"]
-  assert header == ["metric", str(run), str(other), "floor: real train vs test"]
+  assert header == ["metric", str(run), str(other), "floor: train vs test"]
   fd = next(row for row in body if row[0].startswith("FD"))
   assert fd[1:3] == [f"{results['metrics']['fd']:.2f}", "1.25"]
   assert [row[0] for row in tables.tables["summary"][1:]] == [str(run), str(other)]
