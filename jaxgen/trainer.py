@@ -11,6 +11,7 @@ data position included, so a resumed run sees the batches an uninterrupted one w
 import functools
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -126,7 +127,9 @@ class _Progress:
   (CI logs), both with steps/s smoothed the same way and the latest losses."""
 
   def __init__(self, total: int, enabled: bool, start: int = 0):
-    self.total, self.enabled, self.tty = total, enabled, sys.stdout.isatty()
+    # a terminal of no width (e.g. a pty nobody sized) would show tqdm as nothing at all
+    self.tty = sys.stdout.isatty() and shutil.get_terminal_size((0, 0)).columns > 0
+    self.total, self.enabled = total, enabled
     self.t0 = self.t_last = time.perf_counter()
     self.step_last, self.rate = start, None
     self.bar = None
