@@ -1,6 +1,7 @@
 # make demo: set up .venv, get Fashion-MNIST, train the DCGAN demo (~10 min on 2 CPU cores).
-# make test: same set-up plus the PyTorch peer, then the fast test suite (make test-all adds
-# the slow tests). Versions come from constraints.txt (make lock refreshes it).
+# make test: same set-up plus the PyTorch peer and headless Chromium (as root), then the fast
+# test suite (make test-all adds the slow tests). Versions come from constraints.txt (make lock
+# refreshes it).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ DATA := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: setup setup-bench data demo test test-all bench lock clean
+.PHONY: setup setup-bench data browser demo test test-all bench lock clean
 
 setup: $(STAMP)
 
@@ -49,14 +50,25 @@ data:
 	  exit 1; \
 	fi
 
+# Headless Chromium for the report's browser test (tests/test_report.py skips without one).
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium (headless, for the report test)"; \
+	  apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	else \
+	  echo "no chromium: the report's browser test will be skipped; install it with:" \
+	       "sudo apt-get install chromium"; \
+	fi
+
 demo: setup data
 	$(VENV)/bin/jaxgen train --config experiments/configs/dcgan_fashion.py --workdir runs/demo
 	@echo "sample grids: runs/demo/samples/   metrics: runs/demo/metrics.jsonl   checkpoints: runs/demo/checkpoints/"
 
-test: setup setup-bench data
+test: setup setup-bench data browser
 	$(PY) -m pytest -q
 
-test-all: setup setup-bench data
+test-all: setup setup-bench data browser
 	$(PY) -m pytest -q -m ""
 
 bench: setup setup-bench

@@ -3,7 +3,8 @@
     jaxgen train --config experiments/configs/dcgan_fashion.py --workdir runs/dcgan [--config.key=value ...]
     jaxgen sample --workdir runs/dcgan --num 64 --out grid.png [--label 3]
     jaxgen sample --workdir runs/aligndraw --caption "the sneaker is on the left of the trouser"
-    jaxgen report --workdir runs/dcgan          # interpolations, reconstructions, ... per family
+    jaxgen report --workdir runs/dcgan          # report.html: curves, samples, pictures, evaluation
+    jaxgen report --workdir runs/dcgan runs/vae # several runs: overlaid curves, one table
     jaxgen evaluate --workdir runs/dcgan        # metrics.json + table; --compare RUN1 RUN2 ...
 
 Errors caused by the input print one line (exit 1); --debug (or JAXGEN_DEBUG=1) shows the
@@ -52,12 +53,18 @@ def _parser() -> argparse.ArgumentParser:
                  help='text to draw (caption-conditioned models), e.g. "the bag is on the left of the coat"')
   s.add_argument("--seed", type=int, default=0)
   s.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  r = sub.add_parser("report", help="the family's pictures (interpolations, reconstructions, ...)")
-  r.add_argument("--workdir", required=True)
-  r.add_argument("--out", default=None, help="folder (default: WORKDIR/report)")
+  r = sub.add_parser("report", help="report.html (curves, samples, the family's pictures, "
+                     "evaluation, config, provenance) and the pictures as files")
+  r.add_argument("--workdir", required=True, nargs="+", metavar="RUN",
+                 help="one run, or several to compare")
+  r.add_argument("--out", default=None, help="folder for report.html (and, for one run, its "
+                 "pictures; several runs write theirs to RUN/report) (default: WORKDIR/report "
+                 "of the first run)")
   r.add_argument("--num", type=int, default=64, help="test images to use")
   r.add_argument("--seed", type=int, default=0)
   r.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  r.add_argument("--no_pictures", action="store_true",
+                 help="skip the family's pictures (no checkpoint restore): curves and tables only")
   e = sub.add_parser("evaluate", help="sample metrics (and likelihood bounds) vs real data; "
                      "writes WORKDIR/metrics.json")
   runs = e.add_mutually_exclusive_group(required=True)
@@ -119,16 +126,12 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-  import jax
-  from jaxgen import data, trainer
-  config, family, state = trainer.load_run(args.workdir, args.step)
-  if not hasattr(family, "pictures"):
-    raise UserError(f"the {config.model.family!r} family draws no report pictures")
-  source, _ = trainer.load_data(config, "test")
-  batch = next(data.make_loader(source, batch_size=args.num, seed=args.seed, shuffle=False))
-  out = Path(args.out) if args.out else Path(args.workdir) / "report"
-  for path in family.pictures(state, batch, jax.random.key(args.seed), out):
-    print(f"wrote {path}")
+  from jaxgen import report
+  path, pictures = report.write_report(args.workdir, args.out, num=args.num, seed=args.seed,
+                                       step=args.step, pictures=not args.no_pictures)
+  for picture in pictures:
+    print(f"wrote {picture}")
+  print(f"wrote {path}  (open {path.resolve().as_uri()})")
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxgen import checkpoint, config as config_lib, data, ops, parallel, steps, viz
+from jaxgen import checkpoint, config as config_lib, data, ops, parallel, runlog, steps, viz
 from jaxgen import lock as lock_lib
 from jaxgen.errors import ConfigError, Preempted, UserError
 
@@ -109,25 +110,56 @@ def compile_train_step(family: Any, state: Any, shardings: Any, batch: dict,
 # ---------------------------------------------------------------------- logging
 
 
-class _Progress:
-  """One-line progress: step, images/s and the latest losses (process 0 only)."""
+def smoothed(previous: float | None, current: float, weight: float = 0.3) -> float:
+  """Exponential moving average (tqdm's `smoothing`): `weight` on the current value."""
+  return current if previous is None else weight * current + (1.0 - weight) * previous
 
-  def __init__(self, total: int, enabled: bool):
-    self.total, self.enabled, self.tty = total, enabled, sys.stdout.isatty()
+
+def progress_line(step: int, total: int, steps_per_s: float, elapsed_s: float, ips: float,
+                  metrics: dict) -> str:
+  """Step, smoothed steps/s, elapsed and remaining time, images/s and the latest losses."""
+  from tqdm import tqdm
+  remaining = tqdm.format_interval((total - step) / steps_per_s) if steps_per_s > 0 else "?"
+  losses = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+  return (f"step {step}/{total} ({100 * step / max(total, 1):.0f}%)  {steps_per_s:.2f} step/s  "
+          f"elapsed {tqdm.format_interval(elapsed_s)}  remaining {remaining}  "
+          f"{ips:.1f} img/s  {losses}")
+
+
+class _Progress:
+  """Progress with an ETA (process 0 only): a tqdm bar on a terminal, plain lines otherwise
+  (CI logs), both with steps/s smoothed the same way and the latest losses."""
+
+  def __init__(self, total: int, enabled: bool, start: int = 0):
+    # a terminal of no width (e.g. a pty nobody sized) would show tqdm as nothing at all
+    self.tty = sys.stdout.isatty() and shutil.get_terminal_size((0, 0)).columns > 0
+    self.total, self.enabled = total, enabled
+    self.t0 = self.t_last = time.perf_counter()
+    self.step_last, self.rate = start, None
+    self.bar = None
+    if enabled and self.tty:
+      from tqdm import tqdm
+      self.bar = tqdm(total=total, initial=start, unit="step", smoothing=0.3, file=sys.stdout,
+                      dynamic_ncols=True)
 
   def update(self, step: int, ips: float, metrics: dict) -> None:
     if not self.enabled:
       return
-    width = 24
-    done = int(width * step / max(self.total, 1))
-    losses = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-    line = (f"[{'#' * done}{'.' * (width - done)}] step {step}/{self.total}  "
-            f"{ips:7.1f} img/s  {losses}")
-    print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", flush=True)
+    now = time.perf_counter()
+    if step > self.step_last and now > self.t_last:
+      self.rate = smoothed(self.rate, (step - self.step_last) / (now - self.t_last))
+    self.t_last, self.step_last = now, step
+    if self.bar is not None:
+      losses = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+      self.bar.set_postfix_str(f"{ips:.0f} img/s {losses}", refresh=False)
+      self.bar.update(step - self.bar.n)
+    else:
+      print(progress_line(step, self.total, self.rate or 0.0, now - self.t0, ips, metrics),
+            flush=True)
 
   def close(self) -> None:
-    if self.enabled and self.tty:
-      print(flush=True)
+    if self.bar is not None:
+      self.bar.close()
 
 
 def save_samples(family: Any, state: Any, key: jax.Array, num: int, path: Path,
@@ -296,7 +328,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                        eval_fn: Callable[[Any, int], dict] | None = None) -> Any:
   """Trains `config` in `workdir` (resuming if it has checkpoints); returns the final state.
 
-  Writes workdir/config.json, metrics.jsonl, samples/step_*.png and checkpoints/.
+  Writes workdir/config.json, metrics.jsonl, samples/step_*.png, checkpoints/, tb/ (TensorBoard
+  events) and provenance.json (versions, devices, wall time per session).
   `eval_fn(state, step)`, if given, runs every config.eval_every steps and its numbers are logged.
   SIGTERM/SIGINT save the current step and raise Preempted.
   """
@@ -385,8 +418,11 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, family: Any,
 
   # ---- loop
   step = restored
-  progress = _Progress(config.num_steps, is_main)
+  progress = _Progress(config.num_steps, is_main, start=step)
   log = (workdir / "metrics.jsonl").open("a") if is_main else None
+  # purge_step: steps an interrupted session logged after its last checkpoint are dropped
+  tb = runlog.TensorBoard(workdir, purge_step=step + 1 if step else None) if is_main else None
+  session = runlog.Session(workdir, step, is_main)
   t_last, step_last = time.perf_counter(), step
   eval_every = config.get("eval_every", 0)
   max_loss = config.get("max_loss", math.inf)
@@ -417,6 +453,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, family: Any,
         if log:
           log.write(json.dumps({"step": step, "images_per_s": round(ips, 1), **metrics}) + "\n")
           log.flush()
+          tb.scalars(step, {"images_per_s": round(ips, 1), **metrics}, "train/")
       if save_now:
         ckpt.save(step, state, loader.get_state())
         if stop or is_last:
@@ -430,14 +467,20 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, family: Any,
         if log:
           log.write(json.dumps({"step": step, "eval": results}) + "\n")
           log.flush()
+          tb.scalars(step, results, "eval/")
       grid_now = (config.sample_every and step % config.sample_every == 0) or is_last
       if grid_now and config.num_grid_samples:
         grid = save_samples(family, state, sample_key, config.num_grid_samples,
                             workdir / "samples" / f"step_{step:07d}.png", write=is_main)
+        if tb:
+          tb.image_file("samples", grid, step)
       if not is_last:
         batch = parallel.global_batch(next(loader), mesh)
   finally:
     progress.close()
+    session.end(step)
+    if tb:
+      tb.close()
     try:
       ckpt.wait()
     finally:
