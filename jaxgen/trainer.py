@@ -406,29 +406,29 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, family: Any,
     if dropped:
       say(f"dropped {dropped} metrics.jsonl rows after step {restored} (they are redone)")
 
-  # ---- compile once
-  batch = parallel.global_batch(next(loader), mesh)
-  train_step, compile_stats = compile_train_step(family, state, shardings, batch, mesh,
-                                                 config.get("xla_cpu_eigen_convs", True))
-  say(f"compiled train_step in {compile_stats['compile_s']:.1f}s on {jax.device_count()} "
-      f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es); "
-      f"{compile_stats['flops_per_step'] / 1e9:.2f} GFLOP/step; jaxgen.ops fast paths "
-      f"{'on' if ops.use_fast_ops(config.get('fast_ops', 'auto')) else 'off'} "
-      f"(fast_ops={config.get('fast_ops', 'auto')})")
-
-  # ---- loop
+  # ---- logs (process 0), then compile once; the compile line is the last before the loop
   step = restored
   progress = _Progress(config.num_steps, is_main, start=step)
   log = (workdir / "metrics.jsonl").open("a") if is_main else None
   # purge_step: steps an interrupted session logged after its last checkpoint are dropped
   tb = runlog.TensorBoard(workdir, purge_step=step + 1 if step else None) if is_main else None
   session = runlog.Session(workdir, step, is_main)
-  t_last, step_last = time.perf_counter(), step
   eval_every = config.get("eval_every", 0)
   max_loss = config.get("max_loss", math.inf)
   track = jax.jit(functools.partial(_track_losses, max_loss=max_loss), donate_argnums=0)
   health, grid = None, None
   try:
+    batch = parallel.global_batch(next(loader), mesh)
+    train_step, compile_stats = compile_train_step(family, state, shardings, batch, mesh,
+                                                   config.get("xla_cpu_eigen_convs", True))
+    say(f"compiled train_step in {compile_stats['compile_s']:.1f}s on {jax.device_count()} "
+        f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es); "
+        f"{compile_stats['flops_per_step'] / 1e9:.2f} GFLOP/step; jaxgen.ops fast paths "
+        f"{'on' if ops.use_fast_ops(config.get('fast_ops', 'auto')) else 'off'} "
+        f"(fast_ops={config.get('fast_ops', 'auto')})")
+
+    # ---- loop
+    t_last, step_last = time.perf_counter(), step
     stop = _agree_max(signals.signum)
     if stop:  # a signal before the first step: nothing new to save
       raise Preempted(f"stopped by {signal.Signals(stop).name} before step {step + 1}: nothing "
