@@ -31,6 +31,8 @@ Commands not run (`SKIPPED`, each with its reason) and one substituted (`SUBSTIT
                     benchmarks: minutes, and the PyTorch peer (tests/test_benchmarks.py)
   source .venv/bin/activate
                     the test is already in the environment .venv provides
+  tensorboard --logdir runs/demo/tb
+                    a server that runs until stopped (tests/test_report.py reads the events)
   jaxgen train --config ... (--coordinator 10.0.0.1:1234)
                     a multi-host launch with a placeholder config and a cluster address
                     (tests/test_trainer.py runs two real processes through that path)
@@ -58,6 +60,8 @@ SKIPPED = (  # (how the command starts, why it is not run)
     ("python -m benchmarks.",
      "benchmarks: minutes, and the PyTorch peer (tests/test_benchmarks.py)"),
     ("source .venv/bin/activate", "the test already runs in .venv's environment"),
+    ("tensorboard --logdir", "TensorBoard's server runs until stopped (an optional install); "
+                             "tests/test_report.py reads the same event files with its reader"),
     ("jaxgen train --config ... ", "multi-host launch: placeholder config and cluster address "
                                    "(tests/test_trainer.py runs the 2-process path)"),
 )
@@ -158,7 +162,8 @@ def check_parses(argv: list[str], written: set[str], evaluated: set[str]) -> Non
     written.add(args.workdir)
     return
   compare = getattr(args, "compare", None)
-  for workdir in compare or [args.workdir]:
+  workdirs = args.workdir if isinstance(args.workdir, list) else [args.workdir]  # report: 1+
+  for workdir in compare or workdirs:
     assert workdir in (evaluated if compare else written), (
         f"`jaxgen {shlex.join(argv)}` reads {workdir} before a README command writes it")
   if args.command == "evaluate" and args.workdir:
@@ -184,7 +189,8 @@ def test_readme_is_parsed_into_the_commands_it_shows():
   assert ("jaxgen sample --workdir runs/aligndraw --caption "
           "'the sneaker is on the left of the trouser'") in run
   assert [c.split()[:2] for c, _ in skipped] == [
-      ["make", "test"], ["source", ".venv/bin/activate"], ["jaxgen", "train"],  # indented block
+      ["make", "test"], ["tensorboard", "--logdir"], ["source", ".venv/bin/activate"],
+      ["jaxgen", "train"],  # indented block
       ["make", "bench"], ["python", "-m"]]
   assert readme_commands(sections(markdown)[VAE_SECTION])[0].startswith("jaxgen train")
   assert len(python_blocks(markdown)) == 2
