@@ -219,7 +219,7 @@ def _track_losses(health: tuple, metrics: dict, step: jax.Array, max_loss: float
   exceed `max_loss` (0 while none is). Runs on device every step, read only when logging."""
   first, then = health
   ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v) & ((jnp.abs(v) <= max_loss) | (not _is_loss(k))))
-                          for k, v in metrics.items()]))
+                          for k, v in metrics.items() if not k.endswith("lr")]))  # lr: a setting
   newly = (first == 0) & ~ok
   return (jnp.where(newly, step, first),
           jax.tree.map(lambda old, new: jnp.where(newly, new, old), then, metrics))
@@ -251,8 +251,9 @@ def _check_health(health: tuple, state: Any, step: int, max_loss: float,
     return
   if first:
     then = {k: float(v) for k, v in then.items()}
-    bad = [k for k, v in then.items()
-           if not math.isfinite(v) or (_is_loss(k) and abs(v) > max_loss)]
+    bad = [k for k, v in then.items() if not k.endswith("lr")
+           and (not math.isfinite(v) or (_is_loss(k) and abs(v) > max_loss))]
+    bad = [k for k in bad if _is_loss(k)] or bad  # the losses, when they are among them
     what = ", ".join(f"{k} became {then[k]:.4g}" for k in bad)
     if all(math.isfinite(then[k]) for k in bad):
       what += f" (above config.max_loss={max_loss:g})"

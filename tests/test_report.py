@@ -64,7 +64,8 @@ def test_tensorboard_events_match_metrics_jsonl_across_a_resume(gan_run):
   acc = ea.EventAccumulator(str(gan_run / runlog.TB_DIR),
                             size_guidance={ea.SCALARS: 0, ea.IMAGES: 0})
   acc.Reload()
-  keys = ["images_per_s", "d_loss", "g_loss", "d_real", "d_fake"]
+  keys = ["images_per_s", "d_loss", "g_loss", "d_real", "d_fake", "d_lr", "g_lr", "d_grad_norm",
+          "g_grad_norm"]
   assert sorted(acc.Tags()["scalars"]) == sorted(
       [f"train/{k}" for k in keys] + ["eval/fd", "eval/recall"])
   for key in keys:
@@ -199,10 +200,10 @@ def test_report_html_in_headless_chromium(evaluated_run, tmp_path):
 
   # curves: one chart per logged metric, one line over the 10 unique steps each
   charts = re.findall(r'<svg class="chart".*?</svg>', dom)
-  assert len(charts) == 5 + 2
-  for chart in charts[:5]:
+  assert len(charts) == 9 + 2
+  for chart in charts[:9]:
     assert len(re.search(r'points="([^"]+)"', chart).group(1).split()) == 10
-  for chart in charts[5:]:  # evaluations at 5 and 10 (the resume cut the log's step 7 away)
+  for chart in charts[9:]:  # evaluations at 5 and 10 (the resume cut the log's step 7 away)
     assert len(re.search(r'points="([^"]+)"', chart).group(1).split()) == 2
 
   # the evaluation table holds metrics.json's numbers and its floor; the protocol is there

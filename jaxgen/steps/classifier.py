@@ -48,8 +48,7 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array,
   model = _model(hp)
   params, stats = common.init_model(model, key, sample_batch["image"][:1])
   lr = optax.cosine_decay_schedule(config.optim.lr, max(config.num_steps, 1))
-  net = common.ModelState.create(apply_fn=model.apply, params=params, batch_stats=stats,
-                                 tx=common.optimizer(config.optim, lr))
+  net = common.create_model_state(model, params, stats, config.optim, lr)
   return ClassifierState(step=jnp.zeros((), jnp.int32), net=net, hp=hp)
 
 
@@ -58,7 +57,8 @@ def _accuracy(logits_BxK: jax.Array, labels_B: jax.Array) -> jax.Array:
 
 
 def train_step(state: ClassifierState, batch: dict, key: jax.Array) -> tuple[ClassifierState, dict]:
-  """One cross-entropy update; metrics loss and accuracy on the (augmented) batch."""
+  """One cross-entropy update; metrics loss and accuracy on the (augmented) batch, the learning
+  rate `lr` and the gradients' global norm `grad_norm`."""
   model, net = _model(state.hp), state.net
   flip_key, drop_key = jax.random.split(jax.random.fold_in(key, state.step))
   images, labels = batch["image"], batch["label"]
@@ -72,9 +72,9 @@ def train_step(state: ClassifierState, batch: dict, key: jax.Array) -> tuple[Cla
     return losses.softmax_cross_entropy(logits, labels), (stats, logits)
 
   (loss, (stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(net.params)
-  net = net.apply_gradients(grads=grads, batch_stats=stats)
+  net, logged = common.apply_gradients(net, grads, batch_stats=stats)
   return (state.replace(step=state.step + 1, net=net),
-          dict(loss=loss, accuracy=_accuracy(logits, labels)))
+          dict(loss=loss, accuracy=_accuracy(logits, labels), **logged))
 
 
 def features(state: ClassifierState, images_BxHxWxC: jax.Array) -> tuple[jax.Array, jax.Array]:

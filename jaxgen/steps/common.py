@@ -1,5 +1,6 @@
 """Pieces shared by the families' step functions."""
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -14,8 +15,28 @@ from jaxgen.errors import ConfigError
 
 
 class ModelState(train_state.TrainState):
-  """One network's params, BatchNorm statistics (or an empty dict) and optimizer state."""
+  """One network's params, BatchNorm statistics (or an empty dict) and optimizer state;
+  `lr_fn(step)` is the learning rate its optimizer uses at a step (static, for logging)."""
   batch_stats: Any = struct.field(default_factory=dict)
+  lr_fn: Callable[[jax.Array], jax.Array] | None = struct.field(pytree_node=False, default=None)
+
+
+def create_model_state(model: nn.Module, params: Any, batch_stats: Any,
+                       optim: ml_collections.ConfigDict, lr: float | optax.Schedule) -> ModelState:
+  """A ModelState optimised by `optimizer(optim, lr)`; `lr` a constant or an optax schedule."""
+  return ModelState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats,
+                           tx=optimizer(optim, lr),
+                           lr_fn=lr if callable(lr) else optax.constant_schedule(lr))
+
+
+def apply_gradients(state: ModelState, grads: Any, prefix: str = "",
+                    **kwargs: Any) -> tuple[ModelState, dict]:
+  """(state after one optimizer update, numbers to log): `{prefix}lr`, the learning rate of
+  this update, and `{prefix}grad_norm`, the gradients' global norm before any clipping."""
+  logged = {f"{prefix}grad_norm": optax.global_norm(grads)}
+  if state.lr_fn is not None:
+    logged[f"{prefix}lr"] = jnp.asarray(state.lr_fn(state.step), jnp.float32)
+  return state.apply_gradients(grads=grads, **kwargs), logged
 
 
 def apply(model: nn.Module, state_params: Any, batch_stats: Any, *args: Any, train: bool,

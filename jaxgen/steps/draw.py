@@ -60,8 +60,7 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
     tokens = sample_batch.get("tokens", jnp.zeros((1, hp.max_tokens), jnp.int32))[:1]
   model = _model(hp)
   params, _ = common.init_model(model, key, sample_batch["image"][:1], tokens)
-  draw = common.ModelState.create(apply_fn=model.apply, params=params,
-                                  tx=common.optimizer(config.optim, config.optim.lr))
+  draw = common.create_model_state(model, params, {}, config.optim, config.optim.lr)
   return DRAWState(step=jnp.zeros((), jnp.int32), draw=draw, hp=hp)
 
 
@@ -107,11 +106,13 @@ def _negative_elbo(params: Any, state: DRAWState, batch: dict,
 
 
 def train_step(state: DRAWState, batch: dict, key: jax.Array) -> tuple[DRAWState, dict]:
-  """One optimizer step on -ELBO; metrics in nats/image (`loss`, `elbo`, `recon`, `kl`), `bpd`."""
+  """One optimizer step on -ELBO; metrics in nats/image (`loss`, `elbo`, `recon`, `kl`), `bpd`,
+  the learning rate `lr` and the gradients' global norm `grad_norm` (before clipping)."""
   step_key = jax.random.fold_in(key, state.step)
   grads, metrics = jax.grad(_negative_elbo, has_aux=True)(state.draw.params, state, batch,
                                                           step_key)
-  return state.replace(step=state.step + 1, draw=state.draw.apply_gradients(grads=grads)), metrics
+  draw, logged = common.apply_gradients(state.draw, grads)
+  return state.replace(step=state.step + 1, draw=draw), {**metrics, **logged}
 
 
 def eval_step(state: DRAWState, batch: dict, key: jax.Array) -> dict:

@@ -48,8 +48,8 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
   labels = jnp.zeros((1,), jnp.int32) if hp.num_classes else None
   g_params, g_stats = common.init_model(generator, g_key, z, labels)
   d_params, d_stats = common.init_model(discriminator, d_key, sample_batch["image"][:1], labels)
-  make = lambda model, params, stats, lr: common.ModelState.create(
-      apply_fn=model.apply, params=params, batch_stats=stats, tx=common.optimizer(config.optim, lr))
+  make = lambda model, params, stats, lr: common.create_model_state(model, params, stats,
+                                                                   config.optim, lr)
   return GANState(step=jnp.zeros((), jnp.int32),
                   g=make(generator, g_params, g_stats, config.optim.g_lr),
                   d=make(discriminator, d_params, d_stats, config.optim.d_lr),
@@ -57,7 +57,10 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
 
 
 def train_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, dict]:
-  """`d_steps` discriminator updates then one generator update on a batch of real images."""
+  """`d_steps` discriminator updates then one generator update on a batch of real images.
+
+  Metrics: both losses, D(x) and D(G(z)) (`d_real`, `d_fake`), each player's learning rate and
+  gradient norm (`d_lr`, `d_grad_norm` of the last D update; `g_lr`, `g_grad_norm`)."""
   hp = state.hp
   generator, discriminator = _models(hp)
   d_loss_fn, g_loss_fn = losses.GAN_LOSSES[hp.loss]
@@ -82,7 +85,7 @@ def train_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, 
 
     (d_loss, (d_stats, real_logits, fake_logits)), d_grads = jax.value_and_grad(
         d_objective, has_aux=True)(d.params)
-    d = d.apply_gradients(grads=d_grads, batch_stats=d_stats)
+    d, d_logged = common.apply_gradients(d, d_grads, "d_", batch_stats=d_stats)
 
   # ---- generator
   def g_objective(g_params):
@@ -92,7 +95,7 @@ def train_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, 
     return g_loss_fn(logits), stats
 
   (g_loss, g_stats), g_grads = jax.value_and_grad(g_objective, has_aux=True)(g.params)
-  g = g.apply_gradients(grads=g_grads, batch_stats=g_stats)
+  g, g_logged = common.apply_gradients(g, g_grads, "g_", batch_stats=g_stats)
   # Warm-up (as tf.train.ExponentialMovingAverage's num_updates): early on the average
   # would otherwise be dominated by the random initial weights.
   decay = jnp.minimum(hp.ema_decay, (1.0 + state.step) / (10.0 + state.step))
@@ -100,7 +103,7 @@ def train_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, 
 
   metrics = dict(d_loss=d_loss, g_loss=g_loss,
                  d_real=jnp.mean(jax.nn.sigmoid(real_logits)),
-                 d_fake=jnp.mean(jax.nn.sigmoid(fake_logits)))
+                 d_fake=jnp.mean(jax.nn.sigmoid(fake_logits)), **d_logged, **g_logged)
   return state.replace(step=state.step + 1, g=g, d=d, ema_params=ema), metrics
 
 

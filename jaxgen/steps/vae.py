@@ -65,8 +65,7 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
   x = sample_batch["image"][:1]
   labels = jnp.zeros((1,), jnp.int32) if hp.num_classes else None
   params, stats = common.init_model(model, key, x, jnp.zeros((1, hp.latent_dim)), labels)
-  vae = common.ModelState.create(apply_fn=model.apply, params=params, batch_stats=stats,
-                                 tx=common.optimizer(config.optim, config.optim.lr))
+  vae = common.create_model_state(model, params, stats, config.optim, config.optim.lr)
   return VAEState(step=jnp.zeros((), jnp.int32), vae=vae, hp=hp)
 
 
@@ -131,10 +130,12 @@ def _negative_elbo(params: Any, state: VAEState, batch: dict,
 
 
 def train_step(state: VAEState, batch: dict, key: jax.Array) -> tuple[VAEState, dict]:
-  """One Adam/SGD step on -ELBO; metrics in nats/image (`loss`, `elbo`, `recon`, `kl`) and `bpd`."""
+  """One Adam/SGD step on -ELBO; metrics in nats/image (`loss`, `elbo`, `recon`, `kl`), `bpd`,
+  the learning rate `lr` and the gradients' global norm `grad_norm`."""
   step_key = jax.random.fold_in(key, state.step)
   grads, metrics = jax.grad(_negative_elbo, has_aux=True)(state.vae.params, state, batch, step_key)
-  return state.replace(step=state.step + 1, vae=state.vae.apply_gradients(grads=grads)), metrics
+  vae, logged = common.apply_gradients(state.vae, grads)
+  return state.replace(step=state.step + 1, vae=vae), {**metrics, **logged}
 
 
 def eval_step(state: VAEState, batch: dict, key: jax.Array) -> dict:
