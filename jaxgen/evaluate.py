@@ -708,13 +708,16 @@ ROWS = (  # key, label, format[, key of its std over subsets]; metrics, then lik
 )
 
 
-def _cell(row: tuple, values: dict, flagged: bool = False) -> str:
+def format_cell(row: tuple, values: dict, flags: list[str] = ()) -> str:
+  """One table cell: the value of ROWS entry `row` in `values` (± its std where it has one),
+  marked "!" when one of `flags` gives that metric as its evidence; "-" if absent."""
   key, _, fmt, *std = row
   if values.get(key) is None:
     return "-"
   text = fmt.format(values[key])
   if std and values.get(std[0]) is not None:
     text += f" ±{values[std[0]]:.2g}"
+  flagged = any(flag_kind_and_evidence(f)[1].startswith(key + " ") for f in flags)
   return text + (" !" if flagged else "")
 
 
@@ -759,10 +762,8 @@ def format_table(results: list[dict]) -> str:
   header = ["metric", *names] + ([f"floor: {floor_name}"] if floor else [])
   body = []
   for row in rows:
-    flagged = [any(flag_kind_and_evidence(f)[1].startswith(row[0] + " ")
-                   for f in r.get("flags", [])) for r in results]
-    cells = [_cell(row, m, fl) for m, fl in zip(merged, flagged)]
-    body.append([row[1], *cells] + ([_cell(row, floor)] if floor else []))
+    cells = [format_cell(row, m, r.get("flags", [])) for m, r in zip(merged, results)]
+    body.append([row[1], *cells] + ([format_cell(row, floor)] if floor else []))
   widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
   fmt = lambda line: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                                for i, (c, w) in enumerate(zip(line, widths))).rstrip()

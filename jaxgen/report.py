@@ -188,16 +188,6 @@ def curves_section(runs: list[dict]) -> str:
   return '<h2 id="curves">Curves</h2><div class="charts">' + "".join(charts) + "</div>"
 
 
-def _eval_cell(row: tuple, values: dict, flags: list[str]) -> str:
-  key, _, fmt, *std = row
-  if values.get(key) is None:
-    return "-"
-  text = fmt.format(values[key])
-  if std and values.get(std[0]) is not None:
-    text += f" ±{values[std[0]]:.2g}"
-  return text + (" !" if any(f.startswith(key + " ") for f in flags) else "")
-
-
 def _flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
   out = []
   for k, v in d.items():
@@ -210,7 +200,7 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
 
 def evaluation_section(runs: list[dict]) -> str:
   """metrics.json of each evaluated run: metric rows x runs, the floor, flags and protocol."""
-  from jaxgen.evaluate import ROWS
+  from jaxgen import evaluate  # imported here: it pulls in the data and metrics stacks
   done = [r for r in runs if r["results"]]
   if not done:
     cmd = " ; ".join(f"jaxgen evaluate --workdir {r['workdir']}" for r in runs)
@@ -223,11 +213,12 @@ def evaluation_section(runs: list[dict]) -> str:
   floor_name = "floor: real test canvases" if captioned else "floor: train vs test"
   header = ["metric", *[r["name"] for r in done]] + ([floor_name] if floor else [])
   rows = []
-  for row in ROWS:
+  for row in evaluate.ROWS:
     if not any(m.get(row[0]) is not None for m in merged):
       continue
-    cells = [_eval_cell(row, m, r["results"].get("flags", [])) for m, r in zip(merged, done)]
-    rows.append([row[1], *cells] + ([_eval_cell(row, floor, [])] if floor else []))
+    cells = [evaluate.format_cell(row, m, r["results"].get("flags", []))
+             for m, r in zip(merged, done)]
+    rows.append([row[1], *cells] + ([evaluate.format_cell(row, floor)] if floor else []))
   parts = ['<h2 id="evaluation">Evaluation</h2><div class="side"><div>',
            _table(header, rows, "eval")]
   for r in done:
