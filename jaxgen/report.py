@@ -223,8 +223,8 @@ def evaluation_section(runs: list[dict]) -> str:
            _table(header, rows, "eval")]
   for r in done:
     for flag in r["results"].get("flags", []):
-      parts.append(f'<p class="flag">! {html.escape(r["name"])}: possible mode collapse: '
-                   f'{html.escape(flag)}</p>')
+      kind_evidence = ": ".join(evaluate.flag_kind_and_evidence(flag))  # as jaxgen evaluate
+      parts.append(f'<p class="flag">! {html.escape(r["name"])}: {html.escape(kind_evidence)}</p>')
   if len(done) > 1:
     parts.append('<p class="note">the floor is the first run\'s</p>')
   parts.append("</div>")

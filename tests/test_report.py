@@ -2,6 +2,7 @@
 the progress line's rate and ETA, and report.html opened in headless Chromium."""
 
 import base64
+import html
 import html.parser
 import json
 import re
@@ -271,3 +272,12 @@ def test_report_bad_workdirs_are_one_line_errors(tmp_path, gan_run):
     cli.main(["report", "--workdir", str(empty)])
   assert "\n" not in str(e.value)
   assert not (empty / "report").exists()
+
+
+def test_evaluation_section_states_each_flag_as_jaxgen_evaluate_does():
+  flag = "low diversity or coverage: recall 0.1 < 0.5 x floor 0.9"
+  results = {"metrics": {"recall": 0.1, "precision": 0.5}, "floor": {"recall": 0.9,
+             "precision": 0.9}, "flags": [flag], "protocol": {}}
+  page = report.evaluation_section([{"name": "runs/x", "workdir": "runs/x", "results": results}])
+  assert f"! runs/x: {html.escape(flag)}</p>" in page and "possible mode collapse" not in page
+  assert "0.100 !</td>" in page and "0.500</td>" in page  # the flagged metric's cell, another's
