@@ -9,8 +9,9 @@ PIP := $(PY) -m pip install -q -c constraints.txt
 DATA := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
+LINT_STAMP := $(VENV)/.installed-lint
 
-.PHONY: setup setup-bench data browser demo test test-all bench lock clean
+.PHONY: setup setup-bench data browser demo test test-all bench lint format lock clean
 
 setup: $(STAMP)
 
@@ -27,11 +28,25 @@ $(BENCH_STAMP): $(STAMP)
 	@if $(PIP) -e ".[test,bench]"; then touch $(BENCH_STAMP); else \
 	  echo "torch==2.13.0 did not install here: the PyTorch peer tests will be skipped"; fi
 
+# ruff (configured in pyproject.toml): make lint checks formatting and lint rules (CI runs it);
+# make format rewrites the tree in the project's style.
+$(LINT_STAMP): $(STAMP)
+	$(PIP) -e ".[test,lint]"
+	touch $(LINT_STAMP)
+
+lint: $(LINT_STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: $(LINT_STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
 # Rewrites constraints.txt with the newest versions pyproject.toml allows (in a scratch venv).
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install -q --upgrade pip
-	.lock-venv/bin/python -m pip install -q -e ".[test,bench]"
+	.lock-venv/bin/python -m pip install -q -e ".[test,bench,lint]"
 	{ sed -n '/^#/p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable \
 	  | sed 's/+cpu$$//'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 	rm -rf .lock-venv
