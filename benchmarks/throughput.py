@@ -42,13 +42,21 @@ from benchmarks.timing import interleaved, matmul_peak_gflops
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "experiments" / "configs"
 COLUMNS = (  # (key, header, format)
-    ("family", "family", "{}"), ("image", "image", "{}"), ("batch", "batch", "{}"),
-    ("devices", "dev", "{}"), ("compile_s", "compile s", "{:.1f}"),
-    ("ms_per_step", "ms/step", "{:.1f}"), ("images_per_s", "img/s", "{:.0f}"),
-    ("gflop_per_step", "GFLOP/step", "{:.2f}"), ("gflops", "GFLOP/s", "{:.1f}"),
-    ("peak_fraction", "% peak", "{:.0%}"), ("memory_mib", "XLA MiB", "{:.0f}"),
-    ("device_peak_mib", "dev peak MiB", "{:.0f}"), ("torch_images_per_s", "torch img/s", "{:.0f}"),
-    ("ratio", "jax/torch", "{:.2f}x"))
+  ("family", "family", "{}"),
+  ("image", "image", "{}"),
+  ("batch", "batch", "{}"),
+  ("devices", "dev", "{}"),
+  ("compile_s", "compile s", "{:.1f}"),
+  ("ms_per_step", "ms/step", "{:.1f}"),
+  ("images_per_s", "img/s", "{:.0f}"),
+  ("gflop_per_step", "GFLOP/step", "{:.2f}"),
+  ("gflops", "GFLOP/s", "{:.1f}"),
+  ("peak_fraction", "% peak", "{:.0%}"),
+  ("memory_mib", "XLA MiB", "{:.0f}"),
+  ("device_peak_mib", "dev peak MiB", "{:.0f}"),
+  ("torch_images_per_s", "torch img/s", "{:.0f}"),
+  ("ratio", "jax/torch", "{:.2f}x"),
+)
 
 
 # ------------------------------------------------------------------ what to measure
@@ -56,7 +64,8 @@ COLUMNS = (  # (key, header, format)
 
 def family_configs(families: list[str] | None) -> tuple[dict[str, Path], list[str]]:
   """({family: its config file}, notes on requested families left out)."""
-  from jaxgen import config as config_lib, steps
+  from jaxgen import config as config_lib
+  from jaxgen import steps
 
   found: dict[str, Path] = {}
   # Fashion-MNIST configs first: they need no extra batch fields (e.g. caption tokens).
@@ -79,13 +88,14 @@ def family_configs(families: list[str] | None) -> tuple[dict[str, Path], list[st
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
-  """"28x28x1" -> (28, 28, 1)."""
+  """ "28x28x1" -> (28, 28, 1)."""
   h, w, c = (int(v) for v in text.lower().split("x"))
   return h, w, c
 
 
-def load_config(path: Path, image_shape: tuple[int, int, int], batch_size: int,
-                overrides: dict[str, str]):
+def load_config(
+  path: Path, image_shape: tuple[int, int, int], batch_size: int, overrides: dict[str, str]
+):
   from jaxgen import config as config_lib
 
   config = config_lib.load(path, overrides)
@@ -101,12 +111,15 @@ def random_batch(config, mesh):
   """A global batch of uniform images in [-1, 1] and labels, sharded over the mesh."""
   import jax
   import numpy as np
+
   from jaxgen import parallel
 
   rng = np.random.default_rng(0)
   b, shape = config.batch_size, tuple(config.data.image_shape)
-  batch = {"image": rng.uniform(-1, 1, (b, *shape)).astype(np.float32),
-           "label": rng.integers(0, 10, (b,)).astype(np.int32)}
+  batch = {
+    "image": rng.uniform(-1, 1, (b, *shape)).astype(np.float32),
+    "label": rng.integers(0, 10, (b,)).astype(np.int32),
+  }
   return jax.device_put(batch, parallel.data_sharding(mesh))
 
 
@@ -114,15 +127,18 @@ def jax_runner(family_name: str, config, num_devices: int, warmup: int) -> tuple
   """(`run(k)`: k train steps then block_until_ready, row of compile and cost figures)
   for the family's train step compiled on `num_devices` devices, run `warmup` times."""
   import jax
-  from jaxgen import parallel, steps as families, trainer
+
+  from jaxgen import parallel, trainer
+  from jaxgen import steps as families
 
   family = families.get_family(family_name)
   devices = jax.devices()[:num_devices]
   mesh = parallel.make_mesh(devices)
   state, shardings = trainer.create_state(config, mesh, jax.random.key(0))
   batch = random_batch(config, mesh)
-  step, stats = trainer.compile_train_step(family, state, shardings, batch, mesh,
-                                           config.xla_cpu_eigen_convs)
+  step, stats = trainer.compile_train_step(
+    family, state, shardings, batch, mesh, config.xla_cpu_eigen_convs
+  )
   key = jax.random.key(1)
   holder = [state]
 
@@ -134,13 +150,14 @@ def jax_runner(family_name: str, config, num_devices: int, warmup: int) -> tuple
 
   run(warmup)
   # cost_analysis describes one device's program of a data-parallel step
-  row = dict(compile_s=stats["compile_s"],
-             gflop_per_step=stats["flops_per_step"] * num_devices / 1e9)
+  row = dict(
+    compile_s=stats["compile_s"], gflop_per_step=stats["flops_per_step"] * num_devices / 1e9
+  )
   if "temp_bytes" in stats:
-    row["memory_mib"] = (stats["temp_bytes"] + stats["argument_bytes"]) / 2 ** 20
+    row["memory_mib"] = (stats["temp_bytes"] + stats["argument_bytes"]) / 2**20
   peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in devices]
   if all(p is not None for p in peaks):
-    row["device_peak_mib"] = max(peaks) / 2 ** 20
+    row["device_peak_mib"] = max(peaks) / 2**20
   return run, row
 
 
@@ -157,6 +174,7 @@ def torch_runner(family: str, config, warmup: int) -> tuple:
   except NotImplementedError as e:
     return None, dict(torch_note=str(e))
   import torch
+
   return run, dict(torch_threads=torch.get_num_threads(), torch_device=str(torch_peer.device()))
 
 
@@ -171,12 +189,16 @@ def measure(family: str, config, num_devices: int, args) -> dict:
       runners["torch"] = torch_run
   times = interleaved(runners, args.repeats, args.steps)
   sec = statistics.median(times["jax"])
-  row.update(ms_per_step=1e3 * sec, images_per_s=config.batch_size / sec,
-             gflops=row["gflop_per_step"] / sec)
+  row.update(
+    ms_per_step=1e3 * sec, images_per_s=config.batch_size / sec, gflops=row["gflop_per_step"] / sec
+  )
   if "torch" in times:
     torch_sec = statistics.median(times["torch"])
-    row.update(torch_ms_per_step=1e3 * torch_sec, torch_images_per_s=config.batch_size / torch_sec,
-               ratio=torch_sec / sec)
+    row.update(
+      torch_ms_per_step=1e3 * torch_sec,
+      torch_images_per_s=config.batch_size / torch_sec,
+      ratio=torch_sec / sec,
+    )
   return row
 
 
@@ -184,12 +206,20 @@ def machine(peak: dict) -> dict:
   import jax
 
   d = jax.devices()[0]
-  info = dict(platform=d.platform, device_kind=d.device_kind, device_count=jax.device_count(),
-              cpu_count=os.cpu_count(), processor=platform.processor() or platform.machine(),
-              python=platform.python_version(), jax=jax.__version__,
-              load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None, **peak)
+  info = dict(
+    platform=d.platform,
+    device_kind=d.device_kind,
+    device_count=jax.device_count(),
+    cpu_count=os.cpu_count(),
+    processor=platform.processor() or platform.machine(),
+    python=platform.python_version(),
+    jax=jax.__version__,
+    load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    **peak,
+  )
   if importlib.util.find_spec("torch") is not None:
     import torch
+
     info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
   return info
 
@@ -212,12 +242,18 @@ def run_here(args) -> dict:
       for shape in args.image_shapes:
         for batch_size in args.batch_sizes or default_batch_sizes(base_batch(path)):
           if batch_size % num_devices:
-            notes.append(f"{family} batch {batch_size}: skipped on {num_devices} devices "
-                         "(does not divide)")
+            notes.append(
+              f"{family} batch {batch_size}: skipped on {num_devices} devices (does not divide)"
+            )
             continue
           config = load_config(path, shape, batch_size, args.overrides)
-          row = dict(family=family, config=str(path.relative_to(REPO)),
-                     image="x".join(map(str, shape)), batch=batch_size, devices=num_devices)
+          row = dict(
+            family=family,
+            config=str(path.relative_to(REPO)),
+            image="x".join(map(str, shape)),
+            batch=batch_size,
+            devices=num_devices,
+          )
           try:
             row.update(measure(family, config, num_devices, args))
           except Exception as e:  # e.g. an image size the family's model cannot take
@@ -232,6 +268,7 @@ def run_here(args) -> dict:
 
 def base_batch(path: Path) -> int:
   from jaxgen import config as config_lib
+
   return int(config_lib.load(path).batch_size)
 
 
@@ -245,10 +282,13 @@ def default_batch_sizes(batch_size: int) -> list[int]:
 
 def format_table(rows: list[dict], header: bool = True) -> str:
   """Fixed-width text table; '-' where a value is missing."""
-  cells = [[fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in COLUMNS]
-           for r in rows]
-  widths = [max(len(h), 12 if k in ("torch_images_per_s", "device_peak_mib") else 0, 5)
-            for k, h, _ in COLUMNS]
+  cells = [
+    [fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in COLUMNS] for r in rows
+  ]
+  widths = [
+    max(len(h), 12 if k in ("torch_images_per_s", "device_peak_mib") else 0, 5)
+    for k, h, _ in COLUMNS
+  ]
   widths = [max([w] + [len(c[i]) for c in cells]) for i, w in enumerate(widths)]
   line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))
   out = [line([h for _, h, _ in COLUMNS])] if header else []
@@ -257,33 +297,57 @@ def format_table(rows: list[dict], header: bool = True) -> str:
 
 def describe(result: dict) -> str:
   m = result["machine"]
-  torch = (f"; torch {m['torch']} with {m['torch_threads']} threads" if "torch" in m else "")
-  load = (f"; load average {m['load_average'][0]:.2f}" if m.get("load_average") else "")
-  return (f"{m['device_count']} x {m['device_kind']} ({m['platform']}), {m['cpu_count']} CPU "
-          f"cores; float32 matmul peak {m['matmul_peak_gflops']:.0f} GFLOP/s "
-          f"({m['matmul_size']}^3); jax {m['jax']}{torch}{load}")
+  torch = f"; torch {m['torch']} with {m['torch_threads']} threads" if "torch" in m else ""
+  load = f"; load average {m['load_average'][0]:.2f}" if m.get("load_average") else ""
+  return (
+    f"{m['device_count']} x {m['device_kind']} ({m['platform']}), {m['cpu_count']} CPU "
+    f"cores; float32 matmul peak {m['matmul_peak_gflops']:.0f} GFLOP/s "
+    f"({m['matmul_size']}^3); jax {m['jax']}{torch}{load}"
+  )
 
 
 # ---------------------------------------------------------------------------- main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   csv = lambda t: [v for v in t.split(",") if v]
-  p.add_argument("--families", type=csv, default=None,
-                 help="comma-separated (default: every family with a steps module and config)")
-  p.add_argument("--batch_sizes", type=lambda t: [int(v) for v in csv(t)], default=None,
-                 help="comma-separated (default: each config's batch size, half and double)")
-  p.add_argument("--image_shapes", type=lambda t: [parse_shape(v) for v in csv(t)],
-                 default=[(28, 28, 1)], help="e.g. 28x28x1,32x32x3,64x64x3")
-  p.add_argument("--devices", type=lambda t: [int(v) for v in csv(t)], default=[1],
-                 help="device counts, e.g. 1,2,4,8 (simulated on CPU)")
+  p.add_argument(
+    "--families",
+    type=csv,
+    default=None,
+    help="comma-separated (default: every family with a steps module and config)",
+  )
+  p.add_argument(
+    "--batch_sizes",
+    type=lambda t: [int(v) for v in csv(t)],
+    default=None,
+    help="comma-separated (default: each config's batch size, half and double)",
+  )
+  p.add_argument(
+    "--image_shapes",
+    type=lambda t: [parse_shape(v) for v in csv(t)],
+    default=[(28, 28, 1)],
+    help="e.g. 28x28x1,32x32x3,64x64x3",
+  )
+  p.add_argument(
+    "--devices",
+    type=lambda t: [int(v) for v in csv(t)],
+    default=[1],
+    help="device counts, e.g. 1,2,4,8 (simulated on CPU)",
+  )
   p.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
   p.add_argument("--steps", type=int, default=10, help="steps per timed run")
   p.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
-  p.add_argument("--set", dest="overrides", action="append", default=[],
-                 help="config override key=value for every family, e.g. model.width=64")
+  p.add_argument(
+    "--set",
+    dest="overrides",
+    action="append",
+    default=[],
+    help="config override key=value for every family, e.g. model.width=64",
+  )
   p.add_argument("--no_torch", action="store_true", help="skip the PyTorch peer")
   p.add_argument("--json", default="runs/benchmarks/throughput.json", help="where to write results")
   p.add_argument("--quiet", action="store_true", help="print only the final table")
@@ -316,8 +380,9 @@ def run_per_device_count(args, argv: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
       out = os.path.join(tmp, "result.json")
       env = dict(os.environ)
-      env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
-                          + f" --xla_force_host_platform_device_count={n}").strip()
+      env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}"
+      ).strip()
       cmd = [sys.executable, "-m", "benchmarks.throughput", *_child_argv(argv, n, out)]
       if n > 1:
         cmd.append("--no_torch")  # the PyTorch peer runs on one device only

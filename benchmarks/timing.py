@@ -9,8 +9,9 @@ def timed_runs(run_steps, repeats: int, steps: int) -> list[float]:
   return interleaved({"run": run_steps}, repeats, steps)["run"]
 
 
-def interleaved(runners: dict, repeats: int, steps: int, settle_s: float = 0.25
-                ) -> dict[str, list[float]]:
+def interleaved(
+  runners: dict, repeats: int, steps: int, settle_s: float = 0.25
+) -> dict[str, list[float]]:
   """Seconds per step of `repeats` timed calls `run(steps)` of each runner, taken in turn
   (the order alternating each round) so that a change in the machine's load or clock
   during the measurement touches every runner alike. With several runners each timed call
@@ -18,7 +19,7 @@ def interleaved(runners: dict, repeats: int, steps: int, settle_s: float = 0.25
   after their work and would otherwise be timed against the next."""
   times: dict[str, list[float]] = {name: [] for name in runners}
   for i in range(repeats):
-    for name in (list(runners) if i % 2 == 0 else list(runners)[::-1]):
+    for name in list(runners) if i % 2 == 0 else list(runners)[::-1]:
       if len(runners) > 1:
         time.sleep(settle_s)
       t0 = time.perf_counter()
@@ -45,4 +46,4 @@ def matmul_peak_gflops(repeats: int = 5) -> dict:
 
   run(2)
   s = min(timed_runs(run, repeats, 3))
-  return dict(matmul_size=n, matmul_peak_gflops=2 * n ** 3 / s / 1e9)
+  return dict(matmul_size=n, matmul_peak_gflops=2 * n**3 / s / 1e9)

@@ -89,8 +89,9 @@ class Generator(nn.Module):
     self.start, self.c0 = start, widths[0]
     self.dense = nn.Linear(latent_dim, start * start * widths[0], bias=False)
     self.bn_dense = _bn(widths[0])
-    self.deconvs = nn.ModuleList(_deconv(a, b, kernel_size, bias=False)
-                                 for a, b in zip(widths, widths[1:]))
+    self.deconvs = nn.ModuleList(
+      _deconv(a, b, kernel_size, bias=False) for a, b in zip(widths, widths[1:])
+    )
     self.bns = nn.ModuleList(_bn(b) for b in widths[1:])
     self.to_image = _deconv(widths[-1], image_shape[2], kernel_size)
 
@@ -109,8 +110,9 @@ class Discriminator(nn.Module):
     super().__init__()
     start, widths = gan_models.upsampling_plan(image_shape[0], width)
     chans = (image_shape[2], *reversed(widths))
-    self.convs = nn.ModuleList(_conv(a, b, kernel_size, bias=i == 0)
-                               for i, (a, b) in enumerate(zip(chans, chans[1:])))
+    self.convs = nn.ModuleList(
+      _conv(a, b, kernel_size, bias=i == 0) for i, (a, b) in enumerate(zip(chans, chans[1:]))
+    )
     self.bns = nn.ModuleList(_bn(b) for b in chans[2:])
     self.logit = nn.Linear(start * start * chans[-1], 1)
 
@@ -139,14 +141,16 @@ def gan_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[],
     with torch.no_grad():
       fake = g(torch.randn(batch_size, m.latent_dim, device=dev))
     d_opt.zero_grad(set_to_none=True)
-    d_loss = (F.binary_cross_entropy_with_logits(d(real), ones)
-              + F.binary_cross_entropy_with_logits(d(fake), zeros))
+    d_loss = F.binary_cross_entropy_with_logits(d(real), ones) + F.binary_cross_entropy_with_logits(
+      d(fake), zeros
+    )
     d_loss.backward()
     d_opt.step()
     d.requires_grad_(False)  # G's update needs no gradient for D's weights
     g_opt.zero_grad(set_to_none=True)
-    g_loss = F.binary_cross_entropy_with_logits(d(g(torch.randn(batch_size, m.latent_dim,
-                                                                device=dev))), ones)
+    g_loss = F.binary_cross_entropy_with_logits(
+      d(g(torch.randn(batch_size, m.latent_dim, device=dev))), ones
+    )
     g_loss.backward()
     g_opt.step()
     d.requires_grad_(True)
@@ -163,8 +167,14 @@ def gan_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[],
 class VAE(nn.Module):
   """Encoder + reparameterised sample + decoder, as jaxgen.models.vae.VAE (unconditional)."""
 
-  def __init__(self, image_shape: Sequence[int], out_channels: int, latent_dim: int, width: int,
-               kernel_size: int):
+  def __init__(
+    self,
+    image_shape: Sequence[int],
+    out_channels: int,
+    latent_dim: int,
+    width: int,
+    kernel_size: int,
+  ):
     super().__init__()
     start, widths = vae_models.resolution_plan(image_shape[0], width)
     enc = (image_shape[2], *reversed(widths))
@@ -217,12 +227,14 @@ def vae_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[],
 class Classifier(nn.Module):
   """images_BxCxHxW -> logits_BxK, as jaxgen.models.classifier.Classifier."""
 
-  def __init__(self, image_shape: Sequence[int], num_classes: int, width: int, feature_dim: int,
-               dropout: float):
+  def __init__(
+    self, image_shape: Sequence[int], num_classes: int, width: int, feature_dim: int, dropout: float
+  ):
     super().__init__()
     chans = (image_shape[2], width, 2 * width, 4 * width)
-    self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1, bias=False)
-                               for a, b in zip(chans, chans[1:]))
+    self.convs = nn.ModuleList(
+      nn.Conv2d(a, b, 3, padding=1, bias=False) for a, b in zip(chans, chans[1:])
+    )
     self.bns = nn.ModuleList(_bn(b) for b in chans[1:])
     side = image_shape[0] // 4
     self.features = nn.Linear(side * side * chans[-1], feature_dim)
@@ -263,8 +275,9 @@ def classifier_step(config: ml_collections.ConfigDict, batch_size: int) -> Calla
 # ----------------------------------------------------------------------------- DRAW
 
 
-def _filterbank(center_B: torch.Tensor, delta_B: torch.Tensor, var_B: torch.Tensor, n: int,
-                size: int) -> torch.Tensor:
+def _filterbank(
+  center_B: torch.Tensor, delta_B: torch.Tensor, var_B: torch.Tensor, n: int, size: int
+) -> torch.Tensor:
   """N Gaussian filters along one axis, [B, N, size], as jaxgen.models.draw.filterbank."""
   offsets = torch.arange(n, dtype=center_B.dtype, device=center_B.device) - (n - 1) / 2
   mu = center_B[:, None] + offsets[None, :] * delta_B[:, None]
@@ -278,8 +291,11 @@ def _window(params_Bx5: torch.Tensor, height: int, width: int, n: int):
   gx, gy, log_var, log_delta, log_gamma = params_Bx5.unbind(-1)
   delta = (max(height, width) - 1) / max(n - 1, 1) * torch.exp(log_delta)
   var = torch.exp(log_var)
-  return (_filterbank((height + 1) / 2 * (gy + 1) - 1, delta, var, n, height),
-          _filterbank((width + 1) / 2 * (gx + 1) - 1, delta, var, n, width), torch.exp(log_gamma))
+  return (
+    _filterbank((height + 1) / 2 * (gy + 1) - 1, delta, var, n, height),
+    _filterbank((width + 1) / 2 * (gx + 1) - 1, delta, var, n, width),
+    torch.exp(log_gamma),
+  )
 
 
 class TanhCell(nn.Module):
@@ -302,14 +318,14 @@ class DRAW(nn.Module):
     super().__init__()
     h, w, c = image_shape
     self.shape, self.m = tuple(image_shape), m
-    read = 2 * (m.read_n ** 2 * c if m.read_n else h * w * c)
+    read = 2 * (m.read_n**2 * c if m.read_n else h * w * c)
     self.canvas0 = nn.Parameter(torch.zeros(h, w, c))
     self.read_window = nn.Linear(m.dec_features, 5) if m.read_n else None
     self.encoder = TanhCell(read + m.dec_features, m.enc_features)
     self.q_mean = nn.Linear(m.enc_features, m.latent_dim)
     self.q_logvar = nn.Linear(m.enc_features, m.latent_dim)
     self.decoder = TanhCell(m.latent_dim, m.dec_features)
-    self.write = nn.Linear(m.dec_features, (m.write_n ** 2 if m.write_n else h * w) * c)
+    self.write = nn.Linear(m.dec_features, (m.write_n**2 if m.write_n else h * w) * c)
     self.write_window = nn.Linear(m.dec_features, 5) if m.write_n else None
 
   def forward(self, x: torch.Tensor, eps_TxBxZ: torch.Tensor):
@@ -322,8 +338,15 @@ class DRAW(nn.Module):
       x_hat = x - torch.sigmoid(canvas)
       if m.read_n:
         fy, fx, gamma = _window(self.read_window(h_dec), h, w, m.read_n)
-        r = torch.cat([(gamma[:, None, None, None] * torch.einsum("bnh,bhwc,bmw->bnmc", fy, img, fx)
-                        ).reshape(b, -1) for img in (x, x_hat)], -1)
+        r = torch.cat(
+          [
+            (gamma[:, None, None, None] * torch.einsum("bnh,bhwc,bmw->bnmc", fy, img, fx)).reshape(
+              b, -1
+            )
+            for img in (x, x_hat)
+          ],
+          -1,
+        )
       else:
         r = torch.cat([x.reshape(b, -1), x_hat.reshape(b, -1)], -1)
       h_enc = self.encoder(h_enc, torch.cat([r, h_dec], -1))
@@ -335,8 +358,9 @@ class DRAW(nn.Module):
         n = m.write_n
         fy, fx, gamma = _window(self.write_window(h_dec), h, w, n)
         patch = self.write(h_dec).view(b, n, n, c)
-        canvas = canvas + (torch.einsum("bnh,bnmc,bmw->bhwc", fy, patch, fx)
-                           / gamma[:, None, None, None])
+        canvas = canvas + (
+          torch.einsum("bnh,bnmc,bmw->bhwc", fy, patch, fx) / gamma[:, None, None, None]
+        )
       else:
         canvas = canvas + self.write(h_dec).view(b, h, w, c)
     return canvas, kl
@@ -346,8 +370,9 @@ def draw_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[]
   """One DRAW train step (dynamic binarisation, Bernoulli -ELBO, clipped Adam) on a random batch."""
   m, o, dev = config.model, config.optim, device()
   if m.cell != "tanh" or m.learned_prior or m.get("captions", False):
-    raise NotImplementedError("the PyTorch DRAW peer has only the tanh cell, the N(0, I) prior "
-                              "and no captions")
+    raise NotImplementedError(
+      "the PyTorch DRAW peer has only the tanh cell, the N(0, I) prior and no captions"
+    )
   shape = tuple(config.data.image_shape)
   model = DRAW(shape, m).to(dev)
   opt = torch.optim.Adam(model.parameters(), o.lr, betas=(o.get("b1", 0.9), o.get("b2", 0.999)))
@@ -369,11 +394,16 @@ def draw_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[]
 
 
 PEERS: dict[str, Callable[[ml_collections.ConfigDict, int], Callable[[], None]]] = {
-    "gan": gan_step, "vae": vae_step, "classifier": classifier_step, "draw": draw_step}
+  "gan": gan_step,
+  "vae": vae_step,
+  "classifier": classifier_step,
+  "draw": draw_step,
+}
 
 
-def runner(family: str, config: ml_collections.ConfigDict, batch_size: int, warmup: int = 3
-           ) -> Callable[[int], None]:
+def runner(
+  family: str, config: ml_collections.ConfigDict, batch_size: int, warmup: int = 3
+) -> Callable[[int], None]:
   """`run(k)`: k steps of the family's PyTorch train step, synchronised at the end; the
   step is built and run `warmup` times first."""
   step = PEERS[family](config, batch_size)
@@ -388,10 +418,20 @@ def runner(family: str, config: ml_collections.ConfigDict, batch_size: int, warm
   return run
 
 
-def measure(family: str, config: ml_collections.ConfigDict, batch_size: int, repeats: int = 5,
-            steps: int = 10, warmup: int = 3) -> dict:
+def measure(
+  family: str,
+  config: ml_collections.ConfigDict,
+  batch_size: int,
+  repeats: int = 5,
+  steps: int = 10,
+  warmup: int = 3,
+) -> dict:
   """Median ms/step and images/s of the family's PyTorch train step over `repeats` timed runs
   of `steps` steps each, after `warmup` steps."""
   s = statistics.median(timed_runs(runner(family, config, batch_size, warmup), repeats, steps))
-  return dict(ms_per_step=1e3 * s, images_per_s=batch_size / s if s > 0 else math.inf,
-              threads=torch.get_num_threads(), device=str(device()))
+  return dict(
+    ms_per_step=1e3 * s,
+    images_per_s=batch_size / s if s > 0 else math.inf,
+    threads=torch.get_num_threads(),
+    device=str(device()),
+  )

@@ -8,8 +8,9 @@ so a checkpoint damaged on disk after it was written is detected, not loaded.
 import errno
 import hashlib
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -77,14 +78,19 @@ def remove_partial_saves(directory: str | Path) -> list[Path]:
 class Checkpointer:
   """Saves {state, data position, checksums} every N steps (async), keeps the last `keep`."""
 
-  def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = True,
-               read_only: bool = False):
+  def __init__(
+    self, directory: str | Path, keep: int = 3, async_save: bool = True, read_only: bool = False
+  ):
     self.directory = Path(directory).absolute()
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=ocp.checkpoint_managers.LatestN(keep),
-        enable_async_checkpointing=async_save, create=not read_only, read_only=read_only)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "data", "integrity"))
+      preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+      enable_async_checkpointing=async_save,
+      create=not read_only,
+      read_only=read_only,
+    )
+    self._manager = ocp.CheckpointManager(
+      self.directory, options=options, item_names=("state", "data", "integrity")
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -97,8 +103,9 @@ class Checkpointer:
     os_error = find_os_error(e)
     if os_error is None:
       return e
-    where = os_error.filename or (self.directory / str(step) if step is not None
-                                  else self.directory)
+    where = os_error.filename or (
+      self.directory / str(step) if step is not None else self.directory
+    )
     cause = os_error.strerror or errno.errorcode.get(os_error.errno, str(os_error.errno))
     try:  # let earlier saves still in flight finish, then list the complete ones
       self._manager.wait_until_finished()
@@ -106,19 +113,26 @@ class Checkpointer:
       pass
     self._manager.reload()
     kept = self.all_steps()
-    kept_msg = (f"the checkpoints of steps {kept[::-1]} are intact" if kept
-                else "no checkpoint was kept")
+    kept_msg = (
+      f"the checkpoints of steps {kept[::-1]} are intact" if kept else "no checkpoint was kept"
+    )
     return CheckpointError(
-        f"cannot write a checkpoint ({where}: {cause}); {kept_msg}; free space or fix the "
-        f"folder's permissions, then run the same command to resume")
+      f"cannot write a checkpoint ({where}: {cause}); {kept_msg}; free space or fix the "
+      f"folder's permissions, then run the same command to resume"
+    )
 
   def save(self, step: int, state: Any, data_state: dict) -> None:
     """Starts saving `state` and `data_state` as `step` (async); OSErrors become one line."""
     integrity = {"leaves": checksums(state), "data": data_state}
     try:
-      self._manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-          integrity=ocp.args.JsonSave(integrity)))
+      self._manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=ocp.args.JsonSave(data_state),
+          integrity=ocp.args.JsonSave(integrity),
+        ),
+      )
     except Exception as e:  # a previous async save's error surfaces here too
       raise self._write_error(e, step) from e
 
@@ -129,12 +143,13 @@ class Checkpointer:
     """
     step = self.latest_step() if step is None else step
     if step is None:
-      raise CheckpointError(f"no checkpoint in {self.directory}; train first with "
-                            f"`jaxgen train --workdir {self.directory.parent}`")
+      raise CheckpointError(
+        f"no checkpoint in {self.directory}; train first with "
+        f"`jaxgen train --workdir {self.directory.parent}`"
+      )
     path = self.directory / str(step)
     if step not in self._manager.all_steps():
-      raise CheckpointError(f"no checkpoint {path}; the run has steps "
-                            f"{self.all_steps()[::-1]}")
+      raise CheckpointError(f"no checkpoint {path}; the run has steps {self.all_steps()[::-1]}")
     items = dict(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
     if (path / "integrity").exists():
       items["integrity"] = ocp.args.JsonRestore()
@@ -144,14 +159,16 @@ class Checkpointer:
       # Checkpoints written before checksums existed load unverified.
       problem = verify(state, data_state, restored["integrity"]) if "integrity" in items else None
     except Exception as e:  # orbax raises many types for unreadable or mismatched files
-      raise CheckpointError(f"checkpoint {path} cannot be restored ({type(e).__name__}: "
-                            f"{_first_line(e)})") from e
+      raise CheckpointError(
+        f"checkpoint {path} cannot be restored ({type(e).__name__}: {_first_line(e)})"
+      ) from e
     if problem:
       raise CheckpointError(f"checkpoint {path} is damaged: {problem}")
     return state, data_state, step
 
-  def restore_newest_good(self, abstract_state: Any, report: Callable[[str], None] = print
-                          ) -> tuple[Any, dict, int, list[int]]:
+  def restore_newest_good(
+    self, abstract_state: Any, report: Callable[[str], None] = print
+  ) -> tuple[Any, dict, int, list[int]]:
     """(state, data position, step, newer bad steps) from the newest checkpoint that restores and
     verifies; each one skipped is reported in one line. Nothing on disk is changed."""
     steps = self.all_steps()
@@ -165,8 +182,9 @@ class Checkpointer:
         report(f"skipping {e}")
         bad.append(step)
     raise CheckpointError(
-        f"none of the checkpoints in {self.directory} (steps {steps[::-1]}) restores and verifies; "
-        f"move that folder aside to start afresh, or train in a new --workdir")
+      f"none of the checkpoints in {self.directory} (steps {steps[::-1]}) restores and verifies; "
+      f"move that folder aside to start afresh, or train in a new --workdir"
+    )
 
   def move_aside(self, steps: list[int], destination: str | Path) -> list[Path]:
     """Moves the step folders `steps` (damaged ones a resumed run will write again) into

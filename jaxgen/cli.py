@@ -25,7 +25,7 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
   while i < len(argv):
     arg = argv[i]
     if arg.startswith("--config."):
-      key, eq, value = arg[len("--config."):].partition("=")
+      key, eq, value = arg[len("--config.") :].partition("=")
       if not eq:
         if i + 1 >= len(argv):
           raise SystemExit(f"jaxgen: {arg} needs a value (--config.{key}=VALUE)")
@@ -38,8 +38,9 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="jaxgen", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="jaxgen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   sub = p.add_subparsers(dest="command", required=True)
   t = sub.add_parser("train", help="train a config (resumes if --workdir has checkpoints)")
   t.add_argument("--config", required=True, help="Python file with get_config()")
@@ -49,32 +50,52 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--num", type=int, default=64)
   s.add_argument("--out", default=None, help="PNG path (default: WORKDIR/samples/sample.png)")
   s.add_argument("--label", type=int, default=None, help="class to draw (conditional models)")
-  s.add_argument("--caption", default=None,
-                 help='text to draw (caption-conditioned models), e.g. "the bag is on the left of the coat"')
+  s.add_argument(
+    "--caption",
+    default=None,
+    help='text to draw (caption-conditioned models), e.g. "the bag is on the left of the coat"',
+  )
   s.add_argument("--seed", type=int, default=0)
   s.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  r = sub.add_parser("report", help="report.html (curves, samples, the family's pictures, "
-                     "evaluation, config, provenance) and the pictures as files")
-  r.add_argument("--workdir", required=True, nargs="+", metavar="RUN",
-                 help="one run, or several to compare")
-  r.add_argument("--out", default=None, help="folder for report.html (and, for one run, its "
-                 "pictures; several runs write theirs to RUN/report) (default: WORKDIR/report "
-                 "of the first run)")
+  r = sub.add_parser(
+    "report",
+    help="report.html (curves, samples, the family's pictures, "
+    "evaluation, config, provenance) and the pictures as files",
+  )
+  r.add_argument(
+    "--workdir", required=True, nargs="+", metavar="RUN", help="one run, or several to compare"
+  )
+  r.add_argument(
+    "--out",
+    default=None,
+    help="folder for report.html (and, for one run, its "
+    "pictures; several runs write theirs to RUN/report) (default: WORKDIR/report "
+    "of the first run)",
+  )
   r.add_argument("--num", type=int, default=64, help="test images to use")
   r.add_argument("--seed", type=int, default=0)
   r.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  r.add_argument("--no_pictures", action="store_true",
-                 help="skip the family's pictures (no checkpoint restore): curves and tables only")
-  e = sub.add_parser("evaluate", help="sample metrics (and likelihood bounds) vs real data; "
-                     "writes WORKDIR/metrics.json")
+  r.add_argument(
+    "--no_pictures",
+    action="store_true",
+    help="skip the family's pictures (no checkpoint restore): curves and tables only",
+  )
+  e = sub.add_parser(
+    "evaluate",
+    help="sample metrics (and likelihood bounds) vs real data; writes WORKDIR/metrics.json",
+  )
   runs = e.add_mutually_exclusive_group(required=True)
   runs.add_argument("--workdir", help="run to evaluate")
   runs.add_argument("--compare", nargs="+", metavar="RUN", help="one table of evaluated runs")
   e.add_argument("--num_samples", type=int, default=10_000, help="samples (and test images)")
-  e.add_argument("--seed", type=int, default=None,
-                 help="default 0 (likelihood bounds: the config's eval.seed)")
-  e.add_argument("--extractor", default=None, help="classifier workdir (default: "
-                 "$JAXGEN_EXTRACTOR, else runs/classifier_<data.name>)")
+  e.add_argument(
+    "--seed", type=int, default=None, help="default 0 (likelihood bounds: the config's eval.seed)"
+  )
+  e.add_argument(
+    "--extractor",
+    default=None,
+    help="classifier workdir (default: $JAXGEN_EXTRACTOR, else runs/classifier_<data.name>)",
+  )
   e.add_argument("--num_importance", type=int, default=None, help="IWAE samples k")
   e.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   for cmd in (t, e):  # several processes (e.g. hosts) take part in one run or evaluation
@@ -86,37 +107,49 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace, overrides: dict[str, str]) -> None:
   import tensorflow_datasets as tfds
+
   tfds.disable_progress_bar()  # one "prepared" line instead of per-example bars
-  from jaxgen import config as config_lib, parallel
+  from jaxgen import config as config_lib
+  from jaxgen import parallel
+
   parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   from jaxgen import trainer
+
   config = config_lib.load(args.config, overrides)
   config_lib.validate(config)
   eval_fn = None
   if config.get("eval_every"):
     from jaxgen import evaluate
+
     eval_fn = evaluate.make_eval_fn(config)
   trainer.train_and_evaluate(config, args.workdir, eval_fn=eval_fn)
 
 
 def _sample(args: argparse.Namespace) -> None:
   import jax
-  from jaxgen import trainer, viz
   import numpy as np
+
+  from jaxgen import trainer, viz
+
   config, family, state = trainer.load_run(args.workdir, args.step)
   if args.label is not None and not config.model.get("num_classes"):
-    raise UserError("--label needs a class-conditional model (trained with "
-                     "--config.model.num_classes=N); this run is unconditional")
+    raise UserError(
+      "--label needs a class-conditional model (trained with "
+      "--config.model.num_classes=N); this run is unconditional"
+    )
   conditioning = args.label
   if args.caption is not None:
     if not hasattr(family, "tokenize"):
-      raise UserError(f"--caption needs a caption-conditioned model; this run is {config.model.family!r}")
+      raise UserError(
+        f"--caption needs a caption-conditioned model; this run is {config.model.family!r}"
+      )
     conditioning = family.tokenize(state, args.caption)
   out = Path(args.out) if args.out else Path(args.workdir) / "samples" / "sample.png"
   key = jax.random.key(args.seed)
   if hasattr(family, "sample_frames"):  # recurrent models: also the canvas being drawn, as a GIF
-    frames = np.asarray(jax.jit(family.sample_frames, static_argnums=2)(state, key, args.num,
-                                                                         conditioning))
+    frames = np.asarray(
+      jax.jit(family.sample_frames, static_argnums=2)(state, key, args.num, conditioning)
+    )
     images = frames[-1]
     print(f"wrote {viz.save_animation(frames, out.with_suffix('.gif'))}")
   else:
@@ -127,8 +160,15 @@ def _sample(args: argparse.Namespace) -> None:
 
 def _report(args: argparse.Namespace) -> None:
   from jaxgen import report
-  path, pictures = report.write_report(args.workdir, args.out, num=args.num, seed=args.seed,
-                                       step=args.step, pictures=not args.no_pictures)
+
+  path, pictures = report.write_report(
+    args.workdir,
+    args.out,
+    num=args.num,
+    seed=args.seed,
+    step=args.step,
+    pictures=not args.no_pictures,
+  )
   for picture in pictures:
     print(f"wrote {picture}")
   print(f"wrote {path}  (open {path.resolve().as_uri()})")
@@ -136,15 +176,23 @@ def _report(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
   from jaxgen import parallel
+
   parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-  from jaxgen import evaluate
   import jax
+
+  from jaxgen import evaluate
+
   if args.compare:
     print(evaluate.format_table([evaluate.load_results(w) for w in args.compare]))
     return
-  results = evaluate.evaluate_run(args.workdir, num_samples=args.num_samples, seed=args.seed,
-                                  extractor=args.extractor, num_importance=args.num_importance,
-                                  step=args.step)
+  results = evaluate.evaluate_run(
+    args.workdir,
+    num_samples=args.num_samples,
+    seed=args.seed,
+    extractor=args.extractor,
+    num_importance=args.num_importance,
+    step=args.step,
+  )
   if jax.process_index() == 0:
     print(evaluate.format_table([results]))
     if results["protocol"].get("sample_metrics"):
@@ -201,12 +249,15 @@ def _quiet_library_logs() -> None:
   restore before the error is raised; that error is reported in one line, so these logs show
   only with --debug."""
   import logging
+
   from absl import logging as absl_logging
+
   absl_logging.set_verbosity(absl_logging.FATAL)
   logging.getLogger("absl").setLevel(logging.CRITICAL)
   logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # "Task exception was never retrieved"
   sys.unraisablehook = lambda unraisable: None
   import threading
+
   threading.excepthook = lambda args: None
 
 

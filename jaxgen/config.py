@@ -19,24 +19,26 @@ def base_config() -> ml_collections.ConfigDict:
   """Settings every experiment shares: data, loop cadence, checkpoints."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.batch_size = 64          # global, over all devices and hosts
+  c.batch_size = 64  # global, over all devices and hosts
   c.num_steps = 1000
-  c.log_every = 50           # metrics to metrics.jsonl and the progress bar
-  c.sample_every = 500       # a sample grid PNG in workdir/samples/ (0: only at the end)
-  c.checkpoint_every = 500   # Orbax save of state + data position (always at the end)
+  c.log_every = 50  # metrics to metrics.jsonl and the progress bar
+  c.sample_every = 500  # a sample grid PNG in workdir/samples/ (0: only at the end)
+  c.checkpoint_every = 500  # Orbax save of state + data position (always at the end)
   c.keep_checkpoints = 3
-  c.num_grid_samples = 64       # 0: no sample grids (e.g. for classifiers)
-  c.eval_every = 0              # jaxgen.evaluate metrics every N steps into metrics.jsonl (0: off)
-  c.eval_num_samples = 2000     # samples vs test images per in-training evaluation
-  c.max_loss = 1e6              # a loss (metric named *loss) above this stops the run as diverged
+  c.num_grid_samples = 64  # 0: no sample grids (e.g. for classifiers)
+  c.eval_every = 0  # jaxgen.evaluate metrics every N steps into metrics.jsonl (0: off)
+  c.eval_num_samples = 2000  # samples vs test images per in-training evaluation
+  c.max_loss = 1e6  # a loss (metric named *loss) above this stops the run as diverged
   c.xla_cpu_eigen_convs = True  # CPU: XLA's Eigen convolutions, not YNNPACK's (jaxgen.ops.compile)
   # jaxgen.ops' custom-VJP passes: "auto" (on XLA:CPU, where they were measured faster; off on
   # GPU/TPU) | True | False (plain flax autodiff); any of the three types may be assigned.
   c.fast_ops = config_dict.FieldReference("auto", field_type=object)
   c.data = ml_collections.ConfigDict()
   c.data.name = "fashion_mnist"  # or "idx" (MNIST-format files in source_dir) or a TFDS name
-  c.data.source_dir = ""         # folder of IDX files ("" = the data set's default)
-  c.data.data_dir = ""           # where TFDS data sets are prepared ("" = JAXGEN_DATA_DIR or ~/tensorflow_datasets)
+  c.data.source_dir = ""  # folder of IDX files ("" = the data set's default)
+  c.data.data_dir = (
+    ""  # where TFDS data sets are prepared ("" = JAXGEN_DATA_DIR or ~/tensorflow_datasets)
+  )
   c.data.image_shape = config_dict.placeholder(tuple)  # checked against the data when set
   c.model = ml_collections.ConfigDict()
   c.optim = ml_collections.ConfigDict()
@@ -63,8 +65,9 @@ def _parse(text: str, current: object, key: str) -> object:
   if isinstance(current, (tuple, list)) or current is None and isinstance(value, list):
     value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
   if current is not None and not isinstance(value, type(current)):
-    raise ConfigError(f"--config.{key}={text}: expected {type(current).__name__}, "
-                      f"got {type(value).__name__}")
+    raise ConfigError(
+      f"--config.{key}={text}: expected {type(current).__name__}, got {type(value).__name__}"
+    )
   return value
 
 
@@ -75,12 +78,14 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
     node = config
     for p in parents:
       if p not in node:
-        raise ConfigError(f"--config.{key}: no field {p!r} in the config; "
-                          f"fields here: {sorted(node.keys())}")
+        raise ConfigError(
+          f"--config.{key}: no field {p!r} in the config; fields here: {sorted(node.keys())}"
+        )
       node = node[p]
     if leaf not in node:
-      raise ConfigError(f"--config.{key}: no field {leaf!r} in the config; "
-                        f"fields here: {sorted(node.keys())}")
+      raise ConfigError(
+        f"--config.{key}: no field {leaf!r} in the config; fields here: {sorted(node.keys())}"
+      )
     node[leaf] = _parse(text, node[leaf], key)
 
 
@@ -88,8 +93,9 @@ def load(path: str | Path, overrides: dict[str, str] | None = None) -> ml_collec
   """Imports `path`, calls its get_config() and applies `overrides`."""
   path = Path(path)
   if not path.is_file():
-    raise ConfigError(f"config file {path} not found; pass e.g. "
-                      "--config experiments/configs/dcgan_fashion.py")
+    raise ConfigError(
+      f"config file {path} not found; pass e.g. --config experiments/configs/dcgan_fashion.py"
+    )
   spec = importlib.util.spec_from_file_location(f"jaxgen_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -102,12 +108,23 @@ def load(path: str | Path, overrides: dict[str, str] | None = None) -> ml_collec
 
 # Fields a resumed run may change: they set how long it runs and what it records, not what
 # its steps compute. Every other field is the run's identity (model, data, optimiser, seed...).
-RESUMABLE = ("num_steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
-             "num_grid_samples", "eval_every", "eval_num_samples", "max_loss", "eval.")
+RESUMABLE = (
+  "num_steps",
+  "log_every",
+  "sample_every",
+  "checkpoint_every",
+  "keep_checkpoints",
+  "num_grid_samples",
+  "eval_every",
+  "eval_num_samples",
+  "max_loss",
+  "eval.",
+)
 
 
-def _require(config: ml_collections.ConfigDict, key: str, minimum: int | float,
-             kind: type = int) -> None:
+def _require(
+  config: ml_collections.ConfigDict, key: str, minimum: int | float, kind: type = int
+) -> None:
   value = config.get(key)
   if value is None:
     return
@@ -132,15 +149,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def flatten(config: ml_collections.ConfigDict | dict) -> dict[str, object]:
   """{"a.b": value} of a config as its config.json holds it (tuples as lists)."""
-  tree = (json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort")
-          else config)
+  tree = (
+    json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else config
+  )
   out = {}
+
   def walk(node, prefix):
     for k, v in node.items():
       if isinstance(v, dict):
         walk(v, f"{prefix}{k}.")
       else:
         out[prefix + k] = v
+
   walk(tree, "")
   return out
 
@@ -162,8 +182,9 @@ def drift(stored: dict, requested: ml_collections.ConfigDict) -> list[str]:
       continue
     if not _resumable(key):
       raise ConfigError(
-          f"config.{key} is {old!r} in this run's config.json but {new!r} was requested; only "
-          f"step counts and cadences may change on resume (--config.{key}={old} keeps it), or "
-          f"train in a new --workdir")
+        f"config.{key} is {old!r} in this run's config.json but {new!r} was requested; only "
+        f"step counts and cadences may change on resume (--config.{key}={old} keeps it), or "
+        f"train in a new --workdir"
+      )
     changes.append(f"config.{key}: {old!r} -> {new!r}")
   return changes

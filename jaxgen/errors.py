@@ -27,7 +27,8 @@ class Preempted(Exception):
 # TensorStore (Orbax's array writer) reports a failed write as a ValueError whose text names the
 # file and the errno, e.g. 'Failed writing: "/x/d/ab12": ... [os_error_code='28']'.
 _TENSORSTORE_OS_ERROR = re.compile(
-    r"""(?:Failed writing|Error opening|local file):? "([^"]+)".*os_error_code=.(\d+)""")
+  r"""(?:Failed writing|Error opening|local file):? "([^"]+)".*os_error_code=.(\d+)"""
+)
 
 
 def find_os_error(e: BaseException) -> OSError | None:

@@ -55,9 +55,10 @@ class WorkdirLock:
         os.close(fd)
         holder = _read_holder(self.path)
         raise LockError(
-            f"{self.path.parent} is in use by another run (host {holder.get('host', '?')}, pid "
-            f"{holder.get('pid', '?')}, since {holder.get('started', '?')}); wait for it to end, "
-            f"stop it, or train in another --workdir") from None
+          f"{self.path.parent} is in use by another run (host {holder.get('host', '?')}, pid "
+          f"{holder.get('pid', '?')}, since {holder.get('started', '?')}); wait for it to end, "
+          f"stop it, or train in another --workdir"
+        ) from None
       # The holder may have released and unlinked the file between our open and flock.
       try:
         same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
@@ -71,15 +72,21 @@ class WorkdirLock:
     if holder and holder.get("host") != host:
       os.close(fd)
       raise LockError(
-          f"{self.path} names a run on host {holder.get('host')} (pid {holder.get('pid')}), which "
-          f"cannot be checked from {host}; if no run is active there, delete {self.path} and "
-          f"run again")
+        f"{self.path} names a run on host {holder.get('host')} (pid {holder.get('pid')}), which "
+        f"cannot be checked from {host}; if no run is active there, delete {self.path} and "
+        f"run again"
+      )
     if holder.get("pid") is not None:
       alive = _pid_alive(int(holder["pid"]))
-      note = (f"took over the stale lock of pid {holder['pid']} on {host} "
-              f"({'a different process now has that pid' if alive else 'no longer running'})")
-    info = {"host": host, "pid": os.getpid(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+      note = (
+        f"took over the stale lock of pid {holder['pid']} on {host} "
+        f"({'a different process now has that pid' if alive else 'no longer running'})"
+      )
+    info = {
+      "host": host,
+      "pid": os.getpid(),
+      "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     os.ftruncate(fd, 0)
     os.write(fd, json.dumps(info).encode())
     os.fsync(fd)

@@ -36,10 +36,10 @@ def g_loss_hinge(fake_logits_B: jnp.ndarray) -> jnp.ndarray:
 
 
 GAN_LOSSES = {
-    # name: (discriminator loss, generator loss)
-    "nonsaturating": (d_loss_standard, g_loss_nonsaturating),
-    "minimax": (d_loss_standard, g_loss_minimax),
-    "hinge": (d_loss_hinge, g_loss_hinge),
+  # name: (discriminator loss, generator loss)
+  "nonsaturating": (d_loss_standard, g_loss_nonsaturating),
+  "minimax": (d_loss_standard, g_loss_minimax),
+  "hinge": (d_loss_hinge, g_loss_hinge),
 }
 
 
@@ -61,8 +61,9 @@ def gaussian_kl(mean_BxZ: jnp.ndarray, logvar_BxZ: jnp.ndarray) -> jnp.ndarray:
   return 0.5 * (jnp.exp(logvar_BxZ) + jnp.square(mean_BxZ) - 1.0 - logvar_BxZ)
 
 
-def diag_gaussian_log_prob(z_BxZ: jnp.ndarray, mean_BxZ: jnp.ndarray,
-                           logvar_BxZ: jnp.ndarray) -> jnp.ndarray:
+def diag_gaussian_log_prob(
+  z_BxZ: jnp.ndarray, mean_BxZ: jnp.ndarray, logvar_BxZ: jnp.ndarray
+) -> jnp.ndarray:
   """log N(z; mean, diag(exp(logvar))), summed over the last axis, nats [B] (any leading axes)."""
   sq = jnp.square(z_BxZ - mean_BxZ) * jnp.exp(-logvar_BxZ)
   return -0.5 * jnp.sum(jnp.log(2 * jnp.pi) + logvar_BxZ + sq, axis=-1)
@@ -83,8 +84,12 @@ def _clip_log_scale(log_scale: jnp.ndarray) -> jnp.ndarray:
   return jnp.clip(log_scale, -7.0, 7.0)
 
 
-def discretized_logistic_log_prob(loc_BxHxWxC: jnp.ndarray, log_scale_BxHxWxC: jnp.ndarray,
-                                  x_BxHxWxC: jnp.ndarray, num_bins: int = 256) -> jnp.ndarray:
+def discretized_logistic_log_prob(
+  loc_BxHxWxC: jnp.ndarray,
+  log_scale_BxHxWxC: jnp.ndarray,
+  x_BxHxWxC: jnp.ndarray,
+  num_bins: int = 256,
+) -> jnp.ndarray:
   """log P(x) of images x in [-1, 1] on a grid of `num_bins` values, nats [B].
 
   Each pixel's value is a logistic(loc, scale) variable rounded to the nearest grid value,
@@ -100,18 +105,23 @@ def discretized_logistic_log_prob(loc_BxHxWxC: jnp.ndarray, log_scale_BxHxWxC: j
   lower = (centered - half_bin) * inv_scale
   width = 2.0 * half_bin * inv_scale  # upper - lower, without the cancellation
   log_cdf_upper = -jax.nn.softplus(-upper)  # bottom bin: log sigmoid(upper)
-  log_sf_lower = -jax.nn.softplus(lower)    # top bin: log(1 - sigmoid(lower))
+  log_sf_lower = -jax.nn.softplus(lower)  # top bin: log(1 - sigmoid(lower))
   # log(sigmoid(u) - sigmoid(l)) = l + log(expm1(u - l)) - softplus(u) - softplus(l), stable
   # for both tails; log(expm1(w)) = w + log(-expm1(-w)) does not overflow for large w.
-  log_mid = (lower + width + jnp.log(-jnp.expm1(-width))
-             - jax.nn.softplus(upper) - jax.nn.softplus(lower))
-  lp = jnp.where(x_BxHxWxC < -1.0 + half_bin, log_cdf_upper,
-                 jnp.where(x_BxHxWxC > 1.0 - half_bin, log_sf_lower, log_mid))
+  log_mid = (
+    lower + width + jnp.log(-jnp.expm1(-width)) - jax.nn.softplus(upper) - jax.nn.softplus(lower)
+  )
+  lp = jnp.where(
+    x_BxHxWxC < -1.0 + half_bin,
+    log_cdf_upper,
+    jnp.where(x_BxHxWxC > 1.0 - half_bin, log_sf_lower, log_mid),
+  )
   return jnp.sum(lp, axis=_IMAGE_AXES)
 
 
-def discretized_logistic_mean(loc: jnp.ndarray, log_scale: jnp.ndarray,
-                              num_bins: int = 256) -> jnp.ndarray:
+def discretized_logistic_mean(
+  loc: jnp.ndarray, log_scale: jnp.ndarray, num_bins: int = 256
+) -> jnp.ndarray:
   """The exact mean of `discretized_logistic_log_prob`'s distribution, in [-1, 1], same shape.
 
   E[x] = 1 - (2 / (num_bins - 1)) * sum_j sigmoid((b_j - loc) / scale) over the num_bins - 1
@@ -147,8 +157,9 @@ def bits_per_dim(nats: jnp.ndarray, num_dims: int) -> jnp.ndarray:
   return nats / (num_dims * jnp.log(2.0))
 
 
-def gaussian_kl_between(mean_q: jnp.ndarray, logvar_q: jnp.ndarray, mean_p: jnp.ndarray,
-                        logvar_p: jnp.ndarray) -> jnp.ndarray:
+def gaussian_kl_between(
+  mean_q: jnp.ndarray, logvar_q: jnp.ndarray, mean_p: jnp.ndarray, logvar_p: jnp.ndarray
+) -> jnp.ndarray:
   """KL(N(mean_q, exp(logvar_q)) || N(mean_p, exp(logvar_p))) per unit, closed form, nats (same
   shape); with mean_p = logvar_p = 0 it equals `gaussian_kl`. For learned priors (alignDRAW)."""
   sq = jnp.square(mean_q - mean_p)

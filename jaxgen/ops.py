@@ -72,8 +72,9 @@ _DN = ("NHWC", "HWIO", "NHWC")
 # ------------------------------------------------------------------- padding rules
 
 
-def transpose_padding(kernel_size: int, stride: int, padding: str | tuple[int, int]
-                      ) -> tuple[int, int]:
+def transpose_padding(
+  kernel_size: int, stride: int, padding: str | tuple[int, int]
+) -> tuple[int, int]:
   """(low, high) padding of the stride-dilated input, as lax.conv_transpose pads one axis.
 
   "SAME" and "VALID" name the padding of the forward convolution this one transposes;
@@ -91,8 +92,9 @@ def transpose_padding(kernel_size: int, stride: int, padding: str | tuple[int, i
   return low, total - low
 
 
-def conv_padding(size: int, kernel_size: int, stride: int, padding: str | tuple[int, int]
-                 ) -> tuple[int, int]:
+def conv_padding(
+  size: int, kernel_size: int, stride: int, padding: str | tuple[int, int]
+) -> tuple[int, int]:
   """(low, high) padding of a strided convolution of one axis, as lax pads "SAME"/"VALID"."""
   if padding == "VALID":
     return 0, 0
@@ -117,11 +119,11 @@ def _per_axis(padding: Padding, n: int) -> list:
 # -------------------------------------------------------------- the two conv forms
 
 
-def _strided(x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, strides: tuple[int, ...],
-             pads: Pads) -> jax.Array:
+def _strided(
+  x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, strides: tuple[int, ...], pads: Pads
+) -> jax.Array:
   """Ordinary strided convolution (XLA's fast path)."""
-  return lax.conv_general_dilated(x_BxHxWxC, kernel_KxKxIxO, strides, pads,
-                                  dimension_numbers=_DN)
+  return lax.conv_general_dilated(x_BxHxWxC, kernel_KxKxIxO, strides, pads, dimension_numbers=_DN)
 
 
 # Convolutions of at most this many kernel taps x input channels (an image's first layer)
@@ -130,32 +132,44 @@ def _strided(x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, strides: tuple[int
 _MAX_TAPWISE = 27
 
 
-def _tap_slices(x_BxHxWxC: jax.Array, kernel_hw: Sequence[int], strides: tuple[int, ...],
-                pads: Pads) -> list[jax.Array]:
+def _tap_slices(
+  x_BxHxWxC: jax.Array, kernel_hw: Sequence[int], strides: tuple[int, ...], pads: Pads
+) -> list[jax.Array]:
   """The kh * kw strided slices [B, H', W', C] of padded x that kernel tap (i, j) multiplies,
   in row-major tap order."""
-  x = lax.pad(x_BxHxWxC, jnp.zeros((), x_BxHxWxC.dtype),
-              ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)))  # may crop: lo < 0
+  x = lax.pad(
+    x_BxHxWxC,
+    jnp.zeros((), x_BxHxWxC.dtype),
+    ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)),
+  )  # may crop: lo < 0
   out = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:3], kernel_hw, strides)]
   (sh, sw), (kh, kw) = strides, kernel_hw
-  return [x[:, i:i + (out[0] - 1) * sh + 1:sh, j:j + (out[1] - 1) * sw + 1:sw]
-          for i in range(kh) for j in range(kw)]
+  return [
+    x[:, i : i + (out[0] - 1) * sh + 1 : sh, j : j + (out[1] - 1) * sw + 1 : sw]
+    for i in range(kh)
+    for j in range(kw)
+  ]
 
 
-def _forward(x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, strides: tuple[int, ...],
-             pads: Pads) -> jax.Array:
+def _forward(
+  x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, strides: tuple[int, ...], pads: Pads
+) -> jax.Array:
   """_strided's value; tap by tap (elementwise) for thin inputs."""
   kh, kw, cin, _ = kernel_KxKxIxO.shape
   padded = [n + lo + hi for n, (lo, hi) in zip(x_BxHxWxC.shape[1:3], pads)]
   if kh * kw * cin > _MAX_TAPWISE or padded[0] < kh or padded[1] < kw:  # or an empty output
     return _strided(x_BxHxWxC, kernel_KxKxIxO, strides, pads)
   taps = _tap_slices(x_BxHxWxC, (kh, kw), strides, pads)
-  return sum(tap[..., c:c + 1] * kernel_KxKxIxO[t // kw, t % kw, c]
-             for t, tap in enumerate(taps) for c in range(cin))
+  return sum(
+    tap[..., c : c + 1] * kernel_KxKxIxO[t // kw, t % kw, c]
+    for t, tap in enumerate(taps)
+    for c in range(cin)
+  )
 
 
-def _phase_plan(size: int, k: int, s: int, low: int, high: int
-                ) -> tuple[int, int, list[tuple[slice, int, tuple[int, int]]]]:
+def _phase_plan(
+  size: int, k: int, s: int, low: int, high: int
+) -> tuple[int, int, list[tuple[slice, int, tuple[int, int]]]]:
   """How one axis of a stride-s dilated convolution splits into s stride-1 ones.
 
   Output o = s * m + p (phase p) sums x[m - q + t] * kernel[r + s * t] over taps t, where
@@ -177,17 +191,25 @@ def _phase_plan(size: int, k: int, s: int, low: int, high: int
 _MIN_PHASE_SPLIT_CHANNELS = 8
 
 
-def _dilated(x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, strides: tuple[int, ...],
-             pads: Pads) -> jax.Array:
+def _dilated(
+  x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, strides: tuple[int, ...], pads: Pads
+) -> jax.Array:
   """Convolution of x dilated by `strides` and padded by `pads` (stride 1), computed as
   one stride-1 convolution per output phase; equals
   lax.conv_general_dilated(x, kernel, 1, pads, lhs_dilation=strides)."""
   if kernel_KxKxIxO.shape[3] < _MIN_PHASE_SPLIT_CHANNELS:
-    return lax.conv_general_dilated(x_BxHxWxC, kernel_KxKxIxO, (1,) * len(strides), pads,
-                                    lhs_dilation=strides, dimension_numbers=_DN)
+    return lax.conv_general_dilated(
+      x_BxHxWxC,
+      kernel_KxKxIxO,
+      (1,) * len(strides),
+      pads,
+      lhs_dilation=strides,
+      dimension_numbers=_DN,
+    )
   (h_out, mh, rows), (w_out, mw, cols) = [
-      _phase_plan(n, k, s, lo, hi) for n, k, s, (lo, hi)
-      in zip(x_BxHxWxC.shape[1:3], kernel_KxKxIxO.shape[:2], strides, pads)]
+    _phase_plan(n, k, s, lo, hi)
+    for n, k, s, (lo, hi) in zip(x_BxHxWxC.shape[1:3], kernel_KxKxIxO.shape[:2], strides, pads)
+  ]
   b, cout = x_BxHxWxC.shape[0], kernel_KxKxIxO.shape[3]
   grid = []
   for taps_h, nh, pad_h in rows:
@@ -207,8 +229,13 @@ def _flip_swap(kernel_KxKxIxO: jax.Array) -> jax.Array:
   return jnp.flip(kernel_KxKxIxO, (0, 1)).swapaxes(2, 3)
 
 
-def _kernel_grad(x_BxHxWxC: jax.Array, dy_BxHxWxO: jax.Array, kernel_shape: Sequence[int],
-                 strides: tuple[int, ...], pads: Pads) -> jax.Array:
+def _kernel_grad(
+  x_BxHxWxC: jax.Array,
+  dy_BxHxWxO: jax.Array,
+  kernel_shape: Sequence[int],
+  strides: tuple[int, ...],
+  pads: Pads,
+) -> jax.Array:
   """d/dkernel of sum(dy * _strided(x, kernel)): XLA's kernel gradient of a strided conv."""
   zeros = jnp.zeros(kernel_shape, x_BxHxWxC.dtype)
   return jax.vjp(lambda k: _strided(x_BxHxWxC, k, strides, pads), zeros)[1](dy_BxHxWxO)[0]
@@ -243,24 +270,34 @@ def _conv_transpose_bwd(strides, pads, residuals, dy_BxHxWxO):
 _conv_transpose.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
 
 
-def conv_transpose(x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, strides: Sequence[int],
-                   padding: Padding = "SAME") -> jax.Array:
+def conv_transpose(
+  x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, strides: Sequence[int], padding: Padding = "SAME"
+) -> jax.Array:
   """Transposed convolution [B, H', W', O] equal to `lax.conv_transpose(x, kernel, strides,
   padding)` (flax `nn.ConvTranspose`), with fast forward and backward passes."""
   strides = tuple(int(s) for s in strides)
-  pads = tuple(transpose_padding(k, s, p) for k, s, p in
-               zip(kernel_KxKxIxO.shape[:2], strides, _per_axis(padding, len(strides))))
+  pads = tuple(
+    transpose_padding(k, s, p)
+    for k, s, p in zip(kernel_KxKxIxO.shape[:2], strides, _per_axis(padding, len(strides)))
+  )
   return _conv_transpose(x_BxHxWxC, kernel_KxKxIxO, strides, pads)
 
 
 # ---------------------------------------------------------------------------- conv
 
 
-def _conv_cotangent_pads(in_hw: Sequence[int], out_hw: Sequence[int], kernel_hw: Sequence[int],
-                         strides: Sequence[int], pads: Pads) -> Pads:
+def _conv_cotangent_pads(
+  in_hw: Sequence[int],
+  out_hw: Sequence[int],
+  kernel_hw: Sequence[int],
+  strides: Sequence[int],
+  pads: Pads,
+) -> Pads:
   """Padding of the stride-dilated dy whose convolution with the flipped kernel is dx."""
-  return tuple((k - 1 - lo, n - (m - 1) * s - 1 + lo)
-               for n, m, k, s, (lo, _) in zip(in_hw, out_hw, kernel_hw, strides, pads))
+  return tuple(
+    (k - 1 - lo, n - (m - 1) * s - 1 + lo)
+    for n, m, k, s, (lo, _) in zip(in_hw, out_hw, kernel_hw, strides, pads)
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -276,8 +313,9 @@ def _conv_bwd(strides, pads, residuals, dy_BxHxWxO):
   x_BxHxWxC, kernel_KxKxIxO = residuals
   if dy_BxHxWxO.size == 0:  # an empty output (kernel larger than the padded input)
     return jnp.zeros_like(x_BxHxWxC), jnp.zeros_like(kernel_KxKxIxO)
-  dy_pads = _conv_cotangent_pads(x_BxHxWxC.shape[1:3], dy_BxHxWxO.shape[1:3],
-                                 kernel_KxKxIxO.shape[:2], strides, pads)
+  dy_pads = _conv_cotangent_pads(
+    x_BxHxWxC.shape[1:3], dy_BxHxWxO.shape[1:3], kernel_KxKxIxO.shape[:2], strides, pads
+  )
   dx = _dilated(dy_BxHxWxO, _flip_swap(kernel_KxKxIxO), strides, dy_pads)
   dk = _kernel_grad(x_BxHxWxC, dy_BxHxWxO, kernel_KxKxIxO.shape, strides, pads)
   return dx, dk
@@ -286,15 +324,19 @@ def _conv_bwd(strides, pads, residuals, dy_BxHxWxO):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv(x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, strides: Sequence[int],
-         padding: Padding = "SAME") -> jax.Array:
+def conv(
+  x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, strides: Sequence[int], padding: Padding = "SAME"
+) -> jax.Array:
   """Strided convolution [B, H', W', O] equal to `lax.conv_general_dilated(x, kernel, strides,
   padding)` (flax `nn.Conv`), whose input gradient avoids XLA:CPU's dilated-input path and
   whose forward pass on thin inputs (kh * kw * Cin <= 27) is elementwise."""
   strides = tuple(int(s) for s in strides)
-  pads = tuple(conv_padding(n, k, s, p) for n, k, s, p in
-               zip(x_BxHxWxC.shape[1:3], kernel_KxKxIxO.shape[:2], strides,
-                   _per_axis(padding, len(strides))))
+  pads = tuple(
+    conv_padding(n, k, s, p)
+    for n, k, s, p in zip(
+      x_BxHxWxC.shape[1:3], kernel_KxKxIxO.shape[:2], strides, _per_axis(padding, len(strides))
+    )
+  )
   return _conv(x_BxHxWxC, kernel_KxKxIxO, strides, pads)
 
 
@@ -326,12 +368,14 @@ class _ConvModule(nn.Module):
 class ConvTranspose(_ConvModule):
   """Drop-in for `nn.ConvTranspose` on NHWC images (2-D; no dilation, mask or
   transpose_kernel): the same "kernel" [kH, kW, Cin, Cout] and "bias" [Cout] parameters."""
+
   op = staticmethod(conv_transpose)
 
 
 class Conv(_ConvModule):
   """Drop-in for `nn.Conv` on NHWC images (2-D; no dilation, groups or mask): the same
   "kernel" [kH, kW, Cin, Cout] and "bias" [Cout] parameters."""
+
   op = staticmethod(conv)
 
 
@@ -341,7 +385,7 @@ class Conv(_ConvModule):
 def _trim(x_BxHxWxC: jax.Array, window: tuple[int, int]) -> jax.Array:
   """x without the trailing rows/columns a "VALID" window pool drops."""
   _, h, w, _ = x_BxHxWxC.shape
-  return x_BxHxWxC[:, :h - h % window[0], :w - w % window[1]]
+  return x_BxHxWxC[:, : h - h % window[0], : w - w % window[1]]
 
 
 def _window_slices(x_BxHxWxC: jax.Array, window: tuple[int, int]) -> list[jax.Array]:
@@ -363,8 +407,9 @@ def _max_pool_fwd(x_BxHxWxC, window):
   return y, (x_BxHxWxC, y)
 
 
-def _route_to_first(x_BxHxWxC: jax.Array, picked: jax.Array, dy: jax.Array,
-                    window: tuple[int, int]) -> jax.Array:
+def _route_to_first(
+  x_BxHxWxC: jax.Array, picked: jax.Array, dy: jax.Array, window: tuple[int, int]
+) -> jax.Array:
   """[B, H, W, C]: each window's `dy` at the first position (row-major window order) where x
   equals `picked` (both [B, H // wh, W // ww, C]), zeros elsewhere: nn.max_pool's gradient."""
   wh, ww = window
@@ -372,8 +417,13 @@ def _route_to_first(x_BxHxWxC: jax.Array, picked: jax.Array, dy: jax.Array,
   # The first matching position per window, computed on the pooled grid; the full-size pass
   # is then a broadcast in x's own memory order (stacking per-position slices would need a
   # transpose, which XLA:CPU runs several times slower).
-  first = functools.reduce(jnp.minimum, [jnp.where(part == picked, k, wh * ww) for k, part
-                                         in enumerate(_window_slices(x_BxHxWxC, window))])
+  first = functools.reduce(
+    jnp.minimum,
+    [
+      jnp.where(part == picked, k, wh * ww)
+      for k, part in enumerate(_window_slices(x_BxHxWxC, window))
+    ],
+  )
   position = jnp.arange(wh * ww).reshape(1, 1, wh, 1, ww, 1)
   expand = lambda a: a[:, :, None, :, None, :]
   dx = jnp.where(position == expand(first), expand(dy), 0.0)
@@ -454,18 +504,22 @@ def _batch_norm_act_bwd(epsilon, negative_slope, window, residuals, cotangents):
     g = jnp.pad(g, [(0, full - part) for full, part in zip(x.shape, g.shape)])
   centred = x - mean
   # BatchNorm's gradient through the batch statistics, plus any cotangent of the statistics.
-  dx = (a * (g - dbias / n - centred * (rstd * dscale / n))
-        + (dmean + 2.0 * dvar * centred) / n)
+  dx = a * (g - dbias / n - centred * (rstd * dscale / n)) + (dmean + 2.0 * dvar * centred) / n
   return dx, dscale, dbias
 
 
 _batch_norm_act.defvjp(_batch_norm_act_fwd, _batch_norm_act_bwd)
 
 
-def batch_norm_act(x_BxHxWxC: jax.Array, scale_C: jax.Array, bias_C: jax.Array, *,
-                   epsilon: float = 1e-5, negative_slope: float = 0.0,
-                   window: Sequence[int] | None = None
-                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def batch_norm_act(
+  x_BxHxWxC: jax.Array,
+  scale_C: jax.Array,
+  bias_C: jax.Array,
+  *,
+  epsilon: float = 1e-5,
+  negative_slope: float = 0.0,
+  window: Sequence[int] | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Training-mode BatchNorm, (leaky) ReLU and optional max pooling as one op:
   (y [B, H // wh, W // ww, C] (or x's shape without `window`), batch mean_C, batch var_C).
 
@@ -481,8 +535,10 @@ def batch_norm_act(x_BxHxWxC: jax.Array, scale_C: jax.Array, bias_C: jax.Array, 
   """
   window = tuple(int(v) for v in window) if window else None
   if window and negative_slope < 0:
-    raise ValueError(f"negative_slope {negative_slope} < 0: the fused pool needs a monotone "
-                     "activation; use nn.BatchNorm and pool separately")
+    raise ValueError(
+      f"negative_slope {negative_slope} < 0: the fused pool needs a monotone "
+      "activation; use nn.BatchNorm and pool separately"
+    )
   if window and x_BxHxWxC.ndim != 4:
     raise ValueError(f"pooling needs [B, H, W, C] input, got shape {x_BxHxWxC.shape}")
   x = _at_least_float32(x_BxHxWxC)  # as flax: statistics in float32 at least
@@ -499,6 +555,7 @@ class BatchNormAct(nn.Module):
   update, so checkpoints interchange. Training runs `batch_norm_act` (`fused`) or flax's
   arithmetic through plain autodiff (`fused=False`, the reference tests hold it to); inference
   is plain jnp, pooled by `max_pool`. With `fused` it is reverse-mode only (custom VJPs)."""
+
   use_running_average: bool | None = None
   momentum: float = 0.99
   epsilon: float = 1e-5
@@ -508,24 +565,29 @@ class BatchNormAct(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
-    use_running_average = nn.merge_param("use_running_average", self.use_running_average,
-                                         use_running_average)
+    use_running_average = nn.merge_param(
+      "use_running_average", self.use_running_average, use_running_average
+    )
     features = (x.shape[-1],)
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
     scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
     if self.fused and not use_running_average:
-      y, mean, var = batch_norm_act(x, scale, bias, epsilon=self.epsilon,
-                                    negative_slope=self.negative_slope, window=self.window)
+      y, mean, var = batch_norm_act(
+        x, scale, bias, epsilon=self.epsilon, negative_slope=self.negative_slope, window=self.window
+      )
     else:  # flax's arithmetic
       x = _at_least_float32(x)
       mean, var = (ra_mean.value, ra_var.value) if use_running_average else _batch_stats(x)
       y = (x - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
       y = _activation(y, self.negative_slope)
       if self.window:
-        y = (max_pool(y, self.window) if self.fused
-             else nn.max_pool(y, self.window, strides=self.window))
+        y = (
+          max_pool(y, self.window)
+          if self.fused
+          else nn.max_pool(y, self.window, strides=self.window)
+        )
     if not use_running_average and not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
@@ -538,12 +600,14 @@ class BatchNormAct(nn.Module):
 # EPYC this was tuned on, YNNPACK's convolutions ran 1.3-1.6x slower than XLA's own Eigen
 # convolutions (its dots and reductions are the faster ones), which cost the DCGAN step
 # 1.8x: this list is the default one less INDIVIDUAL_CONVOLUTION.
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
-                        "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+CPU_COMPILER_OPTIONS = {
+  "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+}
 
 
-def compile(lowered: jax.stages.Lowered, platform: str, eigen_convs: bool = True
-            ) -> jax.stages.Compiled:
+def compile(
+  lowered: jax.stages.Lowered, platform: str, eigen_convs: bool = True
+) -> jax.stages.Compiled:
   """`lowered.compile()`, with CPU_COMPILER_OPTIONS when `platform` is "cpu" and
   `eigen_convs`. A jaxlib that lacks the option compiles with its defaults (and warns)."""
   if platform == "cpu" and eigen_convs:
@@ -552,6 +616,10 @@ def compile(lowered: jax.stages.Lowered, platform: str, eigen_convs: bool = True
     except jax.errors.JaxRuntimeError as e:
       if not any(name in str(e) for name in CPU_COMPILER_OPTIONS):
         raise
-      warnings.warn(f"this jaxlib does not take {CPU_COMPILER_OPTIONS}; compiling with XLA's "
-                    f"defaults ({str(e).splitlines()[0]})", RuntimeWarning, stacklevel=2)
+      warnings.warn(
+        f"this jaxlib does not take {CPU_COMPILER_OPTIONS}; compiling with XLA's "
+        f"defaults ({str(e).splitlines()[0]})",
+        RuntimeWarning,
+        stacklevel=2,
+      )
   return lowered.compile()

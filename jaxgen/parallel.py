@@ -11,13 +11,15 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxgen.errors import ConfigError
 
 
-def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+def initialize_distributed(
+  coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
   """Calls `jax.distributed.initialize` when several processes take part, before any JAX work.
 
   With no arguments it initialises only where a cluster is detectable (the JAX_COORDINATOR_ADDRESS
@@ -52,12 +54,15 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
   """Assembles each process's local slice [B/P, ...] into global arrays [B, ...] sharded on "data"."""
   sharding = data_sharding(mesh)
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
+  )
 
 
 def check_batch_size(batch_size: int) -> None:
   """The global batch must split evenly over devices (and hence processes)."""
   n = jax.device_count()
   if batch_size % n:
-    raise ConfigError(f"batch_size {batch_size} does not divide over {n} devices; "
-                     f"set --config.batch_size to a multiple of {n}")
+    raise ConfigError(
+      f"batch_size {batch_size} does not divide over {n} devices; "
+      f"set --config.batch_size to a multiple of {n}"
+    )

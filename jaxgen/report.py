@@ -13,12 +13,11 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 from jaxgen import runlog
 from jaxgen.errors import UserError
 
-MAX_GRIDS = 6        # sample grids shown per run, evenly spaced over training
+MAX_GRIDS = 6  # sample grids shown per run, evenly spaced over training
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
 MIME = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
@@ -31,8 +30,10 @@ def read_metrics(workdir: str | Path) -> tuple[dict[int, dict], dict[int, dict]]
   resume keeps its last row. Raises UserError if the folder is not a run or has no metrics."""
   workdir = Path(workdir)
   if not (workdir / "config.json").is_file():
-    raise UserError(f"{workdir} holds no jaxgen run ({workdir / 'config.json'} is missing); "
-                    f"pass the --workdir of a `jaxgen train` run")
+    raise UserError(
+      f"{workdir} holds no jaxgen run ({workdir / 'config.json'} is missing); "
+      f"pass the --workdir of a `jaxgen train` run"
+    )
   path = workdir / "metrics.jsonl"
   lines = path.read_text().splitlines() if path.is_file() else []
   train, evals = {}, {}
@@ -46,8 +47,10 @@ def read_metrics(workdir: str | Path) -> tuple[dict[int, dict], dict[int, dict]]
     elif "step" in row:
       train[int(row["step"])] = {k: v for k, v in row.items() if k != "step"}
   if not train:
-    raise UserError(f"{path} holds no metrics yet; wait for the run's first log_every steps "
-                    f"(or train it: `jaxgen train --config CONFIG --workdir {workdir}`)")
+    raise UserError(
+      f"{path} holds no metrics yet; wait for the run's first log_every steps "
+      f"(or train it: `jaxgen train --config CONFIG --workdir {workdir}`)"
+    )
   return train, evals
 
 
@@ -84,14 +87,17 @@ def has_checkpoint(workdir: str | Path) -> bool:
   return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
 
 
-def write_pictures(workdir: str | Path, out: str | Path, num: int = 64, seed: int = 0,
-                   step: int | None = None) -> list[Path]:
+def write_pictures(
+  workdir: str | Path, out: str | Path, num: int = 64, seed: int = 0, step: int | None = None
+) -> list[Path]:
   """The family's pictures of a trained run (restored checkpoint, `num` test images) in `out`.
 
   Returns [] for a family that draws none (the classifier).
   """
   import jax
+
   from jaxgen import data, trainer
+
   config, family, state = trainer.load_run(workdir, step)
   if not hasattr(family, "pictures"):
     return []
@@ -107,16 +113,19 @@ def _fmt(v: float) -> str:
   return f"{v:.4g}"
 
 
-def svg_chart(title: str, lines: list[tuple[str, list[int], list[float]]],
-              width: int = 380, height: int = 210) -> str:
+def svg_chart(
+  title: str, lines: list[tuple[str, list[int], list[float]]], width: int = 380, height: int = 210
+) -> str:
   """An inline SVG line chart of (label, steps, values) lines over a shared step axis."""
   points = [(s, v) for _, xs, ys in lines for s, v in zip(xs, ys) if math.isfinite(v)]
   left, right, top, bottom = 58, 10, 24, 28
   w, h = width - left - right, height - top - bottom
-  parts = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" '
-           f'height="{height}" viewBox="0 0 {width} {height}" role="img">',
-           f'<title>{html.escape(title)}</title>',
-           f'<text x="{left}" y="15" font-size="13" font-weight="bold">{html.escape(title)}</text>']
+  parts = [
+    f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+    f'height="{height}" viewBox="0 0 {width} {height}" role="img">',
+    f"<title>{html.escape(title)}</title>",
+    f'<text x="{left}" y="15" font-size="13" font-weight="bold">{html.escape(title)}</text>',
+  ]
   if not points:
     return "".join(parts) + "</svg>"
   x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
@@ -128,14 +137,18 @@ def svg_chart(title: str, lines: list[tuple[str, list[int], list[float]]],
   py = lambda v: top + h * (1 - (v - y0) / (y1 - y0))
   parts.append(f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#999"/>')
   for v in (y0 + pad, (y0 + y1) / 2, y1 - pad):
-    parts.append(f'<line x1="{left}" x2="{left + w}" y1="{py(v):.1f}" y2="{py(v):.1f}" '
-                 f'stroke="#eee"/><text x="{left - 4}" y="{py(v) + 4:.1f}" font-size="10" '
-                 f'text-anchor="end">{_fmt(v)}</text>')
+    parts.append(
+      f'<line x1="{left}" x2="{left + w}" y1="{py(v):.1f}" y2="{py(v):.1f}" '
+      f'stroke="#eee"/><text x="{left - 4}" y="{py(v) + 4:.1f}" font-size="10" '
+      f'text-anchor="end">{_fmt(v)}</text>'
+    )
   for s, anchor in ((x0, "start"), (x1, "end")):
-    parts.append(f'<text x="{px(s):.1f}" y="{top + h + 14}" font-size="10" '
-                 f'text-anchor="{anchor}">{s}</text>')
-  parts.append(f'<text x="{left + w / 2:.1f}" y="{height - 2}" font-size="10" '
-               f'text-anchor="middle">step</text>')
+    parts.append(
+      f'<text x="{px(s):.1f}" y="{top + h + 14}" font-size="10" text-anchor="{anchor}">{s}</text>'
+    )
+  parts.append(
+    f'<text x="{left + w / 2:.1f}" y="{height - 2}" font-size="10" text-anchor="middle">step</text>'
+  )
   for i, (label, xs, ys) in enumerate(lines):
     color = COLORS[i % len(COLORS)]
     pts = [(px(s), py(v)) for s, v in zip(xs, ys) if math.isfinite(v)]
@@ -143,11 +156,12 @@ def svg_chart(title: str, lines: list[tuple[str, list[int], list[float]]],
       parts.append(f'<circle cx="{pts[0][0]:.1f}" cy="{pts[0][1]:.1f}" r="3" fill="{color}"/>')
     elif pts:
       coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
-      parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" '
-                   f'stroke-width="1.5"/>')
+      parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.5"/>')
     if len(lines) > 1:
-      parts.append(f'<text x="{left + w - 4}" y="{top + 12 + 12 * i}" font-size="10" '
-                   f'text-anchor="end" fill="{color}">{html.escape(label)}</text>')
+      parts.append(
+        f'<text x="{left + w - 4}" y="{top + 12 + 12 * i}" font-size="10" '
+        f'text-anchor="end" fill="{color}">{html.escape(label)}</text>'
+      )
   return "".join(parts) + "</svg>"
 
 
@@ -161,14 +175,17 @@ def data_uri(path: str | Path) -> str:
 
 
 def _img(path: Path, caption: str) -> str:
-  return (f'<figure><img src="{data_uri(path)}" alt="{html.escape(caption)}">'
-          f'<figcaption>{html.escape(caption)}</figcaption></figure>')
+  return (
+    f'<figure><img src="{data_uri(path)}" alt="{html.escape(caption)}">'
+    f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+  )
 
 
 def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
   head = "".join(f"<th>{html.escape(c)}</th>" for c in header)
-  body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                 for row in rows)
+  body = "".join(
+    "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+  )
   return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -201,13 +218,17 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
 def evaluation_section(runs: list[dict]) -> str:
   """metrics.json of each evaluated run: metric rows x runs, the floor, flags and protocol."""
   from jaxgen import evaluate  # imported here: it pulls in the data and metrics stacks
+
   done = [r for r in runs if r["results"]]
   if not done:
     cmd = " ; ".join(f"jaxgen evaluate --workdir {r['workdir']}" for r in runs)
-    return (f'<h2 id="evaluation">Evaluation</h2><p class="note">not evaluated yet '
-            f'(no metrics.json): <code>{html.escape(cmd)}</code></p>')
-  merged = [dict(r["results"].get("metrics", {}), **r["results"].get("likelihood", {}))
-            for r in done]
+    return (
+      f'<h2 id="evaluation">Evaluation</h2><p class="note">not evaluated yet '
+      f"(no metrics.json): <code>{html.escape(cmd)}</code></p>"
+    )
+  merged = [
+    dict(r["results"].get("metrics", {}), **r["results"].get("likelihood", {})) for r in done
+  ]
   floor = done[0]["results"].get("floor") or {}
   captioned = "captions" in done[0]["results"].get("protocol", {})
   floor_name = "floor: real test canvases" if captioned else "floor: train vs test"
@@ -216,11 +237,14 @@ def evaluation_section(runs: list[dict]) -> str:
   for row in evaluate.ROWS:
     if not any(m.get(row[0]) is not None for m in merged):
       continue
-    cells = [evaluate.format_cell(row, m, r["results"].get("flags", []))
-             for m, r in zip(merged, done)]
+    cells = [
+      evaluate.format_cell(row, m, r["results"].get("flags", [])) for m, r in zip(merged, done)
+    ]
     rows.append([row[1], *cells] + ([evaluate.format_cell(row, floor)] if floor else []))
-  parts = ['<h2 id="evaluation">Evaluation</h2><div class="side"><div>',
-           _table(header, rows, "eval")]
+  parts = [
+    '<h2 id="evaluation">Evaluation</h2><div class="side"><div>',
+    _table(header, rows, "eval"),
+  ]
   for r in done:
     for flag in r["results"].get("flags", []):
       kind_evidence = ": ".join(evaluate.flag_kind_and_evidence(flag))  # as jaxgen evaluate
@@ -230,8 +254,11 @@ def evaluation_section(runs: list[dict]) -> str:
   parts.append("</div>")
   for r in done:
     protocol = _flatten(r["results"].get("protocol", {}))
-    parts.append(f"<div><h3>Protocol: {html.escape(r['name'])}</h3>" +
-                 _table(["setting", "value"], [list(p) for p in protocol], "protocol") + "</div>")
+    parts.append(
+      f"<div><h3>Protocol: {html.escape(r['name'])}</h3>"
+      + _table(["setting", "value"], [list(p) for p in protocol], "protocol")
+      + "</div>"
+    )
   return "".join(parts) + "</div>"
 
 
@@ -240,18 +267,29 @@ def summary_section(runs: list[dict]) -> str:
   rows = []
   for r in runs:
     last = max(r["train_rows"])
-    losses = ", ".join(f"{k} {_fmt(v)}" for k, v in r["train_rows"][last].items()
-                       if k != "images_per_s" and isinstance(v, (int, float)))
+    losses = ", ".join(
+      f"{k} {_fmt(v)}"
+      for k, v in r["train_rows"][last].items()
+      if k != "images_per_s" and isinstance(v, (int, float))
+    )
     ips = [row.get("images_per_s") for row in r["train_rows"].values() if row.get("images_per_s")]
     wall = sum(s.get("seconds", 0.0) for s in r["sessions"])
-    rows.append([r["name"], r["config"].get("model", {}).get("family", "?"),
-                 str(r["config"].get("data", {}).get("name", "?")),
-                 f"{last}/{r['config'].get('num_steps', '?')}", losses,
-                 f"{sorted(ips)[len(ips) // 2]:.1f}" if ips else "-",
-                 _duration(wall) if r["sessions"] else "not recorded"])
-  return ('<h2 id="runs">Runs</h2>' + _table(
-      ["run", "family", "data", "step", "latest losses", "median images/s", "wall time"],
-      rows, "summary"))
+    rows.append(
+      [
+        r["name"],
+        r["config"].get("model", {}).get("family", "?"),
+        str(r["config"].get("data", {}).get("name", "?")),
+        f"{last}/{r['config'].get('num_steps', '?')}",
+        losses,
+        f"{sorted(ips)[len(ips) // 2]:.1f}" if ips else "-",
+        _duration(wall) if r["sessions"] else "not recorded",
+      ]
+    )
+  return '<h2 id="runs">Runs</h2>' + _table(
+    ["run", "family", "data", "step", "latest losses", "median images/s", "wall time"],
+    rows,
+    "summary",
+  )
 
 
 def _duration(seconds: float) -> str:
@@ -265,12 +303,19 @@ def provenance_rows(sessions: list[dict]) -> list[list[str]]:
   rows = []
   for s in sessions:
     v = s.get("versions", {})
-    rows.append([s.get("started", "?"), f"{s.get('start_step')} -> {s.get('end_step')}",
-                 _duration(s.get("seconds", 0.0)), v.get("jaxgen") or "?",
-                 s.get("git_commit") or "not a git checkout",
-                 f"jax {v.get('jax')} / jaxlib {v.get('jaxlib')} / flax {v.get('flax')}",
-                 f"{s.get('device_count')} x {s.get('device_kind')} ({s.get('platform')}), "
-                 f"{s.get('process_count')} process(es)", s.get("host", "?")])
+    rows.append(
+      [
+        s.get("started", "?"),
+        f"{s.get('start_step')} -> {s.get('end_step')}",
+        _duration(s.get("seconds", 0.0)),
+        v.get("jaxgen") or "?",
+        s.get("git_commit") or "not a git checkout",
+        f"jax {v.get('jax')} / jaxlib {v.get('jaxlib')} / flax {v.get('flax')}",
+        f"{s.get('device_count')} x {s.get('device_kind')} ({s.get('platform')}), "
+        f"{s.get('process_count')} process(es)",
+        s.get("host", "?"),
+      ]
+    )
   return rows
 
 
@@ -279,11 +324,14 @@ def run_section(run: dict) -> str:
   name = html.escape(run["name"])
   parts = [f'<h2 id="run-{run["index"]}">{name}</h2>', "<h3>Samples during training</h3>"]
   if run["grids"]:
-    parts.append('<div class="grids">' + "".join(_img(p, f"step {s}") for s, p in run["grids"])
-                 + "</div>")
+    parts.append(
+      '<div class="grids">' + "".join(_img(p, f"step {s}") for s, p in run["grids"]) + "</div>"
+    )
   else:
-    parts.append('<p class="note">no sample grids (config.num_grid_samples = 0 or no '
-                 'sample_every step reached)</p>')
+    parts.append(
+      '<p class="note">no sample grids (config.num_grid_samples = 0 or no '
+      "sample_every step reached)</p>"
+    )
   parts.append("<h3>Pictures</h3>")
   images = [p for p in run["pictures"] if p.suffix.lower() in MIME]
   if images:
@@ -291,20 +339,41 @@ def run_section(run: dict) -> str:
   for p in run["pictures"]:
     if p.suffix == ".json":  # e.g. kl_per_unit.json: its single numbers (lists are drawn)
       info = json.loads(p.read_text())
-      rows = [[k, _fmt(v) if isinstance(v, float) else str(v)] for k, v in info.items()
-              if isinstance(v, (int, float, str))]
+      rows = [
+        [k, _fmt(v) if isinstance(v, float) else str(v)]
+        for k, v in info.items()
+        if isinstance(v, (int, float, str))
+      ]
       parts.append(f"<p>{html.escape(p.name)}</p>" + _table(["", ""], rows, "info"))
   parts += [f'<p class="note">{html.escape(n)}</p>' for n in run["notes"]]
-  parts.append("<h3>Config</h3><details><summary>config.json</summary><pre>"
-               + html.escape(json.dumps(run["config"], indent=2)) + "</pre></details>")
+  parts.append(
+    "<h3>Config</h3><details><summary>config.json</summary><pre>"
+    + html.escape(json.dumps(run["config"], indent=2))
+    + "</pre></details>"
+  )
   parts.append("<h3>Provenance</h3>")
   if run["sessions"]:
-    parts.append(_table(["session started (UTC)", "steps", "wall time", "jaxgen", "git commit",
-                         "versions", "devices", "host"], provenance_rows(run["sessions"]),
-                        "provenance"))
+    parts.append(
+      _table(
+        [
+          "session started (UTC)",
+          "steps",
+          "wall time",
+          "jaxgen",
+          "git commit",
+          "versions",
+          "devices",
+          "host",
+        ],
+        provenance_rows(run["sessions"]),
+        "provenance",
+      )
+    )
   else:
-    parts.append('<p class="note">not recorded (provenance.json is missing: trained before '
-                 'jaxgen recorded it)</p>')
+    parts.append(
+      '<p class="note">not recorded (provenance.json is missing: trained before '
+      "jaxgen recorded it)</p>"
+    )
   return "".join(parts)
 
 
@@ -336,34 +405,57 @@ def render(runs: list[dict]) -> str:
   """The whole page for `runs` (dicts from `collect`)."""
   now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
   v = runlog.versions()
-  made = (f"written {now} by jaxgen {v.get('jaxgen')} (commit {runlog.git_commit() or '?'}), "
-          f"jax {v.get('jax')}, jaxlib {v.get('jaxlib')}, flax {v.get('flax')}")
+  made = (
+    f"written {now} by jaxgen {v.get('jaxgen')} (commit {runlog.git_commit() or '?'}), "
+    f"jax {v.get('jax')}, jaxlib {v.get('jaxlib')}, flax {v.get('flax')}"
+  )
   nav = " · ".join(f'<a href="#run-{r["index"]}">{html.escape(r["name"])}</a>' for r in runs)
   title = "jaxgen report: " + ", ".join(r["name"] for r in runs)
-  body = [f"<h1>{html.escape(title)}</h1>",
-          f'<p class="note">{html.escape(made)}</p>',
-          f'<p><a href="#curves">curves</a> · <a href="#evaluation">evaluation</a> · {nav}</p>',
-          summary_section(runs), curves_section(runs), evaluation_section(runs),
-          *map(run_section, runs)]
-  return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>'
-          f'{html.escape(title)}</title><style>{STYLE}</style><script>{SCRIPT}</script></head>'
-          f'<body>{"".join(body)}</body></html>')
+  body = [
+    f"<h1>{html.escape(title)}</h1>",
+    f'<p class="note">{html.escape(made)}</p>',
+    f'<p><a href="#curves">curves</a> · <a href="#evaluation">evaluation</a> · {nav}</p>',
+    summary_section(runs),
+    curves_section(runs),
+    evaluation_section(runs),
+    *map(run_section, runs),
+  ]
+  return (
+    f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>'
+    f"{html.escape(title)}</title><style>{STYLE}</style><script>{SCRIPT}</script></head>"
+    f"<body>{''.join(body)}</body></html>"
+  )
 
 
 def collect(workdir: str | Path, pictures: list[Path], notes: list[str], index: int = 0) -> dict:
   """Everything the page shows about one run (read from its folder)."""
   workdir = Path(workdir)
   train, evals = read_metrics(workdir)
-  return dict(index=index, name=str(workdir), workdir=workdir, train_rows=train,
-              train=series(train), eval=series(evals),
-              config=json.loads((workdir / "config.json").read_text()),
-              grids=sample_grids(workdir), pictures=pictures, notes=notes,
-              results=load_results(workdir), sessions=runlog.read_provenance(workdir))
+  return dict(
+    index=index,
+    name=str(workdir),
+    workdir=workdir,
+    train_rows=train,
+    train=series(train),
+    eval=series(evals),
+    config=json.loads((workdir / "config.json").read_text()),
+    grids=sample_grids(workdir),
+    pictures=pictures,
+    notes=notes,
+    results=load_results(workdir),
+    sessions=runlog.read_provenance(workdir),
+  )
 
 
-def write_report(workdirs: list[str | Path], out: str | Path | None = None, *, num: int = 64,
-                 seed: int = 0, step: int | None = None, pictures: bool = True
-                 ) -> tuple[Path, list[Path]]:
+def write_report(
+  workdirs: list[str | Path],
+  out: str | Path | None = None,
+  *,
+  num: int = 64,
+  seed: int = 0,
+  step: int | None = None,
+  pictures: bool = True,
+) -> tuple[Path, list[Path]]:
   """Writes each run's pictures to RUN/report/ (or OUT/ for one run) and report.html to OUT
   (default: the first run's report folder); returns (the HTML's path, the pictures' paths).
 

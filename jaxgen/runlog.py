@@ -33,19 +33,23 @@ class TensorBoard:
 
   def __init__(self, workdir: str | Path, purge_step: int | None = None):
     from tensorboardX import SummaryWriter  # imported here: only process 0 needs it
-    self.writer = SummaryWriter(str(Path(workdir) / TB_DIR), purge_step=purge_step,
-                                flush_secs=30)
+
+    self.writer = SummaryWriter(str(Path(workdir) / TB_DIR), purge_step=purge_step, flush_secs=30)
 
   def scalars(self, step: int, values: dict[str, Any], prefix: str = "") -> None:
     """Every finite number of `values` as `prefix + key`; other entries (e.g. flags) skipped."""
     for key, value in values.items():
-      if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) \
-          and math.isfinite(float(value)):
+      if (
+        isinstance(value, (int, float, np.number))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+      ):
         self.writer.add_scalar(prefix + key, float(value), step)
 
   def image_file(self, tag: str, path: str | Path, step: int) -> None:
     """A PNG already written (e.g. a sample grid) as an image summary."""
     from PIL import Image
+
     with Image.open(path) as img:
       self.writer.add_image(tag, np.asarray(img.convert("RGB")), step, dataformats="HWC")
 
@@ -59,8 +63,9 @@ class TensorBoard:
 def git_commit(path: str | Path = Path(__file__).parent) -> str | None:
   """The commit of the checkout holding `path` (with "+dirty" if it has changes), or None."""
   try:
-    run = lambda *args: subprocess.run(["git", *args], cwd=path, capture_output=True, text=True,
-                                       timeout=10)
+    run = lambda *args: subprocess.run(
+      ["git", *args], cwd=path, capture_output=True, text=True, timeout=10
+    )
     head = run("rev-parse", "HEAD")
     if head.returncode:
       return None
@@ -84,14 +89,22 @@ def versions() -> dict[str, str | None]:
 def session_info(start_step: int) -> dict:
   """This process's view of the session starting now: versions, commit, devices, processes."""
   import jax
+
   devices = jax.devices()
   return dict(
-      started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
-      start_step=start_step, end_step=start_step, seconds=0.0,
-      versions=versions(), git_commit=git_commit(), python=platform.python_version(),
-      host=platform.node(), platform=devices[0].platform,
-      device_kind=devices[0].device_kind, device_count=len(devices),
-      process_count=jax.process_count())
+    started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+    start_step=start_step,
+    end_step=start_step,
+    seconds=0.0,
+    versions=versions(),
+    git_commit=git_commit(),
+    python=platform.python_version(),
+    host=platform.node(),
+    platform=devices[0].platform,
+    device_kind=devices[0].device_kind,
+    device_count=len(devices),
+    process_count=jax.process_count(),
+  )
 
 
 def record_session(workdir: str | Path, session: dict) -> Path:

@@ -17,15 +17,17 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxgen import checkpoint, config as config_lib, data, ops, parallel, runlog, steps, viz
+from jaxgen import checkpoint, data, ops, parallel, runlog, steps, viz
+from jaxgen import config as config_lib
 from jaxgen import lock as lock_lib
 from jaxgen.errors import ConfigError, Preempted, UserError
 
@@ -47,16 +49,19 @@ def load_data(config: ml_collections.ConfigDict, split: str) -> tuple[Any, data.
   want = config.data.image_shape
   if want is not None and tuple(want) != tuple(info.image_shape):
     raise ConfigError(
-        f"config.data.image_shape {tuple(want)} does not match {config.data.name!r}, whose images "
-        f"are {tuple(info.image_shape)}; set --config.data.image_shape="
-        f"'{tuple(info.image_shape)}' or choose the data set the config was written for")
+      f"config.data.image_shape {tuple(want)} does not match {config.data.name!r}, whose images "
+      f"are {tuple(info.image_shape)}; set --config.data.image_shape="
+      f"'{tuple(info.image_shape)}' or choose the data set the config was written for"
+    )
   return source, info
 
 
 def example_batch(config: ml_collections.ConfigDict) -> dict:
   """A one-example batch of the right shapes, to initialise models without data."""
-  return {"image": jnp.zeros((1, *config.data.image_shape), jnp.float32),
-          "label": jnp.zeros((1,), jnp.int32)}
+  return {
+    "image": jnp.zeros((1, *config.data.image_shape), jnp.float32),
+    "label": jnp.zeros((1,), jnp.int32),
+  }
 
 
 def _init_fn(config: ml_collections.ConfigDict) -> Callable[[jax.Array], Any]:
@@ -70,8 +75,9 @@ def abstract_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -
   return checkpoint.abstract_like(abstract, parallel.replicated(mesh))
 
 
-def create_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                 key: jax.Array) -> tuple[Any, Any]:
+def create_state(
+  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, key: jax.Array
+) -> tuple[Any, Any]:
   """(state, its sharding): the family's state initialised directly replicated over `mesh`.
 
   The sharding is one NamedSharding, a pytree prefix for the whole (replicated) state.
@@ -80,21 +86,31 @@ def create_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   return jax.jit(_init_fn(config), out_shardings=sharding)(key), sharding
 
 
-def compile_train_step(family: Any, state: Any, shardings: Any, batch: dict,
-                       mesh: jax.sharding.Mesh, eigen_convs: bool = True
-                       ) -> tuple[Callable, dict]:
+def compile_train_step(
+  family: Any,
+  state: Any,
+  shardings: Any,
+  batch: dict,
+  mesh: jax.sharding.Mesh,
+  eigen_convs: bool = True,
+) -> tuple[Callable, dict]:
   """Lowers and compiles `family.train_step` once for these shapes (AOT, state donated);
   on CPU, with convolutions on XLA's Eigen path unless `eigen_convs` is False (ops.compile).
 
   Returns (compiled step, stats with compile seconds, FLOPs and memory per step).
   """
   repl = parallel.replicated(mesh)
-  step = jax.jit(family.train_step, in_shardings=(shardings, parallel.data_sharding(mesh), repl),
-                 out_shardings=(shardings, repl), donate_argnums=0)
+  step = jax.jit(
+    family.train_step,
+    in_shardings=(shardings, parallel.data_sharding(mesh), repl),
+    out_shardings=(shardings, repl),
+    donate_argnums=0,
+  )
   t0 = time.perf_counter()
   with jax.set_mesh(mesh):  # lets steps constrain arrays they create (common.shard_batch_axis)
-    compiled = ops.compile(step.lower(state, batch, jax.random.key(0)),
-                           mesh.devices.flat[0].platform, eigen_convs)
+    compiled = ops.compile(
+      step.lower(state, batch, jax.random.key(0)), mesh.devices.flat[0].platform, eigen_convs
+    )
   stats = {"compile_s": time.perf_counter() - t0}
   cost = compiled.cost_analysis()
   if isinstance(cost, list):  # older jax returned one dict per device
@@ -115,15 +131,19 @@ def smoothed(previous: float | None, current: float, weight: float = 0.3) -> flo
   return current if previous is None else weight * current + (1.0 - weight) * previous
 
 
-def progress_line(step: int, total: int, steps_per_s: float, elapsed_s: float, ips: float,
-                  metrics: dict) -> str:
+def progress_line(
+  step: int, total: int, steps_per_s: float, elapsed_s: float, ips: float, metrics: dict
+) -> str:
   """Step, smoothed steps/s, elapsed and remaining time, images/s and the latest losses."""
   from tqdm import tqdm
+
   remaining = tqdm.format_interval((total - step) / steps_per_s) if steps_per_s > 0 else "?"
   losses = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-  return (f"step {step}/{total} ({100 * step / max(total, 1):.0f}%)  {steps_per_s:.2f} step/s  "
-          f"elapsed {tqdm.format_interval(elapsed_s)}  remaining {remaining}  "
-          f"{ips:.1f} img/s  {losses}")
+  return (
+    f"step {step}/{total} ({100 * step / max(total, 1):.0f}%)  {steps_per_s:.2f} step/s  "
+    f"elapsed {tqdm.format_interval(elapsed_s)}  remaining {remaining}  "
+    f"{ips:.1f} img/s  {losses}"
+  )
 
 
 class _Progress:
@@ -139,8 +159,10 @@ class _Progress:
     self.bar = None
     if enabled and self.tty:
       from tqdm import tqdm
-      self.bar = tqdm(total=total, initial=start, unit="step", smoothing=0.3, file=sys.stdout,
-                      dynamic_ncols=True)
+
+      self.bar = tqdm(
+        total=total, initial=start, unit="step", smoothing=0.3, file=sys.stdout, dynamic_ncols=True
+      )
 
   def update(self, step: int, ips: float, metrics: dict) -> None:
     if not self.enabled:
@@ -154,16 +176,18 @@ class _Progress:
       self.bar.set_postfix_str(f"{ips:.0f} img/s {losses}", refresh=False)
       self.bar.update(step - self.bar.n)
     else:
-      print(progress_line(step, self.total, self.rate or 0.0, now - self.t0, ips, metrics),
-            flush=True)
+      print(
+        progress_line(step, self.total, self.rate or 0.0, now - self.t0, ips, metrics), flush=True
+      )
 
   def close(self) -> None:
     if self.bar is not None:
       self.bar.close()
 
 
-def save_samples(family: Any, state: Any, key: jax.Array, num: int, path: Path,
-                 write: bool = True) -> Path:
+def save_samples(
+  family: Any, state: Any, key: jax.Array, num: int, path: Path, write: bool = True
+) -> Path:
   """Draws `num` samples (every process takes part) and writes their grid to `path`."""
   images = jax.jit(family.sample, static_argnums=2)(state, key, num)
   if write:
@@ -196,8 +220,11 @@ class _StopSignals:
   def _handle(self, signum: int, frame: Any) -> None:
     if self.signum:
       name = signal.Signals(signum).name
-      os.write(2, f"jaxgen train: second {name}: exiting at once; the last complete checkpoint "
-                  f"is intact\n".encode())
+      os.write(
+        2,
+        f"jaxgen train: second {name}: exiting at once; the last complete checkpoint "
+        f"is intact\n".encode(),
+      )
       os._exit(128 + signum)
     self.signum = signum
 
@@ -207,6 +234,7 @@ def _agree_max(value: int) -> int:
   if jax.process_count() == 1:
     return value
   from jax.experimental import multihost_utils
+
   return int(np.max(multihost_utils.process_allgather(np.int32(value))))
 
 
@@ -218,32 +246,46 @@ def _track_losses(health: tuple, metrics: dict, step: jax.Array, max_loss: float
   """(first bad step, its metrics): the first step whose metrics are not finite or whose losses
   exceed `max_loss` (0 while none is). Runs on device every step, read only when logging."""
   first, then = health
-  ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v) & ((jnp.abs(v) <= max_loss) | (not _is_loss(k))))
-                          for k, v in metrics.items() if not k.endswith("lr")]))  # lr: a setting
+  ok = jnp.all(
+    jnp.stack(
+      [
+        jnp.all(jnp.isfinite(v) & ((jnp.abs(v) <= max_loss) | (not _is_loss(k))))
+        for k, v in metrics.items()
+        if not k.endswith("lr")
+      ]
+    )
+  )  # lr: a setting
   newly = (first == 0) & ~ok
-  return (jnp.where(newly, step, first),
-          jax.tree.map(lambda old, new: jnp.where(newly, new, old), then, metrics))
+  return (
+    jnp.where(newly, step, first),
+    jax.tree.map(lambda old, new: jnp.where(newly, new, old), then, metrics),
+  )
 
 
 @jax.jit
 def _finite_leaves(tree: Any) -> jax.Array:
   """One flag per floating-point leaf of `tree`: all its entries are finite."""
-  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-           if jnp.issubdtype(x.dtype, jnp.inexact)]
+  flags = [
+    jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
   return jnp.stack(flags) if flags else jnp.ones((0,), bool)
 
 
 def nonfinite_leaves(state: Any) -> list[str]:
   """Paths of the floating-point leaves of `state` (params, optimiser state, EMA, BatchNorm
   statistics) holding a NaN or infinity."""
-  paths = [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]
-           if jnp.issubdtype(x.dtype, jnp.inexact)]
+  paths = [
+    jax.tree_util.keystr(p)
+    for p, x in jax.tree_util.tree_flatten_with_path(state)[0]
+    if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
   flags = np.asarray(jax.device_get(_finite_leaves(state)))
   return [p for p, ok in zip(paths, flags) if not ok]
 
 
-def _check_health(health: tuple, state: Any, step: int, max_loss: float,
-                  ckpt: checkpoint.Checkpointer) -> None:
+def _check_health(
+  health: tuple, state: Any, step: int, max_loss: float, ckpt: checkpoint.Checkpointer
+) -> None:
   """Raises TrainingDiverged if a loss went bad at or before `step` or `state` is not finite."""
   first, then = jax.device_get(health)
   bad_leaves = [] if first else nonfinite_leaves(state)
@@ -251,21 +293,28 @@ def _check_health(health: tuple, state: Any, step: int, max_loss: float,
     return
   if first:
     then = {k: float(v) for k, v in then.items()}
-    bad = [k for k, v in then.items() if not k.endswith("lr")
-           and (not math.isfinite(v) or (_is_loss(k) and abs(v) > max_loss))]
+    bad = [
+      k
+      for k, v in then.items()
+      if not k.endswith("lr") and (not math.isfinite(v) or (_is_loss(k) and abs(v) > max_loss))
+    ]
     bad = [k for k in bad if _is_loss(k)] or bad  # the losses, when they are among them
     what = ", ".join(f"{k} became {then[k]:.4g}" for k in bad)
     if all(math.isfinite(then[k]) for k in bad):
       what += f" (above config.max_loss={max_loss:g})"
     what += f" at step {int(first)}"
   else:
-    what = (f"the state became non-finite at step {step} ({len(bad_leaves)} leaves, first "
-            f"{bad_leaves[0]})")
+    what = (
+      f"the state became non-finite at step {step} ({len(bad_leaves)} leaves, first "
+      f"{bad_leaves[0]})"
+    )
   ckpt.wait()
   last = ckpt.latest_step()
   kept = f"the checkpoint of step {last} is kept" if last is not None else "nothing was saved"
-  raise TrainingDiverged(f"{what}; training stopped and {kept}; lower the learning rate "
-                         f"(--config.optim.*lr) or change the seed, then run again")
+  raise TrainingDiverged(
+    f"{what}; training stopped and {kept}; lower the learning rate "
+    f"(--config.optim.*lr) or change the seed, then run again"
+  )
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -289,7 +338,7 @@ def truncate_log(path: Path, step: int) -> int:
     if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
       keep.append(line)
   if len(keep) != len(lines):
-    _write_atomic(path, "".join(l + "\n" for l in keep))
+    _write_atomic(path, "".join(line + "\n" for line in keep))
   return len(lines) - len(keep)
 
 
@@ -300,8 +349,9 @@ def _stored_config(workdir: Path) -> dict | None:
   try:
     return config_lib.flatten(json.loads(path.read_text()))
   except ValueError as e:
-    raise ConfigError(f"{path} is not valid JSON ({e}); restore it or train in a new "
-                      f"--workdir") from None
+    raise ConfigError(
+      f"{path} is not valid JSON ({e}); restore it or train in a new --workdir"
+    ) from None
 
 
 def _lock_workdir(workdir: Path, is_main: bool) -> lock_lib.WorkdirLock:
@@ -315,8 +365,9 @@ def _lock_workdir(workdir: Path, is_main: bool) -> lock_lib.WorkdirLock:
     except UserError as e:
       error = e
     except OSError as e:
-      error = UserError(f"cannot write to {e.filename or workdir} ({e.strerror}); choose a "
-                        f"writable --workdir")
+      error = UserError(
+        f"cannot write to {e.filename or workdir} ({e.strerror}); choose a writable --workdir"
+      )
   if _agree_max(int(error is not None)):
     raise error or lock_lib.LockError("process 0 could not lock the workdir (see its output)")
   return lock
@@ -325,8 +376,11 @@ def _lock_workdir(workdir: Path, is_main: bool) -> lock_lib.WorkdirLock:
 # ------------------------------------------------------------------------- loop
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
-                       eval_fn: Callable[[Any, int], dict] | None = None) -> Any:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str | Path,
+  eval_fn: Callable[[Any, int], dict] | None = None,
+) -> Any:
   """Trains `config` in `workdir` (resuming if it has checkpoints); returns the final state.
 
   Writes workdir/config.json, metrics.jsonl, samples/step_*.png, checkpoints/, tb/ (TensorBoard
@@ -346,33 +400,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   config.data.image_shape = tuple(info.image_shape)
   config.data.num_classes = info.num_classes
   if config.model.get("num_classes") and config.model.num_classes != info.num_classes:
-    raise ConfigError(f"config.model.num_classes={config.model.num_classes} but "
-                     f"{config.data.name!r} has {info.num_classes} classes; set it to "
-                     f"{info.num_classes} (conditional) or 0")
+    raise ConfigError(
+      f"config.model.num_classes={config.model.num_classes} but "
+      f"{config.data.name!r} has {info.num_classes} classes; set it to "
+      f"{info.num_classes} (conditional) or 0"
+    )
   if config.batch_size > len(source):
-    raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(source)} training "
-                      f"examples of {config.data.name!r}; set --config.batch_size to at most "
-                      f"{len(source)}")
+    raise ConfigError(
+      f"batch_size {config.batch_size} exceeds the {len(source)} training "
+      f"examples of {config.data.name!r}; set --config.batch_size to at most "
+      f"{len(source)}"
+    )
   stored = _stored_config(workdir)
   changes = config_lib.drift(stored, config) if stored is not None else []
 
   with _StopSignals() as signals:
     lock = _lock_workdir(workdir, is_main)
     try:
-      return _train_locked(config, workdir, family, source, changes, stored is None, eval_fn,
-                           signals)
+      return _train_locked(
+        config, workdir, family, source, changes, stored is None, eval_fn, signals
+      )
     finally:
       lock.release()
 
 
-def _train_locked(config: ml_collections.ConfigDict, workdir: Path, family: Any, source: Any,
-                  changes: list[str], new_run: bool, eval_fn: Callable | None,
-                  signals: _StopSignals) -> Any:
+def _train_locked(
+  config: ml_collections.ConfigDict,
+  workdir: Path,
+  family: Any,
+  source: Any,
+  changes: list[str],
+  new_run: bool,
+  eval_fn: Callable | None,
+  signals: _StopSignals,
+) -> Any:
   is_main = jax.process_index() == 0
   say = functools.partial(print, flush=True) if is_main else (lambda *a, **k: None)
-  loader = data.make_loader(source, batch_size=config.batch_size, seed=config.seed,
-                            process_index=jax.process_index(),
-                            process_count=jax.process_count())
+  loader = data.make_loader(
+    source,
+    batch_size=config.batch_size,
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
 
   # ---- state, resumed from the newest good checkpoint if there is one
   mesh = parallel.make_mesh()
@@ -394,8 +464,10 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, family: Any,
         say(f"moved the damaged checkpoint aside to {p}")
   if restored >= config.num_steps:
     ckpt.close()
-    say(f"{workdir} is at step {restored} already and num_steps is {config.num_steps}: nothing "
-        f"to train (raise --config.num_steps to continue)")
+    say(
+      f"{workdir} is at step {restored} already and num_steps is {config.num_steps}: nothing "
+      f"to train (raise --config.num_steps to continue)"
+    )
     return state
   if is_main:
     for line in changes:
@@ -420,26 +492,33 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, family: Any,
   health, grid = None, None
   try:
     batch = parallel.global_batch(next(loader), mesh)
-    train_step, compile_stats = compile_train_step(family, state, shardings, batch, mesh,
-                                                   config.get("xla_cpu_eigen_convs", True))
-    say(f"compiled train_step in {compile_stats['compile_s']:.1f}s on {jax.device_count()} "
-        f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es); "
-        f"{compile_stats['flops_per_step'] / 1e9:.2f} GFLOP/step; jaxgen.ops fast paths "
-        f"{'on' if ops.use_fast_ops(config.get('fast_ops', 'auto')) else 'off'} "
-        f"(fast_ops={config.get('fast_ops', 'auto')})")
+    train_step, compile_stats = compile_train_step(
+      family, state, shardings, batch, mesh, config.get("xla_cpu_eigen_convs", True)
+    )
+    say(
+      f"compiled train_step in {compile_stats['compile_s']:.1f}s on {jax.device_count()} "
+      f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es); "
+      f"{compile_stats['flops_per_step'] / 1e9:.2f} GFLOP/step; jaxgen.ops fast paths "
+      f"{'on' if ops.use_fast_ops(config.get('fast_ops', 'auto')) else 'off'} "
+      f"(fast_ops={config.get('fast_ops', 'auto')})"
+    )
 
     # ---- loop
     t_last, step_last = time.perf_counter(), step
     stop = _agree_max(signals.signum)
     if stop:  # a signal before the first step: nothing new to save
-      raise Preempted(f"stopped by {signal.Signals(stop).name} before step {step + 1}: nothing "
-                      f"new to save; run the same command to resume", stop)
+      raise Preempted(
+        f"stopped by {signal.Signals(stop).name} before step {step + 1}: nothing "
+        f"new to save; run the same command to resume",
+        stop,
+      )
     while step < config.num_steps:
       state, metrics = train_step(state, batch, train_key)
       step += 1
       if health is None:
         health = jax.jit(lambda m, s: (jnp.zeros_like(s), m), out_shardings=shardings)(
-            metrics, state.step)
+          metrics, state.step
+        )
       health = track(health, metrics, state.step)
       is_last = step == config.num_steps
       stop = _agree_max(signals.signum)
@@ -461,8 +540,11 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, family: Any,
           ckpt.wait()
       if stop:
         progress.close()
-        raise Preempted(f"stopped by {signal.Signals(stop).name} at step {step}: saved "
-                        f"{ckpt.directory / str(step)}; run the same command to resume", stop)
+        raise Preempted(
+          f"stopped by {signal.Signals(stop).name} at step {step}: saved "
+          f"{ckpt.directory / str(step)}; run the same command to resume",
+          stop,
+        )
       if eval_fn and eval_every and (step % eval_every == 0 or is_last):
         results = eval_fn(state, step)
         if log:
@@ -471,8 +553,14 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, family: Any,
           tb.scalars(step, results, "eval/")
       grid_now = (config.sample_every and step % config.sample_every == 0) or is_last
       if grid_now and config.num_grid_samples:
-        grid = save_samples(family, state, sample_key, config.num_grid_samples,
-                            workdir / "samples" / f"step_{step:07d}.png", write=is_main)
+        grid = save_samples(
+          family,
+          state,
+          sample_key,
+          config.num_grid_samples,
+          workdir / "samples" / f"step_{step:07d}.png",
+          write=is_main,
+        )
         if tb:
           tb.image_file("samples", grid, step)
       if not is_last:
@@ -488,21 +576,28 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, family: Any,
       ckpt.close()
       if log:
         log.close()
-  say(f"done: samples {grid or '-'}\n      metrics {workdir / 'metrics.jsonl'}\n"
-      f"      checkpoints {ckpt.directory}")
+  say(
+    f"done: samples {grid or '-'}\n      metrics {workdir / 'metrics.jsonl'}\n"
+    f"      checkpoints {ckpt.directory}"
+  )
   return state
+
 
 # ----------------------------------------------------------------- trained runs
 
 
-def load_run(workdir: str | Path, step: int | None = None) -> tuple[ml_collections.ConfigDict, Any, Any]:
+def load_run(
+  workdir: str | Path, step: int | None = None
+) -> tuple[ml_collections.ConfigDict, Any, Any]:
   """(config, family module, state) of a trained run, restored from its checkpoint (by default
   the newest one that restores and verifies; each one skipped is reported in one line)."""
   workdir = Path(workdir)
   config_path = workdir / "config.json"
   if not config_path.is_file():
-    raise UserError(f"{workdir} holds no jaxgen run ({config_path} is missing); train one "
-                            f"with `jaxgen train --config CONFIG --workdir {workdir}`")
+    raise UserError(
+      f"{workdir} holds no jaxgen run ({config_path} is missing); train one "
+      f"with `jaxgen train --config CONFIG --workdir {workdir}`"
+    )
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   config.data.image_shape = tuple(config.data.image_shape)
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", async_save=False, read_only=True)

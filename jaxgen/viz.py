@@ -20,7 +20,9 @@ def grid(images_NxHxWxC: np.ndarray, ncols: int | None = None, pad: int = 2) -> 
   out = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), 255, np.uint8)
   for i, img in enumerate(images):
     r, k = divmod(i, ncols)
-    out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + k * (w + pad):pad + k * (w + pad) + w] = img
+    out[
+      pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w
+    ] = img
   return out
 
 
@@ -29,8 +31,9 @@ def _pil(picture: np.ndarray, scale: int) -> Image.Image:
   return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
 
 
-def save_grid(images_NxHxWxC: np.ndarray, path: str | Path, ncols: int | None = None,
-              scale: int = 2) -> Path:
+def save_grid(
+  images_NxHxWxC: np.ndarray, path: str | Path, ncols: int | None = None, scale: int = 2
+) -> Path:
   """Writes a PNG grid of images in [-1, 1]; returns its path."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,14 +41,18 @@ def save_grid(images_NxHxWxC: np.ndarray, path: str | Path, ncols: int | None = 
   return path
 
 
-def save_animation(frames_TxNxHxWxC: np.ndarray, path: str | Path, ncols: int | None = None,
-                   scale: int = 2, ms_per_frame: int = 120) -> Path:
+def save_animation(
+  frames_TxNxHxWxC: np.ndarray,
+  path: str | Path,
+  ncols: int | None = None,
+  scale: int = 2,
+  ms_per_frame: int = 120,
+) -> Path:
   """Writes an animated GIF whose frame t is the grid of the N images at time t."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   frames = [_pil(grid(f, ncols), scale) for f in frames_TxNxHxWxC]
-  frames[0].save(path, save_all=True, append_images=frames[1:], duration=ms_per_frame,
-                 loop=0)
+  frames[0].save(path, save_all=True, append_images=frames[1:], duration=ms_per_frame, loop=0)
   return path
 
 

@@ -8,13 +8,15 @@ from pathlib import Path
 # 8 simulated devices unless the caller chose a count (e.g. XLA_FLAGS=
 # --xla_force_host_platform_device_count=4 make test): no test assumes 8.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_force_host_platform_device_count=8").strip()
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Many tests (and the CLI subprocesses, which inherit this) build the same small programs,
 # e.g. a state's init: a persistent cache compiles each once per machine, not once per test.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"))
+os.environ.setdefault(
+  "JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax")
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import chex  # noqa: E402
@@ -30,10 +32,12 @@ REPO = Path(__file__).resolve().parents[1]
 def assert_close_to_scale(got, want, rtol: float = 1e-5) -> None:
   """Each leaf elementwise to rtol of that leaf's largest magnitude: float32 summation order
   moves a sum by ~1e-7 of its terms' size, not of its own (which cancellation can make tiny)."""
+
   def close(g, w):
     assert np.shape(g) == np.shape(w), (np.shape(g), np.shape(w))
     scale = float(np.max(np.abs(w))) if np.size(w) else 0.0
     np.testing.assert_allclose(g, w, rtol=0, atol=rtol * max(scale, 1e-30))
+
   jax.tree.map(close, got, want)
 
 
@@ -56,17 +60,29 @@ def pinned_env() -> None:
   the reason rather than fail.
   """
   from importlib import metadata
-  pins = dict(line.split("==", 1) for line in (REPO / "constraints.txt").read_text().splitlines()
-              if "==" in line and not line.startswith("#"))
+
+  pins = dict(
+    line.split("==", 1)
+    for line in (REPO / "constraints.txt").read_text().splitlines()
+    if "==" in line and not line.startswith("#")
+  )
   for name in GOLDEN_PACKAGES:
     installed = metadata.version(name).split("+")[0]
     if pins.get(name) != installed:
-      pytest.skip(f"golden values were recorded with {name}=={pins.get(name)} "
-                  f"(constraints.txt); {installed} is installed")
+      pytest.skip(
+        f"golden values were recorded with {name}=={pins.get(name)} "
+        f"(constraints.txt); {installed} is installed"
+      )
 
 
-def random_batch(n: int = 16, shape: tuple = (28, 28, 1), seed: int = 1, *,
-                 grey_levels: bool = False, text: bool = False) -> dict:
+def random_batch(
+  n: int = 16,
+  shape: tuple = (28, 28, 1),
+  seed: int = 1,
+  *,
+  grey_levels: bool = False,
+  text: bool = False,
+) -> dict:
   """A batch of `n` random images in [-1, 1] with labels in 0..9.
 
   grey_levels: images on the 8-bit grid of [-1, 1], as the data pipeline gives them.
@@ -81,10 +97,12 @@ def random_batch(n: int = 16, shape: tuple = (28, 28, 1), seed: int = 1, *,
   batch = {"image": image, "label": jax.random.randint(k2, (n,), 0, 10)}
   if text:
     from jaxgen.data import captions
+
     combos = list(captions.combinations())
     picks = jax.random.randint(k2, (n,), 0, len(combos))
-    batch["tokens"] = jnp.asarray(np.stack([captions.tokenize(captions.caption(*combos[int(i)]))
-                                            for i in picks]))
+    batch["tokens"] = jnp.asarray(
+      np.stack([captions.tokenize(captions.caption(*combos[int(i)])) for i in picks])
+    )
   return batch
 
 
@@ -109,8 +127,11 @@ def to_float64(tree):
   Use inside `with jax.enable_x64(True):`; models and jaxgen.ops compute in their inputs' dtype.
   """
   return jax.tree.map(
-      lambda x: jnp.asarray(x, jnp.float64) if jnp.issubdtype(jnp.result_type(x), jnp.floating)
-      else x, tree)
+    lambda x: (
+      jnp.asarray(x, jnp.float64) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x
+    ),
+    tree,
+  )
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -134,8 +155,10 @@ def read_real(prefix: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 def fashion_slice(tmp_path_factory) -> Path:
   """A folder of IDX files holding the first 512 train / 128 test real Fashion-MNIST images."""
   if not (FASHION / "train-images-idx3-ubyte.gz").exists():
-    pytest.skip(f"real Fashion-MNIST not in {FASHION}: apt-get install dataset-fashion-mnist "
-                "(make test does so when run as root)")
+    pytest.skip(
+      f"real Fashion-MNIST not in {FASHION}: apt-get install dataset-fashion-mnist "
+      "(make test does so when run as root)"
+    )
   folder = tmp_path_factory.mktemp("fashion_slice")
   for prefix, n in (("train", 512), ("t10k", 128)):
     images, labels = read_real(prefix, n)
@@ -156,6 +179,7 @@ def sharded_train_step(family, state, batch: dict, devices: list):
   Returns (new state, metrics, the placed batch), still on the mesh.
   """
   from jaxgen import parallel, trainer
+
   mesh = parallel.make_mesh(devices)
   sharding = parallel.replicated(mesh)
   # Fresh buffers from host copies: the compiled step donates its state, and the caller's

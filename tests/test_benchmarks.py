@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import REPO
 
 if str(REPO) not in sys.path:  # benchmarks/ is a top-level folder, not part of the package
@@ -39,20 +38,41 @@ def test_throughput_smoke(tmp_path, capsys):
 
 
 def test_device_counts_run_in_their_own_processes(tmp_path):
-  result = throughput.main(["--families", "gan", "--devices", "1,2", "--no_torch",
-                            "--json", str(tmp_path / "t.json"), *TINY])
+  result = throughput.main(
+    [
+      "--families",
+      "gan",
+      "--devices",
+      "1,2",
+      "--no_torch",
+      "--json",
+      str(tmp_path / "t.json"),
+      *TINY,
+    ]
+  )
   assert [r["devices"] for r in result["rows"]] == [1, 2], result["notes"]
 
 
 def test_child_argv_replaces_devices_and_output():
   argv = ["--families", "gan", "--devices=1,2", "--json", "a.json", "--quiet"]
   assert throughput._child_argv(argv, 2, "b.json") == [
-      "--families", "gan", "--devices", "2", "--json", "b.json", "--quiet", "--here"]
+    "--families",
+    "gan",
+    "--devices",
+    "2",
+    "--json",
+    "b.json",
+    "--quiet",
+    "--here",
+  ]
 
 
 def test_missing_family_is_a_note_not_an_error(monkeypatch):
-  monkeypatch.setattr(throughput.importlib.util, "find_spec",
-                      lambda name: None if name.endswith(".draw") else object())
+  monkeypatch.setattr(
+    throughput.importlib.util,
+    "find_spec",
+    lambda name: None if name.endswith(".draw") else object(),
+  )
   chosen, notes = throughput.family_configs(["gan", "draw"])
   assert list(chosen) == ["gan"] and "draw: skipped" in notes[0]
 
@@ -60,9 +80,12 @@ def test_missing_family_is_a_note_not_an_error(monkeypatch):
 def _flax_param_shapes(state) -> list[tuple[int, ...]]:
   """Shapes of a family's trainable parameters (leaves under a ModelState's `params`), sorted."""
   leaves = jax.tree_util.tree_leaves_with_path(state)
-  return sorted(tuple(x.shape) for path, x in leaves
-                if any(getattr(k, "name", None) == "params" for k in path)
-                and not any(getattr(k, "name", None) in ("opt_state", "ema_params") for k in path))
+  return sorted(
+    tuple(x.shape)
+    for path, x in leaves
+    if any(getattr(k, "name", None) == "params" for k in path)
+    and not any(getattr(k, "name", None) in ("opt_state", "ema_params") for k in path)
+  )
 
 
 @pytest.mark.parametrize("family", ["gan", "vae", "classifier", "draw"])
@@ -70,6 +93,7 @@ def test_torch_peers_train_the_same_architecture(family):
   pytest.importorskip("torch")
   from benchmarks import torch_peer
   from jaxgen import steps
+
   path = throughput.family_configs([family])[0][family]
   config = throughput.load_config(path, (28, 28, 1), 4, {})
   step = torch_peer.PEERS[family](config, 4)

@@ -7,10 +7,10 @@ import re
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import read_real
 
 from jaxgen import data
 from jaxgen.data import captions
-from conftest import read_real
 
 
 def test_vocabulary_tokens_and_parsing_round_trip():
@@ -28,13 +28,17 @@ def test_vocabulary_tokens_and_parsing_round_trip():
   assert captions.caption((4,), 2) == "the coat is at the top right of the image"
   assert captions.caption((5, 8), 0) == "the sandal is on the left of the bag"
   assert captions.positions_of((5, 8), 0) == (3, 5)  # left and right of the middle row
-  np.testing.assert_array_equal(captions.tokenize("The Sandal is on the left of the bag."),
-                                captions.tokenize("the sandal is on the left of the bag"))
+  np.testing.assert_array_equal(
+    captions.tokenize("The Sandal is on the left of the bag."),
+    captions.tokenize("the sandal is on the left of the bag"),
+  )
 
 
 def test_unknown_words_and_long_captions_are_clear_errors():
-  with pytest.raises(captions.CaptionError, match="unknown word 'hat'.*the vocabulary is: ankle at "
-                     "bag boot bottom centre") as e:
+  with pytest.raises(
+    captions.CaptionError,
+    match="unknown word 'hat'.*the vocabulary is: ankle at bag boot bottom centre",
+  ) as e:
     captions.tokenize("the hat is on the left of the bag")
   assert "\n" not in str(e.value)
   with pytest.raises(captions.CaptionError, match="unknown words 'red', 'hat'"):
@@ -70,24 +74,30 @@ def test_canvases_are_deterministic_and_hold_what_the_caption_says(items):
   assert a["image"].shape == (200, 60, 60, 1) and a["held_out"].sum() == 0
   assert 60 < (a["classes"][:, 1] == captions.NONE).sum() < 140  # about half hold one item
   corners = captions.place_corners(60)
-  bank = {img.tobytes(): int(l) for img, l in zip(images, labels)}
+  bank = {img.tobytes(): int(line) for img, line in zip(images, labels)}
   for i in range(200):
     text = captions.detokenize(a["tokens"][i])
     classes, where = captions.parse(text)
-    assert tuple(a["positions"][i][:len(classes)]) == captions.positions_of(classes, where)[:len(classes)]
+    assert (
+      tuple(a["positions"][i][: len(classes)])
+      == captions.positions_of(classes, where)[: len(classes)]
+    )
     mask = np.zeros((60, 60), bool)
     for cls, place in zip(classes, a["positions"][i]):
       y, x = corners[place]
-      assert bank[a["image"][i, y:y + 28, x:x + 28, 0].tobytes()] == cls  # a real item of that class
-      mask[y:y + 28, x:x + 28] = True
+      assert (
+        bank[a["image"][i, y : y + 28, x : x + 28, 0].tobytes()] == cls
+      )  # a real item of that class
+      mask[y : y + 28, x : x + 28] = True
     assert not a["image"][i, ~mask].any()  # blank elsewhere
   test = captions.make_canvases(images, labels, 400, seed=3, train=False)
   assert 10 < test["held_out"].sum() < 120
 
 
 def test_builder_and_loader_pass_captions_through(fashion_slice, tfds_dir):
-  source, info = data.load("captioned_fashion_mnist/small", "test", source_dir=str(fashion_slice),
-                           data_dir=str(tfds_dir))
+  source, info = data.load(
+    "captioned_fashion_mnist/small", "test", source_dir=str(fashion_slice), data_dir=str(tfds_dir)
+  )
   assert len(source) == 500 and info.image_shape == (60, 60, 1) and info.num_classes == 10
   batch = next(data.make_loader(source, batch_size=16, seed=0, shuffle=False))
   assert batch["image"].shape == (16, 60, 60, 1) and batch["image"].dtype == np.float32
@@ -100,21 +110,27 @@ def test_builder_and_loader_pass_captions_through(fashion_slice, tfds_dir):
   np.testing.assert_array_equal(batch["tokens"], expect["tokens"][:16])
   np.testing.assert_allclose(batch["image"], expect["image"][:16] / 127.5 - 1.0, atol=1e-6)
   with pytest.raises(captions.UserError, match="captioned_fashion_mnist/.canvas60,small"):
-    data.load("captioned_fashion_mnist/huge", "test", source_dir=str(fashion_slice),
-              data_dir=str(tfds_dir))
+    data.load(
+      "captioned_fashion_mnist/huge", "test", source_dir=str(fashion_slice), data_dir=str(tfds_dir)
+    )
 
 
-def test_building_canvases_says_what_happens_and_claims_no_download(fashion_slice, tmp_path,
-                                                                    capfd):
-  config = dataclasses.replace(captions.SMALL, name="tiny", num_train=16, num_test=8,
-                               source_dir=str(fashion_slice))
+def test_building_canvases_says_what_happens_and_claims_no_download(fashion_slice, tmp_path, capfd):
+  config = dataclasses.replace(
+    captions.SMALL, name="tiny", num_train=16, num_test=8, source_dir=str(fashion_slice)
+  )
   builder = captions.prepare(config, str(tmp_path))
   out, err = capfd.readouterr()
   lines = out.splitlines()
-  assert lines[0] == ("tiny: building 16 + 8 captioned 60x60 canvases (train + test) from the IDX "
-                      f"files in {fashion_slice} into array_record in {builder.data_dir}, once")
-  assert re.fullmatch(r"tiny: prepared in \d+\.\ds \(train 16, test 8\); later runs read it "
-                      r"from there", lines[1])
+  assert lines[0] == (
+    "tiny: building 16 + 8 captioned 60x60 canvases (train + test) from the IDX "
+    f"files in {fashion_slice} into array_record in {builder.data_dir}, once"
+  )
+  assert re.fullmatch(
+    r"tiny: prepared in \d+\.\ds \(train 16, test 8\); later runs read it "
+    r"from there",
+    lines[1],
+  )
   assert "download" not in (out + err).lower()
 
 
@@ -124,7 +140,9 @@ def test_caption_accuracy_with_a_nearest_neighbour_classifier(items):
   bank = jnp.asarray(images.reshape(len(images), -1) / 127.5 - 1.0)
 
   def classify(crops_Mx28x28x1):  # exact copies of bank items: the nearest is the item itself
-    d2 = jnp.sum(jnp.square(crops_Mx28x28x1.reshape(len(crops_Mx28x28x1), -1)[:, None] - bank[None]), -1)
+    d2 = jnp.sum(
+      jnp.square(crops_Mx28x28x1.reshape(len(crops_Mx28x28x1), -1)[:, None] - bank[None]), -1
+    )
     return jnp.asarray(np.eye(10))[labels][jnp.argmin(d2, axis=1)]  # one-hot logits
 
   x = jnp.asarray(canv["image"] / 127.5 - 1.0, jnp.float32)
@@ -135,6 +153,7 @@ def test_caption_accuracy_with_a_nearest_neighbour_classifier(items):
   # the same canvases with the caption's places swapped (two-item captions with two classes)
   two = canv["classes"][:, 1] != captions.NONE
   swapped = canv["positions"][:, ::-1].copy()
-  acc_swapped = captions.caption_accuracy(x, canv["classes"], np.where(two[:, None], swapped,
-                                                                       canv["positions"]), classify)
+  acc_swapped = captions.caption_accuracy(
+    x, canv["classes"], np.where(two[:, None], swapped, canv["positions"]), classify
+  )
   assert float(acc_swapped[two].max()) == 0.0 and float(acc_swapped[~two].min()) == 1.0

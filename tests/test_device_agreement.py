@@ -16,13 +16,13 @@ epsilons to ~3e-13 here.
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO, assert_close_to_scale, random_batch, sharded_train_step, to_float64
+from conftest import X64_RTOL as RTOL
 
-from jaxgen import config as config_lib, parallel, steps
-from conftest import (X64_RTOL as RTOL, REPO, assert_close_to_scale, random_batch,
-                      sharded_train_step, to_float64)
+from jaxgen import config as config_lib
+from jaxgen import parallel, steps
 
 
 def _config(name: str, **model) -> config_lib.ml_collections.ConfigDict:
@@ -36,29 +36,45 @@ def _config(name: str, **model) -> config_lib.ml_collections.ConfigDict:
   return c
 
 
-DRAW_TINY = dict(num_steps=3, latent_dim=4, enc_features=16, dec_features=16, read_n=2,
-                 write_n=3, embed_dim=8, lang_features=8, align_features=8)
+DRAW_TINY = dict(
+  num_steps=3,
+  latent_dim=4,
+  enc_features=16,
+  dec_features=16,
+  read_n=2,
+  write_n=3,
+  embed_dim=8,
+  lang_features=8,
+  align_features=8,
+)
 
 # name: (config, batch kwargs for conftest.random_batch)
 CASES = {
-    "gan": (lambda: _config("dcgan_fashion.py", width=8, latent_dim=16), {}),
-    "gan_conditional": (lambda: _config("dcgan_fashion.py", width=8, latent_dim=16,
-                                        num_classes=10), {}),
-    "gan_hinge_two_d_steps": (lambda: _config("dcgan_fashion.py", width=8, latent_dim=16,
-                                              loss="hinge", d_steps=2), {}),
-    "vae_bernoulli": (lambda: _config("vae_fashion.py", width=8, latent_dim=8), {}),
-    "vae_logistic_conditional": (lambda: _config("vae_fashion.py", width=8, latent_dim=8,
-                                                 likelihood="logistic", num_classes=10), {}),
-    "draw": (lambda: _config("draw_fashion.py", **DRAW_TINY), {}),
-    "aligndraw": (lambda: _config("aligndraw_captions.py", **DRAW_TINY), {"text": True}),
-    "classifier": (lambda: _config("classifier_fashion.py", width=8, feature_dim=16), {}),
+  "gan": (lambda: _config("dcgan_fashion.py", width=8, latent_dim=16), {}),
+  "gan_conditional": (
+    lambda: _config("dcgan_fashion.py", width=8, latent_dim=16, num_classes=10),
+    {},
+  ),
+  "gan_hinge_two_d_steps": (
+    lambda: _config("dcgan_fashion.py", width=8, latent_dim=16, loss="hinge", d_steps=2),
+    {},
+  ),
+  "vae_bernoulli": (lambda: _config("vae_fashion.py", width=8, latent_dim=8), {}),
+  "vae_logistic_conditional": (
+    lambda: _config("vae_fashion.py", width=8, latent_dim=8, likelihood="logistic", num_classes=10),
+    {},
+  ),
+  "draw": (lambda: _config("draw_fashion.py", **DRAW_TINY), {}),
+  "aligndraw": (lambda: _config("aligndraw_captions.py", **DRAW_TINY), {"text": True}),
+  "classifier": (lambda: _config("classifier_fashion.py", width=8, feature_dim=16), {}),
 }
 
 
 def _params_and_stats(state) -> dict:
   """{network name: (params, batch_stats)} of a family's state (its ModelState fields)."""
-  return {name: (m.params, m.batch_stats) for name, m in vars(state).items()
-          if hasattr(m, "params")}
+  return {
+    name: (m.params, m.batch_stats) for name, m in vars(state).items() if hasattr(m, "params")
+  }
 
 
 @functools.cache
@@ -71,17 +87,18 @@ def _steps(case: str, num_devices: int):
   batch = random_batch(n=2 * n if case == "aligndraw" else 4 * n, **batch_kw)
   config.data.image_shape = batch["image"].shape[1:]
   with jax.enable_x64(True):
-    state = to_float64(jax.jit(functools.partial(family.init_state, config))(
-        jax.random.key(0), batch))
+    state = to_float64(
+      jax.jit(functools.partial(family.init_state, config))(jax.random.key(0), batch)
+    )
     batch = to_float64(batch)
-    after, metrics, placed = sharded_train_step(family, state, batch,
-                                                jax.devices()[:num_devices])
+    after, metrics, placed = sharded_train_step(family, state, batch, jax.devices()[:num_devices])
     if hasattr(family, "log_likelihood_bounds"):  # IWAE / ELBO per image, 7 samples each
       # of the initial state: SGD with lr 1 on a sum over pixels moves the parameters by
       # hundreds, to where exp() overflows in float32 and nearly in float64.
       mesh = parallel.make_mesh(jax.devices()[:num_devices])
       bounds = jax.jit(family.log_likelihood_bounds, static_argnums=(3, 4))(
-          jax.device_put(state, parallel.replicated(mesh)), placed, jax.random.key(4), 7, 64)
+        jax.device_put(state, parallel.replicated(mesh)), placed, jax.random.key(4), 7, 64
+      )
       metrics.update({f"bound_{k}": v for k, v in bounds.items()})
     return jax.device_get(state), jax.device_get(after), jax.device_get(metrics)
 
@@ -94,8 +111,9 @@ def test_one_and_all_devices_agree_in_float64(case):
   _, an, mn = _steps(case, n)
   assert {x.dtype for x in jax.tree.leaves(_params_and_stats(a1))} == {np.dtype(np.float64)}
   for k in m1:  # losses are means of O(1) terms: a near-zero one is compared to 1e-10 absolute
-    np.testing.assert_allclose(mn[k], m1[k], rtol=0, atol=RTOL * max(np.max(np.abs(m1[k])), 1.0),
-                               err_msg=k)
+    np.testing.assert_allclose(
+      mn[k], m1[k], rtol=0, atol=RTOL * max(np.max(np.abs(m1[k])), 1.0), err_msg=k
+    )
   for name, (params, stats) in _params_and_stats(before).items():
     grad_1 = jax.tree.map(np.subtract, params, _params_and_stats(a1)[name][0])
     grad_n = jax.tree.map(np.subtract, params, _params_and_stats(an)[name][0])
@@ -103,5 +121,5 @@ def test_one_and_all_devices_agree_in_float64(case):
     assert_close_to_scale(grad_n, grad_1, rtol=RTOL)
     # BatchNorm running statistics: the update is 0.1 * (batch statistic - 0 or 1), so their
     # difference from the initial values carries the whole-batch mean and variance.
-    delta = lambda s: jax.tree.map(np.subtract, _params_and_stats(s)[name][1], stats)
+    delta = lambda s: jax.tree.map(np.subtract, _params_and_stats(s)[name][1], stats)  # noqa: B023 (used within this iteration)
     assert_close_to_scale(delta(an), delta(a1), rtol=RTOL)

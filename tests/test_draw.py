@@ -7,21 +7,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import GOLDEN_RTOL, REPO, random_batch, train_steps_traced_once
 from PIL import Image
 
-from jaxgen import cli, config as config_lib, losses, trainer
+from jaxgen import cli, losses, trainer
+from jaxgen import config as config_lib
 from jaxgen.data import captions
-from jaxgen.models import draw as draw_models, rnn
+from jaxgen.models import draw as draw_models
+from jaxgen.models import rnn
 from jaxgen.steps import draw
-from conftest import GOLDEN_RTOL, REPO, random_batch, train_steps_traced_once
 
-TINY = dict(num_steps=3, latent_dim=4, enc_features=16, dec_features=16, read_n=2, write_n=3,
-            embed_dim=8, lang_features=8, align_features=8)
+TINY = dict(
+  num_steps=3,
+  latent_dim=4,
+  enc_features=16,
+  dec_features=16,
+  read_n=2,
+  write_n=3,
+  embed_dim=8,
+  lang_features=8,
+  align_features=8,
+)
 
 
 def draw_config(text=False, **model):
-  c = config_lib.load(REPO / "experiments/configs" /
-                      ("aligndraw_captions.py" if text else "draw_fashion.py"))
+  c = config_lib.load(
+    REPO / "experiments/configs" / ("aligndraw_captions.py" if text else "draw_fashion.py")
+  )
   c.model.update(TINY)
   c.model.update(model)
   return c
@@ -123,11 +135,11 @@ def test_a_centred_unit_stride_window_reproduces_its_patch(size, n, lo):
   params = jnp.tile(jnp.array([0.0, 0.0, jnp.log(1e-4), log_delta, 0.0]), (2, 1))
   fy, fx, gamma = draw_models.attention_window(params, size, size, n)
   patch = draw_models.read_window(x, fy, fx, gamma)
-  expect = x[:, lo:lo + n, lo:lo + n]
+  expect = x[:, lo : lo + n, lo : lo + n]
   np.testing.assert_allclose(patch, expect, atol=1e-5)
   # writing the patch back puts it where it came from, and nowhere else
   written = draw_models.write_window(patch, fy, fx, gamma)
-  np.testing.assert_allclose(written[:, lo:lo + n, lo:lo + n], expect, atol=1e-5)
+  np.testing.assert_allclose(written[:, lo : lo + n, lo : lo + n], expect, atol=1e-5)
   np.testing.assert_allclose(jnp.abs(written).sum(), jnp.abs(patch).sum(), rtol=1e-5)
 
 
@@ -144,8 +156,9 @@ def test_golden_values_after_one_step_and_a_single_compilation(states, pinned_en
   # Protects DRAW's -ELBO (canvas likelihood, per-step KL, units); tied to the pinned
   # versions. New batches (same shapes) after the first reuse the one compilation.
   batches = [random_batch(n=8)] + [random_batch(n=8, seed=i + 2) for i in range(3)]
-  new, metrics = train_steps_traced_once(draw.train_step, states[False], batches,
-                                         jax.random.key(42))
+  new, metrics = train_steps_traced_once(
+    draw.train_step, states[False], batches, jax.random.key(42)
+  )
   check_golden(metrics[0], False)
   assert int(new.step) == 4
 
@@ -162,8 +175,8 @@ def check_golden(metrics, text):
 # At initialisation the canvas is sigmoid(0) = 0.5 everywhere: recon ~ H*W*ln 2 (543.6 nats for
 # 28x28, 2495.3 for 60x60); the KL is a few nats per step.
 GOLDEN = {
-    False: {"loss": 546.90363, "recon": 543.62842, "kl": 3.2752090},
-    True: {"loss": 2500.4309, "recon": 2495.3198, "kl": 5.1111698},
+  False: {"loss": 546.90363, "recon": 543.62842, "kl": 3.2752090},
+  True: {"loss": 2500.4309, "recon": 2495.3198, "kl": 5.1111698},
 }
 
 
@@ -173,14 +186,15 @@ def test_kl_between_gaussians():
   s2, t2 = np.exp(-0.5), np.exp(0.4)
   expect = 0.5 * np.log(t2 / s2) + (s2 + 0.25) / (2 * t2) - 0.5
   np.testing.assert_allclose(losses.gaussian_kl_between(mq, lq, mp, lp), [expect], rtol=1e-6)
-  np.testing.assert_allclose(losses.gaussian_kl_between(mq, lq, 0.0, 0.0),
-                             losses.gaussian_kl(mq, lq), rtol=1e-6)
+  np.testing.assert_allclose(
+    losses.gaussian_kl_between(mq, lq, 0.0, 0.0), losses.gaussian_kl(mq, lq), rtol=1e-6
+  )
 
 
 def test_likelihood_bounds(states):
   batch, state = random_batch(n=4), states[False]
   bounds = jax.jit(draw.log_likelihood_bounds, static_argnums=(3, 4))
-  a = bounds(state, batch, jax.random.key(1), 6, 8)    # 2 sequences per chunk
+  a = bounds(state, batch, jax.random.key(1), 6, 8)  # 2 sequences per chunk
   b = bounds(state, batch, jax.random.key(1), 6, 1024)  # all 6 at once
   chex.assert_trees_all_close(a, b, rtol=1e-5)
   assert a["iwae"].shape == (4,) and bool(jnp.all(a["iwae"] >= a["elbo"] - 1e-4))
@@ -205,9 +219,10 @@ def test_held_out_captions_tokenise_and_generate(states):
   text_state = states[True]
   held = [captions.caption(*c) for c in captions.combinations() if captions.is_held_out(*c)]
   tokens = jnp.asarray(np.stack([draw.tokenize(text_state, c) for c in held]))
-  chunks = [tokens[i:i + 6] for i in range(0, len(held), 6)]  # 54 = 9 x 6: one compilation
-  frames = jnp.concatenate([SAMPLE_FRAMES(text_state, jax.random.key(0), 6, t) for t in chunks],
-                           axis=1)
+  chunks = [tokens[i : i + 6] for i in range(0, len(held), 6)]  # 54 = 9 x 6: one compilation
+  frames = jnp.concatenate(
+    [SAMPLE_FRAMES(text_state, jax.random.key(0), 6, t) for t in chunks], axis=1
+  )
   assert frames.shape == (TINY["num_steps"], len(held), 60, 60, 1)
   assert bool(jnp.all(jnp.isfinite(frames))) and float(jnp.abs(frames).max()) <= 1.0
   with pytest.raises(captions.CaptionError, match="unknown word 'hat'.*vocabulary is: ankle"):
@@ -219,8 +234,9 @@ def test_held_out_captions_tokenise_and_generate(states):
 def test_golden_values_of_alignDRAW(states, pinned_env):
   # alignDRAW (caption encoder, alignment, learned prior) contains every part of DRAW; the
   # metrics are those of the parameters before the update. Tied to the pinned versions.
-  _, metrics = jax.jit(draw.train_step)(states[True], random_batch(n=8, text=True),
-                                        jax.random.key(3))
+  _, metrics = jax.jit(draw.train_step)(
+    states[True], random_batch(n=8, text=True), jax.random.key(3)
+  )
   check_golden(metrics, True)
 
 
@@ -247,7 +263,18 @@ def test_trained_caption_run_samples_from_the_cli(fashion_slice, tfds_dir, tmp_p
   trainer.train_and_evaluate(c, tmp_path)
   assert (tmp_path / "checkpoints/3").is_dir()
   out = tmp_path / "sneaker.png"
-  cli.main(["sample", "--workdir", str(tmp_path), "--num", "4", "--out", str(out),
-            "--caption", "the sneaker is on the left of the trouser"])
+  cli.main(
+    [
+      "sample",
+      "--workdir",
+      str(tmp_path),
+      "--num",
+      "4",
+      "--out",
+      str(out),
+      "--caption",
+      "the sneaker is on the left of the trouser",
+    ]
+  )
   assert Image.open(out).size == (2 * (2 * 62 + 2),) * 2  # 2 x 2 grid of 60 px + 2 pad, x2
   assert Image.open(out.with_suffix(".gif")).n_frames == TINY["num_steps"]

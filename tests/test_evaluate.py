@@ -10,11 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO
 
-from jaxgen import cli, config as config_lib, evaluate, trainer
+from jaxgen import cli, evaluate, trainer
+from jaxgen import config as config_lib
 from jaxgen.data import captions
 from jaxgen.steps import draw, vae
-from conftest import REPO
 
 N = 128  # samples and test images: the whole test split of the fashion slice
 
@@ -41,19 +42,25 @@ def projection_extractor(cache_dir=None):
   @jax.jit
   def features_fn(x_BxHxWxC):
     level_B = jnp.mean(x_BxHxWxC, axis=(1, 2, 3)) * 5 + 4.5
-    logits_BxK = -(level_B[:, None] - jnp.arange(10)) ** 2
+    logits_BxK = -((level_B[:, None] - jnp.arange(10)) ** 2)
     return x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1) @ w_PxD, logits_BxK
 
-  return evaluate.Extractor("random projection", features_fn, test_accuracy=0.5,
-                            checkpoint_step=7, cache_dir=cache_dir)
+  return evaluate.Extractor(
+    "random projection", features_fn, test_accuracy=0.5, checkpoint_step=7, cache_dir=cache_dir
+  )
 
 
 def image_family(collapsed):
   """Samples: distinct real train images drawn at random, or the first one repeated (collapse)."""
+
   def sample(state, key, num, conditioning=None):
-    idx = jnp.zeros((num,), jnp.int32) if collapsed else jax.random.permutation(
-        key, state.shape[0])[:num]
+    idx = (
+      jnp.zeros((num,), jnp.int32)
+      if collapsed
+      else jax.random.permutation(key, state.shape[0])[:num]
+    )
     return state[idx]
+
   return types.SimpleNamespace(sample=sample)
 
 
@@ -65,9 +72,15 @@ def two_runs(slice_data, tmp_path_factory):
   ext = projection_extractor(root / "floor")
   out = {}
   for name, collapsed in (("good", False), ("collapsed", True)):
-    results = evaluate.evaluate_state(gen_config(slice_data), image_family(collapsed),
-                                      jnp.asarray(train_images), ext, num_samples=N, seed=1,
-                                      step=3)
+    results = evaluate.evaluate_state(
+      gen_config(slice_data),
+      image_family(collapsed),
+      jnp.asarray(train_images),
+      ext,
+      num_samples=N,
+      seed=1,
+      step=3,
+    )
     results["run"] = str(root / name)
     (root / name).mkdir()
     (root / name / "metrics.json").write_text(json.dumps(results))
@@ -91,14 +104,17 @@ def test_collapsed_generator_is_flagged_and_real_one_is_not(two_runs):
   assert r["good"]["flags"] == []
   kinds = [evaluate.flag_kind_and_evidence(f) for f in r["collapsed"]["flags"]]
   assert [(k, e.split()[0]) for k, e in kinds] == [
-      ("low diversity or coverage", "recall"), ("low diversity or coverage", "coverage"),
-      ("low diversity or coverage", "diversity"), ("possible mode collapse", "recall"),
-      ("possible mode collapse", "duplicate_rate")]
+    ("low diversity or coverage", "recall"),
+    ("low diversity or coverage", "coverage"),
+    ("low diversity or coverage", "diversity"),
+    ("possible mode collapse", "recall"),
+    ("possible mode collapse", "duplicate_rate"),
+  ]
   assert f"with precision {bad['precision']:.3g} >=" in kinds[3][1]
   table = evaluate.format_table([r["collapsed"]])
-  recall_row = next(l for l in table.splitlines() if l.startswith("recall"))
+  recall_row = next(line for line in table.splitlines() if line.startswith("recall"))
   assert recall_row.split()[-2:] == ["!", f"{floor['recall']:.3f}"]
-  dup_row = next(l for l in table.splitlines() if l.startswith("duplicates"))
+  dup_row = next(line for line in table.splitlines() if line.startswith("duplicates"))
   assert dup_row.split()[1:] == ["1.000", "!", f"{floor['duplicate_rate']:.3f}"]
   assert "low diversity or coverage: recall" in table
   assert "possible mode collapse: duplicate_rate 1 > 3 x floor" in table
@@ -109,31 +125,36 @@ def test_flags_tell_low_coverage_from_mode_collapse():
   # Blurry samples (a VAE): off the manifold (low precision), spread out (few duplicates).
   blurry = dict(precision=0.2, recall=0.1, coverage=0.2, diversity=8.0, duplicate_rate=0.02)
   assert evaluate.sample_flags(blurry, floor) == [
-      "low diversity or coverage: recall 0.1 < 0.5 x floor 0.6",
-      "low diversity or coverage: coverage 0.2 < 0.5 x floor 0.5"]
+    "low diversity or coverage: recall 0.1 < 0.5 x floor 0.6",
+    "low diversity or coverage: coverage 0.2 < 0.5 x floor 0.5",
+  ]
   # On the manifold but in few places of it: collapse, though no sample repeats another.
   narrow = dict(blurry, precision=0.6)
   assert evaluate.sample_flags(narrow, floor)[2:] == [
-      "possible mode collapse: recall 0.1 < 0.5 x floor 0.6 with precision 0.6 >= "
-      "0.75 x floor 0.7"]
+    "possible mode collapse: recall 0.1 < 0.5 x floor 0.6 with precision 0.6 >= 0.75 x floor 0.7"
+  ]
   # Repeats: over 3 x floor, and over 5% (a floor of 0 alone would flag any repeat).
   assert evaluate.sample_flags(dict(floor, duplicate_rate=0.031), floor) == []
   assert evaluate.sample_flags(dict(floor, duplicate_rate=0.06), floor) == [
-      "possible mode collapse: duplicate_rate 0.06 > 3 x floor 0.01 (and > 0.05): samples "
-      "repeat one another"]
+    "possible mode collapse: duplicate_rate 0.06 > 3 x floor 0.01 (and > 0.05): samples "
+    "repeat one another"
+  ]
   no_floor = dict(floor, duplicate_rate=0.0)
   assert evaluate.sample_flags(dict(floor, duplicate_rate=0.04), no_floor) == []
   # metrics.json written before the kinds existed
   assert evaluate.flag_kind_and_evidence("recall 0.1 < 0.5 x floor 0.6") == (
-      "low diversity or coverage", "recall 0.1 < 0.5 x floor 0.6")
+    "low diversity or coverage",
+    "recall 0.1 < 0.5 x floor 0.6",
+  )
 
 
 def test_floor_is_cached_next_to_the_extractor(two_runs, slice_data, monkeypatch):
   root, r = two_runs
   assert len(list((root / "floor").glob("*.npz"))) == 1
   monkeypatch.setattr(evaluate, "compute_features", lambda *a, **k: 1 / 0)
-  ref = evaluate.real_reference(projection_extractor(root / "floor"), gen_config(slice_data),
-                                N, N, seed=1)
+  ref = evaluate.real_reference(
+    projection_extractor(root / "floor"), gen_config(slice_data), N, N, seed=1
+  )
   assert ref.floor == r["good"]["floor"] and ref.test_features.shape == (N, 32)
 
 
@@ -142,8 +163,14 @@ def test_compare_prints_one_table_for_several_runs(two_runs, capsys):
   cli.main(["evaluate", "--compare", str(root / "good"), str(root / "collapsed")])
   out = capsys.readouterr().out
   header = out.splitlines()[0].split()
-  assert header[1:] == [str(root / "good"), str(root / "collapsed"), "floor:", "train", "vs",
-                        "test"]
+  assert header[1:] == [
+    str(root / "good"),
+    str(root / "collapsed"),
+    "floor:",
+    "train",
+    "vs",
+    "test",
+  ]
   assert "FD (lower better)" in out and out.count("low diversity or coverage") == 3
   assert out.count("possible mode collapse") == 2
   with pytest.raises(SystemExit, match="jaxgen evaluate --workdir"):
@@ -165,19 +192,34 @@ def test_protocol_likelihood_bounds_and_conditional_accuracy(slice_data):
   family = types.SimpleNamespace(sample=sample, log_likelihood_bounds=log_likelihood_bounds)
   config = gen_config(slice_data, num_classes=10)
   config.eval = {"num_test_images": 40, "seed": 5}
-  results = evaluate.evaluate_state(config, family, jnp.zeros(()), projection_extractor(),
-                                    num_samples=N, seed=1, num_importance=4, step=11)
+  results = evaluate.evaluate_state(
+    config,
+    family,
+    jnp.zeros(()),
+    projection_extractor(),
+    num_samples=N,
+    seed=1,
+    num_importance=4,
+    step=11,
+  )
   assert results["metrics"]["conditional_accuracy"] == 1.0
   p = results["protocol"]
-  assert p["extractor"] == dict(name="random projection", checkpoint_step=7, test_accuracy=0.5,
-                                feature_dim=32)
+  assert p["extractor"] == dict(
+    name="random projection", checkpoint_step=7, test_accuracy=0.5, feature_dim=32
+  )
   assert (p["num_samples"], p["num_real"], p["real_split"], p["seed"]) == (N, N, "test", 1)
   assert (p["checkpoint_step"], p["conditional"], p["floor_num_train"]) == (11, True, N)
   assert p["likelihood"] == dict(
-      num_importance=4, num_images=40, split="test", first_images=True, checkpoint_step=11, seed=5,
-      model_likelihood="bernoulli",
-      binarisation="each test image binarised once, Bernoulli(pixel), from seed 5",
-      units="nats per image; bits/dim = nats / (H*W*C ln 2)")
+    num_importance=4,
+    num_images=40,
+    split="test",
+    first_images=True,
+    checkpoint_step=11,
+    seed=5,
+    model_likelihood="bernoulli",
+    binarisation="each test image binarised once, Bernoulli(pixel), from seed 5",
+    units="nats per image; bits/dim = nats / (H*W*C ln 2)",
+  )
   lk = results["likelihood"]
   assert lk["nll_elbo"] == pytest.approx(100.0) and lk["nll_iwae"] == pytest.approx(89.75)
   assert lk["bpd_iwae"] == pytest.approx(89.75 / (784 * math.log(2)))
@@ -192,13 +234,16 @@ def test_missing_extractor_names_the_command(tmp_path, monkeypatch):
   run = tmp_path / "gan"
   run.mkdir()
   run.joinpath("config.json").write_text(
-      config_lib.load(REPO / "experiments/configs/dcgan_fashion.py").to_json())
+    config_lib.load(REPO / "experiments/configs/dcgan_fashion.py").to_json()
+  )
   with pytest.raises(SystemExit) as e:
     cli.main(["evaluate", "--workdir", str(run)])
   msg = str(e.value)
   assert "no trained feature extractor in runs/classifier_fashion_mnist" in msg
-  assert ("`jaxgen train --config experiments/configs/classifier_fashion.py --workdir "
-          "runs/classifier_fashion_mnist`") in msg
+  assert (
+    "`jaxgen train --config experiments/configs/classifier_fashion.py --workdir "
+    "runs/classifier_fashion_mnist`"
+  ) in msg
   assert len(msg.splitlines()) == 1
 
 
@@ -206,20 +251,24 @@ def fake_likelihood_family(nll_elbo=100.0, nll_iwae=90.0):
   def log_likelihood_bounds(state, batch, key, num_samples):
     n = batch["image"].shape[0]
     return {"elbo": jnp.full((n,), -nll_elbo), "iwae": jnp.full((n,), -nll_iwae)}
+
   return types.SimpleNamespace(sample=None, log_likelihood_bounds=log_likelihood_bounds)
 
 
 def test_likelihood_families_need_no_extractor_and_say_how_to_get_sample_metrics(
-    slice_data, tmp_path, monkeypatch):
+  slice_data, tmp_path, monkeypatch
+):
   monkeypatch.chdir(tmp_path)
   monkeypatch.delenv(evaluate.EXTRACTOR_ENV, raising=False)
   vae = config_lib.load(REPO / "experiments/configs/vae_fashion.py")
   ext, note = evaluate.optional_extractor(vae)
   assert ext is None and len(note.splitlines()) == 1
-  assert note == ("sample metrics (FD, KID, precision/recall, ...) skipped: no trained feature "
-                  "extractor in runs/classifier_fashion_mnist; train it with `jaxgen train "
-                  "--config experiments/configs/classifier_fashion.py --workdir "
-                  "runs/classifier_fashion_mnist` and evaluate again")
+  assert note == (
+    "sample metrics (FD, KID, precision/recall, ...) skipped: no trained feature "
+    "extractor in runs/classifier_fashion_mnist; train it with `jaxgen train "
+    "--config experiments/configs/classifier_fashion.py --workdir "
+    "runs/classifier_fashion_mnist` and evaluate again"
+  )
   draw_config = config_lib.load(REPO / "experiments/configs/aligndraw_captions.py")
   assert evaluate.optional_extractor(draw_config)[1] == note  # its items' classifier
   # A GAN has nothing to evaluate without one; an extractor named by the user must exist.
@@ -234,8 +283,7 @@ def test_likelihood_families_need_no_extractor_and_say_how_to_get_sample_metrics
 
   config = gen_config(slice_data)
   config.eval = {"num_test_images": 16, "num_importance": 3}
-  results = evaluate.evaluate_state(config, fake_likelihood_family(), None, None, step=9,
-                                    note=note)
+  results = evaluate.evaluate_state(config, fake_likelihood_family(), None, None, step=9, note=note)
   assert (results["metrics"], results["floor"], results["flags"]) == ({}, {}, [])
   assert results["protocol"]["sample_metrics"] == note
   assert results["protocol"]["likelihood"]["num_images"] == 16
@@ -249,7 +297,8 @@ def test_likelihood_families_need_no_extractor_and_say_how_to_get_sample_metrics
 
 
 def test_in_training_evaluation_of_a_vae_without_an_extractor_gives_the_bounds(
-    slice_data, tmp_path, monkeypatch, capsys):
+  slice_data, tmp_path, monkeypatch, capsys
+):
   monkeypatch.chdir(tmp_path)
   monkeypatch.delenv(evaluate.EXTRACTOR_ENV, raising=False)
   config = config_lib.load(REPO / "experiments/configs/vae_fashion.py")
@@ -258,7 +307,8 @@ def test_in_training_evaluation_of_a_vae_without_an_extractor_gives_the_bounds(
   config.eval.update(dict(num_importance=2, num_test_images=16, batch_size=8))
   eval_fn = evaluate.make_eval_fn(config)
   assert capsys.readouterr().out.startswith(
-      "evaluation every 10 steps: likelihood bounds only; sample metrics (FD, KID, ")
+    "evaluation every 10 steps: likelihood bounds only; sample metrics (FD, KID, "
+  )
   example = {"image": jnp.zeros((1, 28, 28, 1)), "label": jnp.zeros((1,), jnp.int32)}
   state = jax.jit(lambda key: vae.init_state(config, key, example))(jax.random.key(0))
   values = eval_fn(state, 10)
@@ -280,7 +330,7 @@ def classifier_run(slice_data, tmp_path_factory):
 
 def test_classifier_trains_through_the_loop_and_serves_as_extractor(classifier_run):
   config, workdir = classifier_run
-  log = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  log = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   evals = [r["eval"] for r in log if "eval" in r]
   assert len(evals) == 1 and evals[0]["test_accuracy"] > 0.4  # chance: 0.1
   assert not (workdir / "samples").exists()
@@ -305,8 +355,12 @@ def test_likelihood_bounds_pass_every_batch_feature_to_the_family():
   n = 13  # two batches of 8 (one per simulated device), the second padded
   tokens = np.arange(n * 3, dtype=np.int32).reshape(n, 3)
   held = np.arange(n, dtype=np.int32) % 2
-  batch = dict(image=np.zeros((n, 4, 4, 1), np.float32), label=np.zeros(n, np.int32),
-               tokens=tokens, held_out=held)
+  batch = dict(
+    image=np.zeros((n, 4, 4, 1), np.float32),
+    label=np.zeros(n, np.int32),
+    tokens=tokens,
+    held_out=held,
+  )
   family = types.SimpleNamespace(log_likelihood_bounds=log_likelihood_bounds)
   lk = evaluate.likelihood_bounds(family, None, batch, num_importance=3, batch_size=8)
   assert seen == [["held_out", "image", "label", "tokens"]]  # traced once, every key
@@ -347,24 +401,41 @@ def test_caption_metrics_score_samples_per_caption_against_the_real_canvases(can
   blank = lambda state, key, num, conditioning=None: -jnp.ones((num, 60, 60, 1))
   table = (jnp.asarray(batch["tokens"]), jnp.asarray(batch["image"], jnp.float32))
   ones = dict(caption_accuracy=1.0, caption_accuracy_held_out=1.0, caption_accuracy_seen=1.0)
-  values, floor = evaluate.caption_metrics(types.SimpleNamespace(sample=oracle), table, batch,
-                                           classify, jax.random.key(0), batch_size=16)
+  values, floor = evaluate.caption_metrics(
+    types.SimpleNamespace(sample=oracle), table, batch, classify, jax.random.key(0), batch_size=16
+  )
   assert values == floor == ones
   # blank crops read as class 0: only one-item captions of class 0 are right
-  values, floor = evaluate.caption_metrics(types.SimpleNamespace(sample=blank), None, batch,
-                                           classify, jax.random.key(0), batch_size=16)
+  values, floor = evaluate.caption_metrics(
+    types.SimpleNamespace(sample=blank), None, batch, classify, jax.random.key(0), batch_size=16
+  )
   right = (batch["classes"][:, 0] == 0) & (batch["classes"][:, 1] == captions.NONE)
   held = batch["held_out"] == 1
   assert floor == ones and right.any()
-  assert values == pytest.approx(dict(caption_accuracy=right.mean(),
-                                      caption_accuracy_held_out=right[held].mean(),
-                                      caption_accuracy_seen=right[~held].mean()))
+  assert values == pytest.approx(
+    dict(
+      caption_accuracy=right.mean(),
+      caption_accuracy_held_out=right[held].mean(),
+      caption_accuracy_seen=right[~held].mean(),
+    )
+  )
 
 
 def test_tiny_aligndraw_gets_caption_rows_a_real_canvas_floor_and_bounds(canvases, monkeypatch):
   config = config_lib.load(REPO / "experiments/configs/aligndraw_captions.py")
-  config.model.update(dict(num_steps=2, latent_dim=4, enc_features=16, dec_features=16, read_n=2,
-                           write_n=3, embed_dim=8, lang_features=8, align_features=8))
+  config.model.update(
+    dict(
+      num_steps=2,
+      latent_dim=4,
+      enc_features=16,
+      dec_features=16,
+      read_n=2,
+      write_n=3,
+      embed_dim=8,
+      lang_features=8,
+      align_features=8,
+    )
+  )
   config.data.name = "captioned_fashion_mnist/small"
   config.eval = {"num_test_images": 16, "num_importance": 2, "batch_size": 8, "seed": 0}
   n = len(canvases["tokens"])
@@ -373,14 +444,16 @@ def test_tiny_aligndraw_gets_caption_rows_a_real_canvas_floor_and_bounds(canvase
   example = {"image": jnp.zeros((1, 60, 60, 1)), "tokens": jnp.asarray(canvases["tokens"][:1])}
   state = jax.jit(lambda key: draw.init_state(config, key, example))(jax.random.key(0))
   assert evaluate.is_captioned(config, draw)
-  results = evaluate.evaluate_state(config, draw, state, projection_extractor(),
-                                    num_samples=1000, seed=2, step=5)  # capped at the split
+  results = evaluate.evaluate_state(
+    config, draw, state, projection_extractor(), num_samples=1000, seed=2, step=5
+  )  # capped at the split
   rows = {"caption_accuracy", "caption_accuracy_held_out", "caption_accuracy_seen"}
   assert set(results["metrics"]) == rows and "fd" not in results["metrics"]
   assert results["floor"] == dict.fromkeys(rows, 1.0) and results["flags"] == []
   m, held = results["metrics"], int(canvases["held_out"].sum())
   assert m["caption_accuracy"] * n == pytest.approx(
-      m["caption_accuracy_held_out"] * held + m["caption_accuracy_seen"] * (n - held))
+    m["caption_accuracy_held_out"] * held + m["caption_accuracy_seen"] * (n - held)
+  )
   p = results["protocol"]
   assert p["captions"] == dict(num=n, held_out=held, split="test", first=True)
   assert (p["seed"], p["checkpoint_step"], p["extractor"]["name"]) == (2, 5, "random projection")
@@ -391,8 +464,8 @@ def test_tiny_aligndraw_gets_caption_rows_a_real_canvas_floor_and_bounds(canvase
   table = evaluate.format_table([dict(results, run="aligndraw")])
   header, _, *body = table.splitlines()
   assert header.split()[-4:] == ["floor:", "real", "test", "canvases"]
-  assert next(l for l in body if l.startswith("caption accuracy")).split()[-1] == "1.000"
-  assert any(l.strip().startswith("held-out captions") for l in body)
+  assert next(line for line in body if line.startswith("caption accuracy")).split()[-1] == "1.000"
+  assert any(line.strip().startswith("held-out captions") for line in body)
   assert "FD" not in table and "-IWAE nats/image" in table and f"({held} held out)" in table
 
 
@@ -413,16 +486,19 @@ def test_captioned_runs_use_their_items_classifier(tmp_path, monkeypatch):
 
 def real_image_family(shift: int):
   """Samples are real train images of class (requested + shift) % 10, drawn at random."""
+
   def sample(state, key, num, conditioning=None):
     images, labels = state
     want_N = (jnp.asarray(conditioning) + shift) % 10
     score_NxM = jax.random.uniform(key, (num, labels.shape[0])) + (labels[None] == want_N[:, None])
     return images[jnp.argmax(score_NxM, axis=1)]  # a random image among those of the class
+
   return types.SimpleNamespace(sample=sample)
 
 
 def test_a_real_imperfect_extractor_scores_real_images_of_the_requested_class(
-    classifier_run, slice_data):
+  classifier_run, slice_data
+):
   # The classifier trained above on 512 real images is an imperfect extractor (test accuracy
   # well below 1): conditional accuracy of real images of the requested class is its accuracy
   # on them, and of images of another class about its error rate spread over 9 classes.
@@ -431,10 +507,18 @@ def test_a_real_imperfect_extractor_scores_real_images_of_the_requested_class(
   assert 0.4 < ext.test_accuracy < 0.95
   images, labels = evaluate.read_split(gen_config(slice_data), "train")
   state = (jnp.asarray(images), jnp.asarray(labels))
-  right, wrong = (evaluate.evaluate_state(gen_config(slice_data, num_classes=10),
-                                          real_image_family(shift), state, ext,
-                                          num_samples=N, seed=1, step=1)
-                  for shift in (0, 3))
+  right, wrong = (
+    evaluate.evaluate_state(
+      gen_config(slice_data, num_classes=10),
+      real_image_family(shift),
+      state,
+      ext,
+      num_samples=N,
+      seed=1,
+      step=1,
+    )
+    for shift in (0, 3)
+  )
   train_accuracy = evaluate.classifier_accuracy(ext.features_fn, images, labels)["accuracy"]
   m, w = right["metrics"], wrong["metrics"]
   assert 0.4 < m["conditional_accuracy"] < 1.0

@@ -18,20 +18,33 @@ import chex
 import jax
 import orbax.checkpoint as ocp
 import pytest
-
-from jaxgen import checkpoint, config as config_lib, lock as lock_lib, trainer
-from jaxgen.errors import ConfigError, UserError
 from conftest import REPO
+
+from jaxgen import checkpoint, trainer
+from jaxgen import config as config_lib
+from jaxgen import lock as lock_lib
+from jaxgen.errors import ConfigError, UserError
 
 DCGAN = REPO / "experiments/configs/dcgan_fashion.py"
 N, EVERY = 40, 4  # the reference run: 40 steps, a checkpoint every 4, the last 3 kept
 
 
 def _overrides(fashion_slice: Path, tfds_dir: Path, **extra) -> dict[str, str]:
-  o = {"data.name": "idx", "data.source_dir": fashion_slice, "data.data_dir": tfds_dir,
-       "model.width": 8, "model.latent_dim": 16, "batch_size": 32, "num_steps": N,
-       "log_every": 1, "checkpoint_every": EVERY, "keep_checkpoints": 3, "sample_every": 0,
-       "num_grid_samples": 4, **extra}
+  o = {
+    "data.name": "idx",
+    "data.source_dir": fashion_slice,
+    "data.data_dir": tfds_dir,
+    "model.width": 8,
+    "model.latent_dim": 16,
+    "batch_size": 32,
+    "num_steps": N,
+    "log_every": 1,
+    "checkpoint_every": EVERY,
+    "keep_checkpoints": 3,
+    "sample_every": 0,
+    "num_grid_samples": 4,
+    **extra,
+  }
   return {k: str(v) for k, v in o.items()}
 
 
@@ -43,16 +56,23 @@ def make_config(fashion_slice, tfds_dir):
 @pytest.fixture(scope="module")
 def cli_args(fashion_slice, tfds_dir):
   def args(**extra):
-    return ["--config", str(DCGAN)] + [f"--config.{k}={v}" for k, v in
-                                       _overrides(fashion_slice, tfds_dir, **extra).items()]
+    return ["--config", str(DCGAN)] + [
+      f"--config.{k}={v}" for k, v in _overrides(fashion_slice, tfds_dir, **extra).items()
+    ]
+
   return args
 
 
 def _start(*args: str, out: Path) -> subprocess.Popen:
   """`jaxgen ARGS` in a subprocess (8 devices, as in-process), its output into `out`."""
   with out.open("w") as f:
-    return subprocess.Popen([sys.executable, "-m", "jaxgen.cli", *args], cwd=REPO, stdout=f,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+      [sys.executable, "-m", "jaxgen.cli", *args],
+      cwd=REPO,
+      stdout=f,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
 
 
 def _finish(p: subprocess.Popen, out: Path, timeout: float = 240) -> tuple[int, list[str]]:
@@ -77,7 +97,7 @@ def _partial_saves(workdir: Path) -> list[Path]:
 
 
 def _log_rows(workdir: Path) -> list[dict]:
-  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   return [r for r in rows if "d_loss" in r]
 
 
@@ -110,8 +130,9 @@ def _assert_same_run(workdir: Path, reference) -> None:
 # ------------------------------------------------------------ kills and signals
 
 
-def _interrupt(workdir: Path, args: list[str], out: Path, rng: random.Random, fault: str,
-               rival: Path) -> tuple[int, list[str], int]:
+def _interrupt(
+  workdir: Path, args: list[str], out: Path, rng: random.Random, fault: str, rival: Path
+) -> tuple[int, list[str], int]:
   """Starts a run and injects `fault` at a random moment; (exit code, output lines, pid)."""
   p = _start("train", "--workdir", str(workdir), *args, out=out)
   _wait_for(lambda: "compiled train_step" in out.read_text(), p)  # leftovers are gone by then
@@ -126,8 +147,9 @@ def _interrupt(workdir: Path, args: list[str], out: Path, rng: random.Random, fa
   elif fault == "concurrent_then_SIGTERM":
     rc, lines = _finish(_start("train", "--workdir", str(workdir), *args, out=rival), rival)
     assert rc == 1 and len(lines) == 1, lines
-    assert lines[0].startswith(f"jaxgen train: error: {workdir} is in use by another run "
-                               f"(host "), lines
+    assert lines[0].startswith(f"jaxgen train: error: {workdir} is in use by another run (host "), (
+      lines
+    )
     assert f", pid {p.pid}, since " in lines[0], lines
     p.send_signal(signal.SIGTERM)
   elif fault == "SIGINT":
@@ -142,12 +164,17 @@ def _interrupt(workdir: Path, args: list[str], out: Path, rng: random.Random, fa
   return (*_finish(p, out), p.pid)
 
 
-FAULTS = ["kill9_mid_save", "kill9", "concurrent_then_SIGTERM", "SIGINT",
-          "second_signal_mid_save"]
+FAULTS = ["kill9_mid_save", "kill9", "concurrent_then_SIGTERM", "SIGINT", "second_signal_mid_save"]
 
 
-def _check_interrupted(workdir: Path, fault: str, rc: int, lines: list[str], previous: str | None,
-                       previous_pid: int | None) -> None:
+def _check_interrupted(
+  workdir: Path,
+  fault: str,
+  rc: int,
+  lines: list[str],
+  previous: str | None,
+  previous_pid: int | None,
+) -> None:
   text = "\n".join(lines)
   assert "Traceback" not in text
   if previous and previous.startswith("kill9"):  # the killed run's lock is found stale
@@ -157,15 +184,18 @@ def _check_interrupted(workdir: Path, fault: str, rc: int, lines: list[str], pre
   if fault.startswith("kill9"):
     assert rc == -signal.SIGKILL, text
   elif fault == "second_signal_mid_save":  # the second signal lands in the save, or after it
-    assert (rc, lines[-1][:29]) in ((130, "jaxgen train: second SIGINT: "),
-                                    (143, "jaxgen train: stopped by SIGT")), text
+    assert (rc, lines[-1][:29]) in (
+      (130, "jaxgen train: second SIGINT: "),
+      (143, "jaxgen train: stopped by SIGT"),
+    ), text
   else:
     name = fault.split("_")[-1]
     assert rc == 128 + getattr(signal, name), text
     assert lines[-1].startswith(f"jaxgen train: stopped by {name} at step "), text
     step = int(lines[-1].split(" at step ")[1].split(":")[0])
-    assert lines[-1].endswith(f"saved {workdir / 'checkpoints' / str(step)}; run the same "
-                              f"command to resume")
+    assert lines[-1].endswith(
+      f"saved {workdir / 'checkpoints' / str(step)}; run the same command to resume"
+    )
     assert checkpoint.Checkpointer(workdir / "checkpoints", read_only=True).latest_step() == step
     assert [r["step"] for r in _log_rows(workdir)][-1] == step  # every step done is kept
     assert step < N
@@ -182,8 +212,10 @@ def _interrupted_runs(reference, args, tmp_path, seed: int, faults: list[str]) -
     if fault == "kill9_mid_save":
       assert _partial_saves(workdir), "the kill did not land inside a save"
     previous, previous_pid = fault, pid
-  rc, lines = _finish(_start("train", "--workdir", str(workdir), *args, out=tmp_path / "end.txt"),
-                      tmp_path / "end.txt")
+  rc, lines = _finish(
+    _start("train", "--workdir", str(workdir), *args, out=tmp_path / "end.txt"),
+    tmp_path / "end.txt",
+  )
   assert rc == 0, lines
   _assert_same_run(workdir, reference)
 
@@ -206,12 +238,14 @@ def test_many_random_kills_resume_to_the_same_bits(reference, cli_args, tmp_path
 
 def _damage(step_dir: Path, how: str) -> None:
   """Overwrites 4 bytes inside, or truncates, the checkpoint's largest array data file."""
-  data = max((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
-             key=lambda p: p.stat().st_size)
+  data = max(
+    (p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
+    key=lambda p: p.stat().st_size,
+  )
   raw = bytearray(data.read_bytes())
   if how == "overwrite":
     middle = len(raw) // 2
-    raw[middle:middle + 4] = bytes(b ^ 0xFF for b in raw[middle:middle + 4])
+    raw[middle : middle + 4] = bytes(b ^ 0xFF for b in raw[middle : middle + 4])
   else:
     raw = raw[: len(raw) // 2]
   data.write_bytes(bytes(raw))
@@ -219,7 +253,8 @@ def _damage(step_dir: Path, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["overwrite", "truncate"])
 def test_damaged_checkpoints_are_skipped_and_the_run_resumes_to_the_same_bits(
-    reference, make_config, tmp_path, capsys, how):
+  reference, make_config, tmp_path, capsys, how
+):
   workdir = tmp_path / "run"
   shutil.copytree(reference[0], workdir)
   _damage(workdir / f"checkpoints/{N}", how)
@@ -228,8 +263,9 @@ def test_damaged_checkpoints_are_skipped_and_the_run_resumes_to_the_same_bits(
 
   _, _, state = trainer.load_run(workdir)  # what sample / evaluate / report use
   out = capsys.readouterr().out.splitlines()
-  why = ("is damaged: 1 array leaves fail their SHA-256" if how == "overwrite"
-         else "cannot be restored")
+  why = (
+    "is damaged: 1 array leaves fail their SHA-256" if how == "overwrite" else "cannot be restored"
+  )
   assert out[0].startswith(f"skipping checkpoint {workdir / 'checkpoints' / str(N)} {why}"), out
   assert out[1] == f"using {workdir / 'checkpoints' / str(N - EVERY)}, the newest good checkpoint"
   assert len(out) == 2 and int(state.step) == N - EVERY
@@ -244,8 +280,9 @@ def test_damaged_checkpoints_are_skipped_and_the_run_resumes_to_the_same_bits(
   assert (workdir / "damaged_checkpoints" / str(N) / "state").is_dir()  # kept for inspection
 
 
-def test_no_good_checkpoint_is_one_line_and_changes_nothing(reference, make_config, tmp_path,
-                                                            capsys):
+def test_no_good_checkpoint_is_one_line_and_changes_nothing(
+  reference, make_config, tmp_path, capsys
+):
   workdir = tmp_path / "run"
   shutil.copytree(reference[0], workdir)
   steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
@@ -253,8 +290,11 @@ def test_no_good_checkpoint_is_one_line_and_changes_nothing(reference, make_conf
   for step in steps:
     _damage(workdir / f"checkpoints/{step}", "overwrite")
   before = _listing(workdir)
-  with pytest.raises(checkpoint.CheckpointError, match=r"none of the checkpoints in .* restores "
-                     r"and verifies; move that folder aside") as e:
+  with pytest.raises(
+    checkpoint.CheckpointError,
+    match=r"none of the checkpoints in .* restores "
+    r"and verifies; move that folder aside",
+  ) as e:
     trainer.train_and_evaluate(make_config(num_steps=N + 4), workdir)
   assert "\n" not in str(e.value)
   assert len(capsys.readouterr().out.splitlines()) == 3  # one "skipping" line each
@@ -264,8 +304,9 @@ def test_no_good_checkpoint_is_one_line_and_changes_nothing(reference, make_conf
 # ------------------------------------------------------------------- full disk
 
 
-def test_full_disk_during_a_save_is_one_line_and_the_run_resumes(reference, make_config,
-                                                                  tmp_path, monkeypatch):
+def test_full_disk_during_a_save_is_one_line_and_the_run_resumes(
+  reference, make_config, tmp_path, monkeypatch
+):
   workdir = tmp_path / "run"
   real_save = ocp.CheckpointManager.save
 
@@ -278,8 +319,9 @@ def test_full_disk_during_a_save_is_one_line_and_the_run_resumes(reference, make
   with pytest.raises(checkpoint.CheckpointError) as e:
     trainer.train_and_evaluate(make_config(), workdir)
   assert str(e.value).startswith(
-      f"cannot write a checkpoint ({workdir / 'checkpoints' / str(2 * EVERY)}: No space left on "
-      f"device); the checkpoints of steps [{EVERY}] are intact; free space")
+    f"cannot write a checkpoint ({workdir / 'checkpoints' / str(2 * EVERY)}: No space left on "
+    f"device); the checkpoints of steps [{EVERY}] are intact; free space"
+  )
   assert checkpoint.Checkpointer(workdir / "checkpoints", read_only=True).all_steps() == [EVERY]
   assert not (workdir / "lock").exists()
 
@@ -298,8 +340,9 @@ def short_run(make_config, tmp_path_factory):
   seen = {}
 
   def eval_fn(state, step):  # the final checkpoint must be on disk before evaluation
-    seen[step] = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
-                        if p.name.isdigit())
+    seen[step] = sorted(
+      int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()
+    )
     return {"n": 1}
 
   trainer.train_and_evaluate(make_config(num_steps=8, eval_every=8), workdir, eval_fn=eval_fn)
@@ -307,19 +350,29 @@ def short_run(make_config, tmp_path_factory):
   return workdir
 
 
-@pytest.mark.parametrize("field,value,stored", [
-    ("batch_size", 16, 32), ("model.loss", "hinge", "'nonsaturating'"),
-    ("optim.g_lr", 1e-3, 0.0002), ("seed", 1, 0), ("model.width", 16, 8)])
-def test_config_drift_is_refused_in_one_line(short_run, make_config, tmp_path, field, value,
-                                             stored):
+@pytest.mark.parametrize(
+  "field,value,stored",
+  [
+    ("batch_size", 16, 32),
+    ("model.loss", "hinge", "'nonsaturating'"),
+    ("optim.g_lr", 1e-3, 0.0002),
+    ("seed", 1, 0),
+    ("model.width", 16, 8),
+  ],
+)
+def test_config_drift_is_refused_in_one_line(
+  short_run, make_config, tmp_path, field, value, stored
+):
   workdir = tmp_path / "run"
   shutil.copytree(short_run, workdir)
   before = _listing(workdir)
   with pytest.raises(ConfigError) as e:
     trainer.train_and_evaluate(make_config(num_steps=12, **{field: value}), workdir)
   shown = repr(value) if isinstance(value, str) else value
-  assert str(e.value).startswith(f"config.{field} is {stored} in this run's config.json but "
-                                 f"{shown} was requested; only step counts and cadences")
+  assert str(e.value).startswith(
+    f"config.{field} is {stored} in this run's config.json but "
+    f"{shown} was requested; only step counts and cadences"
+  )
   assert _listing(workdir) == before
 
 
@@ -327,20 +380,24 @@ def test_cadences_may_change_and_are_logged(short_run, make_config, tmp_path, ca
   workdir = tmp_path / "run"
   shutil.copytree(short_run, workdir)
   capsys.readouterr()
-  state = trainer.train_and_evaluate(make_config(num_steps=10, log_every=2, checkpoint_every=5),
-                                     workdir)
+  state = trainer.train_and_evaluate(
+    make_config(num_steps=10, log_every=2, checkpoint_every=5), workdir
+  )
   out = capsys.readouterr().out
   assert int(state.step) == 10
-  assert ("resuming with config.checkpoint_every: 4 -> 5\nresuming with config.eval_every: 8 -> 0\n"
-          "resuming with config.log_every: 1 -> 2\nresuming with config.num_steps: 8 -> 10\n") in out
+  assert (
+    "resuming with config.checkpoint_every: 4 -> 5\nresuming with config.eval_every: 8 -> 0\n"
+    "resuming with config.log_every: 1 -> 2\nresuming with config.num_steps: 8 -> 10\n"
+  ) in out
   stored = json.loads((workdir / "config.json").read_text())
   assert (stored["num_steps"], stored["log_every"], stored["batch_size"]) == (10, 2, 32)
   assert [r["step"] for r in _log_rows(workdir)] == [1, 2, 3, 4, 5, 6, 7, 8, 10]
 
 
 @pytest.mark.parametrize("num_steps", [4, 8])
-def test_num_steps_at_or_below_the_run_trains_nothing(short_run, make_config, tmp_path, capsys,
-                                                      num_steps):
+def test_num_steps_at_or_below_the_run_trains_nothing(
+  short_run, make_config, tmp_path, capsys, num_steps
+):
   workdir = tmp_path / "run"
   shutil.copytree(short_run, workdir)
   before = _listing(workdir)
@@ -348,9 +405,11 @@ def test_num_steps_at_or_below_the_run_trains_nothing(short_run, make_config, tm
   state = trainer.train_and_evaluate(make_config(num_steps=num_steps), workdir)
   out = capsys.readouterr().out.splitlines()
   assert int(state.step) == 8
-  assert out[-1] == (f"{workdir} is at step 8 already and num_steps is {num_steps}: nothing to "
-                     f"train (raise --config.num_steps to continue)")
-  assert not any(l.startswith("done") for l in out)
+  assert out[-1] == (
+    f"{workdir} is at step 8 already and num_steps is {num_steps}: nothing to "
+    f"train (raise --config.num_steps to continue)"
+  )
+  assert not any(line.startswith("done") for line in out)
   assert _listing(workdir) == before
 
 
@@ -360,11 +419,13 @@ def test_num_steps_at_or_below_the_run_trains_nothing(short_run, make_config, tm
 def test_a_diverging_run_keeps_only_finite_checkpoints(make_config, tmp_path):
   workdir = tmp_path / "run"
   with pytest.raises(trainer.TrainingDiverged) as e:
-    trainer.train_and_evaluate(make_config(checkpoint_every=1, **{"optim.g_lr": 1e39,
-                                                                  "optim.d_lr": 1e39}), workdir)
+    trainer.train_and_evaluate(
+      make_config(checkpoint_every=1, **{"optim.g_lr": 1e39, "optim.d_lr": 1e39}), workdir
+    )
   # the discriminator's update comes first, so the generator's loss of step 1 is already NaN
-  assert str(e.value).startswith("g_loss became nan at step 1; training stopped and nothing was "
-                                 "saved; lower the learning rate")
+  assert str(e.value).startswith(
+    "g_loss became nan at step 1; training stopped and nothing was saved; lower the learning rate"
+  )
   assert checkpoint.Checkpointer(workdir / "checkpoints", read_only=True).all_steps() == []
 
 
@@ -372,10 +433,13 @@ def test_exploding_finite_losses_stop_the_run(short_run, make_config, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(short_run, workdir)
   last = _log_rows(workdir)[-1]
-  with pytest.raises(trainer.TrainingDiverged, match=r"^d_loss became [0-9.]+, g_loss became "
-                     r"[0-9.]+ \(above "
-                     r"config.max_loss=0.1\) at step 9; training stopped and the checkpoint of "
-                     r"step 8 is kept"):
+  with pytest.raises(
+    trainer.TrainingDiverged,
+    match=r"^d_loss became [0-9.]+, g_loss became "
+    r"[0-9.]+ \(above "
+    r"config.max_loss=0.1\) at step 9; training stopped and the checkpoint of "
+    r"step 8 is kept",
+  ):
     trainer.train_and_evaluate(make_config(num_steps=12, max_loss=0.1), workdir)
   assert min(last["d_loss"], last["g_loss"]) > 0.1
   steps = checkpoint.Checkpointer(workdir / "checkpoints", read_only=True).all_steps()
@@ -388,7 +452,9 @@ def test_exploding_finite_losses_stop_the_run(short_run, make_config, tmp_path):
 # ------------------------------------------------------------------ bad input
 
 
-@pytest.mark.parametrize("field,value,message", [
+@pytest.mark.parametrize(
+  "field,value,message",
+  [
     ("num_steps", 0, "config.num_steps=0: must be positive"),
     ("num_steps", -5, "config.num_steps=-5: must be positive"),
     ("checkpoint_every", 0, "config.checkpoint_every=0: must be positive"),
@@ -397,9 +463,12 @@ def test_exploding_finite_losses_stop_the_run(short_run, make_config, tmp_path):
     ("batch_size", "devices + 1", "batch_size {b} does not divide over {n} devices"),
     ("batch_size", 1024, "batch_size 1024 exceeds the 512 training examples of 'idx'"),
     ("sample_every", -1, "config.sample_every=-1: must be >= 0"),
-    ("max_loss", 0.0, "config.max_loss=0.0: must be positive")])
-def test_bad_config_is_one_line_before_anything_is_written(make_config, tmp_path, field, value,
-                                                           message):
+    ("max_loss", 0.0, "config.max_loss=0.0: must be positive"),
+  ],
+)
+def test_bad_config_is_one_line_before_anything_is_written(
+  make_config, tmp_path, field, value, message
+):
   if value == "devices + 1":  # indivisible by whatever device count the suite runs on
     n = jax.device_count()
     value, message = n + 1, message.format(b=n + 1, n=n)
@@ -411,17 +480,23 @@ def test_bad_config_is_one_line_before_anything_is_written(make_config, tmp_path
 
 def test_unwritable_workdir_is_one_line(make_config, tmp_path):
   (tmp_path / "file").write_text("")
-  with pytest.raises(UserError, match=r"^cannot write to .*/file/run \(Not a directory\); "
-                     r"choose a writable --workdir$"):
+  with pytest.raises(
+    UserError,
+    match=r"^cannot write to .*/file/run \(Not a directory\); "
+    r"choose a writable --workdir$",
+  ):
     trainer.train_and_evaluate(make_config(), tmp_path / "file" / "run")
 
 
 def test_cli_bad_input_is_one_line_and_exit_1(short_run, cli_args, tmp_path):
-  p = _start("train", "--workdir", str(tmp_path / "run"), *cli_args(num_steps=0),
-             out=tmp_path / "train.txt")
+  p = _start(
+    "train", "--workdir", str(tmp_path / "run"), *cli_args(num_steps=0), out=tmp_path / "train.txt"
+  )
   rc, lines = _finish(p, tmp_path / "train.txt")
-  assert (rc, lines) == (1, ["jaxgen train: error: config.num_steps=0: must be positive; set "
-                             "--config.num_steps=..."])
+  assert (rc, lines) == (
+    1,
+    ["jaxgen train: error: config.num_steps=0: must be positive; set --config.num_steps=..."],
+  )
   assert not (tmp_path / "run").exists()
   for num in ("0", "-1"):
     p = _start("sample", "--workdir", str(short_run), "--num", num, out=tmp_path / "sample.txt")
@@ -443,8 +518,11 @@ def test_lock_refuses_a_second_holder_and_takes_over_a_stale_one(tmp_path):
   assert first.acquire() is None
   holder = json.loads((tmp_path / "lock").read_text())
   assert holder["pid"] == os.getpid()
-  with pytest.raises(lock_lib.LockError, match=rf"^{tmp_path} is in use by another run \(host "
-                     rf"{holder['host']}, pid {os.getpid()}, since "):
+  with pytest.raises(
+    lock_lib.LockError,
+    match=rf"^{tmp_path} is in use by another run \(host "
+    rf"{holder['host']}, pid {os.getpid()}, since ",
+  ):
     lock_lib.WorkdirLock(tmp_path).acquire()
   first.release()
   assert not (tmp_path / "lock").exists()
@@ -452,8 +530,9 @@ def test_lock_refuses_a_second_holder_and_takes_over_a_stale_one(tmp_path):
   dead = _dead_pid()  # a lock file left by a killed run: no flock, a pid that is gone
   (tmp_path / "lock").write_text(json.dumps({"host": holder["host"], "pid": dead}))
   second = lock_lib.WorkdirLock(tmp_path)
-  assert second.acquire() == (f"took over the stale lock of pid {dead} on {holder['host']} "
-                              f"(no longer running)")
+  assert second.acquire() == (
+    f"took over the stale lock of pid {dead} on {holder['host']} (no longer running)"
+  )
   second.release()
 
   (tmp_path / "lock").write_text(json.dumps({"host": "elsewhere", "pid": 1}))
@@ -472,10 +551,30 @@ def _two_processes(workdir: Path, args: list[str], out: Path) -> list[subprocess
   procs = []
   for i in range(2):
     with out.with_suffix(f".{i}.txt").open("w") as f:
-      procs.append(subprocess.Popen(
-          [sys.executable, "-m", "jaxgen.cli", "train", "--workdir", str(workdir), *args,
-           "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)],
-          cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, text=True))
+      procs.append(
+        subprocess.Popen(
+          [
+            sys.executable,
+            "-m",
+            "jaxgen.cli",
+            "train",
+            "--workdir",
+            str(workdir),
+            *args,
+            "--coordinator",
+            f"127.0.0.1:{port}",
+            "--num_processes",
+            "2",
+            "--process_id",
+            str(i),
+          ],
+          cwd=REPO,
+          env=env,
+          stdout=f,
+          stderr=subprocess.STDOUT,
+          text=True,
+        )
+      )
   return procs
 
 
@@ -494,6 +593,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(cli_args, t
     assert p.wait(timeout=600) == 0
   _, _, a = trainer.load_run(tmp_path / "straight")
   _, _, b = trainer.load_run(tmp_path / "run")
-  chex.assert_trees_all_equal(jax.tree.leaves(jax.device_get(a)),
-                              jax.tree.leaves(jax.device_get(b)))
+  chex.assert_trees_all_equal(
+    jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))
+  )
   assert [r["step"] for r in _log_rows(tmp_path / "run")] == list(range(1, N + 1))

@@ -5,11 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import GOLDEN_RTOL, REPO, num_params, random_batch, train_steps_traced_once
 
-from jaxgen import config as config_lib, losses
+from jaxgen import config as config_lib
+from jaxgen import losses
 from jaxgen.models import gan as gan_models
 from jaxgen.steps import gan
-from conftest import GOLDEN_RTOL, REPO, num_params, random_batch, train_steps_traced_once
 
 
 def gan_config(**model):
@@ -19,12 +20,15 @@ def gan_config(**model):
   return c
 
 
-@pytest.mark.parametrize("shape, width, g_params, d_params, start", [
+@pytest.mark.parametrize(
+  "shape, width, g_params, d_params, start",
+  [
     # by hand: dense 100*7*7*256 + BN 2*256 + deconv 5*5*256*128 + BN 2*128 + 5*5*128*1 + 1;
     # D: 5*5*1*128 + 128 + 5*5*128*256 + BN 2*256 + 7*7*256 + 1
     ((28, 28, 1), 64, 2_077_569, 835_585, (7, 7, 256)),
     ((64, 64, 3), 64, 5_126_723, 4_315_649, (4, 4, 512)),
-])
+  ],
+)
 def test_shapes_and_parameter_counts(shape, width, g_params, d_params, start):
   g = gan_models.Generator(shape, width=width)
   d = gan_models.Discriminator(shape, width=width)
@@ -62,10 +66,12 @@ def test_losses_on_hand_computed_logits():
   # -log sigmoid(r) = softplus(-r); -log(1 - sigmoid(f)) = softplus(f)
   expect_d = np.mean([np.log(2), log1pexp(-2.0)]) + np.mean([np.log(2), log1pexp(-1.0)])
   np.testing.assert_allclose(losses.d_loss_standard(real, fake), expect_d, rtol=1e-6)
-  np.testing.assert_allclose(losses.g_loss_nonsaturating(fake),
-                             np.mean([np.log(2), log1pexp(1.0)]), rtol=1e-6)
-  np.testing.assert_allclose(losses.g_loss_minimax(fake),
-                             -np.mean([np.log(2), log1pexp(-1.0)]), rtol=1e-6)
+  np.testing.assert_allclose(
+    losses.g_loss_nonsaturating(fake), np.mean([np.log(2), log1pexp(1.0)]), rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    losses.g_loss_minimax(fake), -np.mean([np.log(2), log1pexp(-1.0)]), rtol=1e-6
+  )
   np.testing.assert_allclose(losses.d_loss_hinge(real, fake), (1.0 + 0.0) / 2 + (1.0 + 0.0) / 2)
   np.testing.assert_allclose(losses.g_loss_hinge(fake), 0.5)
 
@@ -80,8 +86,11 @@ def test_one_step_golden_values(pinned_env):
   got = {k: float(v) for k, v in m.items()}
   # EMA warm-up: the first update uses decay min(0.999, 1/10).
   chex.assert_trees_all_close(
-      state.ema_params, jax.tree.map(lambda a, b: 0.1 * a + 0.9 * b, init.g.params, state.g.params),
-      rtol=1e-5, atol=1e-7)
+    state.ema_params,
+    jax.tree.map(lambda a, b: 0.1 * a + 0.9 * b, init.g.params, state.g.params),
+    rtol=1e-5,
+    atol=1e-7,
+  )
   # At initialisation D is near chance: d_loss ~ 2 ln 2, g_loss ~ ln 2.
   expect = {"d_loss": 1.4357958, "g_loss": 0.6703275, "d_real": 0.5339539, "d_fake": 0.5139064}
   for k, v in expect.items():
@@ -93,9 +102,9 @@ def test_train_step_traces_once():
   c = gan_config(width=8, latent_dim=16)
   batch = random_batch(n=8)
   state = gan.init_state(c, jax.random.key(0), batch)
-  state, _ = train_steps_traced_once(gan.train_step, state,
-                                     [random_batch(n=8, seed=i) for i in range(5)],
-                                     jax.random.key(0))
+  state, _ = train_steps_traced_once(
+    gan.train_step, state, [random_batch(n=8, seed=i) for i in range(5)], jax.random.key(0)
+  )
   assert int(state.step) == 5
 
 
@@ -112,6 +121,7 @@ def test_sampling_is_deterministic_and_conditional():
 
 def test_report_pictures(tmp_path):
   from PIL import Image
+
   c = gan_config(width=8, latent_dim=16, num_classes=10)
   state = gan.init_state(c, jax.random.key(0), random_batch(n=4))
   paths = gan.pictures(state, random_batch(n=4), jax.random.key(1), tmp_path)

@@ -10,14 +10,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO, X64_RTOL, random_batch, to_float64
+from conftest import assert_close_to_scale as _assert_close
 from jax import lax
+from test_gan import gan_config
 
-from jaxgen import config as config_lib, ops
+from jaxgen import config as config_lib
+from jaxgen import ops
 from jaxgen.models import classifier as classifier_models
 from jaxgen.models import gan as gan_models
 from jaxgen.steps import classifier, gan
-from test_gan import gan_config
-from conftest import X64_RTOL, REPO, assert_close_to_scale as _assert_close, random_batch, to_float64
 
 
 def _plain(x, kernel, strides, padding):
@@ -25,39 +27,44 @@ def _plain(x, kernel, strides, padding):
 
 
 def _plain_conv(x, kernel, strides, padding):
-  return lax.conv_general_dilated(x, kernel, strides, padding,
-                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return lax.conv_general_dilated(
+    x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
 
 
 @pytest.fixture(params=[True, False], ids=["jaxgen_forms", "xla_forms"])
 def phase_split(request, monkeypatch):
   """Every case through both forms of a dilated convolution (phase split or XLA's) and of a
   forward convolution (tap by tap or XLA's), whatever its channel count."""
-  monkeypatch.setattr(ops, "_MIN_PHASE_SPLIT_CHANNELS", 0 if request.param else 10 ** 9)
-  monkeypatch.setattr(ops, "_MAX_TAPWISE", 10 ** 9 if request.param else 0)
+  monkeypatch.setattr(ops, "_MIN_PHASE_SPLIT_CHANNELS", 0 if request.param else 10**9)
+  monkeypatch.setattr(ops, "_MAX_TAPWISE", 10**9 if request.param else 0)
   return request.param
 
 
-@pytest.mark.parametrize("x_shape, kernel_hw, cout, strides, padding", [
-    ((4, 7, 7, 16), (5, 5), 8, (2, 2), "SAME"),     # the DCGAN generator's layers
+@pytest.mark.parametrize(
+  "x_shape, kernel_hw, cout, strides, padding",
+  [
+    ((4, 7, 7, 16), (5, 5), 8, (2, 2), "SAME"),  # the DCGAN generator's layers
     ((2, 14, 14, 8), (5, 5), 1, (2, 2), "SAME"),
-    ((3, 7, 7, 6), (4, 4), 5, (2, 2), "SAME"),      # the VAE decoder's
-    ((2, 5, 9, 3), (3, 3), 4, (2, 2), "SAME"),      # odd, non-square sizes
-    ((2, 6, 5, 3), (3, 2), 4, (2, 3), "SAME"),      # non-square kernel and strides
-    ((2, 4, 4, 3), (1, 1), 2, (2, 2), "SAME"),      # kernel smaller than the stride
+    ((3, 7, 7, 6), (4, 4), 5, (2, 2), "SAME"),  # the VAE decoder's
+    ((2, 5, 9, 3), (3, 3), 4, (2, 2), "SAME"),  # odd, non-square sizes
+    ((2, 6, 5, 3), (3, 2), 4, (2, 3), "SAME"),  # non-square kernel and strides
+    ((2, 4, 4, 3), (1, 1), 2, (2, 2), "SAME"),  # kernel smaller than the stride
     ((2, 5, 5, 3), (3, 3), 2, (3, 3), "SAME"),
     ((2, 5, 6, 3), (5, 5), 2, (2, 2), "VALID"),
-    ((2, 5, 6, 3), (1, 2), 2, (3, 3), "VALID"),     # VALID with K < stride: crops the gradient
-    ((2, 6, 6, 3), (3, 3), 4, (1, 1), "SAME"),      # stride 1
+    ((2, 5, 6, 3), (1, 2), 2, (3, 3), "VALID"),  # VALID with K < stride: crops the gradient
+    ((2, 6, 6, 3), (3, 3), 4, (1, 1), "SAME"),  # stride 1
     ((2, 6, 6, 3), (4, 4), 2, (2, 2), ((2, 1), (0, 3))),  # explicit padding
-])
+  ],
+)
 def test_conv_transpose_matches_autodiff(x_shape, kernel_hw, cout, strides, padding, phase_split):
   kx, kk, kd = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, x_shape)
   kernel = jax.random.normal(kk, (*kernel_hw, x_shape[-1], cout))
   want, want_vjp = jax.vjp(lambda a, b: _plain(a, b, strides, padding), x, kernel)
-  got, got_vjp = jax.vjp(jax.jit(lambda a, b: ops.conv_transpose(a, b, strides, padding)),
-                         x, kernel)
+  got, got_vjp = jax.vjp(
+    jax.jit(lambda a, b: ops.conv_transpose(a, b, strides, padding)), x, kernel
+  )
   assert got.shape == want.shape
   _assert_close(got, want)
   dy = jax.random.normal(kd, want.shape)
@@ -66,20 +73,23 @@ def test_conv_transpose_matches_autodiff(x_shape, kernel_hw, cout, strides, padd
     _assert_close(g, w)
 
 
-@pytest.mark.parametrize("x_shape, kernel_hw, cout, strides, padding", [
-    ((4, 28, 28, 1), (5, 5), 8, (2, 2), "SAME"),    # the DCGAN discriminator's layers
+@pytest.mark.parametrize(
+  "x_shape, kernel_hw, cout, strides, padding",
+  [
+    ((4, 28, 28, 1), (5, 5), 8, (2, 2), "SAME"),  # the DCGAN discriminator's layers
     ((4, 14, 14, 8), (5, 5), 16, (2, 2), "SAME"),
-    ((3, 28, 28, 2), (4, 4), 5, (2, 2), "SAME"),    # the VAE encoder's
-    ((2, 9, 7, 3), (3, 3), 4, (2, 2), "SAME"),      # odd sizes: uneven SAME padding
-    ((2, 10, 9, 3), (3, 2), 4, (3, 2), "SAME"),     # non-square kernel and strides
-    ((2, 9, 9, 3), (1, 1), 2, (2, 2), "SAME"),      # kernel smaller than the stride
-    ((2, 11, 8, 3), (5, 3), 2, (2, 2), "VALID"),    # VALID: trailing pixels unused
+    ((3, 28, 28, 2), (4, 4), 5, (2, 2), "SAME"),  # the VAE encoder's
+    ((2, 9, 7, 3), (3, 3), 4, (2, 2), "SAME"),  # odd sizes: uneven SAME padding
+    ((2, 10, 9, 3), (3, 2), 4, (3, 2), "SAME"),  # non-square kernel and strides
+    ((2, 9, 9, 3), (1, 1), 2, (2, 2), "SAME"),  # kernel smaller than the stride
+    ((2, 11, 8, 3), (5, 3), 2, (2, 2), "VALID"),  # VALID: trailing pixels unused
     ((2, 8, 8, 3), (2, 2), 2, (3, 3), "VALID"),
-    ((2, 6, 6, 3), (3, 3), 4, (1, 1), "SAME"),      # stride 1
+    ((2, 6, 6, 3), (3, 3), 4, (1, 1), "SAME"),  # stride 1
     ((2, 8, 7, 3), (4, 4), 2, (2, 2), ((2, 1), (0, 3))),  # explicit padding
     ((2, 8, 7, 1), (3, 3), 4, (2, 2), ((-1, 2), (1, -2))),  # negative: crops the input
-    ((2, 4, 4, 1), (5, 5), 3, (2, 2), "VALID"),     # kernel larger than the input: empty
-])
+    ((2, 4, 4, 1), (5, 5), 3, (2, 2), "VALID"),  # kernel larger than the input: empty
+  ],
+)
 def test_conv_matches_autodiff(x_shape, kernel_hw, cout, strides, padding, phase_split):
   kx, kk, kd = jax.random.split(jax.random.key(7), 3)
   x = jax.random.normal(kx, x_shape)
@@ -98,21 +108,25 @@ def test_bad_padding_is_refused():
     ops.conv(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1)), (2, 2), "CIRCULAR")
 
 
-@pytest.mark.parametrize("fast, plain, x_hw", [(ops.conv_transpose, _plain, 5),
-                                               (ops.conv, _plain_conv, 10)])
+@pytest.mark.parametrize(
+  "fast, plain, x_hw", [(ops.conv_transpose, _plain, 5), (ops.conv, _plain_conv, 10)]
+)
 def test_vmap_and_second_order(fast, plain, x_hw):
   """Under vmap, and differentiated twice (the custom backward passes are differentiable)."""
   x = jax.random.normal(jax.random.key(1), (3, 2, x_hw, x_hw, 4))
   kernel = jax.random.normal(jax.random.key(2), (3, 3, 4, 2))
   loss = lambda f: lambda k, x: jnp.sum(jnp.sin(f(x, k, (2, 2), "SAME")))
-  _assert_close(jax.vmap(jax.grad(loss(fast)), (None, 0))(kernel, x),
-                jax.vmap(jax.grad(loss(plain)), (None, 0))(kernel, x))
+  _assert_close(
+    jax.vmap(jax.grad(loss(fast)), (None, 0))(kernel, x),
+    jax.vmap(jax.grad(loss(plain)), (None, 0))(kernel, x),
+  )
   inner = lambda f: lambda k: jnp.sum(jax.grad(loss(f), argnums=1)(k, x[0]) ** 2)
   _assert_close(jax.grad(inner(fast))(kernel), jax.grad(inner(plain))(kernel), rtol=1e-4)
 
 
-@pytest.mark.parametrize("plain_cls, fast_cls", [(nn.ConvTranspose, ops.ConvTranspose),
-                                                 (nn.Conv, ops.Conv)])
+@pytest.mark.parametrize(
+  "plain_cls, fast_cls", [(nn.ConvTranspose, ops.ConvTranspose), (nn.Conv, ops.Conv)]
+)
 def test_modules_are_drop_ins_for_flax(plain_cls, fast_cls):
   x = jax.random.normal(jax.random.key(3), (2, 7, 7, 6))
   for use_bias in (True, False):
@@ -137,8 +151,9 @@ _models = gan._models
 
 def _metrics_close(got: dict, want: dict) -> None:
   for k in want:  # means of O(1) terms: compared to X64_RTOL of max(|value|, 1)
-    np.testing.assert_allclose(got[k], want[k], rtol=0,
-                               atol=X64_RTOL * max(abs(float(want[k])), 1.0), err_msg=k)
+    np.testing.assert_allclose(
+      got[k], want[k], rtol=0, atol=X64_RTOL * max(abs(float(want[k])), 1.0), err_msg=k
+    )
 
 
 def test_dcgan_step_equals_plain_autodiff(monkeypatch):
@@ -154,9 +169,11 @@ def test_dcgan_step_equals_plain_autodiff(monkeypatch):
     plain_state, plain_m = jax.jit(gan.train_step)(init, batch, jax.random.key(42))
   assert fast_m["d_loss"].dtype == jnp.float64
   _metrics_close(fast_m, plain_m)
-  for name, got, want in zip(("g", "d"), (fast_state.g, fast_state.d), (plain_state.g, plain_state.d)):
+  for name, got, want in zip(
+    ("g", "d"), (fast_state.g, fast_state.d), (plain_state.g, plain_state.d)
+  ):
     before = init.g.params if name == "g" else init.d.params
-    delta = lambda s: jax.tree.map(jnp.subtract, before, s.params)
+    delta = lambda s: jax.tree.map(jnp.subtract, before, s.params)  # noqa: B023 (used within this iteration)
     _assert_close(delta(got), delta(want), rtol=X64_RTOL)
     _assert_close(got.batch_stats, want.batch_stats, rtol=X64_RTOL)
 
@@ -165,9 +182,10 @@ def test_classifier_step_equals_plain_autodiff(monkeypatch):
   c = config_lib.load(REPO / "experiments/configs/classifier_fashion.py")
   c.model.width, c.optim.name, c.optim.lr = 8, "sgd", 1.0  # the update is the gradient
   with jax.enable_x64(True):
-    batch = dict(image=jax.random.uniform(jax.random.key(1), (16, 28, 28, 1), jnp.float64,
-                                          minval=-1.0),
-                 label=jnp.arange(16) % 10)
+    batch = dict(
+      image=jax.random.uniform(jax.random.key(1), (16, 28, 28, 1), jnp.float64, minval=-1.0),
+      label=jnp.arange(16) % 10,
+    )
     init = to_float64(classifier.init_state(c, jax.random.key(0), batch))
     fast_state, fast_m = jax.jit(classifier.train_step)(init, batch, jax.random.key(42))
     plain_model = classifier._model
@@ -182,16 +200,20 @@ def test_classifier_step_equals_plain_autodiff(monkeypatch):
 
 def test_fast_flags_keep_parameters():
   shape, z, x = (28, 28, 1), jnp.ones((2, 16)), jnp.ones((2, 28, 28, 1))
-  for model, arg in ((gan_models.Generator(shape, width=8), z),
-                     (gan_models.Discriminator(shape, width=8), x),
-                     (classifier_models.Classifier(10, width=8), x)):
-    chex.assert_trees_all_equal(model.init(jax.random.key(0), arg, train=False),
-                                model.clone(fast_ops=False).init(jax.random.key(0), arg,
-                                                                 train=False))
+  for model, arg in (
+    (gan_models.Generator(shape, width=8), z),
+    (gan_models.Discriminator(shape, width=8), x),
+    (classifier_models.Classifier(10, width=8), x),
+  ):
+    chex.assert_trees_all_equal(
+      model.init(jax.random.key(0), arg, train=False),
+      model.clone(fast_ops=False).init(jax.random.key(0), arg, train=False),
+    )
 
 
-@pytest.mark.parametrize("shape, window", [((3, 28, 28, 4), (2, 2)), ((2, 7, 9, 3), (2, 2)),
-                                           ((2, 9, 8, 2), (3, 2))])
+@pytest.mark.parametrize(
+  "shape, window", [((3, 28, 28, 4), (2, 2)), ((2, 7, 9, 3), (2, 2)), ((2, 9, 8, 2), (3, 2))]
+)
 def test_max_pool_matches_flax(shape, window):
   x = jax.random.normal(jax.random.key(5), shape)  # continuous values: no tied maxima
   dy = jax.random.normal(jax.random.key(6), nn.max_pool(x, window, strides=window).shape)
@@ -219,6 +241,7 @@ def test_max_pool_after_relu_ties_get_no_gradient():
 
 class _FlaxBatchNormAct(nn.Module):
   """The reference: flax's BatchNorm, ReLU / leaky ReLU and max pool."""
+
   negative_slope: float
   window: tuple | None
 
@@ -236,16 +259,24 @@ class _JaxgenBatchNormAct(nn.Module):
 
   @nn.compact
   def __call__(self, x, use_running_average):
-    return ops.BatchNormAct(momentum=0.9, negative_slope=self.negative_slope, window=self.window,
-                            fused=self.fused, name="bn")(x, use_running_average)
+    return ops.BatchNormAct(
+      momentum=0.9,
+      negative_slope=self.negative_slope,
+      window=self.window,
+      fused=self.fused,
+      name="bn",
+    )(x, use_running_average)
 
 
 def _outputs_and_grads(model, variables, x, use_running_average, dy_fn):
   """((y, updated batch_stats), (d/dparams, d/dx)) of sum(y * dy_fn(y.shape))."""
+
   def loss(params, x):
-    y, updates = model.apply({**variables, "params": params}, x, use_running_average,
-                             mutable=["batch_stats"])
+    y, updates = model.apply(
+      {**variables, "params": params}, x, use_running_average, mutable=["batch_stats"]
+    )
     return jnp.sum(y * dy_fn(y.shape)), (y, updates)
+
   (_, outputs), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(variables["params"], x)
   return outputs, grads
 
@@ -255,22 +286,37 @@ _SCALE, _BIAS = jnp.array([1.5, -0.7, 0.0, 0.3, -2.0]), jnp.array([0.1, 0.2, 0.3
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
-@pytest.mark.parametrize("shape, negative_slope, window", [
-    ((6, 8, 8, 5), 0.0, (2, 2)), ((6, 7, 9, 5), 0.2, (2, 2)), ((4, 9, 9, 5), 0.0, (3, 3)),
-    ((6, 5, 5, 5), 0.0, None), ((12, 5), 0.2, None)])
+@pytest.mark.parametrize(
+  "shape, negative_slope, window",
+  [
+    ((6, 8, 8, 5), 0.0, (2, 2)),
+    ((6, 7, 9, 5), 0.2, (2, 2)),
+    ((4, 9, 9, 5), 0.0, (3, 3)),
+    ((6, 5, 5, 5), 0.0, None),
+    ((12, 5), 0.2, None),
+  ],
+)
 @pytest.mark.parametrize("use_running_average", [False, True], ids=["train", "eval"])
 def test_batch_norm_act_is_flax_batch_norm_activation_and_pool(
-    shape, negative_slope, window, use_running_average, fused):
+  shape, negative_slope, window, use_running_average, fused
+):
   x = 2.0 * jax.random.normal(jax.random.key(0), shape) + 0.5
   want_m = _FlaxBatchNormAct(negative_slope, window)
   got_m = _JaxgenBatchNormAct(negative_slope, window, fused)
-  chex.assert_trees_all_equal(got_m.init(jax.random.key(1), x, True),
-                              want_m.init(jax.random.key(1), x, True))
-  variables = {"params": {"bn": {"scale": _SCALE, "bias": _BIAS}},
-               "batch_stats": {"bn": {"mean": 0.1 * jnp.arange(5.0), "var": jnp.arange(1.0, 6.0)}}}
-  run = functools.partial(_outputs_and_grads, variables=variables, x=x,
-                          use_running_average=use_running_average,
-                          dy_fn=lambda shape: jax.random.normal(jax.random.key(3), shape))
+  chex.assert_trees_all_equal(
+    got_m.init(jax.random.key(1), x, True), want_m.init(jax.random.key(1), x, True)
+  )
+  variables = {
+    "params": {"bn": {"scale": _SCALE, "bias": _BIAS}},
+    "batch_stats": {"bn": {"mean": 0.1 * jnp.arange(5.0), "var": jnp.arange(1.0, 6.0)}},
+  }
+  run = functools.partial(
+    _outputs_and_grads,
+    variables=variables,
+    x=x,
+    use_running_average=use_running_average,
+    dy_fn=lambda shape: jax.random.normal(jax.random.key(3), shape),
+  )
   (want_y, want_stats), want_grads = run(want_m)
   (got_y, got_stats), got_grads = run(got_m)
   _assert_close(got_y, want_y)
@@ -281,7 +327,7 @@ def test_batch_norm_act_is_flax_batch_norm_activation_and_pool(
 def _flax_batch_norm_act(x, scale, bias):
   """(ReLU(BatchNorm(x)) max-pooled 2x2, batch mean, batch var) as flax computes them."""
   mean = jnp.mean(x, (0, 1, 2))
-  var = jnp.maximum(0.0, jnp.mean(x * x, (0, 1, 2)) - mean ** 2)
+  var = jnp.maximum(0.0, jnp.mean(x * x, (0, 1, 2)) - mean**2)
   y = nn.relu((x - mean) * (lax.rsqrt(var + 1e-5) * scale) + bias)
   return nn.max_pool(y, (2, 2), strides=(2, 2)), mean, var
 
@@ -290,14 +336,20 @@ def _flax_batch_norm_act(x, scale, bias):
 def test_batch_norm_act_gradient_includes_the_statistics_cotangents(ties):
   """Cotangents on all three outputs; with integer x (tied window maxima) the gradient still
   goes to the first maximum, as flax's (another position would be off by O(1))."""
-  x = (jax.random.randint(jax.random.key(0), (4, 6, 6, 5), -2, 3).astype(jnp.float32) if ties
-       else jax.random.normal(jax.random.key(0), (4, 6, 6, 5)))
+  x = (
+    jax.random.randint(jax.random.key(0), (4, 6, 6, 5), -2, 3).astype(jnp.float32)
+    if ties
+    else jax.random.normal(jax.random.key(0), (4, 6, 6, 5))
+  )
   fused = lambda x, s, b: ops.batch_norm_act(x, s, b, window=(2, 2))
   want, want_vjp = jax.vjp(_flax_batch_norm_act, x, _SCALE, _BIAS)
   got, got_vjp = jax.vjp(fused, x, _SCALE, _BIAS)
   _assert_close(got, want)
-  cotangents = (jax.random.normal(jax.random.key(1), want[0].shape), jnp.arange(5.0),
-                0.3 * jnp.ones(5))
+  cotangents = (
+    jax.random.normal(jax.random.key(1), want[0].shape),
+    jnp.arange(5.0),
+    0.3 * jnp.ones(5),
+  )
   _assert_close(got_vjp(cotangents), want_vjp(cotangents))
 
 
@@ -305,22 +357,32 @@ def test_batch_norm_act_gradient_includes_the_statistics_cotangents(ties):
 def test_batch_norm_act_relu_at_zero_and_bfloat16_are_flax(fused):
   """scale = bias = 0 puts every value at the ReLU's kink (flax's gradient there is 0), and a
   bfloat16 input far from 0 is normalised in float32, as flax does."""
-  for x, scale, bias in [(jnp.ones((4, 4, 4, 2)), jnp.zeros(2), jnp.zeros(2)),
-                         ((100.0 + 3.0 * jax.random.normal(jax.random.key(0), (8, 4, 4, 5))
-                           ).astype(jnp.bfloat16), _SCALE, _BIAS)]:
-    variables = {"params": {"bn": {"scale": scale, "bias": bias}},
-                 "batch_stats": {"bn": {"mean": jnp.zeros(x.shape[-1]),
-                                        "var": jnp.ones(x.shape[-1])}}}
+  for x, scale, bias in [
+    (jnp.ones((4, 4, 4, 2)), jnp.zeros(2), jnp.zeros(2)),
+    (
+      (100.0 + 3.0 * jax.random.normal(jax.random.key(0), (8, 4, 4, 5))).astype(jnp.bfloat16),
+      _SCALE,
+      _BIAS,
+    ),
+  ]:
+    variables = {
+      "params": {"bn": {"scale": scale, "bias": bias}},
+      "batch_stats": {"bn": {"mean": jnp.zeros(x.shape[-1]), "var": jnp.ones(x.shape[-1])}},
+    }
     run = functools.partial(
-        _outputs_and_grads, variables=variables, x=x, use_running_average=False,
-        dy_fn=lambda shape: jnp.arange(np.prod(shape)).reshape(shape) / np.prod(shape))
+      _outputs_and_grads,
+      variables=variables,
+      x=x,
+      use_running_average=False,
+      dy_fn=lambda shape: jnp.arange(np.prod(shape)).reshape(shape) / np.prod(shape),
+    )
     (want_y, want_stats), want_grads = run(_FlaxBatchNormAct(0.0, (2, 2)))
     (got_y, got_stats), got_grads = run(_JaxgenBatchNormAct(0.0, (2, 2), fused))
     assert got_y.dtype == want_y.dtype and got_grads[1].dtype == x.dtype
-    _assert_close((got_y, got_stats, got_grads[0]), (want_y, want_stats, want_grads[0]),
-                  rtol=1e-4)
-    _assert_close(got_grads[1].astype(jnp.float32), want_grads[1].astype(jnp.float32),
-                  rtol=1e-2)  # x's gradient rounded to its bfloat16 (8-bit significand)
+    _assert_close((got_y, got_stats, got_grads[0]), (want_y, want_stats, want_grads[0]), rtol=1e-4)
+    _assert_close(
+      got_grads[1].astype(jnp.float32), want_grads[1].astype(jnp.float32), rtol=1e-2
+    )  # x's gradient rounded to its bfloat16 (8-bit significand)
 
 
 def test_batch_norm_act_refuses_what_it_cannot_fuse():
@@ -338,8 +400,13 @@ def _conv_and_dot(x, kernel, w):
 def _ynnpack_opcodes(compiled) -> set[str]:
   """HLO opcodes inside the computations XLA:CPU hands to YNNPACK."""
   text = compiled.as_text()
-  called = {m.group(1) for line in text.splitlines() if '"__ynn_fusion"' in line
-            for m in [re.search(r"calls=(%[\w.-]+)", line)] if m}
+  called = {
+    m.group(1)
+    for line in text.splitlines()
+    if '"__ynn_fusion"' in line
+    for m in [re.search(r"calls=(%[\w.-]+)", line)]
+    if m
+  }
   opcodes = set()
   for block in text.split("\n\n"):
     if block.strip() and block.strip().split()[0] in called:

@@ -47,23 +47,29 @@ import time
 from pathlib import Path
 
 import pytest
-
-from jaxgen import cli, config as config_lib, evaluate
 from conftest import REPO
+
+from jaxgen import cli, evaluate
+from jaxgen import config as config_lib
 
 README = REPO / "README.md"
 MAKEFILE = REPO / "Makefile"
 
 SKIPPED = (  # (how the command starts, why it is not run)
-    ("make test", "this test suite itself"),
-    ("make bench", "benchmarks: minutes, and the PyTorch peer (tests/test_benchmarks.py)"),
-    ("python -m benchmarks.",
-     "benchmarks: minutes, and the PyTorch peer (tests/test_benchmarks.py)"),
-    ("source .venv/bin/activate", "the test already runs in .venv's environment"),
-    ("tensorboard --logdir", "TensorBoard's server runs until stopped (an optional install); "
-                             "tests/test_report.py reads the same event files with its reader"),
-    ("jaxgen train --config ... ", "multi-host launch: placeholder config and cluster address "
-                                   "(tests/test_trainer.py runs the 2-process path)"),
+  ("make test", "this test suite itself"),
+  ("make bench", "benchmarks: minutes, and the PyTorch peer (tests/test_benchmarks.py)"),
+  ("python -m benchmarks.", "benchmarks: minutes, and the PyTorch peer (tests/test_benchmarks.py)"),
+  ("source .venv/bin/activate", "the test already runs in .venv's environment"),
+  (
+    "tensorboard --logdir",
+    "TensorBoard's server runs until stopped (an optional install); "
+    "tests/test_report.py reads the same event files with its reader",
+  ),
+  (
+    "jaxgen train --config ... ",
+    "multi-host launch: placeholder config and cluster address "
+    "(tests/test_trainer.py runs the 2-process path)",
+  ),
 )
 SUBSTITUTED = {"make demo": "the Makefile's demo recipe (its jaxgen lines)"}
 NUM_STEPS, NUM_SAMPLES, NUM_IMPORTANCE = 2, 128, 2
@@ -72,8 +78,7 @@ VAE_SECTION = "The VAE"
 
 def bash_blocks(markdown: str) -> list[str]:
   """The bodies of the ```bash blocks (indented ones too), in order."""
-  return [m.group(2) for m in re.finditer(r"^([ \t]*)```bash\n(.*?)^\1```", markdown,
-                                          re.M | re.S)]
+  return [m.group(2) for m in re.finditer(r"^([ \t]*)```bash\n(.*?)^\1```", markdown, re.M | re.S)]
 
 
 def python_blocks(markdown: str) -> list[str]:
@@ -104,8 +109,11 @@ def readme_commands(markdown: str) -> list[str]:
 def demo_recipe(makefile: str) -> list[str]:
   """`make demo`'s jaxgen commands, as the Makefile's demo recipe runs them."""
   recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", makefile, re.M).group(1)
-  return [re.sub(r"^\$\(VENV\)/bin/", "", line.strip()) for line in recipe.splitlines()
-          if "bin/jaxgen " in line]
+  return [
+    re.sub(r"^\$\(VENV\)/bin/", "", line.strip())
+    for line in recipe.splitlines()
+    if "bin/jaxgen " in line
+  ]
 
 
 def plan(markdown: str, makefile: str) -> tuple[list[str], list[tuple[str, str]]]:
@@ -118,7 +126,8 @@ def plan(markdown: str, makefile: str) -> tuple[list[str], list[tuple[str, str]]
       skipped.append((command, why))
     else:
       assert command.startswith("jaxgen "), (
-          f"no rule for README command `{command}`: run, skip or substitute it (tests/test_readme.py)")
+        f"no rule for README command `{command}`: run, skip or substitute it (tests/test_readme.py)"
+      )
       run.append(command)
   return run, skipped
 
@@ -127,8 +136,11 @@ def small_budget(command: str, source_dir: Path, data_dir: Path) -> list[str]:
   """The argv (after `jaxgen`) of a README command with the budget of the module docstring."""
   argv = shlex.split(command)[1:]
   if argv[0] == "train":
-    extra = [f"--config.num_steps={NUM_STEPS}", f"--config.data.source_dir={source_dir}",
-             f"--config.data.data_dir={data_dir}"]
+    extra = [
+      f"--config.num_steps={NUM_STEPS}",
+      f"--config.data.source_dir={source_dir}",
+      f"--config.data.data_dir={data_dir}",
+    ]
     name = config_lib.load(argv[argv.index("--config") + 1]).data.name
     if name.startswith(evaluate.CAPTIONED_PREFIX) and "/" not in name:
       extra.append(f"--config.data.name={name}/small")
@@ -165,7 +177,8 @@ def check_parses(argv: list[str], written: set[str], evaluated: set[str]) -> Non
   workdirs = args.workdir if isinstance(args.workdir, list) else [args.workdir]  # report: 1+
   for workdir in compare or workdirs:
     assert workdir in (evaluated if compare else written), (
-        f"`jaxgen {shlex.join(argv)}` reads {workdir} before a README command writes it")
+      f"`jaxgen {shlex.join(argv)}` reads {workdir} before a README command writes it"
+    )
   if args.command == "evaluate" and args.workdir:
     evaluated.add(args.workdir)
 
@@ -184,14 +197,21 @@ def test_readme_is_parsed_into_the_commands_it_shows():
   run, skipped = plan(markdown, MAKEFILE.read_text())
   assert run[0] == "jaxgen train --config experiments/configs/dcgan_fashion.py --workdir runs/demo"
   # continuation lines joined, comments dropped, quoted captions kept whole
-  assert ("jaxgen train --config experiments/configs/dcgan_fashion.py --workdir runs/dcgan_cond "
-          "--config.model.num_classes=10 --config.num_steps=5000") in run
-  assert ("jaxgen sample --workdir runs/aligndraw --caption "
-          "'the sneaker is on the left of the trouser'") in run
+  assert (
+    "jaxgen train --config experiments/configs/dcgan_fashion.py --workdir runs/dcgan_cond "
+    "--config.model.num_classes=10 --config.num_steps=5000"
+  ) in run
+  assert (
+    "jaxgen sample --workdir runs/aligndraw --caption 'the sneaker is on the left of the trouser'"
+  ) in run
   assert [c.split()[:2] for c, _ in skipped] == [
-      ["make", "test"], ["tensorboard", "--logdir"], ["source", ".venv/bin/activate"],
-      ["jaxgen", "train"],  # indented block
-      ["make", "bench"], ["python", "-m"]]
+    ["make", "test"],
+    ["tensorboard", "--logdir"],
+    ["source", ".venv/bin/activate"],
+    ["jaxgen", "train"],  # indented block
+    ["make", "bench"],
+    ["python", "-m"],
+  ]
   assert readme_commands(sections(markdown)[VAE_SECTION])[0].startswith("jaxgen train")
   assert len(python_blocks(markdown)) == 2
   with pytest.raises(AssertionError, match="no rule for README command `pip install x`"):
@@ -238,9 +258,13 @@ def test_every_readme_command_runs(fashion_slice, newcomer, capsys):
       exec(compile(block, "README.md", "exec"), namespace)
     seconds[f"python block {i + 1}"] = time.perf_counter() - t0
   with capsys.disabled():
-    print(f"\nREADME walk-through: ran {len(run)} commands and the python blocks, skipped "
-          f"{len(skipped)}:", *(f"  {t:6.1f}s  {c}" for c, t in seconds.items()),
-          *(f"  skipped  {c}  ({why})" for c, why in skipped), sep="\n")
+    print(
+      f"\nREADME walk-through: ran {len(run)} commands and the python blocks, skipped "
+      f"{len(skipped)}:",
+      *(f"  {t:6.1f}s  {c}" for c, t in seconds.items()),
+      *(f"  skipped  {c}  ({why})" for c, why in skipped),
+      sep="\n",
+    )
 
   # What the README says of them.
   output_of = lambda start: next(out for c, out in outputs.items() if c.startswith(start))
@@ -251,8 +275,15 @@ def test_every_readme_command_runs(fashion_slice, newcomer, capsys):
   assert "FD (lower better)" in demo and "duplicates" in demo
   compare = output_of("jaxgen evaluate --compare runs/demo runs/vae")
   assert compare.splitlines()[0].split()[1:3] == ["runs/demo", "runs/vae"]
-  for path in ("runs/demo/metrics.json", "runs/vae/metrics.json", "runs/draw/metrics.json",
-               "grid.png", "sneakers.png", "runs/vae/samples/sample.png",
-               "runs/aligndraw/samples/sample.gif", "runs/classifier_fashion_mnist/extractor.json"):
+  for path in (
+    "runs/demo/metrics.json",
+    "runs/vae/metrics.json",
+    "runs/draw/metrics.json",
+    "grid.png",
+    "sneakers.png",
+    "runs/vae/samples/sample.png",
+    "runs/aligndraw/samples/sample.gif",
+    "runs/classifier_fashion_mnist/extractor.json",
+  ):
     assert (newcomer / path).is_file(), path
   assert namespace["images"].shape == (16, 28, 28, 1)  # what the README's comments say

@@ -14,17 +14,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO
 from PIL import Image
 
-from jaxgen import cli, config as config_lib, evaluate, report, runlog, trainer
-from conftest import REPO
+from jaxgen import cli, evaluate, report, runlog, trainer
+from jaxgen import config as config_lib
 
 DCGAN = REPO / "experiments/configs/dcgan_fashion.py"
-BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")
-                if shutil.which(b)), None)
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--hide-scrollbars")
+BROWSER = next(
+  (shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
+  None,
+)
+CHROMIUM_FLAGS = (
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--hide-scrollbars",
+)
 
 
 def fake_eval(state, step: int) -> dict:
@@ -58,17 +69,29 @@ def jsonl_rows(workdir: Path) -> list[dict]:
 
 def test_tensorboard_events_match_metrics_jsonl_across_a_resume(gan_run):
   from tensorboard.backend.event_processing import event_accumulator as ea
+
   rows = jsonl_rows(gan_run)
   # the resume cut metrics.jsonl back to the restored step 5: 6 and 7 were logged again once
   assert [r["step"] for r in rows if "eval" not in r] == list(range(1, 11))
   train, evals = report.read_metrics(gan_run)
-  acc = ea.EventAccumulator(str(gan_run / runlog.TB_DIR),
-                            size_guidance={ea.SCALARS: 0, ea.IMAGES: 0})
+  acc = ea.EventAccumulator(
+    str(gan_run / runlog.TB_DIR), size_guidance={ea.SCALARS: 0, ea.IMAGES: 0}
+  )
   acc.Reload()
-  keys = ["images_per_s", "d_loss", "g_loss", "d_real", "d_fake", "d_lr", "g_lr", "d_grad_norm",
-          "g_grad_norm"]
+  keys = [
+    "images_per_s",
+    "d_loss",
+    "g_loss",
+    "d_real",
+    "d_fake",
+    "d_lr",
+    "g_lr",
+    "d_grad_norm",
+    "g_grad_norm",
+  ]
   assert sorted(acc.Tags()["scalars"]) == sorted(
-      [f"train/{k}" for k in keys] + ["eval/fd", "eval/recall"])
+    [f"train/{k}" for k in keys] + ["eval/fd", "eval/recall"]
+  )
   for key in keys:
     events = acc.Scalars(f"train/{key}")
     assert [e.step for e in events] == list(range(1, 11)), key  # 6, 7 once: purged on resume
@@ -82,6 +105,7 @@ def test_tensorboard_events_match_metrics_jsonl_across_a_resume(gan_run):
   assert [e.step for e in images] == [5, 10]
   for e in images:
     import io
+
     got = np.asarray(Image.open(io.BytesIO(e.encoded_image_string)).convert("RGB"))
     want = np.asarray(Image.open(gan_run / f"samples/step_{e.step:07d}.png").convert("RGB"))
     np.testing.assert_array_equal(got, want)
@@ -103,7 +127,8 @@ def test_progress_line_has_smoothed_rate_elapsed_and_remaining():
   assert trainer.smoothed(None, 4.0) == 4.0
   assert trainer.smoothed(2.0, 4.0) == pytest.approx(2.6)
   assert trainer.progress_line(25, 100, 2.5, 10.0, 160.0, {"d_loss": 0.5}) == (
-      "step 25/100 (25%)  2.50 step/s  elapsed 00:10  remaining 00:30  160.0 img/s  d_loss 0.5")
+    "step 25/100 (25%)  2.50 step/s  elapsed 00:10  remaining 00:30  160.0 img/s  d_loss 0.5"
+  )
   assert "remaining ?" in trainer.progress_line(0, 100, 0.0, 0.0, 0.0, {})
 
 
@@ -111,8 +136,8 @@ def test_progress_prints_plain_lines_off_a_terminal(monkeypatch, capsys):
   clock = iter([100.0, 105.0, 107.5])  # start, then the two updates
   monkeypatch.setattr(trainer.time, "perf_counter", lambda: next(clock))
   progress = trainer._Progress(total=100, enabled=True, start=0)  # capsys: not a terminal
-  progress.update(10, 64.0, {"loss": 1.0})   # 10 steps in 5 s: 2 step/s
-  progress.update(20, 64.0, {"loss": 0.5})   # 4 step/s now, smoothed 0.3 * 4 + 0.7 * 2 = 2.6
+  progress.update(10, 64.0, {"loss": 1.0})  # 10 steps in 5 s: 2 step/s
+  progress.update(20, 64.0, {"loss": 0.5})  # 4 step/s now, smoothed 0.3 * 4 + 0.7 * 2 = 2.6
   progress.close()
   lines = capsys.readouterr().out.splitlines()
   assert lines[0].startswith("step 10/100 (10%)  2.00 step/s  elapsed 00:05  remaining 00:45")
@@ -130,18 +155,20 @@ def projection_extractor() -> evaluate.Extractor:
 
   def features_fn(x):
     level = jnp.mean(x, axis=(1, 2, 3)) * 5 + 4.5
-    return x.reshape(x.shape[0], -1) @ w_PxD, -(level[:, None] - jnp.arange(10)) ** 2
+    return x.reshape(x.shape[0], -1) @ w_PxD, -((level[:, None] - jnp.arange(10)) ** 2)
 
-  return evaluate.Extractor("random projection", jax.jit(features_fn), test_accuracy=0.5,
-                            checkpoint_step=7)
+  return evaluate.Extractor(
+    "random projection", jax.jit(features_fn), test_accuracy=0.5, checkpoint_step=7
+  )
 
 
 @pytest.fixture(scope="module")
 def evaluated_run(gan_run) -> tuple[Path, dict]:
   """gan_run with a metrics.json written by the evaluation code (128 samples)."""
   config, family, state = trainer.load_run(gan_run)
-  results = evaluate.evaluate_state(config, family, state, projection_extractor(),
-                                    num_samples=128, seed=1, step=10)
+  results = evaluate.evaluate_state(
+    config, family, state, projection_extractor(), num_samples=128, seed=1, step=10
+  )
   results["run"] = str(gan_run)
   (gan_run / "metrics.json").write_text(json.dumps(results))
   return gan_run, results
@@ -176,8 +203,12 @@ class Tables(html.parser.HTMLParser):
 
 def chromium(*args: str, tmp_path: Path) -> str:
   profile = tmp_path / f"profile{len(list(tmp_path.glob('profile*')))}"
-  out = subprocess.run([BROWSER, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                       capture_output=True, text=True, timeout=120)
+  out = subprocess.run(
+    [BROWSER, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   return out.stdout
 
@@ -230,7 +261,7 @@ def test_report_html_in_headless_chromium(evaluated_run, tmp_path):
   assert rgb.shape == (2000, 1280, 3)
   grey = rgb.mean(-1)
   assert np.mean(grey < 200) > 0.01 and grey.std() > 10  # a blank page: 0 and 0
-  curve_blue = np.all(np.abs(rgb - [0x1f, 0x77, 0xb4]) < 40, axis=-1)
+  curve_blue = np.all(np.abs(rgb - [0x1F, 0x77, 0xB4]) < 40, axis=-1)
   assert curve_blue.sum() > 500  # the charts' lines were drawn
 
 
@@ -246,8 +277,9 @@ def test_report_compares_runs_in_one_page(evaluated_run, tmp_path, capsys):
   better = dict(results, run=str(other), metrics=dict(results["metrics"], fd=1.25))
   (other / "metrics.json").write_text(json.dumps(better))
 
-  cli.main(["report", "--workdir", str(run), str(other), "--no_pictures",
-            "--out", str(tmp_path / "both")])
+  cli.main(
+    ["report", "--workdir", str(run), str(other), "--no_pictures", "--out", str(tmp_path / "both")]
+  )
   assert f"wrote {tmp_path / 'both/report.html'}" in capsys.readouterr().out
   page = (tmp_path / "both/report.html").read_text()
   d_loss = re.search(r'<svg class="chart"[^>]*><title>d_loss</title>.*?</svg>', page).group(0)
@@ -276,8 +308,12 @@ def test_report_bad_workdirs_are_one_line_errors(tmp_path, gan_run):
 
 def test_evaluation_section_states_each_flag_as_jaxgen_evaluate_does():
   flag = "low diversity or coverage: recall 0.1 < 0.5 x floor 0.9"
-  results = {"metrics": {"recall": 0.1, "precision": 0.5}, "floor": {"recall": 0.9,
-             "precision": 0.9}, "flags": [flag], "protocol": {}}
+  results = {
+    "metrics": {"recall": 0.1, "precision": 0.5},
+    "floor": {"recall": 0.9, "precision": 0.9},
+    "flags": [flag],
+    "protocol": {},
+  }
   page = report.evaluation_section([{"name": "runs/x", "workdir": "runs/x", "results": results}])
   assert f"! runs/x: {html.escape(flag)}</p>" in page and "possible mode collapse" not in page
   assert "0.100 !</td>" in page and "0.500</td>" in page  # the flagged metric's cell, another's

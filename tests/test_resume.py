@@ -8,26 +8,38 @@ import shutil
 import jax
 import numpy as np
 import pytest
-
-from jaxgen import config as config_lib, trainer
 from conftest import REPO
 
-DRAW_TINY = dict(num_steps=2, latent_dim=4, enc_features=16, dec_features=16, read_n=2,
-                 write_n=3, embed_dim=8, lang_features=8, align_features=8)
+from jaxgen import config as config_lib
+from jaxgen import trainer
+
+DRAW_TINY = dict(
+  num_steps=2,
+  latent_dim=4,
+  enc_features=16,
+  dec_features=16,
+  read_n=2,
+  write_n=3,
+  embed_dim=8,
+  lang_features=8,
+  align_features=8,
+)
 
 # name: (config file, model overrides, data set)
 CASES = {
-    "gan": ("dcgan_fashion.py", dict(width=8, latent_dim=16, num_classes=10), "idx"),
-    "vae": ("vae_fashion.py", dict(width=8, latent_dim=8), "idx"),
-    "draw": ("draw_fashion.py", DRAW_TINY, "idx"),
-    "aligndraw": ("aligndraw_captions.py", DRAW_TINY, "captioned_fashion_mnist/small"),
-    "classifier": ("classifier_fashion.py", dict(width=8, feature_dim=16), "idx"),
+  "gan": ("dcgan_fashion.py", dict(width=8, latent_dim=16, num_classes=10), "idx"),
+  "vae": ("vae_fashion.py", dict(width=8, latent_dim=8), "idx"),
+  "draw": ("draw_fashion.py", DRAW_TINY, "idx"),
+  "aligndraw": ("aligndraw_captions.py", DRAW_TINY, "captioned_fashion_mnist/small"),
+  "classifier": ("classifier_fashion.py", dict(width=8, feature_dim=16), "idx"),
 }
 
 
 def _leaves(state) -> dict[str, np.ndarray]:
-  return {jax.tree_util.keystr(path): np.asarray(x)
-          for path, x in jax.tree_util.tree_leaves_with_path(jax.device_get(state))}
+  return {
+    jax.tree_util.keystr(path): np.asarray(x)
+    for path, x in jax.tree_util.tree_leaves_with_path(jax.device_get(state))
+  }
 
 
 def _losses(workdir) -> list[dict]:

@@ -12,10 +12,11 @@ import chex
 import jax
 import numpy as np
 import pytest
-
-from jaxgen import checkpoint, config as config_lib, data, trainer
-from jaxgen.errors import ConfigError, UserError
 from conftest import REPO
+
+from jaxgen import checkpoint, data, trainer
+from jaxgen import config as config_lib
+from jaxgen.errors import ConfigError
 
 DCGAN = REPO / "experiments/configs/dcgan_fashion.py"
 
@@ -32,12 +33,14 @@ def slice_config(fashion_slice, tfds_dir):
 
 
 def read_log(workdir: Path) -> dict[int, dict]:
-  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   return {r["step"]: r for r in rows if "d_loss" in r}
 
 
 def tree_listing(path: Path) -> dict[str, int]:
-  return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
+  return {
+    str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()
+  }
 
 
 def test_resume_matches_uninterrupted_run(slice_config, tmp_path):
@@ -49,14 +52,17 @@ def test_resume_matches_uninterrupted_run(slice_config, tmp_path):
   resumed = trainer.train_and_evaluate(slice_config, tmp_path / "b")
   assert int(resumed.step) == int(straight.step) == 10
   chex.assert_trees_all_equal(jax.device_get(straight.g.params), jax.device_get(resumed.g.params))
-  chex.assert_trees_all_equal(jax.device_get(straight.d.batch_stats),
-                              jax.device_get(resumed.d.batch_stats))
+  chex.assert_trees_all_equal(
+    jax.device_get(straight.d.batch_stats), jax.device_get(resumed.d.batch_stats)
+  )
   a, b = read_log(tmp_path / "a"), read_log(tmp_path / "b")
   for step in (8, 9, 10):  # the same batches after the restore, so the same losses
     assert a[step]["d_loss"] == b[step]["d_loss"]
   # saved at 5, 7 (the stop) and 10; keep_checkpoints=2 keeps the last two
   assert sorted(p.name for p in (tmp_path / "b/checkpoints").iterdir() if p.name.isdigit()) == [
-      "10", "7"]
+    "10",
+    "7",
+  ]
   assert (tmp_path / "b/samples/step_0000010.png").is_file()
 
 
@@ -69,12 +75,17 @@ def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_lost(slice_config, t
   before = tree_listing(tmp_path)
   slice_config.num_steps = 8
   capsys.readouterr()
-  with pytest.raises(checkpoint.CheckpointError, match=r"none of the checkpoints .* \(steps \[5\]\) "
-                     "restores and verifies") as e:
+  with pytest.raises(
+    checkpoint.CheckpointError,
+    match=r"none of the checkpoints .* \(steps \[5\]\) "
+    "restores and verifies",
+  ) as e:
     trainer.train_and_evaluate(slice_config, tmp_path)
   assert "\n" not in str(e.value)
   out = capsys.readouterr().out.splitlines()
-  assert len(out) == 1 and re.match(r"skipping checkpoint .*/checkpoints/5 cannot be restored", out[0])
+  assert len(out) == 1 and re.match(
+    r"skipping checkpoint .*/checkpoints/5 cannot be restored", out[0]
+  )
   assert tree_listing(tmp_path) == before
 
 
@@ -103,8 +114,10 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(slice_config, tmp
   trainer.train_and_evaluate(slice_config, tmp_path)
   # max_loss may change on resume; 0.5 is below every loss of this run, so step 6 "diverges"
   slice_config.num_steps, slice_config.max_loss = 10, 0.5
-  with pytest.raises(trainer.TrainingDiverged,
-                     match=r"loss became [0-9.]+ \(above config.max_loss=0.5\) at step 6; .*step 5 is kept"):
+  with pytest.raises(
+    trainer.TrainingDiverged,
+    match=r"loss became [0-9.]+ \(above config.max_loss=0.5\) at step 6; .*step 5 is kept",
+  ):
     trainer.train_and_evaluate(slice_config, tmp_path)
   assert checkpoint.Checkpointer(tmp_path / "checkpoints").latest_step() == 5
   assert max(read_log(tmp_path)) == 5  # the bad step is not logged
@@ -113,26 +126,44 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(slice_config, tmp
 def test_nan_state_is_never_saved(slice_config, tmp_path):
   # the generator's update comes last in a step: its losses are finite, its new params are not
   slice_config.optim.g_lr, slice_config.checkpoint_every = float("nan"), 1
-  with pytest.raises(trainer.TrainingDiverged,
-                     match=r"the state became non-finite at step 1 \(\d+ leaves, first \.g\.params\[.*"
-                           r"nothing was saved"):
+  with pytest.raises(
+    trainer.TrainingDiverged,
+    match=r"the state became non-finite at step 1 \(\d+ leaves, first \.g\.params\[.*"
+    r"nothing was saved",
+  ):
     trainer.train_and_evaluate(slice_config, tmp_path)
   assert checkpoint.Checkpointer(tmp_path / "checkpoints").all_steps() == []
 
 
 def _cli(*args, devices=2, **popen):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
-  return subprocess.Popen([sys.executable, "-m", "jaxgen.cli", *args], env=env, cwd=REPO,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+  env = dict(
+    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
+  )
+  return subprocess.Popen(
+    [sys.executable, "-m", "jaxgen.cli", *args],
+    env=env,
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    **popen,
+  )
 
 
 def _overrides(c) -> list[str]:
-  return [f"--config.data.name=idx", f"--config.data.source_dir={c.data.source_dir}",
-          f"--config.data.data_dir={c.data.data_dir}", "--config.model.width=8",
-          "--config.model.latent_dim=16", "--config.batch_size=32", "--config.log_every=1",
-          "--config.num_steps=4", "--config.checkpoint_every=2", "--config.sample_every=2",
-          "--config.num_grid_samples=16"]
+  return [
+    "--config.data.name=idx",
+    f"--config.data.source_dir={c.data.source_dir}",
+    f"--config.data.data_dir={c.data.data_dir}",
+    "--config.model.width=8",
+    "--config.model.latent_dim=16",
+    "--config.batch_size=32",
+    "--config.log_every=1",
+    "--config.num_steps=4",
+    "--config.checkpoint_every=2",
+    "--config.sample_every=2",
+    "--config.num_grid_samples=16",
+  ]
 
 
 def test_cli_trains_samples_and_reports_bad_flags(slice_config, tmp_path):
@@ -142,13 +173,16 @@ def test_cli_trains_samples_and_reports_bad_flags(slice_config, tmp_path):
   assert p.returncode == 0, out
   assert "compiled train_step" in out and "step 4/4" in out
   assert sorted(read_log(run)) == [1, 2, 3, 4]
-  assert (run / "samples/step_0000002.png").is_file() and (run / "samples/step_0000004.png").is_file()
+  assert (run / "samples/step_0000002.png").is_file() and (
+    run / "samples/step_0000004.png"
+  ).is_file()
   assert (run / "checkpoints/4").is_dir()
 
   p = _cli("sample", "--workdir", str(run), "--num", "9", "--out", str(tmp_path / "grid.png"))
   out = p.communicate(timeout=300)[0]
   assert p.returncode == 0, out
   from PIL import Image
+
   assert Image.open(tmp_path / "grid.png").size == (2 * (3 * 30 + 2),) * 2  # 3x3 of 28+2 pad, x2
 
   p = _cli("report", "--workdir", str(run), "--num", "8")
@@ -164,8 +198,9 @@ def test_cli_trains_samples_and_reports_bad_flags(slice_config, tmp_path):
 
 def test_two_processes_match_one_process(slice_config, tmp_path):
   """2 processes x 2 devices (jax.distributed, gloo) == 1 process x 4 devices, step by step."""
-  data.load("idx", "train", source_dir=slice_config.data.source_dir,
-            data_dir=slice_config.data.data_dir)  # prepare once, not by two processes at once
+  data.load(
+    "idx", "train", source_dir=slice_config.data.source_dir, data_dir=slice_config.data.data_dir
+  )  # prepare once, not by two processes at once
   args = ["train", "--config", str(DCGAN), *_overrides(slice_config)]
   single = _cli(*args, "--workdir", str(tmp_path / "one"), devices=4)
   out = single.communicate(timeout=300)[0]
@@ -174,8 +209,21 @@ def test_two_processes_match_one_process(slice_config, tmp_path):
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  procs = [_cli(*args, "--workdir", str(tmp_path / "two"), "--coordinator", f"127.0.0.1:{port}",
-                "--num_processes", "2", "--process_id", str(i), devices=2) for i in range(2)]
+  procs = [
+    _cli(
+      *args,
+      "--workdir",
+      str(tmp_path / "two"),
+      "--coordinator",
+      f"127.0.0.1:{port}",
+      "--num_processes",
+      "2",
+      "--process_id",
+      str(i),
+      devices=2,
+    )
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=300)[0] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outs
   assert "4 cpu device(s), 2 process(es)" in outs[0]
@@ -190,6 +238,7 @@ def test_two_processes_match_one_process(slice_config, tmp_path):
 def test_two_process_evaluate_matches_one_process(slice_config, tmp_path):
   """`jaxgen evaluate` over 2 processes x 2 devices gives one process's numbers."""
   from jaxgen import evaluate
+
   trainer.train_and_evaluate(slice_config, tmp_path / "gan")
   c = config_lib.load(REPO / "experiments/configs/classifier_fashion.py")
   c.data = slice_config.data
@@ -200,9 +249,25 @@ def test_two_process_evaluate_matches_one_process(slice_config, tmp_path):
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  procs = [_cli("evaluate", "--workdir", str(tmp_path / "gan"), "--extractor", str(tmp_path / "cls"),
-                "--num_samples", "96", "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2",
-                "--process_id", str(i), devices=2) for i in range(2)]
+  procs = [
+    _cli(
+      "evaluate",
+      "--workdir",
+      str(tmp_path / "gan"),
+      "--extractor",
+      str(tmp_path / "cls"),
+      "--num_samples",
+      "96",
+      "--coordinator",
+      f"127.0.0.1:{port}",
+      "--num_processes",
+      "2",
+      "--process_id",
+      str(i),
+      devices=2,
+    )
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=600)[0] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outs
   two = json.loads((tmp_path / "gan/metrics.json").read_text())

@@ -3,19 +3,19 @@
 
 import json
 
-import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import GOLDEN_RTOL, REPO, num_params, random_batch, train_steps_traced_once
 from PIL import Image
 
-from jaxgen import config as config_lib, losses
+from jaxgen import config as config_lib
+from jaxgen import losses
 from jaxgen.errors import ConfigError
 from jaxgen.models import vae as vae_models
 from jaxgen.steps import vae
-from conftest import GOLDEN_RTOL, REPO, num_params, random_batch, train_steps_traced_once
 
 
 def vae_config(**model):
@@ -43,8 +43,9 @@ def test_closed_form_kl_matches_monte_carlo():
   @jax.jit
   def log_ratio(mean, logvar):  # per unit: log q(z_u|x) - log N(z_u; 0, 1)
     z = vae_models.reparameterize(mean, logvar, jax.random.normal(key_z, (n, 3, 4)))
-    return (losses.diag_gaussian_log_prob(z[..., None], mean[..., None], logvar[..., None])
-            - losses.diag_gaussian_log_prob(z[..., None], 0.0, 0.0))
+    return losses.diag_gaussian_log_prob(
+      z[..., None], mean[..., None], logvar[..., None]
+    ) - losses.diag_gaussian_log_prob(z[..., None], 0.0, 0.0)
 
   r = np.asarray(log_ratio(mean, logvar), np.float64)
   mc, stderr = r.mean(0), r.std(0) / np.sqrt(n)
@@ -53,16 +54,28 @@ def test_closed_form_kl_matches_monte_carlo():
   np.testing.assert_allclose(losses.gaussian_kl(jnp.zeros(2), jnp.zeros(2)), 0.0)
 
 
-@pytest.mark.parametrize("loc, log_scale", [
-    (0.0, 0.0), (0.37, -3.0), (-1.0, -7.0), (1.0, -30.0), (0.0, 60.0),
-    (5.0, -2.0), (-1e4, 1.0), (1e4, -1e4), (0.5, 1e4)])
+@pytest.mark.parametrize(
+  "loc, log_scale",
+  [
+    (0.0, 0.0),
+    (0.37, -3.0),
+    (-1.0, -7.0),
+    (1.0, -30.0),
+    (0.0, 60.0),
+    (5.0, -2.0),
+    (-1e4, 1.0),
+    (1e4, -1e4),
+    (0.5, 1e4),
+  ],
+)
 def test_discretized_logistic_is_a_distribution_for_any_decoder_output(loc, log_scale):
   # Any real (loc, log_scale) gives finite log-probabilities <= 0 over the 256 grid values that
   # sum to 1: the decoder cannot leave the likelihood's support.
   x_Kx1x1x1 = (jnp.arange(256, dtype=jnp.float32) / 127.5 - 1.0)[:, None, None, None]
   shape = x_Kx1x1x1.shape
-  lp_K = losses.discretized_logistic_log_prob(jnp.full(shape, loc), jnp.full(shape, log_scale),
-                                              x_Kx1x1x1)
+  lp_K = losses.discretized_logistic_log_prob(
+    jnp.full(shape, loc), jnp.full(shape, log_scale), x_Kx1x1x1
+  )
   assert bool(jnp.all(jnp.isfinite(lp_K))) and float(lp_K.max()) <= 1e-6
   np.testing.assert_allclose(jax.nn.logsumexp(lp_K), 0.0, atol=2e-5)
   mean = losses.discretized_logistic_mean(jnp.full((1,), loc), jnp.full((1,), log_scale))
@@ -87,7 +100,9 @@ def test_unknown_likelihood_is_rejected():
 # ------------------------------------------------------------------ shapes
 
 
-@pytest.mark.parametrize("shape, likelihood, num_classes, count", [
+@pytest.mark.parametrize(
+  "shape, likelihood, num_classes, count",
+  [
     # by hand (w=8, Z=8): encoder 4*4*1*16+16 + 4*4*16*32+32 + 7*7*32*16+16 = 33_600;
     # decoder 8*7*7*32+1568 + 4*4*32*16+16 + 4*4*16*1+1 = 22_577
     ((28, 28, 1), "bernoulli", 0, 56_177),
@@ -95,7 +110,8 @@ def test_unknown_likelihood_is_rejected():
     # 64x64x3 (w=8): encoder 392 + 2_064 + 8_224 + 32_832 + 16_400; decoder 9_216 + 32_800
     # + 8_208 + 2_056 + 4*4*8*6+6
     ((64, 64, 3), "logistic", 0, 112_966),
-])
+  ],
+)
 def test_shapes_and_parameter_counts(shape, likelihood, num_classes, count):
   # Shapes only: jax.eval_shape traces without computing.
   c = vae_config(likelihood=likelihood, num_classes=num_classes)
@@ -105,8 +121,9 @@ def test_shapes_and_parameter_counts(shape, likelihood, num_classes, count):
   model = vae._model(state.hp)
   labels = batch["label"] if num_classes else None
   mean, logvar, out = jax.eval_shape(
-      lambda p: model.apply({"params": p}, batch["image"], jnp.zeros((3, 8)), labels, train=False),
-      state.vae.params)
+    lambda p: model.apply({"params": p}, batch["image"], jnp.zeros((3, 8)), labels, train=False),
+    state.vae.params,
+  )
   assert mean.shape == logvar.shape == (3, 8)
   assert out.shape == (3, *shape[:2], shape[2] * vae.LIKELIHOODS[likelihood])
   assert num_params(state.vae.params) == count
@@ -123,12 +140,15 @@ def test_bad_image_size_is_rejected():
 # ------------------------------------------------------------------ steps
 
 
-@pytest.mark.parametrize("likelihood, expect", [
+@pytest.mark.parametrize(
+  "likelihood, expect",
+  [
     # At initialisation logits ~ 0: recon ~ 784 ln 2 = 543.4 nats; the logistic (loc ~ 0,
     # scale ~ 1) puts ~ 6.3 nats on each pixel's bin.
     ("bernoulli", {"loss": 544.21686, "kl": 0.35387084, "recon": 543.86298, "bpd": 1.0014528}),
     ("logistic", {"loss": 4924.0791, "kl": 0.09693009, "recon": 4923.9824, "bpd": 9.0611544}),
-])
+  ],
+)
 def test_one_step_golden_values(likelihood, expect, pinned_env):
   # Protects the ELBO's arithmetic (likelihood, KL, units); tied to the pinned versions.
   c = vae_config(likelihood=likelihood)
@@ -163,9 +183,9 @@ def test_binarisation_is_fresh_for_each_key():
 def test_train_step_traces_once():
   c = vae_config()
   state = vae.init_state(c, jax.random.key(0), grey_batch(n=8))
-  state, _ = train_steps_traced_once(vae.train_step, state,
-                                     [grey_batch(n=8, seed=i) for i in range(3)],
-                                     jax.random.key(0))
+  state, _ = train_steps_traced_once(
+    vae.train_step, state, [grey_batch(n=8, seed=i) for i in range(3)], jax.random.key(0)
+  )
   assert int(state.step) == 3
 
 
@@ -192,14 +212,17 @@ def test_iwae_k1_equals_elbo_and_grows_with_k(trained):
   np.testing.assert_allclose(k1["iwae"], k1["elbo"], rtol=1e-6)
   # The same samples decoded 4 at a time (k=10 not a multiple of 4: the last chunk is padded)
   # and all 10 at once.
-  np.testing.assert_allclose(bounds(state, batch, key, 10, 64)["iwae"],
-                             bounds(state, batch, key, 10, 1024)["iwae"], rtol=1e-6)
+  np.testing.assert_allclose(
+    bounds(state, batch, key, 10, 64)["iwae"],
+    bounds(state, batch, key, 10, 1024)["iwae"],
+    rtol=1e-6,
+  )
   means = [(float(jnp.mean(k1["elbo"])), float(jnp.mean(k1["iwae"])))]
   for k in (10, 100):
     b = bounds(state, batch, key, k, 1024)
     assert b["iwae"].shape == b["elbo"].shape == (16,)
     assert bool(jnp.all(b["iwae"] >= b["elbo"] - 1e-3))  # Jensen, on the same samples
-    assert bool(jnp.all(b["iwae"] < 0))                    # log-probabilities of discrete images
+    assert bool(jnp.all(b["iwae"] < 0))  # log-probabilities of discrete images
     means.append((float(jnp.mean(b["elbo"])), float(jnp.mean(b["iwae"]))))
   (e1, i1), (e10, i10), (e100, i100) = means
   assert i1 < i10 < i100, means
@@ -230,16 +253,21 @@ def test_sampling_is_deterministic_conditional_and_in_range():
   np.testing.assert_array_equal(a, b)
   assert float(jnp.abs(a - c7).max()) > 1e-4
   assert float(a.min()) >= -1.0 and float(a.max()) <= 1.0
-  assert np.isfinite(float(jax.jit(vae.eval_step)(state, grey_batch(n=4),
-                                                  jax.random.key(0))["loss"]))
+  assert np.isfinite(
+    float(jax.jit(vae.eval_step)(state, grey_batch(n=4), jax.random.key(0))["loss"])
+  )
 
 
 def test_pictures(trained, tmp_path):
   state, batch = trained
   paths = vae.pictures(state, batch, jax.random.key(0), tmp_path)
   names = [p.name for p in paths]
-  assert names == ["reconstructions.png", "interpolations.png", "kl_per_unit.png",
-                   "kl_per_unit.json"]
+  assert names == [
+    "reconstructions.png",
+    "interpolations.png",
+    "kl_per_unit.png",
+    "kl_per_unit.json",
+  ]
   assert all(p.is_file() for p in paths)
   # 16 inputs + 16 reconstructions in rows of 8; 8 pairs x 10 steps; 2x scale, 2 px padding.
   assert Image.open(paths[0]).size == (2 * (8 * 30 + 2), 2 * (4 * 30 + 2))
@@ -248,8 +276,13 @@ def test_pictures(trained, tmp_path):
   assert len(info["kl_per_unit_nats"]) == 8
   assert info["active_units"] == sum(v > 0.01 for v in info["kl_per_unit_nats"])
   # Interpolation rows start at (near) the reconstruction of image i and end at image i + 8.
-  frames = vae.interpolate(state, {k: v[:8] for k, v in batch.items()},
-                           {k: v[8:] for k, v in batch.items()}, jax.random.key(0), 10)
+  frames = vae.interpolate(
+    state,
+    {k: v[:8] for k, v in batch.items()},
+    {k: v[8:] for k, v in batch.items()},
+    jax.random.key(0),
+    10,
+  )
   recon = vae.reconstruct(state, batch, jax.random.key(0))
   np.testing.assert_allclose(frames[:, 0], recon[:8], atol=1e-5)
   np.testing.assert_allclose(frames[:, -1], recon[8:], atol=1e-5)

@@ -13,16 +13,16 @@ def get_config():
   c.data.name = "captioned_fashion_mnist"  # 20000 train / 2000 test canvases (/small: 2000 / 500)
 
   c.model.family = "draw"
-  c.model.num_steps = 16       # T
-  c.model.read_n = 6           # N x N read window
-  c.model.write_n = 8          # N x N write window
+  c.model.num_steps = 16  # T
+  c.model.read_n = 6  # N x N read window
+  c.model.write_n = 8  # N x N write window
   c.model.enc_features = 256
   c.model.dec_features = 256
   c.model.latent_dim = 16
-  c.model.cell = "tanh"        # | "lstm" | "gru"
+  c.model.cell = "tanh"  # | "lstm" | "gru"
   c.model.learned_prior = True  # p(z_t | h^dec_{t-1}): the prior depends on the caption
-  c.model.captions = True      # bidirectional caption encoder + alignment attention
-  c.model.embed_dim = 64       # word embedding
+  c.model.captions = True  # bidirectional caption encoder + alignment attention
+  c.model.embed_dim = 64  # word embedding
   c.model.lang_features = 128  # caption RNN hidden units per direction
   c.model.align_features = 128
 

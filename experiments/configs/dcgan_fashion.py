@@ -11,13 +11,13 @@ def get_config():
   c.checkpoint_every = 500
 
   c.model.family = "gan"
-  c.model.width = 32          # generator: dense -> 7x7x(4w) -> 14x14x(2w) -> 28x28x1
+  c.model.width = 32  # generator: dense -> 7x7x(4w) -> 14x14x(2w) -> 28x28x1
   c.model.kernel_size = 5
   c.model.latent_dim = 64
-  c.model.num_classes = 0     # 10: class-conditional (label in, image of that class out)
+  c.model.num_classes = 0  # 10: class-conditional (label in, image of that class out)
   c.model.loss = "nonsaturating"  # | "minimax" | "hinge"
-  c.model.d_steps = 1         # discriminator updates per generator update
-  c.model.ema_decay = 0.999   # EMA of generator weights, used for sampling
+  c.model.d_steps = 1  # discriminator updates per generator update
+  c.model.ema_decay = 0.999  # EMA of generator weights, used for sampling
 
   c.optim.name = "adam"
   c.optim.g_lr = 2e-4

@@ -11,19 +11,19 @@ def get_config():
   c.checkpoint_every = 2500
 
   c.model.family = "draw"
-  c.model.num_steps = 10       # T: glimpses / canvas updates per image
-  c.model.read_n = 2           # N x N read window (0: read the whole image and error image)
-  c.model.write_n = 5          # N x N write window (0: write the whole canvas)
-  c.model.enc_features = 256   # encoder RNN hidden units
-  c.model.dec_features = 256   # decoder RNN hidden units
-  c.model.latent_dim = 10      # z_t per step
-  c.model.cell = "tanh"        # h_t = tanh(W_hh h_{t-1} + W_xh x_t + b_h) | "lstm" | "gru"
+  c.model.num_steps = 10  # T: glimpses / canvas updates per image
+  c.model.read_n = 2  # N x N read window (0: read the whole image and error image)
+  c.model.write_n = 5  # N x N write window (0: write the whole canvas)
+  c.model.enc_features = 256  # encoder RNN hidden units
+  c.model.dec_features = 256  # decoder RNN hidden units
+  c.model.latent_dim = 10  # z_t per step
+  c.model.cell = "tanh"  # h_t = tanh(W_hh h_{t-1} + W_xh x_t + b_h) | "lstm" | "gru"
   c.model.learned_prior = False  # N(0, I) per step | alignDRAW's prior from h^dec_{t-1}
   c.model.captions = False
 
   c.optim.name = "adam"
   c.optim.lr = 1e-3
-  c.optim.grad_clip = 10.0     # recurrent nets: clip the global gradient norm
+  c.optim.grad_clip = 10.0  # recurrent nets: clip the global gradient norm
 
   c.model.num_importance = 100  # IWAE k for `jaxgen evaluate` (whole latent sequences z_1..T)
   return c

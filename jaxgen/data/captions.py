@@ -28,13 +28,35 @@ import tensorflow_datasets as tfds
 from jaxgen.data import idx
 from jaxgen.errors import UserError
 
-ITEMS = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-         "ankle boot")  # Fashion-MNIST's classes, in label order, as caption words
-PLACES = ("top left", "top", "top right", "left", "centre", "right", "bottom left", "bottom",
-          "bottom right")  # place p is row p // 3, column p % 3 of the 3 x 3 grid
+ITEMS = (
+  "t-shirt",
+  "trouser",
+  "pullover",
+  "dress",
+  "coat",
+  "sandal",
+  "shirt",
+  "sneaker",
+  "bag",
+  "ankle boot",
+)  # Fashion-MNIST's classes, in label order, as caption words
+PLACES = (
+  "top left",
+  "top",
+  "top right",
+  "left",
+  "centre",
+  "right",
+  "bottom left",
+  "bottom",
+  "bottom right",
+)  # place p is row p // 3, column p % 3 of the 3 x 3 grid
 RELATIONS = {  # relation -> (place of the first item, place of the second)
-    "on the left of": (3, 5), "on the right of": (5, 3),
-    "at the top of": (1, 7), "at the bottom of": (7, 1)}
+  "on the left of": (3, 5),
+  "on the right of": (5, 3),
+  "at the top of": (1, 7),
+  "at the bottom of": (7, 1),
+}
 ITEM_SIZE = 28
 PAD = "<pad>"
 NONE = -1  # class and position of the missing second item of a one-item canvas
@@ -93,30 +115,34 @@ VOCABULARY = _vocabulary()
 MAX_TOKENS = max(len(words(caption(*c))) for c in combinations())
 # Shown in sample grids: the issue's examples, seen and held-out combinations.
 EXAMPLE_CAPTIONS = (
-    "the sneaker is on the left of the trouser",   # held out
-    "the sandal is on the left of the bag",
-    "the coat is at the top right of the image",
-    "the coat is at the centre of the image",      # held out
-    "the trouser is at the top of the bag",
-    "the dress is on the right of the sneaker",
-    "the bag is at the bottom left of the image",
-    "the ankle boot is at the bottom of the t-shirt",
+  "the sneaker is on the left of the trouser",  # held out
+  "the sandal is on the left of the bag",
+  "the coat is at the top right of the image",
+  "the coat is at the centre of the image",  # held out
+  "the trouser is at the top of the bag",
+  "the dress is on the right of the sneaker",
+  "the bag is at the bottom left of the image",
+  "the ankle boot is at the bottom of the t-shirt",
 )
 
 
-def tokenize(text: str, vocabulary: tuple[str, ...] = VOCABULARY,
-             length: int = MAX_TOKENS) -> np.ndarray:
+def tokenize(
+  text: str, vocabulary: tuple[str, ...] = VOCABULARY, length: int = MAX_TOKENS
+) -> np.ndarray:
   """Token ids int32 [length] of a caption, padded with 0; unknown words raise CaptionError."""
   ws = words(text)
   unknown = [w for w in ws if w not in vocabulary[1:]]
   if unknown:
-    raise CaptionError(f"unknown word{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} "
-                       f"in caption {text!r}; the vocabulary is: {' '.join(vocabulary[1:])}")
+    raise CaptionError(
+      f"unknown word{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} "
+      f"in caption {text!r}; the vocabulary is: {' '.join(vocabulary[1:])}"
+    )
   if not ws or len(ws) > length:
-    raise CaptionError(f"caption {text!r} has {len(ws)} words; give 1 to {length}, e.g. "
-                       f"{EXAMPLE_CAPTIONS[1]!r}")
+    raise CaptionError(
+      f"caption {text!r} has {len(ws)} words; give 1 to {length}, e.g. {EXAMPLE_CAPTIONS[1]!r}"
+    )
   out = np.zeros(length, np.int32)
-  out[:len(ws)] = [vocabulary.index(w) for w in ws]
+  out[: len(ws)] = [vocabulary.index(w) for w in ws]
   return out
 
 
@@ -131,8 +157,9 @@ def parse(text: str) -> tuple[tuple[int, ...], int]:
   for classes, where in combinations():
     if words(caption(classes, where)) == ws:
       return classes, where
-  raise CaptionError(f"{text!r} is not a template caption; e.g. {EXAMPLE_CAPTIONS[1]!r} or "
-                     f"{EXAMPLE_CAPTIONS[2]!r}")
+  raise CaptionError(
+    f"{text!r} is not a template caption; e.g. {EXAMPLE_CAPTIONS[1]!r} or {EXAMPLE_CAPTIONS[2]!r}"
+  )
 
 
 # ------------------------------------------------------------------ canvases
@@ -144,8 +171,14 @@ def place_corners(canvas_size: int) -> np.ndarray:
   return np.array([(offsets[p // 3], offsets[p % 3]) for p in range(len(PLACES))])
 
 
-def make_canvases(images_Nx28x28: np.ndarray, labels_N: np.ndarray, num: int, seed: int,
-                  train: bool, canvas_size: int = 60) -> dict[str, np.ndarray]:
+def make_canvases(
+  images_Nx28x28: np.ndarray,
+  labels_N: np.ndarray,
+  num: int,
+  seed: int,
+  train: bool,
+  canvas_size: int = 60,
+) -> dict[str, np.ndarray]:
   """`num` captioned canvases from labelled items, deterministic in (seed, train).
 
   Returns image uint8 [num, S, S, 1], tokens int32 [num, MAX_TOKENS], classes and positions
@@ -153,18 +186,23 @@ def make_canvases(images_Nx28x28: np.ndarray, labels_N: np.ndarray, num: int, se
   one item; the train split never holds a held-out combination.
   """
   if canvas_size < 2 * ITEM_SIZE:
-    raise UserError(f"canvas_size {canvas_size} cannot hold two {ITEM_SIZE}-pixel items side by "
-                    f"side; use at least {2 * ITEM_SIZE}")
+    raise UserError(
+      f"canvas_size {canvas_size} cannot hold two {ITEM_SIZE}-pixel items side by "
+      f"side; use at least {2 * ITEM_SIZE}"
+    )
   rng = np.random.default_rng([seed, int(train)])
   by_class = [np.flatnonzero(labels_N == c) for c in range(len(ITEMS))]
   present = [c for c in range(len(ITEMS)) if len(by_class[c])]
   if len(present) < 2:
     raise UserError(f"captioned canvases need items of at least two classes; found {present}")
   corners = place_corners(canvas_size)
-  out = dict(image=np.zeros((num, canvas_size, canvas_size, 1), np.uint8),
-             tokens=np.zeros((num, MAX_TOKENS), np.int32),
-             classes=np.full((num, 2), NONE, np.int32), positions=np.full((num, 2), NONE, np.int32),
-             held_out=np.zeros(num, np.int32))
+  out = dict(
+    image=np.zeros((num, canvas_size, canvas_size, 1), np.uint8),
+    tokens=np.zeros((num, MAX_TOKENS), np.int32),
+    classes=np.full((num, 2), NONE, np.int32),
+    positions=np.full((num, 2), NONE, np.int32),
+    held_out=np.zeros(num, np.int32),
+  )
   for i in range(num):
     while True:
       if rng.random() < 0.5:
@@ -178,7 +216,7 @@ def make_canvases(images_Nx28x28: np.ndarray, labels_N: np.ndarray, num: int, se
     for k, (c, p) in enumerate(zip(classes, positions)):
       y, x = corners[p]
       item = images_Nx28x28[rng.choice(by_class[c])]
-      out["image"][i, y:y + ITEM_SIZE, x:x + ITEM_SIZE, 0] = item
+      out["image"][i, y : y + ITEM_SIZE, x : x + ITEM_SIZE, 0] = item
       out["classes"][i, k], out["positions"][i, k] = c, p
     out["tokens"][i] = tokenize(caption(classes, where))
     out["held_out"][i] = is_held_out(classes, where)
@@ -193,14 +231,18 @@ def item_crops(images_BxSxSxC: jnp.ndarray, positions_Bx2: jnp.ndarray) -> jnp.n
   corners_Px2 = jnp.asarray(place_corners(images_BxSxSxC.shape[1]))
   yx_Bx2x2 = corners_Px2[jnp.maximum(positions_Bx2, 0)]
   c = images_BxSxSxC.shape[-1]
-  crop = lambda image, yx: jax.lax.dynamic_slice(image, (yx[0], yx[1], 0),
-                                                 (ITEM_SIZE, ITEM_SIZE, c))
+  crop = lambda image, yx: jax.lax.dynamic_slice(
+    image, (yx[0], yx[1], 0), (ITEM_SIZE, ITEM_SIZE, c)
+  )
   return jax.vmap(jax.vmap(crop, in_axes=(None, 0)))(images_BxSxSxC, yx_Bx2x2)
 
 
-def caption_accuracy(images_BxSxSxC: jnp.ndarray, item_classes_Bx2: jnp.ndarray,
-                     positions_Bx2: jnp.ndarray,
-                     classify_fn: Callable[[jnp.ndarray], jnp.ndarray]) -> jnp.ndarray:
+def caption_accuracy(
+  images_BxSxSxC: jnp.ndarray,
+  item_classes_Bx2: jnp.ndarray,
+  positions_Bx2: jnp.ndarray,
+  classify_fn: Callable[[jnp.ndarray], jnp.ndarray],
+) -> jnp.ndarray:
   """1.0 where every item the caption names is recognised at its place, else 0.0, float32 [B].
 
   `classify_fn` maps 28 x 28 crops [M, 28, 28, C] (the images' value range, e.g. [-1, 1]) to
@@ -230,8 +272,12 @@ class CaptionConfig(tfds.core.BuilderConfig):
 
 
 DEFAULT = CaptionConfig(name="canvas60", description="20000 train / 2000 test 60x60 canvases.")
-SMALL = CaptionConfig(name="small", num_train=2000, num_test=500,
-                      description="2000 train / 500 test 60x60 canvases, for quick runs.")
+SMALL = CaptionConfig(
+  name="small",
+  num_train=2000,
+  num_test=500,
+  description="2000 train / 500 test 60x60 canvases, for quick runs.",
+)
 
 
 class CaptionedFashionMnist(idx.LocalFilesBuilder, tfds.core.GeneratorBasedBuilder):
@@ -244,16 +290,18 @@ class CaptionedFashionMnist(idx.LocalFilesBuilder, tfds.core.GeneratorBasedBuild
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.builder_config.canvas_size
     return tfds.core.DatasetInfo(
-        builder=self,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(s, s, 1), dtype=np.uint8),
-            "label": tfds.features.ClassLabel(names=list(idx.FASHION_MNIST_CLASSES)),  # 1st item
-            "tokens": tfds.features.Tensor(shape=(MAX_TOKENS,), dtype=np.int32),
-            "classes": tfds.features.Tensor(shape=(2,), dtype=np.int32),
-            "positions": tfds.features.Tensor(shape=(2,), dtype=np.int32),
-            "held_out": tfds.features.Tensor(shape=(), dtype=np.int32),
-        }),
-        disable_shuffling=True,
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Tensor(shape=(s, s, 1), dtype=np.uint8),
+          "label": tfds.features.ClassLabel(names=list(idx.FASHION_MNIST_CLASSES)),  # 1st item
+          "tokens": tfds.features.Tensor(shape=(MAX_TOKENS,), dtype=np.int32),
+          "classes": tfds.features.Tensor(shape=(2,), dtype=np.int32),
+          "positions": tfds.features.Tensor(shape=(2,), dtype=np.int32),
+          "held_out": tfds.features.Tensor(shape=(), dtype=np.int32),
+        }
+      ),
+      disable_shuffling=True,
     )
 
   def _split_generators(self, dl_manager):
@@ -261,8 +309,11 @@ class CaptionedFashionMnist(idx.LocalFilesBuilder, tfds.core.GeneratorBasedBuild
     cfg = self.builder_config
     files = idx.split_files(cfg.source_dir)
     sizes = {"train": cfg.num_train, "test": cfg.num_test}
-    return {split: self._generate_examples(split, *files[split], sizes[split])
-            for split in files if sizes[split]}
+    return {
+      split: self._generate_examples(split, *files[split], sizes[split])
+      for split in files
+      if sizes[split]
+    }
 
   def _generate_examples(self, split: str, images_path, labels_path, num: int):
     cfg = self.builder_config
@@ -278,8 +329,10 @@ def caption_config(name: str, source_dir: str | None = None) -> CaptionConfig:
   _, _, which = name.partition("/")
   configs = {c.name: c for c in CaptionedFashionMnist.BUILDER_CONFIGS}
   if which and which not in configs:
-    raise UserError(f"unknown captioned data set {name!r}; use captioned_fashion_mnist or "
-                    f"captioned_fashion_mnist/{{{','.join(configs)}}}")
+    raise UserError(
+      f"unknown captioned data set {name!r}; use captioned_fashion_mnist or "
+      f"captioned_fashion_mnist/{{{','.join(configs)}}}"
+    )
   config = configs[which or DEFAULT.name]
   if source_dir is None or os.path.abspath(source_dir) == idx.FASHION_MNIST_DIR:
     return config
@@ -292,8 +345,9 @@ def prepare(config: CaptionConfig, data_dir: str | None = None) -> CaptionedFash
   """Returns the builder for `config`, writing its array_record files into data_dir if needed."""
   data_dir = data_dir or idx.default_data_dir()
   return idx.prepare_local(
-      lambda: CaptionedFashionMnist(config=config, data_dir=data_dir, file_format="array_record"),
-      config.source_dir,
-      f"building {config.num_train} + {config.num_test} captioned {config.canvas_size}x"
-      f"{config.canvas_size} canvases (train + test)",
-      lambda: idx.validate_folder(config.source_dir, idx.FASHION_MNIST))
+    lambda: CaptionedFashionMnist(config=config, data_dir=data_dir, file_format="array_record"),
+    config.source_dir,
+    f"building {config.num_train} + {config.num_test} captioned {config.canvas_size}x"
+    f"{config.canvas_size} canvases (train + test)",
+    lambda: idx.validate_folder(config.source_dir, idx.FASHION_MNIST),
+  )

@@ -25,10 +25,11 @@ def inception_score(logits_NxK: ArrayLike, *, num_splits: int = 10) -> dict[str,
   logits = as_f32(logits_NxK)
   n = logits.shape[0]
   if not 1 <= num_splits <= n:
-    raise ValueError(f'need 1 <= num_splits <= N, got {num_splits} and N={n}.')
+    raise ValueError(f"need 1 <= num_splits <= N, got {num_splits} and N={n}.")
   bounds = [s * n // num_splits for s in range(num_splits + 1)]
-  scores = np.exp([float(_mean_kl_to_marginal(logits[lo:hi]))
-                   for lo, hi in zip(bounds[:-1], bounds[1:])])
+  scores = np.exp(
+    [float(_mean_kl_to_marginal(logits[lo:hi])) for lo, hi in zip(bounds[:-1], bounds[1:])]
+  )
   return dict(mean=float(scores.mean()), std=float(scores.std()))
 
 

@@ -22,8 +22,9 @@ def as_f32(x: ArrayLike) -> jax.Array:
   return jnp.asarray(x, jnp.float32)
 
 
-def iter_chunks(x_NxD: jax.Array, chunk_size: int = DEFAULT_CHUNK_SIZE
-                ) -> Iterator[tuple[jax.Array, int]]:
+def iter_chunks(
+  x_NxD: jax.Array, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> Iterator[tuple[jax.Array, int]]:
   """Yields (block_CxD, n_valid): row blocks of one fixed size, last zero-padded.
 
   A fixed block shape means each jitted kernel compiles once per call site.
@@ -31,18 +32,20 @@ def iter_chunks(x_NxD: jax.Array, chunk_size: int = DEFAULT_CHUNK_SIZE
   n = x_NxD.shape[0]
   c = max(1, min(chunk_size, n))
   for start in range(0, n, c):
-    block = x_NxD[start:start + c]
+    block = x_NxD[start : start + c]
     n_valid = block.shape[0]
     if n_valid < c:
       block = jnp.pad(block, ((0, c - n_valid), (0, 0)))
     yield block, n_valid
 
 
-def map_rows(fn: Callable[[jax.Array], jax.Array], x_NxD: jax.Array,
-             chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
+def map_rows(
+  fn: Callable[[jax.Array], jax.Array], x_NxD: jax.Array, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> np.ndarray:
   """Applies a row-wise `fn` ([C, D] -> [C, ...]) chunk by chunk; returns [N, ...]."""
-  return np.concatenate([np.asarray(fn(block))[:n_valid]
-                         for block, n_valid in iter_chunks(x_NxD, chunk_size)])
+  return np.concatenate(
+    [np.asarray(fn(block))[:n_valid] for block, n_valid in iter_chunks(x_NxD, chunk_size)]
+  )
 
 
 @jax.jit
@@ -65,50 +68,56 @@ def centre(ref_NxD: ArrayLike, *others: ArrayLike) -> tuple[jax.Array, ...]:
   return (ref - shift_D,) + tuple(as_f32(o) - shift_D for o in others)
 
 
-@functools.partial(jax.jit, static_argnames='k')
+@functools.partial(jax.jit, static_argnames="k")
 def _kth_smallest_sq(query_CxD: jax.Array, ref_MxD: jax.Array, k: int) -> jax.Array:
   neg_topk_CxK, _ = jax.lax.top_k(-pairwise_sq_distances(query_CxD, ref_MxD), k)
   return -neg_topk_CxK[:, -1]
 
 
-def knn_sq_distances(query_NxD: ArrayLike, ref_MxD: ArrayLike, k: int, *,
-                     chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
+def knn_sq_distances(
+  query_NxD: ArrayLike, ref_MxD: ArrayLike, k: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> np.ndarray:
   """Squared distance [N] from each query point to its k-th nearest point in ref."""
   if not 1 <= k <= np.shape(ref_MxD)[0]:
-    raise ValueError(f'need 1 <= k <= len(ref), got k={k}.')
+    raise ValueError(f"need 1 <= k <= len(ref), got k={k}.")
   ref = as_f32(ref_MxD)
   return map_rows(lambda q: _kth_smallest_sq(q, ref, k), as_f32(query_NxD), chunk_size)
 
 
-def knn_radii_sq(x_NxD: ArrayLike, k: int, *,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
+def knn_radii_sq(x_NxD: ArrayLike, k: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
   """Squared distance [N] from each point to its k-th nearest neighbour in x, itself excluded."""
   # Each point is its own nearest neighbour (distance 0), hence k + 1.
   return knn_sq_distances(x_NxD, x_NxD, k + 1, chunk_size=chunk_size)
 
 
-def knn_radii(x_NxD: ArrayLike, k: int, *,
-              chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
+def knn_radii(x_NxD: ArrayLike, k: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
   """Euclidean k-NN radius [N] of each point of x (itself excluded)."""
-  x, = centre(x_NxD)
+  (x,) = centre(x_NxD)
   return np.sqrt(knn_radii_sq(x, k, chunk_size=chunk_size))
 
 
-@functools.partial(jax.jit, static_argnames='strict')
-def _ball_counts(query_CxD: jax.Array, centres_MxD: jax.Array, radii_sq_M: jax.Array,
-                 strict: bool) -> jax.Array:
+@functools.partial(jax.jit, static_argnames="strict")
+def _ball_counts(
+  query_CxD: jax.Array, centres_MxD: jax.Array, radii_sq_M: jax.Array, strict: bool
+) -> jax.Array:
   d2_CxM = pairwise_sq_distances(query_CxD, centres_MxD)
   inside_CxM = d2_CxM < radii_sq_M if strict else d2_CxM <= radii_sq_M
   return jnp.sum(inside_CxM, axis=-1)
 
 
-def count_in_balls(query_NxD: ArrayLike, centres_MxD: ArrayLike, radii_sq_M: ArrayLike, *,
-                   strict: bool = False,
-                   chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
+def count_in_balls(
+  query_NxD: ArrayLike,
+  centres_MxD: ArrayLike,
+  radii_sq_M: ArrayLike,
+  *,
+  strict: bool = False,
+  chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> np.ndarray:
   """Number [N] of balls B(centre_j, r_j) containing each query point.
 
   Membership is dist^2 <= r^2, or dist^2 < r^2 when `strict`.
   """
   centres, radii_sq = as_f32(centres_MxD), as_f32(radii_sq_M)
-  return map_rows(lambda q: _ball_counts(q, centres, radii_sq, strict),
-                  as_f32(query_NxD), chunk_size)
+  return map_rows(
+    lambda q: _ball_counts(q, centres, radii_sq, strict), as_f32(query_NxD), chunk_size
+  )

@@ -10,15 +10,17 @@ from jaxgen.metrics.distances import DEFAULT_CHUNK_SIZE, ArrayLike, as_f32, iter
 
 
 @jax.jit
-def _shifted_moments(x_CxD: jax.Array, shift_D: jax.Array, n_valid: jax.Array
-                     ) -> tuple[jax.Array, jax.Array]:
+def _shifted_moments(
+  x_CxD: jax.Array, shift_D: jax.Array, n_valid: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   valid_C = jnp.arange(x_CxD.shape[0]) < n_valid
   xc_CxD = jnp.where(valid_C[:, None], x_CxD - shift_D, 0.0)
   return xc_CxD.sum(0), jnp.matmul(xc_CxD.T, xc_CxD, precision=jax.lax.Precision.HIGHEST)
 
 
-def feature_statistics(feats_NxD: ArrayLike, *, chunk_size: int = DEFAULT_CHUNK_SIZE
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def feature_statistics(
+  feats_NxD: ArrayLike, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> tuple[np.ndarray, np.ndarray]:
   """Mean [D] and unbiased covariance [D, D] (as np.cov(rowvar=False)), float64.
 
   Per-chunk moments are float32 on device, summed in float64 on the host.
@@ -26,7 +28,7 @@ def feature_statistics(feats_NxD: ArrayLike, *, chunk_size: int = DEFAULT_CHUNK_
   x = as_f32(feats_NxD)
   n, d = x.shape
   if n < 2:
-    raise ValueError(f'need at least 2 samples, got {n}.')
+    raise ValueError(f"need at least 2 samples, got {n}.")
   # Moments about a shift near the mean barely cancel in float32; the exact
   # correction for the shift is applied below (shifted-data algorithm).
   shift_D = jnp.mean(x[:chunk_size], axis=0)
@@ -45,8 +47,9 @@ def _psd_sqrt(s_DxD: np.ndarray) -> np.ndarray:
   return (v_DxD * np.sqrt(np.clip(w_D, 0.0, None))) @ v_DxD.T
 
 
-def frechet_distance(mu1_D: ArrayLike, sigma1_DxD: ArrayLike,
-                     mu2_D: ArrayLike, sigma2_DxD: ArrayLike) -> float:
+def frechet_distance(
+  mu1_D: ArrayLike, sigma1_DxD: ArrayLike, mu2_D: ArrayLike, sigma2_DxD: ArrayLike
+) -> float:
   """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}) between two Gaussians, in float64.
 
   Tr (S1 S2)^{1/2} = sum of sqrt(eig(S1^{1/2} S2 S1^{1/2})): a symmetric PSD
@@ -55,7 +58,7 @@ def frechet_distance(mu1_D: ArrayLike, sigma1_DxD: ArrayLike,
   mu1, mu2 = np.asarray(mu1_D, np.float64), np.asarray(mu2_D, np.float64)
   s1, s2 = np.asarray(sigma1_DxD, np.float64), np.asarray(sigma2_DxD, np.float64)
   if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != mu1.shape * 2:
-    raise ValueError(f'shape mismatch: {mu1.shape}, {s1.shape}, {mu2.shape}, {s2.shape}.')
+    raise ValueError(f"shape mismatch: {mu1.shape}, {s1.shape}, {mu2.shape}, {s2.shape}.")
   sqrt_s1 = _psd_sqrt((s1 + s1.T) / 2)
   m_DxD = sqrt_s1 @ s2 @ sqrt_s1
   tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m_DxD + m_DxD.T) / 2), 0.0, None)).sum()
@@ -63,8 +66,11 @@ def frechet_distance(mu1_D: ArrayLike, sigma1_DxD: ArrayLike,
   return float(diff_D @ diff_D + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
 
 
-def frechet_distance_from_features(feats1_NxD: ArrayLike, feats2_MxD: ArrayLike, *,
-                                   chunk_size: int = DEFAULT_CHUNK_SIZE) -> float:
+def frechet_distance_from_features(
+  feats1_NxD: ArrayLike, feats2_MxD: ArrayLike, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> float:
   """Frechet distance between Gaussians fitted to two feature sets."""
-  return frechet_distance(*feature_statistics(feats1_NxD, chunk_size=chunk_size),
-                          *feature_statistics(feats2_MxD, chunk_size=chunk_size))
+  return frechet_distance(
+    *feature_statistics(feats1_NxD, chunk_size=chunk_size),
+    *feature_statistics(feats2_MxD, chunk_size=chunk_size),
+  )

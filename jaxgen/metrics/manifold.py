@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxgen.metrics.distances import (DEFAULT_CHUNK_SIZE, ArrayLike, centre,
-                                      count_in_balls, knn_radii_sq, knn_sq_distances)
+from jaxgen.metrics.distances import (
+  DEFAULT_CHUNK_SIZE,
+  ArrayLike,
+  centre,
+  count_in_balls,
+  knn_radii_sq,
+  knn_sq_distances,
+)
 
 
-def precision_recall(real_NxD: ArrayLike, fake_MxD: ArrayLike, *, k: int = 3,
-                     chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, float]:
+def precision_recall(
+  real_NxD: ArrayLike, fake_MxD: ArrayLike, *, k: int = 3, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> dict[str, float]:
   """Improved precision and recall (Kynkaanniemi et al., 2019).
 
   precision: fraction of fake points within (<=) the k-NN ball of some real point.
@@ -24,8 +31,9 @@ def precision_recall(real_NxD: ArrayLike, fake_MxD: ArrayLike, *, k: int = 3,
   return dict(precision=float(precision), recall=float(recall))
 
 
-def density_coverage(real_NxD: ArrayLike, fake_MxD: ArrayLike, *, k: int = 5,
-                     chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, float]:
+def density_coverage(
+  real_NxD: ArrayLike, fake_MxD: ArrayLike, *, k: int = 5, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> dict[str, float]:
   """Density and coverage (Naeem et al., 2020), with real k-NN radii r_i.
 
   density = sum_j #{i: fake_j in B(real_i, r_i)} / (k M);

@@ -15,6 +15,7 @@ from jaxgen import ops
 
 class Classifier(nn.Module):
   """images_BxHxWxC -> logits_BxK; `features` -> (features_BxD, logits_BxK)."""
+
   num_classes: int
   width: int = 32
   feature_dim: int = 128
@@ -24,18 +25,26 @@ class Classifier(nn.Module):
   def setup(self):
     w = self.width
     conv = ops.Conv if self.fast_ops else nn.Conv
-    self.convs = [conv(c, (3, 3), use_bias=False, name=f"conv{i}")
-                  for i, c in enumerate((w, 2 * w, 4 * w))]
+    self.convs = [
+      conv(c, (3, 3), use_bias=False, name=f"conv{i}") for i, c in enumerate((w, 2 * w, 4 * w))
+    ]
     # BatchNorm, ReLU and (after all but the last conv, 28x28 -> 14x14 -> 7x7) max pooling
-    self.norms = [ops.BatchNormAct(momentum=0.9, window=(2, 2) if i < len(self.convs) - 1 else None,
-                                   fused=self.fast_ops, name=f"bn{i}")
-                  for i in range(len(self.convs))]
+    self.norms = [
+      ops.BatchNormAct(
+        momentum=0.9,
+        window=(2, 2) if i < len(self.convs) - 1 else None,
+        fused=self.fast_ops,
+        name=f"bn{i}",
+      )
+      for i in range(len(self.convs))
+    ]
     self.dense = nn.Dense(self.feature_dim, name="features")
     self.drop = nn.Dropout(self.dropout)
     self.head = nn.Dense(self.num_classes, name="logits")
 
-  def features(self, x_BxHxWxC: jnp.ndarray, *, train: bool = False
-               ) -> tuple[jnp.ndarray, jnp.ndarray]:
+  def features(
+    self, x_BxHxWxC: jnp.ndarray, *, train: bool = False
+  ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(penultimate features_BxD after ReLU, logits_BxK). Dropout needs a "dropout" rng when training."""
     x = x_BxHxWxC
     for conv, norm in zip(self.convs, self.norms):

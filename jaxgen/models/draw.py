@@ -29,8 +29,9 @@ from jaxgen.models.vae import reparameterize
 # ------------------------------------------------------------------ Gaussian attention
 
 
-def filterbank(center_B: jnp.ndarray, delta_B: jnp.ndarray, var_B: jnp.ndarray, n: int,
-               size: int) -> jnp.ndarray:
+def filterbank(
+  center_B: jnp.ndarray, delta_B: jnp.ndarray, var_B: jnp.ndarray, n: int, size: int
+) -> jnp.ndarray:
   """N Gaussian filters along one image axis, F_BxNxA with every row summing to 1.
 
   Filter i is centred at center + (i - (n - 1) / 2) * delta in pixel coordinates 0..size-1,
@@ -44,8 +45,9 @@ def filterbank(center_B: jnp.ndarray, delta_B: jnp.ndarray, var_B: jnp.ndarray, 
   return jax.nn.softmax(-d2_BxNxA / (2.0 * var_B[:, None, None]), axis=-1)
 
 
-def attention_window(params_Bx5: jnp.ndarray, height: int, width: int,
-                     n: int) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+def attention_window(
+  params_Bx5: jnp.ndarray, height: int, width: int, n: int
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
   """(F_y [B, N, H], F_x [B, N, W], intensity gamma [B]) from DRAW's five window parameters.
 
   params = (g~_x, g~_y, log var, log delta~, log gamma): the centre g = (A + 1)/2 (g~ + 1) - 1
@@ -56,19 +58,24 @@ def attention_window(params_Bx5: jnp.ndarray, height: int, width: int,
   center_y = (height + 1) / 2 * (gy + 1) - 1
   delta = (max(height, width) - 1) / max(n - 1, 1) * jnp.exp(log_delta)
   var = jnp.exp(log_var)
-  return (filterbank(center_y, delta, var, n, height), filterbank(center_x, delta, var, n, width),
-          jnp.exp(log_gamma))
+  return (
+    filterbank(center_y, delta, var, n, height),
+    filterbank(center_x, delta, var, n, width),
+    jnp.exp(log_gamma),
+  )
 
 
-def read_window(x_BxHxWxC: jnp.ndarray, fy_BxNxH: jnp.ndarray, fx_BxNxW: jnp.ndarray,
-                gamma_B: jnp.ndarray) -> jnp.ndarray:
+def read_window(
+  x_BxHxWxC: jnp.ndarray, fy_BxNxH: jnp.ndarray, fx_BxNxW: jnp.ndarray, gamma_B: jnp.ndarray
+) -> jnp.ndarray:
   """The N x N glimpse gamma * F_y x F_x^T of each channel, [B, N, N, C]."""
   patch = jnp.einsum("bnh,bhwc,bmw->bnmc", fy_BxNxH, x_BxHxWxC, fx_BxNxW)
   return gamma_B[:, None, None, None] * patch
 
 
-def write_window(patch_BxNxNxC: jnp.ndarray, fy_BxNxH: jnp.ndarray, fx_BxNxW: jnp.ndarray,
-                 gamma_B: jnp.ndarray) -> jnp.ndarray:
+def write_window(
+  patch_BxNxNxC: jnp.ndarray, fy_BxNxH: jnp.ndarray, fx_BxNxW: jnp.ndarray, gamma_B: jnp.ndarray
+) -> jnp.ndarray:
   """The N x N patch spread onto the image, F_y^T w F_x / gamma, [B, H, W, C]."""
   image = jnp.einsum("bnh,bnmc,bmw->bhwc", fy_BxNxH, patch_BxNxNxC, fx_BxNxW)
   return image / gamma_B[:, None, None, None]
@@ -84,6 +91,7 @@ class DrawStep(nn.Module):
   reads x and z ~ q; otherwise z ~ prior and x is None. `lang` is None or (h^lang [B, L, F],
   its alignment keys U h^lang [B, L, A], mask [B, L]).
   """
+
   image_shape: Sequence[int]
   latent_dim: int
   enc_features: int
@@ -126,14 +134,16 @@ class DrawStep(nn.Module):
     lang_BxLxF, keys_BxLxA, mask_BxL = lang
     query_BxA = nn.Dense(self.align_features, name="align_query")(h_dec_BxD)
     score_BxL = nn.Dense(1, use_bias=False, name="align_score")(
-        jnp.tanh(keys_BxLxA + query_BxA[:, None, :]))[..., 0]
+      jnp.tanh(keys_BxLxA + query_BxA[:, None, :])
+    )[..., 0]
     score_BxL = jnp.where(mask_BxL, score_BxL, jnp.finfo(score_BxL.dtype).min)
     alpha_BxL = jax.nn.softmax(score_BxL, axis=-1)
     return jnp.einsum("bl,blf->bf", alpha_BxL, lang_BxLxF), alpha_BxL
 
   @nn.compact
-  def __call__(self, carry: tuple, x_BxHxWxC: jnp.ndarray | None,
-               lang: tuple | None) -> tuple[tuple, dict]:
+  def __call__(
+    self, carry: tuple, x_BxHxWxC: jnp.ndarray | None, lang: tuple | None
+  ) -> tuple[tuple, dict]:
     enc_carry, dec_carry, canvas = carry
     h_dec_BxD = rnn.hidden(self.cell, dec_carry)
     b, z_dim = h_dec_BxD.shape[0], self.latent_dim
@@ -154,8 +164,9 @@ class DrawStep(nn.Module):
     if lang is not None:
       s_BxF, out["alignment"] = self._align(h_dec_BxD, lang)
       dec_in = jnp.concatenate([z_BxZ, s_BxF], axis=-1)
-    dec_carry, h_dec_BxD = rnn.make_cell(self.cell, self.dec_features, name="decoder")(dec_carry,
-                                                                                       dec_in)
+    dec_carry, h_dec_BxD = rnn.make_cell(self.cell, self.dec_features, name="decoder")(
+      dec_carry, dec_in
+    )
     canvas = canvas + self._write(h_dec_BxD)
     out["z"] = z_BxZ
     if not self.infer:
@@ -176,47 +187,74 @@ class DRAW(nn.Module):
   canvas logits after every step, "canvas" [T, N, H, W, C]. Latents come from the "latent"
   random stream, split per step.
   """
+
   image_shape: Sequence[int]
   num_steps: int = 10
   latent_dim: int = 10
   enc_features: int = 256
   dec_features: int = 256
-  read_n: int = 2           # 0: read the whole image and error image
-  write_n: int = 5          # 0: write the whole canvas through a dense layer
+  read_n: int = 2  # 0: read the whole image and error image
+  write_n: int = 5  # 0: write the whole canvas through a dense layer
   cell: str = "tanh"
   learned_prior: bool = False
-  vocab_size: int = 0       # > 0: caption-conditioned (alignDRAW)
+  vocab_size: int = 0  # > 0: caption-conditioned (alignDRAW)
   embed_dim: int = 64
   lang_features: int = 128  # per direction of the caption encoder
   align_features: int = 128
 
   @nn.compact
-  def __call__(self, x_BxHxWxC: jnp.ndarray | None, tokens_BxL: jnp.ndarray | None = None, *,
-               num: int = 0, train: bool = True) -> dict[str, jnp.ndarray]:
+  def __call__(
+    self,
+    x_BxHxWxC: jnp.ndarray | None,
+    tokens_BxL: jnp.ndarray | None = None,
+    *,
+    num: int = 0,
+    train: bool = True,
+  ) -> dict[str, jnp.ndarray]:
     del train
     if self.cell not in rnn.CELLS:
       raise ConfigError(f"unknown RNN cell {self.cell!r}; choose one of {rnn.CELLS}")
     if self.vocab_size and tokens_BxL is None:
       raise ValueError("a caption-conditioned DRAW needs tokens [B, L]")
-    b = x_BxHxWxC.shape[0] if x_BxHxWxC is not None else (
-        tokens_BxL.shape[0] if self.vocab_size else num)
+    b = (
+      x_BxHxWxC.shape[0]
+      if x_BxHxWxC is not None
+      else (tokens_BxL.shape[0] if self.vocab_size else num)
+    )
     lang = None
     if self.vocab_size:
-      lang_BxLxF, mask_BxL = rnn.BiRNN(self.vocab_size, self.embed_dim, self.lang_features,
-                                       self.cell, name="caption")(tokens_BxL)
+      lang_BxLxF, mask_BxL = rnn.BiRNN(
+        self.vocab_size, self.embed_dim, self.lang_features, self.cell, name="caption"
+      )(tokens_BxL)
       keys_BxLxA = nn.Dense(self.align_features, use_bias=False, name="align_keys")(lang_BxLxF)
       lang = (lang_BxLxF, keys_BxLxA, mask_BxL)
     dtype = jnp.float32 if x_BxHxWxC is None else x_BxHxWxC.dtype
     canvas0 = self.param("canvas0", nn.initializers.zeros, tuple(self.image_shape), dtype)
-    carry = (rnn.zero_carry(self.cell, b, self.enc_features, dtype),
-             rnn.zero_carry(self.cell, b, self.dec_features, dtype),
-             jnp.broadcast_to(canvas0, (b, *self.image_shape)))
-    scan = nn.scan(DrawStep, variable_broadcast="params",
-                   split_rngs={"params": False, "latent": True},
-                   in_axes=nn.broadcast, length=self.num_steps)
-    step = scan(self.image_shape, self.latent_dim, self.enc_features, self.dec_features,
-                self.read_n, self.write_n, self.cell, self.align_features, self.learned_prior,
-                infer=x_BxHxWxC is not None, name="step")
+    carry = (
+      rnn.zero_carry(self.cell, b, self.enc_features, dtype),
+      rnn.zero_carry(self.cell, b, self.dec_features, dtype),
+      jnp.broadcast_to(canvas0, (b, *self.image_shape)),
+    )
+    scan = nn.scan(
+      DrawStep,
+      variable_broadcast="params",
+      split_rngs={"params": False, "latent": True},
+      in_axes=nn.broadcast,
+      length=self.num_steps,
+    )
+    step = scan(
+      self.image_shape,
+      self.latent_dim,
+      self.enc_features,
+      self.dec_features,
+      self.read_n,
+      self.write_n,
+      self.cell,
+      self.align_features,
+      self.learned_prior,
+      infer=x_BxHxWxC is not None,
+      name="step",
+    )
     (_, _, canvas), out = step(carry, x_BxHxWxC, lang)
     if x_BxHxWxC is not None:
       out["canvas"] = canvas

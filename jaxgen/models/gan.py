@@ -17,8 +17,9 @@ from jaxgen import ops
 from jaxgen.errors import ConfigError
 
 
-def upsampling_plan(image_size: int, width: int,
-                    model: str = "DCGAN") -> tuple[int, tuple[int, ...]]:
+def upsampling_plan(
+  image_size: int, width: int, model: str = "DCGAN"
+) -> tuple[int, tuple[int, ...]]:
   """Returns (start_size, channels per resolution) for an image of `image_size`.
 
   e.g. 28 -> (7, (4w, 2w)); 32 -> (4, (8w, 4w, 2w)); 64 -> (4, (8w, 4w, 2w, w)).
@@ -32,8 +33,9 @@ def upsampling_plan(image_size: int, width: int,
     num_up += 1
   if size not in (4, 7) or num_up == 0:
     raise ConfigError(
-        f"{model} needs an image size of 7*2^n or 4*2^n (28, 32, 64, ...), got {image_size}; "
-        "resize the data or choose another model.")
+      f"{model} needs an image size of 7*2^n or 4*2^n (28, 32, 64, ...), got {image_size}; "
+      "resize the data or choose another model."
+    )
   top = min(num_up, 3)  # at most 8 * width channels, halving at each doubling of resolution
   channels = tuple(max(int(width * 2.0 ** (top - i)), 8) for i in range(num_up))
   return size, channels
@@ -41,6 +43,7 @@ def upsampling_plan(image_size: int, width: int,
 
 class Generator(nn.Module):
   """z_BxZ (+ labels_B) -> images_BxHxWxC in [-1, 1]."""
+
   image_shape: Sequence[int]
   width: int = 64
   kernel_size: int = 5
@@ -48,13 +51,15 @@ class Generator(nn.Module):
   fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
 
   @nn.compact
-  def __call__(self, z_BxZ: jnp.ndarray, labels_B: jnp.ndarray | None = None, *,
-               train: bool = True) -> jnp.ndarray:
+  def __call__(
+    self, z_BxZ: jnp.ndarray, labels_B: jnp.ndarray | None = None, *, train: bool = True
+  ) -> jnp.ndarray:
     height, _, channels = self.image_shape
     start, widths = upsampling_plan(height, self.width)
     # BatchNorm then ReLU
-    norm = lambda name: ops.BatchNormAct(use_running_average=not train, momentum=0.9,
-                                         fused=self.fast_ops, name=name)
+    norm = lambda name: ops.BatchNormAct(
+      use_running_average=not train, momentum=0.9, fused=self.fast_ops, name=name
+    )
     x = z_BxZ
     if self.num_classes:
       x = jnp.concatenate([x, nn.one_hot(labels_B, self.num_classes, dtype=x.dtype)], axis=-1)
@@ -72,6 +77,7 @@ class Generator(nn.Module):
 
 class Discriminator(nn.Module):
   """images_BxHxWxC (+ labels_B) -> logits_B (real > 0)."""
+
   image_shape: Sequence[int]
   width: int = 64
   kernel_size: int = 5
@@ -79,8 +85,9 @@ class Discriminator(nn.Module):
   fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
 
   @nn.compact
-  def __call__(self, x_BxHxWxC: jnp.ndarray, labels_B: jnp.ndarray | None = None, *,
-               train: bool = True) -> jnp.ndarray:
+  def __call__(
+    self, x_BxHxWxC: jnp.ndarray, labels_B: jnp.ndarray | None = None, *, train: bool = True
+  ) -> jnp.ndarray:
     _, widths = upsampling_plan(self.image_shape[0], self.width)
     k = (self.kernel_size, self.kernel_size)
     x = x_BxHxWxC
@@ -88,8 +95,13 @@ class Discriminator(nn.Module):
     for i, w in enumerate(reversed(widths)):
       x = conv(w, k, strides=(2, 2), use_bias=i == 0, name=f"conv{i}")(x)
       if i > 0:  # BatchNorm then leaky ReLU; DCGAN has no BatchNorm on the input layer
-        x = ops.BatchNormAct(use_running_average=not train, momentum=0.9, negative_slope=0.2,
-                             fused=self.fast_ops, name=f"bn{i}")(x)
+        x = ops.BatchNormAct(
+          use_running_average=not train,
+          momentum=0.9,
+          negative_slope=0.2,
+          fused=self.fast_ops,
+          name=f"bn{i}",
+        )(x)
       else:
         x = nn.leaky_relu(x, 0.2)
     h_BxF = x.reshape(x.shape[0], -1)

@@ -21,13 +21,15 @@ CELLS = ("tanh", "lstm", "gru")
 
 class TanhCell(nn.Module):
   """One step of the tanh RNN: (h_BxH, x_BxI) -> (h'_BxH, h'_BxH)."""
+
   features: int
 
   @nn.compact
   def __call__(self, h_BxH: jnp.ndarray, x_BxI: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     # Orthogonal W_hh keeps the norm of h through many steps at initialisation.
-    hh = nn.Dense(self.features, use_bias=False, kernel_init=nn.initializers.orthogonal(),
-                  name="hh")
+    hh = nn.Dense(
+      self.features, use_bias=False, kernel_init=nn.initializers.orthogonal(), name="hh"
+    )
     xh = nn.Dense(self.features, name="xh")  # W_xh and b_h
     h_BxH = jnp.tanh(hh(h_BxH) + xh(x_BxI))
     return h_BxH, h_BxH
@@ -57,11 +59,14 @@ def hidden(kind: str, carry: Any) -> jnp.ndarray:
 
 class _MaskedStep(nn.Module):
   """A cell step that keeps the old carry (and outputs zeros) where mask_B is False."""
+
   kind: str
   features: int
 
   @nn.compact
-  def __call__(self, carry: Any, inputs: tuple[jnp.ndarray, jnp.ndarray]) -> tuple[Any, jnp.ndarray]:
+  def __call__(
+    self, carry: Any, inputs: tuple[jnp.ndarray, jnp.ndarray]
+  ) -> tuple[Any, jnp.ndarray]:
     x_BxI, mask_B = inputs
     new_carry, h_BxH = make_cell(self.kind, self.features, name="cell")(carry, x_BxI)
     keep = lambda new, old: jnp.where(mask_B[:, None], new, old)
@@ -74,21 +79,29 @@ class RNN(nn.Module):
   `out_features=0` returns h_t itself. `mask_BxT` (bool) skips padded steps: the carry passes
   through them unchanged and their outputs are zero. `reverse` runs from t = T-1 down to 0.
   """
+
   features: int
   out_features: int = 0
   cell: str = "tanh"
   reverse: bool = False
 
   @nn.compact
-  def __call__(self, x_BxTxI: jnp.ndarray, mask_BxT: jnp.ndarray | None = None,
-               carry: Any = None) -> tuple[Any, jnp.ndarray]:
+  def __call__(
+    self, x_BxTxI: jnp.ndarray, mask_BxT: jnp.ndarray | None = None, carry: Any = None
+  ) -> tuple[Any, jnp.ndarray]:
     b, t = x_BxTxI.shape[:2]
     if mask_BxT is None:
       mask_BxT = jnp.ones((b, t), bool)
     if carry is None:
       carry = zero_carry(self.cell, b, self.features, x_BxTxI.dtype)
-    scan = nn.scan(_MaskedStep, variable_broadcast="params", split_rngs={"params": False},
-                   in_axes=1, out_axes=1, reverse=self.reverse)
+    scan = nn.scan(
+      _MaskedStep,
+      variable_broadcast="params",
+      split_rngs={"params": False},
+      in_axes=1,
+      out_axes=1,
+      reverse=self.reverse,
+    )
     carry, h_BxTxH = scan(self.cell, self.features, name="scan")(carry, (x_BxTxI, mask_BxT))
     if not self.out_features:
       return carry, h_BxTxH
@@ -101,6 +114,7 @@ class BiRNN(nn.Module):
   Position j holds [forward h_j, backward h_j] (Bahdanau et al. 2015; alignDRAW's h^lang);
   padded positions hold zeros.
   """
+
   vocab_size: int
   embed_dim: int = 64
   features: int = 128
@@ -111,6 +125,7 @@ class BiRNN(nn.Module):
     mask_BxL = tokens_BxL > 0
     e_BxLxE = nn.Embed(self.vocab_size, self.embed_dim, name="embed")(tokens_BxL)
     _, fwd_BxLxF = RNN(self.features, cell=self.cell, name="forward")(e_BxLxE, mask_BxL)
-    _, bwd_BxLxF = RNN(self.features, cell=self.cell, reverse=True, name="backward")(e_BxLxE,
-                                                                                    mask_BxL)
+    _, bwd_BxLxF = RNN(self.features, cell=self.cell, reverse=True, name="backward")(
+      e_BxLxE, mask_BxL
+    )
     return jnp.concatenate([fwd_BxLxF, bwd_BxLxF], axis=-1), mask_BxL

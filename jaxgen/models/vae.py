@@ -40,6 +40,7 @@ def _one_hot(labels: jnp.ndarray, num_classes: int, dtype) -> jnp.ndarray:
 
 class Encoder(nn.Module):
   """images_BxHxWxC (+ labels) -> (mean_BxZ, logvar_BxZ) of q(z|x)."""
+
   image_shape: Sequence[int]
   latent_dim: int = 32
   width: int = 32
@@ -48,8 +49,9 @@ class Encoder(nn.Module):
   fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
 
   @nn.compact
-  def __call__(self, x_BxHxWxC: jnp.ndarray, labels: jnp.ndarray | None = None, *,
-               train: bool = True) -> tuple[jnp.ndarray, jnp.ndarray]:
+  def __call__(
+    self, x_BxHxWxC: jnp.ndarray, labels: jnp.ndarray | None = None, *, train: bool = True
+  ) -> tuple[jnp.ndarray, jnp.ndarray]:
     del train
     _, widths = resolution_plan(self.image_shape[0], self.width)
     k = (self.kernel_size, self.kernel_size)
@@ -67,6 +69,7 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
   """z_BxZ (+ labels) -> params_BxHxWxP of p(x|z), unconstrained reals (P = out_channels)."""
+
   image_shape: Sequence[int]
   out_channels: int
   width: int = 32
@@ -75,8 +78,9 @@ class Decoder(nn.Module):
   fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
 
   @nn.compact
-  def __call__(self, z_BxZ: jnp.ndarray, labels: jnp.ndarray | None = None, *,
-               train: bool = True) -> jnp.ndarray:
+  def __call__(
+    self, z_BxZ: jnp.ndarray, labels: jnp.ndarray | None = None, *, train: bool = True
+  ) -> jnp.ndarray:
     del train
     start, widths = resolution_plan(self.image_shape[0], self.width)
     x = z_BxZ
@@ -97,6 +101,7 @@ class VAE(nn.Module):
   `__call__(x, eps)` returns (mean_BxZ, logvar_BxZ, params_BxHxWxP) with
   z = mean + exp(logvar / 2) * eps decoded; `encode` and `decode` run the halves alone.
   """
+
   image_shape: Sequence[int]
   out_channels: int
   latent_dim: int = 32
@@ -106,28 +111,48 @@ class VAE(nn.Module):
   fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
 
   def setup(self):
-    self.encoder = Encoder(self.image_shape, self.latent_dim, self.width, self.kernel_size,
-                           self.num_classes, self.fast_ops)
-    self.decoder = Decoder(self.image_shape, self.out_channels, self.width, self.kernel_size,
-                           self.num_classes, self.fast_ops)
+    self.encoder = Encoder(
+      self.image_shape,
+      self.latent_dim,
+      self.width,
+      self.kernel_size,
+      self.num_classes,
+      self.fast_ops,
+    )
+    self.decoder = Decoder(
+      self.image_shape,
+      self.out_channels,
+      self.width,
+      self.kernel_size,
+      self.num_classes,
+      self.fast_ops,
+    )
 
-  def __call__(self, x_BxHxWxC: jnp.ndarray, eps_BxZ: jnp.ndarray,
-               labels: jnp.ndarray | None = None, *,
-               train: bool = True) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  def __call__(
+    self,
+    x_BxHxWxC: jnp.ndarray,
+    eps_BxZ: jnp.ndarray,
+    labels: jnp.ndarray | None = None,
+    *,
+    train: bool = True,
+  ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     mean_BxZ, logvar_BxZ = self.encoder(x_BxHxWxC, labels, train=train)
     z_BxZ = reparameterize(mean_BxZ, logvar_BxZ, eps_BxZ)
     return mean_BxZ, logvar_BxZ, self.decoder(z_BxZ, labels, train=train)
 
-  def encode(self, x_BxHxWxC: jnp.ndarray, labels: jnp.ndarray | None = None, *,
-             train: bool = True) -> tuple[jnp.ndarray, jnp.ndarray]:
+  def encode(
+    self, x_BxHxWxC: jnp.ndarray, labels: jnp.ndarray | None = None, *, train: bool = True
+  ) -> tuple[jnp.ndarray, jnp.ndarray]:
     return self.encoder(x_BxHxWxC, labels, train=train)
 
-  def decode(self, z_BxZ: jnp.ndarray, labels: jnp.ndarray | None = None, *,
-             train: bool = True) -> jnp.ndarray:
+  def decode(
+    self, z_BxZ: jnp.ndarray, labels: jnp.ndarray | None = None, *, train: bool = True
+  ) -> jnp.ndarray:
     return self.decoder(z_BxZ, labels, train=train)
 
 
-def reparameterize(mean_BxZ: jnp.ndarray, logvar_BxZ: jnp.ndarray,
-                   eps_BxZ: jnp.ndarray) -> jnp.ndarray:
+def reparameterize(
+  mean_BxZ: jnp.ndarray, logvar_BxZ: jnp.ndarray, eps_BxZ: jnp.ndarray
+) -> jnp.ndarray:
   """z = mean + exp(logvar / 2) * eps, with eps ~ N(0, I) supplied by the caller (any shape)."""
   return mean_BxZ + jnp.exp(0.5 * logvar_BxZ) * eps_BxZ

@@ -19,5 +19,7 @@ FAMILIES = ("gan", "vae", "draw", "classifier")
 def get_family(name: str) -> types.ModuleType:
   """Returns the module implementing family `name` (one of FAMILIES)."""
   if name not in FAMILIES:
-    raise ConfigError(f"unknown model family {name!r}; set config.model.family to one of {FAMILIES}")
+    raise ConfigError(
+      f"unknown model family {name!r}; set config.model.family to one of {FAMILIES}"
+    )
   return importlib.import_module(f"jaxgen.steps.{name}")

@@ -31,20 +31,32 @@ class ClassifierState:
 
 
 def _model(hp: ml_collections.FrozenConfigDict) -> classifier_models.Classifier:
-  return classifier_models.Classifier(num_classes=hp.num_classes, width=hp.width,
-                                      feature_dim=hp.feature_dim, dropout=hp.dropout,
-                                      fast_ops=hp.fast_ops)
+  return classifier_models.Classifier(
+    num_classes=hp.num_classes,
+    width=hp.width,
+    feature_dim=hp.feature_dim,
+    dropout=hp.dropout,
+    fast_ops=hp.fast_ops,
+  )
 
 
-def init_state(config: ml_collections.ConfigDict, key: jax.Array,
-               sample_batch: dict) -> ClassifierState:
+def init_state(
+  config: ml_collections.ConfigDict, key: jax.Array, sample_batch: dict
+) -> ClassifierState:
   """Initial state for images shaped like `sample_batch["image"]` and config.data.num_classes."""
   m = config.model
   num_classes = config.data.get("num_classes") or m.get("num_classes") or 10
-  hp = ml_collections.FrozenConfigDict(dict(
-      image_shape=tuple(sample_batch["image"].shape[1:]), num_classes=num_classes,
-      width=m.width, feature_dim=m.feature_dim, dropout=m.dropout, flip=m.flip,
-      fast_ops=ops.use_fast_ops(config.get("fast_ops", "auto"))))
+  hp = ml_collections.FrozenConfigDict(
+    dict(
+      image_shape=tuple(sample_batch["image"].shape[1:]),
+      num_classes=num_classes,
+      width=m.width,
+      feature_dim=m.feature_dim,
+      dropout=m.dropout,
+      flip=m.flip,
+      fast_ops=ops.use_fast_ops(config.get("fast_ops", "auto")),
+    )
+  )
   model = _model(hp)
   params, stats = common.init_model(model, key, sample_batch["image"][:1])
   lr = optax.cosine_decay_schedule(config.optim.lr, max(config.num_steps, 1))
@@ -67,32 +79,40 @@ def train_step(state: ClassifierState, batch: dict, key: jax.Array) -> tuple[Cla
     images = jnp.where(flip_B[:, None, None, None], images[:, :, ::-1], images)
 
   def loss_fn(params):
-    logits, stats = common.apply(model, params, net.batch_stats, images, train=True,
-                                 rngs={"dropout": drop_key})
+    logits, stats = common.apply(
+      model, params, net.batch_stats, images, train=True, rngs={"dropout": drop_key}
+    )
     return losses.softmax_cross_entropy(logits, labels), (stats, logits)
 
   (loss, (stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(net.params)
   net, logged = common.apply_gradients(net, grads, batch_stats=stats)
-  return (state.replace(step=state.step + 1, net=net),
-          dict(loss=loss, accuracy=_accuracy(logits, labels), **logged))
+  return (
+    state.replace(step=state.step + 1, net=net),
+    dict(loss=loss, accuracy=_accuracy(logits, labels), **logged),
+  )
 
 
 def features(state: ClassifierState, images_BxHxWxC: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(penultimate features_BxD, logits_BxK) of images in [-1, 1], inference mode."""
   model, net = _model(state.hp), state.net
-  return common.apply(model, net.params, net.batch_stats, images_BxHxWxC, train=False,
-                      method="features")[0]
+  return common.apply(
+    model, net.params, net.batch_stats, images_BxHxWxC, train=False, method="features"
+  )[0]
 
 
 def eval_step(state: ClassifierState, batch: dict, key: jax.Array) -> dict:
   """Loss and accuracy on a batch, inference mode (`key` unused)."""
   del key
   _, logits = features(state, batch["image"])
-  return dict(loss=losses.softmax_cross_entropy(logits, batch["label"]),
-              accuracy=_accuracy(logits, batch["label"]))
+  return dict(
+    loss=losses.softmax_cross_entropy(logits, batch["label"]),
+    accuracy=_accuracy(logits, batch["label"]),
+  )
 
 
 def sample(state: ClassifierState, key: jax.Array, num: int, conditioning: Any = None) -> jax.Array:
   """A classifier does not sample: raises NoSampler."""
-  raise NoSampler("a classifier draws no images; set --config.num_grid_samples=0 and "
-                  "--config.sample_every=0, and sample from a generative run instead")
+  raise NoSampler(
+    "a classifier draws no images; set --config.num_grid_samples=0 and "
+    "--config.sample_every=0, and sample from a generative run instead"
+  )

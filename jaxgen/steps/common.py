@@ -17,20 +17,31 @@ from jaxgen.errors import ConfigError
 class ModelState(train_state.TrainState):
   """One network's params, BatchNorm statistics (or an empty dict) and optimizer state;
   `lr_fn(step)` is the learning rate its optimizer uses at a step (static, for logging)."""
+
   batch_stats: Any = struct.field(default_factory=dict)
   lr_fn: Callable[[jax.Array], jax.Array] | None = struct.field(pytree_node=False, default=None)
 
 
-def create_model_state(model: nn.Module, params: Any, batch_stats: Any,
-                       optim: ml_collections.ConfigDict, lr: float | optax.Schedule) -> ModelState:
+def create_model_state(
+  model: nn.Module,
+  params: Any,
+  batch_stats: Any,
+  optim: ml_collections.ConfigDict,
+  lr: float | optax.Schedule,
+) -> ModelState:
   """A ModelState optimised by `optimizer(optim, lr)`; `lr` a constant or an optax schedule."""
-  return ModelState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats,
-                           tx=optimizer(optim, lr),
-                           lr_fn=lr if callable(lr) else optax.constant_schedule(lr))
+  return ModelState.create(
+    apply_fn=model.apply,
+    params=params,
+    batch_stats=batch_stats,
+    tx=optimizer(optim, lr),
+    lr_fn=lr if callable(lr) else optax.constant_schedule(lr),
+  )
 
 
-def apply_gradients(state: ModelState, grads: Any, prefix: str = "",
-                    **kwargs: Any) -> tuple[ModelState, dict]:
+def apply_gradients(
+  state: ModelState, grads: Any, prefix: str = "", **kwargs: Any
+) -> tuple[ModelState, dict]:
   """(state after one optimizer update, numbers to log): `{prefix}lr`, the learning rate of
   this update, and `{prefix}grad_norm`, the gradients' global norm before any clipping."""
   logged = {f"{prefix}grad_norm": optax.global_norm(grads)}
@@ -39,8 +50,9 @@ def apply_gradients(state: ModelState, grads: Any, prefix: str = "",
   return state.apply_gradients(grads=grads, **kwargs), logged
 
 
-def apply(model: nn.Module, state_params: Any, batch_stats: Any, *args: Any, train: bool,
-          **kwargs: Any) -> tuple[Any, Any]:
+def apply(
+  model: nn.Module, state_params: Any, batch_stats: Any, *args: Any, train: bool, **kwargs: Any
+) -> tuple[Any, Any]:
   """Runs `model`, returning (output, updated batch_stats); stats change only when training."""
   variables = {"params": state_params}
   if batch_stats:
@@ -61,8 +73,12 @@ def optimizer(optim: ml_collections.ConfigDict, lr: float) -> optax.GradientTran
   """optim.name "adam" (AdamW with optim.b1/b2/weight_decay) or "sgd", after optional clipping."""
   name = optim.get("name", "adam")
   if name == "adam":
-    tx = optax.adamw(lr, b1=optim.get("b1", 0.9), b2=optim.get("b2", 0.999),
-                     weight_decay=optim.get("weight_decay", 0.0))
+    tx = optax.adamw(
+      lr,
+      b1=optim.get("b1", 0.9),
+      b2=optim.get("b2", 0.999),
+      weight_decay=optim.get("weight_decay", 0.0),
+    )
   elif name == "sgd":
     tx = optax.sgd(lr, momentum=optim.get("momentum") or None)
   else:

@@ -37,24 +37,44 @@ class DRAWState:
 
 def _model(hp: ml_collections.FrozenConfigDict) -> draw_models.DRAW:
   return draw_models.DRAW(
-      image_shape=tuple(hp.image_shape), num_steps=hp.num_steps, latent_dim=hp.latent_dim,
-      enc_features=hp.enc_features, dec_features=hp.dec_features, read_n=hp.read_n,
-      write_n=hp.write_n, cell=hp.cell, learned_prior=hp.learned_prior,
-      vocab_size=len(hp.vocabulary), embed_dim=hp.embed_dim, lang_features=hp.lang_features,
-      align_features=hp.align_features)
+    image_shape=tuple(hp.image_shape),
+    num_steps=hp.num_steps,
+    latent_dim=hp.latent_dim,
+    enc_features=hp.enc_features,
+    dec_features=hp.dec_features,
+    read_n=hp.read_n,
+    write_n=hp.write_n,
+    cell=hp.cell,
+    learned_prior=hp.learned_prior,
+    vocab_size=len(hp.vocabulary),
+    embed_dim=hp.embed_dim,
+    lang_features=hp.lang_features,
+    align_features=hp.align_features,
+  )
 
 
 def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: dict) -> DRAWState:
   """Initial state for images shaped like `sample_batch["image"]` [B, H, W, C]."""
   m = config.model
   text = m.get("captions", False)
-  hp = ml_collections.FrozenConfigDict(dict(
-      image_shape=tuple(sample_batch["image"].shape[1:]), num_steps=m.num_steps,
-      latent_dim=m.latent_dim, enc_features=m.enc_features, dec_features=m.dec_features,
-      read_n=m.read_n, write_n=m.write_n, cell=m.cell, learned_prior=m.learned_prior,
+  hp = ml_collections.FrozenConfigDict(
+    dict(
+      image_shape=tuple(sample_batch["image"].shape[1:]),
+      num_steps=m.num_steps,
+      latent_dim=m.latent_dim,
+      enc_features=m.enc_features,
+      dec_features=m.dec_features,
+      read_n=m.read_n,
+      write_n=m.write_n,
+      cell=m.cell,
+      learned_prior=m.learned_prior,
       vocabulary=captions.VOCABULARY if text else (),
-      max_tokens=captions.MAX_TOKENS if text else 0, embed_dim=m.get("embed_dim", 64),
-      lang_features=m.get("lang_features", 128), align_features=m.get("align_features", 128)))
+      max_tokens=captions.MAX_TOKENS if text else 0,
+      embed_dim=m.get("embed_dim", 64),
+      lang_features=m.get("lang_features", 128),
+      align_features=m.get("align_features", 128),
+    )
+  )
   tokens = None
   if text:  # the loop's example batch has no tokens; their shape is fixed by the vocabulary
     tokens = sample_batch.get("tokens", jnp.zeros((1, hp.max_tokens), jnp.int32))[:1]
@@ -71,15 +91,23 @@ def _tokens(hp: ml_collections.FrozenConfigDict, batch: dict) -> jax.Array | Non
   if not hp.vocabulary:
     return None
   if "tokens" not in batch:
-    raise ConfigError("config.model.captions=True needs captioned data (batches with 'tokens'); "
-                      "set --config.data.name=captioned_fashion_mnist or captions=False")
+    raise ConfigError(
+      "config.model.captions=True needs captioned data (batches with 'tokens'); "
+      "set --config.data.name=captioned_fashion_mnist or captions=False"
+    )
   return batch["tokens"]
 
 
-def _infer(hp: ml_collections.FrozenConfigDict, params: Any, x_BxHxWxC: jax.Array,
-           tokens: jax.Array | None, key: jax.Array) -> dict:
-  return common.apply(_model(hp), params, {}, x_BxHxWxC, tokens, train=False,
-                      rngs={"latent": key})[0]
+def _infer(
+  hp: ml_collections.FrozenConfigDict,
+  params: Any,
+  x_BxHxWxC: jax.Array,
+  tokens: jax.Array | None,
+  key: jax.Array,
+) -> dict:
+  return common.apply(_model(hp), params, {}, x_BxHxWxC, tokens, train=False, rngs={"latent": key})[
+    0
+  ]
 
 
 def kl_per_step(hp: ml_collections.FrozenConfigDict, out: dict) -> jax.Array:
@@ -91,8 +119,9 @@ def kl_per_step(hp: ml_collections.FrozenConfigDict, out: dict) -> jax.Array:
   return jnp.sum(kl, axis=-1)
 
 
-def _negative_elbo(params: Any, state: DRAWState, batch: dict,
-                   key: jax.Array) -> tuple[jax.Array, dict]:
+def _negative_elbo(
+  params: Any, state: DRAWState, batch: dict, key: jax.Array
+) -> tuple[jax.Array, dict]:
   """(-ELBO averaged over the batch, metrics): one sample of z_1..T, each KL in closed form."""
   hp = state.hp
   bin_key, z_key = jax.random.split(key)
@@ -101,16 +130,20 @@ def _negative_elbo(params: Any, state: DRAWState, batch: dict,
   recon_B = -losses.bernoulli_log_prob(out["canvas"], x)
   kl_B = jnp.sum(kl_per_step(hp, out), axis=0)
   loss = jnp.mean(recon_B + kl_B)
-  return loss, dict(loss=loss, elbo=-loss, recon=jnp.mean(recon_B), kl=jnp.mean(kl_B),
-                    bpd=losses.bits_per_dim(loss, int(np.prod(hp.image_shape))))
+  return loss, dict(
+    loss=loss,
+    elbo=-loss,
+    recon=jnp.mean(recon_B),
+    kl=jnp.mean(kl_B),
+    bpd=losses.bits_per_dim(loss, int(np.prod(hp.image_shape))),
+  )
 
 
 def train_step(state: DRAWState, batch: dict, key: jax.Array) -> tuple[DRAWState, dict]:
   """One optimizer step on -ELBO; metrics in nats/image (`loss`, `elbo`, `recon`, `kl`), `bpd`,
   the learning rate `lr` and the gradients' global norm `grad_norm` (before clipping)."""
   step_key = jax.random.fold_in(key, state.step)
-  grads, metrics = jax.grad(_negative_elbo, has_aux=True)(state.draw.params, state, batch,
-                                                          step_key)
+  grads, metrics = jax.grad(_negative_elbo, has_aux=True)(state.draw.params, state, batch, step_key)
   draw, logged = common.apply_gradients(state.draw, grads)
   return state.replace(step=state.step + 1, draw=draw), {**metrics, **logged}
 
@@ -127,8 +160,10 @@ def tokenize(state: DRAWState, caption: str) -> np.ndarray:
   """Token ids int32 [L] of a caption for this run's vocabulary (CaptionError lists it)."""
   hp = state.hp
   if not hp.vocabulary:
-    raise UserError("this DRAW run is not caption-conditioned; train one with "
-                    "experiments/configs/aligndraw_captions.py to sample from captions")
+    raise UserError(
+      "this DRAW run is not caption-conditioned; train one with "
+      "experiments/configs/aligndraw_captions.py to sample from captions"
+    )
   return captions.tokenize(caption, hp.vocabulary, hp.max_tokens)
 
 
@@ -147,12 +182,22 @@ def caption_tokens(state: DRAWState, num: int, conditioning: Any = None) -> jax.
   return jnp.broadcast_to(tokens, (num, hp.max_tokens)) if tokens.ndim == 1 else tokens
 
 
-def sample_frames(state: DRAWState, key: jax.Array, num: int, conditioning: Any = None) -> jax.Array:
+def sample_frames(
+  state: DRAWState, key: jax.Array, num: int, conditioning: Any = None
+) -> jax.Array:
   """The canvas after every step, [T, num, H, W, C] in [-1, 1] (2 sigmoid(c_t) - 1), with
   z_t drawn from the prior; `conditioning` as in `caption_tokens`."""
   hp = state.hp
-  out = common.apply(_model(hp), state.draw.params, {}, None, caption_tokens(state, num, conditioning),
-                     num=num, train=False, rngs={"latent": key})[0]
+  out = common.apply(
+    _model(hp),
+    state.draw.params,
+    {},
+    None,
+    caption_tokens(state, num, conditioning),
+    num=num,
+    train=False,
+    rngs={"latent": key},
+  )[0]
   return 2.0 * jax.nn.sigmoid(out["canvas"]) - 1.0
 
 
@@ -164,8 +209,9 @@ def sample(state: DRAWState, key: jax.Array, num: int, conditioning: Any = None)
 # ------------------------------------------------------------------ likelihood bounds
 
 
-def log_likelihood_bounds(state: DRAWState, batch: dict, key: jax.Array, num_samples: int,
-                          chunk_images: int = 1024) -> dict[str, jax.Array]:
+def log_likelihood_bounds(
+  state: DRAWState, batch: dict, key: jax.Array, num_samples: int, chunk_images: int = 1024
+) -> dict[str, jax.Array]:
   """Lower bounds on log p(x) per test image, nats [B]: {"elbo": ..., "iwae": ...}.
 
   Each of the `num_samples` importance samples is a whole latent sequence z_1..T ~ q, with
@@ -187,8 +233,11 @@ def log_likelihood_bounds(state: DRAWState, batch: dict, key: jax.Array, num_sam
     out = _infer(hp, state.draw.params, x, tokens, jax.random.fold_in(z_key, i))
     log_p_TxB = losses.diag_gaussian_log_prob(out["z"], out["p_mean"], out["p_logvar"])
     log_q_TxB = losses.diag_gaussian_log_prob(out["z"], out["q_mean"], out["q_logvar"])
-    return (losses.bernoulli_log_prob(out["canvas"], x)
-            + jnp.sum(log_p_TxB, axis=0) - jnp.sum(log_q_TxB, axis=0))
+    return (
+      losses.bernoulli_log_prob(out["canvas"], x)
+      + jnp.sum(log_p_TxB, axis=0)
+      - jnp.sum(log_q_TxB, axis=0)
+    )
 
   def one_chunk(_, c):
     return None, jax.vmap(log_weight_B)(c * chunk + jnp.arange(chunk))
@@ -201,8 +250,9 @@ def log_likelihood_bounds(state: DRAWState, batch: dict, key: jax.Array, num_sam
 # ------------------------------------------------------------------ pictures
 
 
-def save_captioned_grid(images_NxHxWxC: np.ndarray, texts: list[str], path: Path, ncols: int,
-                        scale: int = 2) -> Path:
+def save_captioned_grid(
+  images_NxHxWxC: np.ndarray, texts: list[str], path: Path, ncols: int, scale: int = 2
+) -> Path:
   """A grid PNG (as viz.save_grid) with text row r written to the left of row r."""
   picture = viz.grid(images_NxHxWxC, ncols)
   grid_img = Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture)
@@ -220,26 +270,38 @@ def save_captioned_grid(images_NxHxWxC: np.ndarray, texts: list[str], path: Path
   return path
 
 
-def _caption_pictures(state: DRAWState, frames: np.ndarray, batch: dict, key: jax.Array,
-                      frames_fn: Any, outdir: Path) -> list[Path]:
+def _caption_pictures(
+  state: DRAWState, frames: np.ndarray, batch: dict, key: jax.Array, frames_fn: Any, outdir: Path
+) -> list[Path]:
   """example_captions.png from `frames` (samples of EXAMPLE_CAPTIONS, 8 per caption), and
   test_captions.png: per row, a test image then 7 samples for its caption."""
   hp, cols = state.hp, 8
-  rows = [c + " (held out)" * captions.is_held_out(*captions.parse(c))
-          for c in captions.EXAMPLE_CAPTIONS]
+  rows = [
+    c + " (held out)" * captions.is_held_out(*captions.parse(c)) for c in captions.EXAMPLE_CAPTIONS
+  ]
   paths = [save_captioned_grid(frames[-1], rows, outdir / "example_captions.png", cols)]
   n = min(len(batch["image"]), cols)
   tokens_NxL = np.asarray(batch["tokens"][:n])
   held = np.asarray(batch.get("held_out", np.zeros(n)))[:n]
-  texts = [captions.detokenize(t, hp.vocabulary) + " (held out)" * bool(h)
-           for t, h in zip(tokens_NxL, held)]
+  texts = [
+    captions.detokenize(t, hp.vocabulary) + " (held out)" * bool(h)
+    for t, h in zip(tokens_NxL, held)
+  ]
   # 64 samples, as for `frames`, so the sampler compiles once
   tokens = tokens_NxL[(np.arange(cols * cols) // cols) % n]
   samples = np.asarray(frames_fn(state, key, cols * cols, jnp.asarray(tokens))[-1])
-  table = np.concatenate([np.asarray(batch["image"][:n])[:, None],
-                          samples.reshape(cols, cols, *samples.shape[1:])[:n, :cols - 1]], axis=1)
-  paths.append(save_captioned_grid(table.reshape(-1, *table.shape[2:]), texts,
-                                   outdir / "test_captions.png", cols))
+  table = np.concatenate(
+    [
+      np.asarray(batch["image"][:n])[:, None],
+      samples.reshape(cols, cols, *samples.shape[1:])[:n, : cols - 1],
+    ],
+    axis=1,
+  )
+  paths.append(
+    save_captioned_grid(
+      table.reshape(-1, *table.shape[2:]), texts, outdir / "test_captions.png", cols
+    )
+  )
   return paths
 
 
@@ -256,11 +318,14 @@ def pictures(state: DRAWState, batch: dict, key: jax.Array, outdir: Path) -> lis
   frames_fn = jax.jit(sample_frames, static_argnums=2)
   sample_key, test_key = jax.random.split(key)
   frames = np.asarray(frames_fn(state, sample_key, 64, caption_tokens(state, 64)))
-  paths = [viz.save_animation(frames, outdir / "canvas.gif", ncols=8),
-           viz.save_grid(frames[-1], outdir / "samples.png", ncols=8)]
+  paths = [
+    viz.save_animation(frames, outdir / "canvas.gif", ncols=8),
+    viz.save_grid(frames[-1], outdir / "samples.png", ncols=8),
+  ]
   steps = np.swapaxes(frames[:, ::8], 0, 1)  # [8 samples, T, H, W, C]
-  paths.append(viz.save_grid(steps.reshape(-1, *steps.shape[2:]), outdir / "steps.png",
-                             ncols=frames.shape[0]))
+  paths.append(
+    viz.save_grid(steps.reshape(-1, *steps.shape[2:]), outdir / "steps.png", ncols=frames.shape[0])
+  )
   if state.hp.vocabulary:
     paths += _caption_pictures(state, frames, jax.device_get(batch), test_key, frames_fn, outdir)
   return paths

@@ -26,34 +26,52 @@ class GANState:
 
 
 def _models(hp: ml_collections.FrozenConfigDict):
-  kw = dict(image_shape=tuple(hp.image_shape), width=hp.width, kernel_size=hp.kernel_size,
-            num_classes=hp.num_classes, fast_ops=hp.fast_ops)
+  kw = dict(
+    image_shape=tuple(hp.image_shape),
+    width=hp.width,
+    kernel_size=hp.kernel_size,
+    num_classes=hp.num_classes,
+    fast_ops=hp.fast_ops,
+  )
   return gan_models.Generator(**kw), gan_models.Discriminator(**kw)
 
 
 def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: dict) -> GANState:
   """Initial state of both players for images shaped like `sample_batch["image"]`."""
   m = config.model
-  hp = ml_collections.FrozenConfigDict(dict(
-      image_shape=tuple(sample_batch["image"].shape[1:]), width=m.width,
-      kernel_size=m.kernel_size, num_classes=m.num_classes, latent_dim=m.latent_dim,
-      loss=m.loss, d_steps=m.d_steps, ema_decay=m.ema_decay,
-      fast_ops=ops.use_fast_ops(config.get("fast_ops", "auto"))))
+  hp = ml_collections.FrozenConfigDict(
+    dict(
+      image_shape=tuple(sample_batch["image"].shape[1:]),
+      width=m.width,
+      kernel_size=m.kernel_size,
+      num_classes=m.num_classes,
+      latent_dim=m.latent_dim,
+      loss=m.loss,
+      d_steps=m.d_steps,
+      ema_decay=m.ema_decay,
+      fast_ops=ops.use_fast_ops(config.get("fast_ops", "auto")),
+    )
+  )
   if hp.loss not in losses.GAN_LOSSES:
-    raise ConfigError(f"unknown GAN loss {hp.loss!r}; set config.model.loss to one of "
-                     f"{tuple(losses.GAN_LOSSES)}")
+    raise ConfigError(
+      f"unknown GAN loss {hp.loss!r}; set config.model.loss to one of {tuple(losses.GAN_LOSSES)}"
+    )
   generator, discriminator = _models(hp)
   g_key, d_key = jax.random.split(key)
   z = jnp.zeros((1, hp.latent_dim))
   labels = jnp.zeros((1,), jnp.int32) if hp.num_classes else None
   g_params, g_stats = common.init_model(generator, g_key, z, labels)
   d_params, d_stats = common.init_model(discriminator, d_key, sample_batch["image"][:1], labels)
-  make = lambda model, params, stats, lr: common.create_model_state(model, params, stats,
-                                                                   config.optim, lr)
-  return GANState(step=jnp.zeros((), jnp.int32),
-                  g=make(generator, g_params, g_stats, config.optim.g_lr),
-                  d=make(discriminator, d_params, d_stats, config.optim.d_lr),
-                  ema_params=jax.tree.map(jnp.copy, g_params), hp=hp)
+  make = lambda model, params, stats, lr: common.create_model_state(
+    model, params, stats, config.optim, lr
+  )
+  return GANState(
+    step=jnp.zeros((), jnp.int32),
+    g=make(generator, g_params, g_stats, config.optim.g_lr),
+    d=make(discriminator, d_params, d_stats, config.optim.d_lr),
+    ema_params=jax.tree.map(jnp.copy, g_params),
+    hp=hp,
+  )
 
 
 def train_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, dict]:
@@ -68,7 +86,8 @@ def train_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, 
   labels = batch["label"] if hp.num_classes else None
   keys = jax.random.split(jax.random.fold_in(key, state.step), hp.d_steps + 1)
   latent = lambda k: common.shard_batch_axis(
-      jax.random.normal(k, (real.shape[0], hp.latent_dim), real.dtype))
+    jax.random.normal(k, (real.shape[0], hp.latent_dim), real.dtype)
+  )
 
   # ---- discriminator: G's BatchNorm runs on batch statistics but its running
   # averages are updated only in the generator's own step.
@@ -77,20 +96,21 @@ def train_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, 
     fake, _ = common.apply(generator, g.params, g.batch_stats, latent(keys[i]), labels, train=True)
     fake = jax.lax.stop_gradient(fake)
 
-    def d_objective(d_params):
-      real_logits, stats = common.apply(discriminator, d_params, d.batch_stats, real, labels,
-                                        train=True)
+    def d_objective(d_params, d_stats, fake):
+      real_logits, stats = common.apply(discriminator, d_params, d_stats, real, labels, train=True)
       fake_logits, stats = common.apply(discriminator, d_params, stats, fake, labels, train=True)
       return d_loss_fn(real_logits, fake_logits), (stats, real_logits, fake_logits)
 
     (d_loss, (d_stats, real_logits, fake_logits)), d_grads = jax.value_and_grad(
-        d_objective, has_aux=True)(d.params)
+      d_objective, has_aux=True
+    )(d.params, d.batch_stats, fake)
     d, d_logged = common.apply_gradients(d, d_grads, "d_", batch_stats=d_stats)
 
   # ---- generator
   def g_objective(g_params):
-    fake, stats = common.apply(generator, g_params, g.batch_stats, latent(keys[-1]), labels,
-                               train=True)
+    fake, stats = common.apply(
+      generator, g_params, g.batch_stats, latent(keys[-1]), labels, train=True
+    )
     logits, _ = common.apply(discriminator, d.params, d.batch_stats, fake, labels, train=True)
     return g_loss_fn(logits), stats
 
@@ -101,9 +121,14 @@ def train_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, 
   decay = jnp.minimum(hp.ema_decay, (1.0 + state.step) / (10.0 + state.step))
   ema = optax.incremental_update(g.params, state.ema_params, step_size=1.0 - decay)
 
-  metrics = dict(d_loss=d_loss, g_loss=g_loss,
-                 d_real=jnp.mean(jax.nn.sigmoid(real_logits)),
-                 d_fake=jnp.mean(jax.nn.sigmoid(fake_logits)), **d_logged, **g_logged)
+  metrics = dict(
+    d_loss=d_loss,
+    g_loss=g_loss,
+    d_real=jnp.mean(jax.nn.sigmoid(real_logits)),
+    d_fake=jnp.mean(jax.nn.sigmoid(fake_logits)),
+    **d_logged,
+    **g_logged,
+  )
   return state.replace(step=state.step + 1, g=g, d=d, ema_params=ema), metrics
 
 
@@ -115,8 +140,9 @@ def eval_step(state: GANState, batch: dict, key: jax.Array) -> dict:
   labels = batch["label"] if hp.num_classes else None
   z = jax.random.normal(key, (batch["image"].shape[0], hp.latent_dim))
   fake, _ = common.apply(generator, state.ema_params, state.g.batch_stats, z, labels, train=False)
-  d_apply = lambda x: common.apply(discriminator, state.d.params, state.d.batch_stats, x, labels,
-                                   train=False)[0]
+  d_apply = lambda x: common.apply(
+    discriminator, state.d.params, state.d.batch_stats, x, labels, train=False
+  )[0]
   real_logits, fake_logits = d_apply(batch["image"]), d_apply(fake)
   return dict(d_loss=d_loss_fn(real_logits, fake_logits), g_loss=g_loss_fn(fake_logits))
 
@@ -124,8 +150,9 @@ def eval_step(state: GANState, batch: dict, key: jax.Array) -> dict:
 def generate(state: GANState, z_NxZ: jax.Array, labels_N: jax.Array | None = None) -> jax.Array:
   """Images [N, H, W, C] in [-1, 1] from given latents (and labels), EMA generator."""
   generator, _ = _models(state.hp)
-  return common.apply(generator, state.ema_params, state.g.batch_stats, z_NxZ, labels_N,
-                      train=False)[0]
+  return common.apply(
+    generator, state.ema_params, state.g.batch_stats, z_NxZ, labels_N, train=False
+  )[0]
 
 
 def sample(state: GANState, key: jax.Array, num: int, conditioning: Any = None) -> jax.Array:
@@ -141,11 +168,19 @@ def pictures(state: GANState, batch: dict, key: jax.Array, outdir: Path) -> list
   path_z = viz.interpolation_path(z[:8], z[8:], steps)
   # a conditional model holds the class fixed along each row
   labels = jnp.repeat(jnp.arange(8) % hp.num_classes, steps) if hp.num_classes else None
-  paths = [viz.save_grid(np.asarray(generate(state, jnp.asarray(path_z), labels)),
-                         outdir / "interpolations.png", ncols=steps)]
+  paths = [
+    viz.save_grid(
+      np.asarray(generate(state, jnp.asarray(path_z), labels)),
+      outdir / "interpolations.png",
+      ncols=steps,
+    )
+  ]
   if hp.num_classes:
     z_col = jnp.tile(jnp.asarray(z[:steps]), (hp.num_classes, 1))  # same z down each column
     by_class = jnp.repeat(jnp.arange(hp.num_classes), steps)
-    paths.append(viz.save_grid(np.asarray(generate(state, z_col, by_class)),
-                               outdir / "classes.png", ncols=steps))
+    paths.append(
+      viz.save_grid(
+        np.asarray(generate(state, z_col, by_class)), outdir / "classes.png", ncols=steps
+      )
+    )
   return paths

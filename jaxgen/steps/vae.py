@@ -42,9 +42,14 @@ class VAEState:
 def _model(hp: ml_collections.FrozenConfigDict) -> vae_models.VAE:
   out_channels = LIKELIHOODS[hp.likelihood] * hp.image_shape[-1]
   return vae_models.VAE(
-      image_shape=tuple(hp.image_shape), out_channels=out_channels, latent_dim=hp.latent_dim,
-      width=hp.width, kernel_size=hp.kernel_size, num_classes=hp.num_classes,
-      fast_ops=hp.fast_ops)
+    image_shape=tuple(hp.image_shape),
+    out_channels=out_channels,
+    latent_dim=hp.latent_dim,
+    width=hp.width,
+    kernel_size=hp.kernel_size,
+    num_classes=hp.num_classes,
+    fast_ops=hp.fast_ops,
+  )
 
 
 def _num_dims(hp: ml_collections.FrozenConfigDict) -> int:
@@ -55,12 +60,21 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
   """Initial state for images shaped like `sample_batch["image"]` [B, H, W, C]."""
   m = config.model
   if m.likelihood not in LIKELIHOODS:
-    raise ConfigError(f"unknown VAE likelihood {m.likelihood!r}; set config.model.likelihood to "
-                      f"one of {tuple(LIKELIHOODS)}")
-  hp = ml_collections.FrozenConfigDict(dict(
-      image_shape=tuple(sample_batch["image"].shape[1:]), width=m.width,
-      kernel_size=m.get("kernel_size", 4), latent_dim=m.latent_dim, num_classes=m.num_classes,
-      likelihood=m.likelihood, fast_ops=ops.use_fast_ops(config.get("fast_ops", "auto"))))
+    raise ConfigError(
+      f"unknown VAE likelihood {m.likelihood!r}; set config.model.likelihood to "
+      f"one of {tuple(LIKELIHOODS)}"
+    )
+  hp = ml_collections.FrozenConfigDict(
+    dict(
+      image_shape=tuple(sample_batch["image"].shape[1:]),
+      width=m.width,
+      kernel_size=m.get("kernel_size", 4),
+      latent_dim=m.latent_dim,
+      num_classes=m.num_classes,
+      likelihood=m.likelihood,
+      fast_ops=ops.use_fast_ops(config.get("fast_ops", "auto")),
+    )
+  )
   model = _model(hp)
   x = sample_batch["image"][:1]
   labels = jnp.zeros((1,), jnp.int32) if hp.num_classes else None
@@ -77,8 +91,9 @@ def binarize(key: jax.Array, image_BxHxWxC: jax.Array) -> jax.Array:
   return jax.random.bernoulli(key, (image_BxHxWxC + 1.0) / 2.0).astype(image_BxHxWxC.dtype)
 
 
-def observe(hp: ml_collections.FrozenConfigDict, image_BxHxWxC: jax.Array,
-            key: jax.Array) -> tuple[jax.Array, jax.Array]:
+def observe(
+  hp: ml_collections.FrozenConfigDict, image_BxHxWxC: jax.Array, key: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """(encoder input in [-1, 1], likelihood target), both [B, H, W, C], for this likelihood."""
   if hp.likelihood == "bernoulli":
     target = binarize(key, image_BxHxWxC)
@@ -86,8 +101,9 @@ def observe(hp: ml_collections.FrozenConfigDict, image_BxHxWxC: jax.Array,
   return image_BxHxWxC, image_BxHxWxC
 
 
-def log_likelihood(hp: ml_collections.FrozenConfigDict, out_BxHxWxP: jax.Array,
-                   target_BxHxWxC: jax.Array) -> jax.Array:
+def log_likelihood(
+  hp: ml_collections.FrozenConfigDict, out_BxHxWxP: jax.Array, target_BxHxWxC: jax.Array
+) -> jax.Array:
   """log p(x|z) in nats [B] (any leading axes) from the decoder's output."""
   if hp.likelihood == "bernoulli":
     return losses.bernoulli_log_prob(out_BxHxWxP, target_BxHxWxC)
@@ -108,22 +124,30 @@ def _labels(hp: ml_collections.FrozenConfigDict, batch: dict) -> jax.Array | Non
   return batch["label"] if hp.num_classes else None
 
 
-def _elbo_metrics(hp: ml_collections.FrozenConfigDict, recon_B: jax.Array,
-                  kl_B: jax.Array) -> tuple[jax.Array, dict]:
+def _elbo_metrics(
+  hp: ml_collections.FrozenConfigDict, recon_B: jax.Array, kl_B: jax.Array
+) -> tuple[jax.Array, dict]:
   loss = jnp.mean(recon_B + kl_B)
-  return loss, dict(loss=loss, elbo=-loss, recon=jnp.mean(recon_B), kl=jnp.mean(kl_B),
-                    bpd=losses.bits_per_dim(loss, _num_dims(hp)))
+  return loss, dict(
+    loss=loss,
+    elbo=-loss,
+    recon=jnp.mean(recon_B),
+    kl=jnp.mean(kl_B),
+    bpd=losses.bits_per_dim(loss, _num_dims(hp)),
+  )
 
 
-def _negative_elbo(params: Any, state: VAEState, batch: dict,
-                   key: jax.Array) -> tuple[jax.Array, dict]:
+def _negative_elbo(
+  params: Any, state: VAEState, batch: dict, key: jax.Array
+) -> tuple[jax.Array, dict]:
   """(-ELBO averaged over the batch, metrics): one reparameterised sample, KL in closed form."""
   hp = state.hp
   bin_key, eps_key = jax.random.split(key)
   x_in, target = observe(hp, batch["image"], bin_key)
   eps_BxZ = jax.random.normal(eps_key, (x_in.shape[0], hp.latent_dim), x_in.dtype)
-  (mean_BxZ, logvar_BxZ, out), _ = common.apply(_model(hp), params, state.vae.batch_stats, x_in,
-                                                eps_BxZ, _labels(hp, batch), train=True)
+  (mean_BxZ, logvar_BxZ, out), _ = common.apply(
+    _model(hp), params, state.vae.batch_stats, x_in, eps_BxZ, _labels(hp, batch), train=True
+  )
   recon_B = -log_likelihood(hp, out, target)
   kl_B = jnp.sum(losses.gaussian_kl(mean_BxZ, logvar_BxZ), axis=-1)
   return _elbo_metrics(hp, recon_B, kl_B)
@@ -154,20 +178,35 @@ def sample(state: VAEState, key: jax.Array, num: int, conditioning: Any = None) 
 
 
 def _encode(state: VAEState, x_BxHxWxC: jax.Array, labels: jax.Array | None):
-  return common.apply(_model(state.hp), state.vae.params, state.vae.batch_stats, x_BxHxWxC,
-                      labels, train=False, method="encode")[0]
+  return common.apply(
+    _model(state.hp),
+    state.vae.params,
+    state.vae.batch_stats,
+    x_BxHxWxC,
+    labels,
+    train=False,
+    method="encode",
+  )[0]
 
 
 def _decode(state: VAEState, z_BxZ: jax.Array, labels: jax.Array | None) -> jax.Array:
-  return common.apply(_model(state.hp), state.vae.params, state.vae.batch_stats, z_BxZ, labels,
-                      train=False, method="decode")[0]
+  return common.apply(
+    _model(state.hp),
+    state.vae.params,
+    state.vae.batch_stats,
+    z_BxZ,
+    labels,
+    train=False,
+    method="decode",
+  )[0]
 
 
 # ------------------------------------------------------------------ likelihood bounds
 
 
-def log_likelihood_bounds(state: VAEState, batch: dict, key: jax.Array, num_samples: int,
-                          chunk_images: int = 1024) -> dict[str, jax.Array]:
+def log_likelihood_bounds(
+  state: VAEState, batch: dict, key: jax.Array, num_samples: int, chunk_images: int = 1024
+) -> dict[str, jax.Array]:
   """Lower bounds on log p(x) per test image, nats [B]: {"elbo": ..., "iwae": ...}.
 
   Both come from the same `num_samples` importance samples z_i ~ q(z|x), with log-weights
@@ -191,13 +230,18 @@ def log_likelihood_bounds(state: VAEState, batch: dict, key: jax.Array, num_samp
   def one_chunk(carry, c):
     lse_B, sum_B = carry
     index_C = c * chunk + jnp.arange(chunk)
-    eps_CxBxZ = jax.vmap(lambda i: jax.random.normal(
-        jax.random.fold_in(eps_key, i), (b, hp.latent_dim), mean_BxZ.dtype))(index_C)
+    eps_CxBxZ = jax.vmap(
+      lambda i: jax.random.normal(
+        jax.random.fold_in(eps_key, i), (b, hp.latent_dim), mean_BxZ.dtype
+      )
+    )(index_C)
     z_CxBxZ = vae_models.reparameterize(mean_BxZ, logvar_BxZ, eps_CxBxZ)
     out = jax.vmap(lambda z: _decode(state, z, labels))(z_CxBxZ)
-    log_w_CxB = (log_likelihood(hp, out, target)
-                 + losses.diag_gaussian_log_prob(z_CxBxZ, 0.0, 0.0)
-                 - losses.diag_gaussian_log_prob(z_CxBxZ, mean_BxZ, logvar_BxZ))
+    log_w_CxB = (
+      log_likelihood(hp, out, target)
+      + losses.diag_gaussian_log_prob(z_CxBxZ, 0.0, 0.0)
+      - losses.diag_gaussian_log_prob(z_CxBxZ, mean_BxZ, logvar_BxZ)
+    )
     valid_Cx1 = (index_C < num_samples)[:, None]  # the last chunk may run past k
     lse_B = jnp.logaddexp(lse_B, jax.nn.logsumexp(jnp.where(valid_Cx1, log_w_CxB, -jnp.inf), 0))
     sum_B = sum_B + jnp.sum(jnp.where(valid_Cx1, log_w_CxB, 0.0), axis=0)
@@ -220,8 +264,9 @@ def reconstruct(state: VAEState, batch: dict, key: jax.Array) -> jax.Array:
   return mean_image(hp, _decode(state, mean_BxZ, labels))
 
 
-def interpolate(state: VAEState, batch_a: dict, batch_b: dict, key: jax.Array,
-                num_steps: int = 10) -> jax.Array:
+def interpolate(
+  state: VAEState, batch_a: dict, batch_b: dict, key: jax.Array, num_steps: int = 10
+) -> jax.Array:
   """Images [P, num_steps, H, W, C] decoded along the straight line between the posterior means
   of P pairs (a, b); conditional models interpolate the one-hot labels alongside."""
   hp = state.hp
@@ -230,8 +275,12 @@ def interpolate(state: VAEState, batch_a: dict, batch_b: dict, key: jax.Array,
   ends = []
   for b, k in ((batch_a, key_a), (batch_b, key_b)):
     labels = _labels(hp, b)
-    ends.append((_encode(state, observe(hp, b["image"], k)[0], labels)[0],
-                 jax.nn.one_hot(labels, hp.num_classes) if hp.num_classes else None))
+    ends.append(
+      (
+        _encode(state, observe(hp, b["image"], k)[0], labels)[0],
+        jax.nn.one_hot(labels, hp.num_classes) if hp.num_classes else None,
+      )
+    )
   (za_PxZ, ya), (zb_PxZ, yb) = ends
   lerp = lambda a, b: a[:, None] + t_T[None, :, None] * (b - a)[:, None]  # [P, T, .]
   z_PxTxZ = lerp(za_PxZ, zb_PxZ)
@@ -248,8 +297,9 @@ def kl_per_unit(state: VAEState, batch: dict, key: jax.Array) -> jax.Array:
   return jnp.mean(losses.gaussian_kl(mean_BxZ, logvar_BxZ), axis=0)
 
 
-def bar_chart(values_N: np.ndarray, path: Path, title: str, threshold: float,
-              height: int = 160, bar: int = 8) -> Path:
+def bar_chart(
+  values_N: np.ndarray, path: Path, title: str, threshold: float, height: int = 160, bar: int = 8
+) -> Path:
   """A PNG bar chart of non-negative values [N] under a title (lines split on newlines): dark
   bars above `threshold`, grey below."""
   values_N = np.asarray(values_N, np.float64)
@@ -296,21 +346,33 @@ def pictures(state: VAEState, batch: dict, key: jax.Array, outdir: Path) -> list
   p = min(b // 2, 8)
   half = b // 2
   pair_a = {k: v[:p] for k, v in batch.items()}
-  pair_b = {k: v[half:half + p] for k, v in batch.items()}
+  pair_b = {k: v[half : half + p] for k, v in batch.items()}
   frames = jax.jit(interpolate, static_argnums=4)(state, pair_a, pair_b, int_key, 10)
   frames = np.asarray(frames)
-  paths.append(viz.save_grid(frames.reshape(-1, *frames.shape[2:]), outdir / "interpolations.png",
-                             frames.shape[1]))
+  paths.append(
+    viz.save_grid(
+      frames.reshape(-1, *frames.shape[2:]), outdir / "interpolations.png", frames.shape[1]
+    )
+  )
 
   kl_Z = np.asarray(jax.jit(kl_per_unit)(state, batch, kl_key))
   active = int(np.sum(kl_Z > ACTIVE_UNIT_NATS))
-  title = (f"KL per latent unit, nats (mean over {b} images; max {kl_Z.max():.2f})\n"
-           f"{active}/{len(kl_Z)} active (> {ACTIVE_UNIT_NATS} nats), total {kl_Z.sum():.1f} nats")
+  title = (
+    f"KL per latent unit, nats (mean over {b} images; max {kl_Z.max():.2f})\n"
+    f"{active}/{len(kl_Z)} active (> {ACTIVE_UNIT_NATS} nats), total {kl_Z.sum():.1f} nats"
+  )
   paths.append(bar_chart(kl_Z, outdir / "kl_per_unit.png", title, ACTIVE_UNIT_NATS))
-  info = dict(kl_per_unit_nats=[round(float(v), 5) for v in kl_Z], active_units=active,
-              active_threshold_nats=ACTIVE_UNIT_NATS, num_images=b, total_kl_nats=float(kl_Z.sum()))
+  info = dict(
+    kl_per_unit_nats=[round(float(v), 5) for v in kl_Z],
+    active_units=active,
+    active_threshold_nats=ACTIVE_UNIT_NATS,
+    num_images=b,
+    total_kl_nats=float(kl_Z.sum()),
+  )
   (outdir / "kl_per_unit.json").write_text(json.dumps(info, indent=1))
   paths.append(outdir / "kl_per_unit.json")
-  print(f"active latent units: {active}/{len(kl_Z)} (KL > {ACTIVE_UNIT_NATS} nats, "
-        f"mean over {b} test images)")
+  print(
+    f"active latent units: {active}/{len(kl_Z)} (KL > {ACTIVE_UNIT_NATS} nats, "
+    f"mean over {b} test images)"
+  )
   return paths
