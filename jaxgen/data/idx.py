@@ -275,11 +275,12 @@ def prepare_local(
   source_dir: str,
   what: str,
   validate: Callable[[], object] = lambda: None,
+  files: str = "the IDX files",
 ) -> tfds.core.DatasetBuilder:
   """The builder `make_builder()` returns, prepared from the files in source_dir if it is not.
 
   Preparing runs `validate()` first (precise errors before TFDS starts), then prints
-  "<name>: <what> from the IDX files in <source_dir> into array_record in <dir>, once" and,
+  "<name>: <what> from <files> in <source_dir> into array_record in <dir>, once" and,
   when done, the time it took.
   """
   builder = make_builder()
@@ -288,8 +289,7 @@ def prepare_local(
   validate()
   name = builder.builder_config.name
   print(
-    f"{name}: {what} from the IDX files in {source_dir} into array_record in "
-    f"{builder.data_dir}, once",
+    f"{name}: {what} from {files} in {source_dir} into array_record in {builder.data_dir}, once",
     flush=True,
   )
   t0 = time.perf_counter()

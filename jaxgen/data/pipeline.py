@@ -81,6 +81,11 @@ def load(
 
     builder = captions.prepare(captions.caption_config(name, source_dir), data_dir)
     return builder.as_data_source(split=split), _info_from_builder(name, builder.info)
+  if name.split("/")[0] == "emoji":  # colour emoji glyphs (jaxgen.data.emoji)
+    from jaxgen.data import emoji
+
+    builder = emoji.prepare(emoji.emoji_config(name, source_dir), data_dir)
+    return builder.as_data_source(split=split), _info_from_builder(name, builder.info)
   if name == "fashion_mnist":
     if source_dir is None or os.path.abspath(source_dir) == idx.FASHION_MNIST_DIR:
       config = idx.FASHION_MNIST
