@@ -323,7 +323,11 @@ class Emoji(idx.LocalFilesBuilder, tfds.core.GeneratorBasedBuilder):
       )
       for e, image in drawn
     ]
-    return {split: self._generate_examples(examples, split) for split in ("train", "test")}
+    return {
+      split: self._generate_examples(examples, split)
+      for split in ("train", "test")
+      if any(s == split for s, _ in examples)  # TFDS refuses an empty split
+    }
 
   def _generate_examples(self, examples, split: str) -> Iterator[tuple[int, dict]]:
     for i, (s, example) in enumerate(examples):
