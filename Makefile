@@ -1,17 +1,19 @@
 # make demo: set up .venv, get Fashion-MNIST, train the DCGAN demo (~10 min on 2 CPU cores).
-# make test: same set-up plus the PyTorch peer and headless Chromium (as root), then the fast
-# test suite (make test-all adds the slow tests). Versions come from constraints.txt (make lock
-# refreshes it).
+# make test: same set-up plus the PyTorch peer, headless Chromium and the emoji font and table
+# (as root), then the fast test suite (make test-all adds the slow tests). Versions come from
+# constraints.txt (make lock refreshes it).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c constraints.txt
 DATA := /usr/share/datasets/fashion-mnist
+EMOJI_FONT := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
+EMOJI_TABLE := /usr/share/unicode/emoji/emoji-test.txt
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 LINT_STAMP := $(VENV)/.installed-lint
 
-.PHONY: setup setup-bench data browser demo test test-all bench lint format lock clean
+.PHONY: setup setup-bench data data-emoji browser demo test test-all bench lint format lock clean
 
 setup: $(STAMP)
 
@@ -65,6 +67,20 @@ data:
 	  exit 1; \
 	fi
 
+# The emoji data set's font and table (jaxgen.data.emoji); without them its real-font tests skip.
+data-emoji:
+	@if [ -f $(EMOJI_FONT) ] && [ -f $(EMOJI_TABLE) ]; then \
+	  echo "emoji: $(EMOJI_FONT), $(EMOJI_TABLE)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's fonts-noto-color-emoji and unicode-data"; \
+	  apt-get update -qq && apt-get install -y -qq fonts-noto-color-emoji unicode-data >/dev/null; \
+	else \
+	  echo "the emoji font or table is missing: the emoji data set's real-font tests will be" \
+	       "skipped. Either: sudo apt-get install fonts-noto-color-emoji unicode-data;" \
+	       "or put NotoColorEmoji.ttf and emoji-test.txt in a folder and pass" \
+	       "--config.data.source_dir=FOLDER to jaxgen train."; \
+	fi
+
 # Headless Chromium for the report's browser test (tests/test_report.py skips without one).
 browser:
 	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
@@ -80,10 +96,10 @@ demo: setup data
 	$(VENV)/bin/jaxgen train --config experiments/configs/dcgan_fashion.py --workdir runs/demo
 	@echo "sample grids: runs/demo/samples/   metrics: runs/demo/metrics.jsonl   checkpoints: runs/demo/checkpoints/"
 
-test: setup setup-bench data browser
+test: setup setup-bench data data-emoji browser
 	$(PY) -m pytest -q
 
-test-all: setup setup-bench data browser
+test-all: setup setup-bench data data-emoji browser
 	$(PY) -m pytest -q -m ""
 
 bench: setup setup-bench

@@ -19,7 +19,8 @@ Two forms:
 Small budget (`small_budget`), added after the README's own flags (later flags win):
   jaxgen train      --config.num_steps=2, --config.data.source_dir=<fashion_slice: 512 train /
                     128 test real images>, --config.data.data_dir=<a fresh folder>; captioned data
-                    sets use their /small variant (2000 / 500 canvases, not 20000 / 2000)
+                    sets use their /small variant (2000 / 500 canvases, not 20000 / 2000); emoji
+                    configs keep the Debian font and table (skipped where not installed)
   jaxgen evaluate   --num_samples 128 --num_importance 2 (with --workdir)
   sample, report    as written
 
@@ -51,6 +52,7 @@ from conftest import REPO
 
 from jaxgen import cli, evaluate
 from jaxgen import config as config_lib
+from jaxgen.data import emoji
 
 README = REPO / "README.md"
 MAKEFILE = REPO / "Makefile"
@@ -124,6 +126,8 @@ def plan(markdown: str, makefile: str) -> tuple[list[str], list[tuple[str, str]]
       run += demo_recipe(makefile)
     elif why := next((why for start, why in SKIPPED if command.startswith(start)), None):
       skipped.append((command, why))
+    elif "_emoji.py" in command and not all(p.is_file() for p in emoji.source_paths()):
+      skipped.append((command, "the emoji font and table are not installed (make data-emoji)"))
     else:
       assert command.startswith("jaxgen "), (
         f"no rule for README command `{command}`: run, skip or substitute it (tests/test_readme.py)"
@@ -136,12 +140,12 @@ def small_budget(command: str, source_dir: Path, data_dir: Path) -> list[str]:
   """The argv (after `jaxgen`) of a README command with the budget of the module docstring."""
   argv = shlex.split(command)[1:]
   if argv[0] == "train":
+    name = config_lib.load(argv[argv.index("--config") + 1]).data.name
     extra = [
       f"--config.num_steps={NUM_STEPS}",
-      f"--config.data.source_dir={source_dir}",
+      *([] if name.startswith("emoji") else [f"--config.data.source_dir={source_dir}"]),
       f"--config.data.data_dir={data_dir}",
     ]
-    name = config_lib.load(argv[argv.index("--config") + 1]).data.name
     if name.startswith(evaluate.CAPTIONED_PREFIX) and "/" not in name:
       extra.append(f"--config.data.name={name}/small")
     return argv + extra

@@ -303,6 +303,11 @@ class Emoji(idx.LocalFilesBuilder, tfds.core.GeneratorBasedBuilder):
     font, table = check_sources(cfg.source_dir or None)
     entries = select(parse_table(table), cfg.variant)
     drawn, skipped = render_all(entries, make_renderer(font), cfg.image_size)
+    print(
+      f"{cfg.name}: drew {len(drawn)} of the table's {len(entries)} {cfg.variant} emoji; "
+      f"{len(skipped)} skipped, the font has no glyph for them (metadata['skipped'])",
+      flush=True,
+    )
     subs, vocab = subgroups(entries), vocabulary(entries)
     self.info.metadata.update(
       subgroups=list(subs),
