@@ -72,7 +72,7 @@ _WORD = re.compile(r"[^\s:,.()“”!]+")
 
 def _install_hint() -> str:
   return (
-    f"install them with `apt-get install {FONT_PACKAGE} {TABLE_PACKAGE}` (as root; `make data` "
+    f"install them with `apt-get install {FONT_PACKAGE} {TABLE_PACKAGE}` (as root; `make data-emoji` "
     f"does it), or put {FONT_FILE} and {TABLE_FILE} in a folder and set data.source_dir to it"
   )
 
