@@ -225,7 +225,9 @@ def make_renderer(font_path: str | os.PathLike) -> Renderer:
   return render
 
 
-def to_array(rgba: Image.Image, size: int, background=BACKGROUND) -> np.ndarray:
+def to_array(
+  rgba: Image.Image, size: int, background: tuple[int, int, int] = BACKGROUND
+) -> np.ndarray:
   """An RGBA glyph composited on `background` and Lanczos-resized: uint8 [size, size, 3]."""
   base = Image.new("RGBA", rgba.size, (*background, 255))
   rgb = Image.alpha_composite(base, rgba).convert("RGB")
