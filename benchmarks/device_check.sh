@@ -8,7 +8,8 @@
 #   benchmarks/device_check.sh --no_install --out runs/x.json --matmul_precision tf32
 #
 # Other options go to the driver: python -m benchmarks.device_check --help.
-# Environment: TORCH_INDEX_URL overrides the PyTorch wheel index used on CUDA hosts.
+# Environment (CUDA hosts): TORCH_CUDA_VARIANT (cu128 for CUDA 12 drivers, cu130 for 13) and
+# TORCH_INDEX_URL choose the CUDA torch wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Before JAX starts: allocate GPU memory as needed (not 75% up front), so PyTorch fits beside it.
@@ -20,7 +21,7 @@ args=()
 for a in "$@"; do
   case "$a" in
     --no_install) install=0 ;;
-    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
     *) args+=("$a") ;;
   esac
 done
@@ -40,9 +41,11 @@ if ((install)); then
     say $PY -m pip install -q "jax[$cuda]==$jax_version" ||
       echo "jax[$cuda]==$jax_version did not install: JAX stays on the CPU"
     if ! $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
-      index=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cu$([ $cuda = cuda13 ] && echo 130 || echo 128)}
-      echo "installing a CUDA build of torch==$torch_version from $index"
-      say $PY -m pip install -q "torch==$torch_version" --index-url "$index" ||
+      # The local version (+cu128) makes pip replace an installed +cpu build of the same torch.
+      variant=${TORCH_CUDA_VARIANT:-$([ $cuda = cuda13 ] && echo cu130 || echo cu128)}
+      index=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/$variant}
+      echo "installing torch==$torch_version+$variant (a CUDA build) from $index"
+      say $PY -m pip install -q "torch==$torch_version+$variant" --index-url "$index" ||
         echo "no CUDA torch==$torch_version here: the PyTorch peer is skipped on the GPU"
     fi
   elif ls /dev/accel* >/dev/null 2>&1 || [ -e /dev/vfio/0 ]; then
