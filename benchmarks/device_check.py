@@ -29,6 +29,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from benchmarks import throughput
+
 REPO = Path(__file__).resolve().parents[1]
 # Backend-independent: nothing here assumes XLA:CPU's kernels, options or 8 simulated devices.
 # tests/test_ops.py is left out: its custom VJPs are XLA:CPU's fast paths, off on GPU and TPU.
@@ -116,8 +118,6 @@ def run_tests(selection: list[str], backend: str, matmul_precision: str, timeout
 
 def run_throughput(args, quick: bool) -> dict:
   """The throughput rows (every family x dtype, with the PyTorch peer), printed as measured."""
-  from benchmarks import throughput
-
   argv = [*SIZES["quick" if quick else "full"], "--dtypes", ",".join(args.dtypes)]
   argv += ["--matmul_precision", args.matmul_precision]
   if quick:
@@ -146,7 +146,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     default=None,
     help="tiny sizes and a few tests (default: on for CPU, off on GPU/TPU)",
   )
-  p.add_argument("--dtypes", type=csv, default=["float32", "bfloat16"])
+  p.add_argument("--dtypes", type=csv, default=["float32", "bfloat16"], help="computation dtypes")
   p.add_argument(
     "--matmul_precision",
     choices=("highest", "tf32"),
@@ -164,7 +164,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument(
     "--setup_s", type=float, default=None, help="seconds the installation took (from the script)"
   )
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  for name in args.dtypes:
+    if name not in throughput.DTYPES:
+      p.error(f"unknown dtype {name!r}: choose from {', '.join(throughput.DTYPES)}")
+  return args
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -172,8 +176,6 @@ def main(argv: list[str] | None = None) -> dict:
   t0 = time.perf_counter()
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # before JAX starts
   import jax
-
-  from benchmarks import throughput
 
   backend, devices = jax.default_backend(), jax.devices()
   quick = backend == "cpu" if args.quick is None else args.quick

@@ -56,6 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "experiments" / "configs"
 MEMORY = ("device_peak_mib", "torch_peak_mib")  # "n/a" where the backend reports none
 NOT_SUPPORTED = "not supported yet"
+DTYPES = ("float32", "bfloat16", "float16")  # --dtypes (the PyTorch peer: the first two)
 JAX_PRECISION = {"highest": "highest", "tf32": "tensorfloat32"}  # --matmul_precision -> jax
 COLUMNS = (  # (key, header, format)
   ("family", "family", "{}"),
@@ -276,8 +277,6 @@ def run_here(args) -> dict:
   `args.matmul_precision`; returns {"machine", "rows", "notes"}."""
   import jax
 
-  if args.matmul_precision not in JAX_PRECISION:
-    raise SystemExit(f"--matmul_precision {args.matmul_precision!r}: choose highest or tf32")
   with jax.default_matmul_precision(JAX_PRECISION[args.matmul_precision]):
     return _run_here(args)
 
@@ -420,9 +419,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     default=None,
     help="comma-separated, \"config\" for the config's (default: the config's, half and double)",
   )
+
+  def dtypes(text: str) -> list[str]:
+    names = csv(text)
+    for name in names:
+      if name not in DTYPES:
+        raise argparse.ArgumentTypeError(f"unknown dtype {name!r}: choose from {', '.join(DTYPES)}")
+    return names
+
   p.add_argument(
     "--dtypes",
-    type=csv,
+    type=dtypes,
     default=["float32"],
     help="computation dtypes, e.g. float32,bfloat16 (sets config.dtype where the config has it)",
   )

@@ -163,6 +163,12 @@ def test_load_config_sets_the_dtype_where_the_config_has_one(monkeypatch):
   assert throughput.load_config(path, (32, 32, 3), 8, {}, "bfloat16").dtype == "bfloat16"
 
 
+def test_bad_dtype_is_refused_naming_the_choices(capsys):
+  with pytest.raises(SystemExit):
+    throughput.parse_args(["--dtypes", "float32,bf16"])
+  assert "unknown dtype 'bf16': choose from float32, bfloat16, float16" in capsys.readouterr().err
+
+
 def test_table_shows_status_rows_and_unreported_memory():
   measured = dict(family="gan", image="28x28x1", dtype="float32", batch=8, devices=1)
   measured.update(ms_per_step=10.0, device_peak_mib=None, torch_peak_mib=12.0)
