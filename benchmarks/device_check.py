@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -69,7 +70,7 @@ def versions() -> dict:
   return out
 
 
-def test_selection(backend: str, device_count: int, quick: bool) -> list[str]:
+def tests_to_run(backend: str, device_count: int, quick: bool) -> list[str]:
   """pytest arguments of the backend-independent tests for this backend."""
   if quick:
     return list(QUICK_TESTS)
@@ -159,7 +160,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     default=None,
     help='pytest arguments replacing the selection (e.g. "tests/test_gan.py"); "none" skips',
   )
-  p.add_argument("--tests_timeout_s", type=float, default=300.0)
+  p.add_argument(
+    "--tests_timeout_s", type=float, default=240.0, help="the tests are killed after this"
+  )
   p.add_argument("--no_torch", action="store_true", help="skip the PyTorch peer")
   p.add_argument(
     "--setup_s", type=float, default=None, help="seconds the installation took (from the script)"
@@ -197,12 +200,19 @@ def main(argv: list[str] | None = None) -> dict:
       torch_bfloat16="torch.autocast(dtype=torch.bfloat16): float32 parameters, bfloat16 compute",
       jax_dtype="config.dtype (rows say 'not supported yet' where the config has no dtype key)",
       xla_python_client_preallocate=os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"],
+      memory=(
+        "jax: XLA MiB = the compiled step's arguments + temporaries; dev peak MiB = the "
+        "device's peak bytes in use so far in this process (memory_stats; n/a on CPU). "
+        "torch: max_memory_allocated during its own step (n/a on CPU)"
+      ),
     ),
   )
   if args.tests == "none":
     result["tests"] = None
   else:
-    selection = args.tests.split() if args.tests else test_selection(backend, len(devices), quick)
+    selection = (
+      shlex.split(args.tests) if args.tests else tests_to_run(backend, len(devices), quick)
+    )
     result["tests"] = run_tests(selection, backend, args.matmul_precision, args.tests_timeout_s)
   result["throughput"] = run_throughput(args, quick)
   result["settings"].update(

@@ -192,10 +192,10 @@ def test_pytest_summaries_are_read():
 def test_test_selection_needs_several_devices_for_device_agreement():
   from benchmarks import device_check
 
-  one_gpu = device_check.test_selection("gpu", 1, quick=False)
+  one_gpu = device_check.tests_to_run("gpu", 1, quick=False)
   assert "tests/test_device_agreement.py" not in one_gpu and "golden" in one_gpu[-1]
-  assert "tests/test_device_agreement.py" in device_check.test_selection("gpu", 8, quick=False)
-  assert device_check.test_selection("cpu", 8, quick=True) == device_check.QUICK_TESTS
+  assert "tests/test_device_agreement.py" in device_check.tests_to_run("gpu", 8, quick=False)
+  assert device_check.tests_to_run("cpu", 8, quick=True) == device_check.QUICK_TESTS
 
 
 @pytest.mark.parametrize("precision, tf32", [("tf32", True), ("highest", False)])
