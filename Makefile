@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 LINT_STAMP := $(VENV)/.installed-lint
 
-.PHONY: setup setup-bench data data-emoji browser demo test test-all bench lint format lock clean
+.PHONY: setup setup-bench data data-emoji browser demo test test-all bench device-check lint format lock clean
 
 setup: $(STAMP)
 
@@ -104,6 +104,12 @@ test-all: setup setup-bench data data-emoji browser
 
 bench: setup setup-bench
 	$(PY) -m benchmarks.throughput
+
+# On a GPU/TPU host: installs the accelerator's jax (and a CUDA torch), runs the
+# backend-independent tests there, then the throughput table in float32 and bfloat16 beside
+# the PyTorch peer; one JSON file (runs/device_check/device_check.json). Quick sizes on CPU.
+device-check:
+	benchmarks/device_check.sh
 
 clean:
 	rm -rf runs .pytest_cache

@@ -10,12 +10,24 @@ size (default: the config's, half and double it) and device count it compiles th
 sharded over a "data" mesh) and reports: compile seconds; ms per step and images/s (median of
 `--repeats` timed runs of `--steps` steps after warm-up, each ended by block_until_ready);
 GFLOP per step from XLA's cost analysis (all devices together); achieved GFLOP/s and its
-ratio to the measured float32 matmul peak (of the host's cores on CPU, of one device x
-devices elsewhere); memory per device (XLA's arguments + temporaries of the compiled step,
-and, where the backend reports one, the device's peak in use so far in the process); and, on
-one device, the PyTorch peer's images/s (benchmarks/torch_peer.py, if torch is installed:
-`pip install -e ".[bench]"`) and the ratio jaxgen / PyTorch. The two are timed in turn, run
-for run, so that a change in the machine's load touches both alike.
+ratio to the measured matmul peak in the row's dtype (of the host's cores on CPU, of one
+device x devices elsewhere); memory per device (XLA's arguments + temporaries of the compiled
+step, and, where the backend reports one, the device's peak in use so far in the process:
+"n/a" on CPU); and, on one device, the PyTorch peer's images/s and, on CUDA, its peak
+allocated memory (benchmarks/torch_peer.py, if torch is installed: `pip install -e
+".[bench]"`; it runs only where it sees the same kind of device as JAX) and the ratio
+jaxgen / PyTorch. The two are timed in turn, run for run, so that a change in the machine's
+load touches both alike.
+
+Precision. `--dtypes float32,bfloat16` sets each config's `dtype` (jaxgen's computation
+dtype; a config without that key runs float32 only, and its other rows say "not supported
+yet") and runs the PyTorch peer under bfloat16 autocast. `--matmul_precision` sets float32
+matmuls and convolutions on both sides alike: "highest" (the default) is IEEE float32 (JAX's
+`jax_default_matmul_precision=highest`; PyTorch's TF32 off for matmuls and cuDNN), "tf32"
+lets both use TF32 tensor cores. The two libraries' own defaults differ on GPU (XLA may use
+TF32 for float32 dots, PyTorch uses it for cuDNN convolutions but not for matmuls), so
+leaving them would compare different arithmetic. JAX's GPU memory preallocation is turned off
+(XLA_PYTHON_CLIENT_PREALLOCATE=false unless set) so that PyTorch fits beside it.
 
 On CPU the step is compiled with XLA's Eigen convolutions (jaxgen.ops.compile);
 `--set xla_cpu_eigen_convs=false` measures XLA's default (YNNPACK) convolutions instead.
@@ -28,6 +40,7 @@ printed and written, with the machine's description, to `--json`.
 
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -41,9 +54,14 @@ from benchmarks.timing import interleaved, matmul_peak_gflops
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "experiments" / "configs"
+MEMORY = ("device_peak_mib", "torch_peak_mib")  # "n/a" where the backend reports none
+NOT_SUPPORTED = "not supported yet"
+DTYPES = ("float32", "bfloat16", "float16")  # --dtypes (the PyTorch peer: the first two)
+JAX_PRECISION = {"highest": "highest", "tf32": "tensorfloat32"}  # --matmul_precision -> jax
 COLUMNS = (  # (key, header, format)
   ("family", "family", "{}"),
   ("image", "image", "{}"),
+  ("dtype", "dtype", "{}"),
   ("batch", "batch", "{}"),
   ("devices", "dev", "{}"),
   ("compile_s", "compile s", "{:.1f}"),
@@ -55,6 +73,7 @@ COLUMNS = (  # (key, header, format)
   ("memory_mib", "XLA MiB", "{:.0f}"),
   ("device_peak_mib", "dev peak MiB", "{:.0f}"),
   ("torch_images_per_s", "torch img/s", "{:.0f}"),
+  ("torch_peak_mib", "torch MiB", "{:.0f}"),
   ("ratio", "jax/torch", "{:.2f}x"),
 )
 
@@ -94,13 +113,23 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 
 def load_config(
-  path: Path, image_shape: tuple[int, int, int], batch_size: int, overrides: dict[str, str]
+  path: Path,
+  image_shape: tuple[int, int, int],
+  batch_size: int,
+  overrides: dict[str, str],
+  dtype: str = "float32",
 ):
+  """The family's config at this size and dtype; None where the config has no `dtype` key
+  (jaxgen without a computation-dtype option) and `dtype` is not float32."""
   from jaxgen import config as config_lib
 
   config = config_lib.load(path, overrides)
   config.data.image_shape = tuple(image_shape)
   config.batch_size = batch_size
+  if "dtype" in config:
+    config.dtype = dtype
+  elif dtype != "float32":
+    return None
   return config
 
 
@@ -161,16 +190,23 @@ def jax_runner(family_name: str, config, num_devices: int, warmup: int) -> tuple
   return run, row
 
 
-def torch_runner(family: str, config, warmup: int) -> tuple:
-  """(`run(k)` of the PyTorch peer's train step, or None, {torch_* facts or torch_note})."""
+def torch_runner(family: str, config, warmup: int, dtype: str = "float32") -> tuple:
+  """(`run(k)` of the PyTorch peer's train step, or None, {torch_* facts or torch_note}).
+  The peer runs only on the kind of device JAX runs on (CUDA for "gpu", the CPU for "cpu")."""
   if importlib.util.find_spec("torch") is None:
     return None, dict(torch_note='torch not installed (pip install -e ".[bench]")')
+  import jax
+
   from benchmarks import torch_peer
 
   if family not in torch_peer.PEERS:
     return None, dict(torch_note=f"no PyTorch peer for {family}")
+  jax_kind = {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
+  if torch_peer.device().type != jax_kind:
+    return None, dict(torch_note=f"PyTorch sees {torch_peer.device()}, not JAX's {jax_kind}")
+  torch_peer.reset_peak_memory()
   try:
-    run = torch_peer.runner(family, config, config.batch_size, warmup)
+    run = torch_peer.runner(family, config, config.batch_size, warmup, dtype)
   except NotImplementedError as e:
     return None, dict(torch_note=str(e))
   import torch
@@ -178,12 +214,12 @@ def torch_runner(family: str, config, warmup: int) -> tuple:
   return run, dict(torch_threads=torch.get_num_threads(), torch_device=str(torch_peer.device()))
 
 
-def measure(family: str, config, num_devices: int, args) -> dict:
+def measure(family: str, config, num_devices: int, args, dtype: str = "float32") -> dict:
   """One row: jaxgen's step (and on one device the PyTorch peer's, timed interleaved with it)."""
   run, row = jax_runner(family, config, num_devices, args.warmup)
   runners = {"jax": run}
   if num_devices == 1 and not args.no_torch:
-    torch_run, facts = torch_runner(family, config, args.warmup)
+    torch_run, facts = torch_runner(family, config, args.warmup, dtype)
     row.update(facts)
     if torch_run is not None:
       runners["torch"] = torch_run
@@ -199,14 +235,19 @@ def measure(family: str, config, num_devices: int, args) -> dict:
       torch_images_per_s=config.batch_size / torch_sec,
       ratio=torch_sec / sec,
     )
+    from benchmarks import torch_peer
+
+    row["torch_peak_mib"] = torch_peer.peak_memory_mib()
   return row
 
 
-def machine(peak: dict) -> dict:
+def machine(peak: dict, peaks: dict[str, float], matmul_precision: str) -> dict:
   import jax
 
   d = jax.devices()[0]
   info = dict(
+    matmul_precision=matmul_precision,
+    matmul_peak_gflops_by_dtype=peaks,
     platform=d.platform,
     device_kind=d.device_kind,
     device_count=jax.device_count(),
@@ -220,50 +261,84 @@ def machine(peak: dict) -> dict:
   if importlib.util.find_spec("torch") is not None:
     import torch
 
-    info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    from benchmarks import torch_peer
+
+    info.update(
+      torch=torch.__version__,
+      torch_threads=torch.get_num_threads(),
+      torch_cuda=torch.version.cuda,
+      **torch_peer.configure(matmul_precision),
+    )
   return info
 
 
 def run_here(args) -> dict:
-  """Measures every requested row on this process's devices; returns {"machine", "rows", "notes"}."""
+  """Measures every requested row on this process's devices, float32 matmuls at
+  `args.matmul_precision`; returns {"machine", "rows", "notes"}."""
+  import jax
+
+  with jax.default_matmul_precision(JAX_PRECISION[args.matmul_precision]):
+    return _run_here(args)
+
+
+def _run_here(args) -> dict:
   import jax
 
   chosen, notes = family_configs(args.families)
-  peak = matmul_peak_gflops()
-  info = machine(peak)
+  peaks = {
+    dtype: matmul_peak_gflops(dtype=dtype, size=args.peak_size)
+    for dtype in dict.fromkeys(["float32", *args.dtypes])
+  }
+  info = machine(
+    peaks["float32"], {k: v["matmul_peak_gflops"] for k, v in peaks.items()}, args.matmul_precision
+  )
   rows = []
   for num_devices in args.devices:
     if num_devices > jax.device_count():
       notes.append(f"{num_devices} devices: skipped (this host has {jax.device_count()})")
       continue
     # Simulated CPU devices share the host's cores; real accelerators add their own.
-    peak_total = peak["matmul_peak_gflops"] * (1 if info["platform"] == "cpu" else num_devices)
+    scale = 1 if info["platform"] == "cpu" else num_devices
     for family, path in chosen.items():
-      for shape in args.image_shapes:
-        for batch_size in args.batch_sizes or default_batch_sizes(base_batch(path)):
-          if batch_size % num_devices:
-            notes.append(
-              f"{family} batch {batch_size}: skipped on {num_devices} devices (does not divide)"
-            )
-            continue
-          config = load_config(path, shape, batch_size, args.overrides)
-          row = dict(
-            family=family,
-            config=str(path.relative_to(REPO)),
-            image="x".join(map(str, shape)),
-            batch=batch_size,
-            devices=num_devices,
+      for shape, batch_size, dtype in itertools.product(
+        args.image_shapes, batch_sizes(args.batch_sizes, path), args.dtypes
+      ):
+        if batch_size % num_devices:
+          notes.append(
+            f"{family} batch {batch_size}: skipped on {num_devices} devices (does not divide)"
           )
+          continue
+        config = load_config(path, shape, batch_size, args.overrides, dtype)
+        row = dict(
+          family=family,
+          config=str(path.relative_to(REPO)),
+          image="x".join(map(str, shape)),
+          dtype=dtype,
+          batch=batch_size,
+          devices=num_devices,
+        )
+        if config is None:
+          row["status"] = NOT_SUPPORTED
+        else:
           try:
-            row.update(measure(family, config, num_devices, args))
+            row.update(measure(family, config, num_devices, args, dtype))
           except Exception as e:  # e.g. an image size the family's model cannot take
-            notes.append(f"{family} {row['image']} batch {batch_size}: failed ({e!r:.200})")
+            notes.append(f"{family} {row['image']} {dtype} batch {batch_size}: failed ({e!r:.200})")
             continue
-          row["peak_fraction"] = row["gflops"] / peak_total
-          rows.append(row)
-          if not args.quiet:
-            print(format_table([row], header=not rows[:-1]), flush=True)
+          row["peak_fraction"] = row["gflops"] / (peaks[dtype]["matmul_peak_gflops"] * scale)
+        rows.append(row)
+        if not args.quiet:
+          print(format_table([row], header=not rows[:-1]), flush=True)
   return dict(machine=info, rows=rows, notes=notes)
+
+
+def batch_sizes(requested: list | None, path: Path) -> list[int]:
+  """The requested batch sizes, "config" standing for the config's; by default the config's,
+  half and double it."""
+  base = base_batch(path)
+  if not requested:
+    return default_batch_sizes(base)
+  return list(dict.fromkeys(base if b == "config" else b for b in requested))
 
 
 def base_batch(path: Path) -> int:
@@ -281,10 +356,15 @@ def default_batch_sizes(batch_size: int) -> list[int]:
 
 
 def format_table(rows: list[dict], header: bool = True) -> str:
-  """Fixed-width text table; '-' where a value is missing."""
-  cells = [
-    [fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in COLUMNS] for r in rows
-  ]
+  """Fixed-width text table; '-' where a value is missing ("n/a" for memory the backend does
+  not report); a row with a "status" (e.g. "not supported yet") shows it after its dtype."""
+
+  def cell(r: dict, k: str, fmt: str) -> str:
+    if r.get(k) is not None:
+      return fmt.format(r[k])
+    return "n/a" if k in MEMORY and "ms_per_step" in r else "-"
+
+  cells = [[cell(r, k, fmt) for k, _, fmt in COLUMNS] for r in rows]
   widths = [
     max(len(h), 12 if k in ("torch_images_per_s", "device_peak_mib") else 0, 5)
     for k, h, _ in COLUMNS
@@ -292,18 +372,31 @@ def format_table(rows: list[dict], header: bool = True) -> str:
   widths = [max([w] + [len(c[i]) for c in cells]) for i, w in enumerate(widths)]
   line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))
   out = [line([h for _, h, _ in COLUMNS])] if header else []
-  return "\n".join(out + [line(c) for c in cells])
+  for r, c in zip(rows, cells):
+    out.append(line(c[:5]) + "  " + r["status"] if r.get("status") else line(c))
+  return "\n".join(out)
 
 
 def describe(result: dict) -> str:
   m = result["machine"]
   torch = f"; torch {m['torch']} with {m['torch_threads']} threads" if "torch" in m else ""
   load = f"; load average {m['load_average'][0]:.2f}" if m.get("load_average") else ""
+  peaks = ", ".join(
+    f"{k} {v:.0f}"
+    for k, v in m.get("matmul_peak_gflops_by_dtype", {"float32": m["matmul_peak_gflops"]}).items()
+  )
   return (
     f"{m['device_count']} x {m['device_kind']} ({m['platform']}), {m['cpu_count']} CPU "
-    f"cores; float32 matmul peak {m['matmul_peak_gflops']:.0f} GFLOP/s "
-    f"({m['matmul_size']}^3); jax {m['jax']}{torch}{load}"
+    f"cores; matmul peak {peaks} GFLOP/s ({m['matmul_size']}^3); "
+    f"{precision_statement(m.get('matmul_precision', 'highest'))}; jax {m['jax']}{torch}{load}"
   )
+
+
+def precision_statement(matmul_precision: str) -> str:
+  """One line saying what float32 matmuls and convolutions compute on both sides."""
+  if matmul_precision == "tf32":
+    return "float32 matmuls/convs in TF32 on both sides (jax tensorfloat32, torch allow_tf32)"
+  return "float32 matmuls/convs in full float32 on both sides (jax highest, torch TF32 off)"
 
 
 # ---------------------------------------------------------------------------- main
@@ -322,9 +415,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   )
   p.add_argument(
     "--batch_sizes",
-    type=lambda t: [int(v) for v in csv(t)],
+    type=lambda t: [v if v == "config" else int(v) for v in csv(t)],
     default=None,
-    help="comma-separated (default: each config's batch size, half and double)",
+    help="comma-separated, \"config\" for the config's (default: the config's, half and double)",
+  )
+
+  def dtypes(text: str) -> list[str]:
+    names = csv(text)
+    for name in names:
+      if name not in DTYPES:
+        raise argparse.ArgumentTypeError(f"unknown dtype {name!r}: choose from {', '.join(DTYPES)}")
+    return names
+
+  p.add_argument(
+    "--dtypes",
+    type=dtypes,
+    default=["float32"],
+    help="computation dtypes, e.g. float32,bfloat16 (sets config.dtype where the config has it)",
+  )
+  p.add_argument(
+    "--matmul_precision",
+    choices=sorted(JAX_PRECISION),
+    default="highest",
+    help="float32 matmuls/convolutions on both sides: IEEE float32 (highest) or TF32 (tf32)",
+  )
+  p.add_argument(
+    "--peak_size",
+    type=int,
+    default=None,
+    help="n of the n^3 peak matmul (default 2048 on CPU, 8192 elsewhere)",
   )
   p.add_argument(
     "--image_shapes",
@@ -402,6 +521,8 @@ def run_per_device_count(args, argv: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> dict:
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
+  # Before JAX starts (if it has not): allocate GPU memory as needed, leaving room for PyTorch.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   if args.here or args.devices == [1]:
     result = run_here(args)
   else:

@@ -1,5 +1,9 @@
 """Timing helpers shared by the benchmarks: timed runs of a step, interleaved runners, and the
-machine's measured float32 matmul peak."""
+machine's measured matmul peak per dtype.
+
+Every runner timed here must block until its device work is done (jax: `block_until_ready`
+on the step's outputs; PyTorch on CUDA: `torch.cuda.synchronize()`), since GPU and TPU calls
+return before the work finishes; the clock is read only around such blocking calls."""
 
 import time
 
@@ -28,14 +32,16 @@ def interleaved(
   return times
 
 
-def matmul_peak_gflops(repeats: int = 5) -> dict:
-  """Measured float32 matmul GFLOP/s of one device: the best of `repeats` timed runs of
-  n x n @ n x n at default precision."""
+def matmul_peak_gflops(repeats: int = 5, dtype: str = "float32", size: int | None = None) -> dict:
+  """Measured matmul GFLOP/s of one device in `dtype`: the best of `repeats` timed runs of
+  n x n @ n x n (n = `size`, default 2048 on CPU and 8192 elsewhere) at the process's
+  default matmul precision (`jax_default_matmul_precision`: on GPU float32 at "highest" runs
+  IEEE float32, at "tensorfloat32" TF32 tensor cores, so each setting gets its own peak)."""
   import jax
   import jax.numpy as jnp
 
-  n = 2048 if jax.devices()[0].platform == "cpu" else 8192
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  n = size or (2048 if jax.devices()[0].platform == "cpu" else 8192)
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
   matmul = jax.jit(lambda a: a @ a)
   matmul(a).block_until_ready()
 

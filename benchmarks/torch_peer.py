@@ -14,8 +14,15 @@ pads one side more.
 torch is an optional extra (`pip install -e ".[bench]"`) and never a core dependency:
 import this module only where `torch` is installed. Threads: PyTorch's default
 (`torch.get_num_threads()`, reported with every result).
+
+Device: CUDA where this torch build sees a GPU (`device()`), else the CPU; `configure` sets
+cuDNN's autotuner and the float32 matmul precision to match jaxgen's side. bfloat16 runs the
+same float32 models under `torch.autocast(dtype=torch.bfloat16)` (mixed precision: float32
+parameters and optimizer, bfloat16 matmuls and convolutions), the form flax's `dtype=`
+(computation dtype, float32 `param_dtype`) takes.
 """
 
+import contextlib
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -33,6 +40,37 @@ from jaxgen.models import vae as vae_models
 def device() -> torch.device:
   """CUDA where this torch build sees a GPU, else the CPU."""
   return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def configure(matmul_precision: str = "highest") -> dict:
+  """Sets PyTorch's float32 matmul/convolution precision ("highest": IEEE float32, TF32 off;
+  "tf32": TF32 tensor cores on, for matmuls and cuDNN alike) and, on CUDA, cuDNN's autotuner
+  (`cudnn.benchmark`: each convolution shape picks its fastest algorithm once, as XLA's
+  autotuner does when it compiles). Returns the settings as applied."""
+  if matmul_precision not in ("highest", "tf32"):
+    raise ValueError(f"matmul_precision {matmul_precision!r}: choose highest or tf32")
+  tf32 = matmul_precision == "tf32"
+  torch.set_float32_matmul_precision("high" if tf32 else "highest")
+  torch.backends.cuda.matmul.allow_tf32 = tf32
+  torch.backends.cudnn.allow_tf32 = tf32
+  cuda = device().type == "cuda"
+  torch.backends.cudnn.benchmark = cuda
+  return dict(
+    torch_float32_matmul_precision=torch.get_float32_matmul_precision(),
+    torch_allow_tf32=tf32,
+    torch_cudnn_benchmark=cuda,
+  )
+
+
+def reset_peak_memory() -> None:
+  """Starts a fresh peak of `peak_memory_mib` (CUDA only)."""
+  if device().type == "cuda":
+    torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mib() -> float | None:
+  """MiB of tensors allocated at the peak since `reset_peak_memory` (None on the CPU)."""
+  return torch.cuda.max_memory_allocated() / 2**20 if device().type == "cuda" else None
 
 
 def _pad(k: int) -> tuple[int, int]:
@@ -402,16 +440,30 @@ PEERS: dict[str, Callable[[ml_collections.ConfigDict, int], Callable[[], None]]]
 
 
 def runner(
-  family: str, config: ml_collections.ConfigDict, batch_size: int, warmup: int = 3
+  family: str,
+  config: ml_collections.ConfigDict,
+  batch_size: int,
+  warmup: int = 3,
+  dtype: str = "float32",
 ) -> Callable[[int], None]:
-  """`run(k)`: k steps of the family's PyTorch train step, synchronised at the end; the
-  step is built and run `warmup` times first."""
+  """`run(k)`: k steps of the family's PyTorch train step (under bfloat16 autocast when
+  `dtype` is "bfloat16"), synchronised at the end; the step is built and run `warmup` times
+  first."""
+  if dtype not in ("float32", "bfloat16"):
+    raise NotImplementedError(f"the PyTorch peers run float32 or bfloat16, not {dtype}")
   step = PEERS[family](config, batch_size)
-  sync = torch.cuda.synchronize if device().type == "cuda" else (lambda: None)
+  dev = device()
+  sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+  autocast = (
+    (lambda: torch.autocast(dev.type, dtype=torch.bfloat16))
+    if dtype == "bfloat16"
+    else contextlib.nullcontext
+  )
 
   def run(k: int) -> None:
-    for _ in range(k):
-      step()
+    with autocast():
+      for _ in range(k):
+        step()
     sync()
 
   run(warmup)
@@ -425,10 +477,12 @@ def measure(
   repeats: int = 5,
   steps: int = 10,
   warmup: int = 3,
+  dtype: str = "float32",
 ) -> dict:
   """Median ms/step and images/s of the family's PyTorch train step over `repeats` timed runs
   of `steps` steps each, after `warmup` steps."""
-  s = statistics.median(timed_runs(runner(family, config, batch_size, warmup), repeats, steps))
+  run = runner(family, config, batch_size, warmup, dtype)
+  s = statistics.median(timed_runs(run, repeats, steps))
   return dict(
     ms_per_step=1e3 * s,
     images_per_s=batch_size / s if s > 0 else math.inf,

@@ -105,3 +105,154 @@ def test_torch_peers_train_the_same_architecture(family):
   r = torch_peer.measure(family, config, 4, repeats=1, steps=1, warmup=1)
   assert r["images_per_s"] == pytest.approx(4e3 / r["ms_per_step"], rel=1e-9)
   assert r["threads"] >= 1
+
+
+# ------------------------------------------------------------------ the accelerator check
+
+
+def _fake_measure(family, config, num_devices, args, dtype="float32"):
+  """A measured row's figures without compiling: the driver's structure is under test."""
+  return dict(compile_s=1.0, ms_per_step=10.0, images_per_s=800.0, gflop_per_step=1, gflops=100.0)
+
+
+def test_device_check_writes_one_json_with_a_row_per_family_and_dtype(tmp_path, monkeypatch):
+  from benchmarks import device_check
+
+  monkeypatch.setattr(throughput, "measure", _fake_measure)
+  out = tmp_path / "check.json"
+  one_test = "tests/test_gan.py::test_losses_on_hand_computed_logits"
+  device_check.main(["--quick", "--tests", one_test, "--out", str(out)])
+  result = json.loads(out.read_text())
+  assert result["backend"] == jax.default_backend() and result["mode"] == "quick"
+  assert result["device_count"] == jax.device_count() and result["device_kind"]
+  assert result["versions"]["jax"] == jax.__version__
+  s = result["settings"]
+  assert s["matmul_precision"] == "highest" and "TF32 off" in s["precision_statement"]
+  assert s["dtypes"] == ["float32", "bfloat16"] and s["xla_python_client_preallocate"]
+  assert result["tests"]["rc"] == 0 and result["tests"]["counts"] == {"passed": 1}
+  rows = result["throughput"]["rows"]
+  from jaxgen import steps
+
+  assert sorted((r["family"], r["dtype"]) for r in rows) == sorted(
+    (f, d) for f in steps.FAMILIES for d in ("float32", "bfloat16")
+  )
+  peaks = result["throughput"]["machine"]["matmul_peak_gflops_by_dtype"]
+  assert set(peaks) == {"float32", "bfloat16"} and min(peaks.values()) > 0
+  for r in rows:
+    assert r["batch"] == 8 and r["devices"] == 1
+    if r.get("status"):  # until jaxgen's configs have a dtype key
+      assert r["dtype"] == "bfloat16" and r["status"] == "not supported yet"
+    else:  # the row's % of peak is against its own dtype's peak
+      assert r["peak_fraction"] == pytest.approx(100.0 / peaks[r["dtype"]], rel=1e-9)
+  assert any(not r.get("status") for r in rows if r["dtype"] == "float32")
+  w = result["wall_s"]
+  assert w["total"] >= w["check"] >= w["tests"] > 0 and w["throughput"] > 0
+
+
+def test_load_config_sets_the_dtype_where_the_config_has_one(monkeypatch):
+  from jaxgen import config as config_lib
+
+  path = throughput.family_configs(["vae"])[0]["vae"]
+  plain = config_lib.load(path)
+  if "dtype" not in plain:  # until jaxgen has a computation dtype: float32 only
+    assert throughput.load_config(path, (28, 28, 1), 8, {}, "bfloat16") is None
+  assert throughput.load_config(path, (28, 28, 1), 8, {}, "float32").batch_size == 8
+  with_dtype = plain.copy_and_resolve_references()
+  with_dtype.dtype = "float32"
+  monkeypatch.setattr(config_lib, "load", lambda *a, **k: with_dtype.copy_and_resolve_references())
+  assert throughput.load_config(path, (32, 32, 3), 8, {}, "bfloat16").dtype == "bfloat16"
+
+
+def test_bad_dtype_is_refused_naming_the_choices(capsys):
+  with pytest.raises(SystemExit):
+    throughput.parse_args(["--dtypes", "float32,bf16"])
+  assert "unknown dtype 'bf16': choose from float32, bfloat16, float16" in capsys.readouterr().err
+
+
+def test_table_shows_status_rows_and_unreported_memory():
+  measured = dict(family="gan", image="28x28x1", dtype="float32", batch=8, devices=1)
+  measured.update(ms_per_step=10.0, device_peak_mib=None, torch_peak_mib=12.0)
+  waiting = dict(measured, dtype="bfloat16", status="not supported yet")
+  del waiting["ms_per_step"]
+  head, row, status = throughput.format_table([measured, waiting]).splitlines()
+  assert "dtype" in head and "torch MiB" in head
+  assert row.split()[-5:] == ["-", "n/a", "-", "12", "-"]  # XLA MiB, dev peak, torch img/s, ...
+  assert status.split()[2:] == ["bfloat16", "8", "1", "not", "supported", "yet"]
+
+
+def test_pytest_summaries_are_read():
+  from benchmarks import device_check
+
+  out = "....\nFAILED tests/x.py::t\n1 failed, 40 passed, 2 skipped, 3 deselected in 9.1s\n"
+  assert device_check.summarise(out) == {"failed": 1, "passed": 40, "skipped": 2, "deselected": 3}
+  assert device_check.summarise("== 1 error in 0.2s ==") == {"errors": 1}
+  assert device_check.summarise("") == {}
+
+
+def test_test_selection_needs_several_devices_for_device_agreement():
+  from benchmarks import device_check
+
+  one_gpu = device_check.tests_to_run("gpu", 1, quick=False)
+  assert "tests/test_device_agreement.py" not in one_gpu and "golden" in one_gpu[-1]
+  assert "tests/test_device_agreement.py" in device_check.tests_to_run("gpu", 8, quick=False)
+  assert device_check.tests_to_run("cpu", 8, quick=True) == device_check.QUICK_TESTS
+
+
+@pytest.mark.parametrize("precision, tf32", [("tf32", True), ("highest", False)])
+def test_torch_peer_precision_matches_the_flag(precision, tf32):
+  torch = pytest.importorskip("torch")
+  from benchmarks import torch_peer
+
+  facts = torch_peer.configure(precision)
+  assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32
+  assert facts["torch_float32_matmul_precision"] == ("high" if tf32 else "highest")
+  assert facts["torch_cudnn_benchmark"] == torch.cuda.is_available()
+
+
+def test_torch_peer_runs_bfloat16_under_autocast():
+  torch = pytest.importorskip("torch")
+  from benchmarks import torch_peer
+
+  path = throughput.family_configs(["vae"])[0]["vae"]
+  config = throughput.load_config(path, (28, 28, 1), 4, {})
+  kind, seen = torch_peer.device().type, []
+  build = torch_peer.PEERS["vae"]
+
+  def recording_build(*a):  # records the autocast state while each step runs
+    step = build(*a)
+    return lambda: (
+      seen.append((torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))),
+      step(),
+    )
+
+  with pytest.MonkeyPatch.context() as m:
+    m.setitem(torch_peer.PEERS, "vae", recording_build)
+    torch_peer.runner("vae", config, 4, warmup=1, dtype="bfloat16")(1)
+    assert seen == [(True, torch.bfloat16)] * 2  # the warm-up step and the timed one
+    seen.clear()
+    torch_peer.runner("vae", config, 4, warmup=1)(1)
+    assert [enabled for enabled, _ in seen] == [False, False]
+  with pytest.raises(NotImplementedError, match="float32 or bfloat16"):
+    torch_peer.runner("vae", config, 4, dtype="float16")
+
+
+@pytest.mark.slow
+def test_device_check_script_runs_on_cpu(tmp_path):
+  """The whole one-command check at quick sizes, as CI runs it (minutes on a loaded 2-core VM)."""
+  import subprocess
+
+  out = tmp_path / "check.json"
+  done = subprocess.run(
+    [str(REPO / "benchmarks" / "device_check.sh"), "--no_install", "--quick", "--out", str(out)],
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+  assert f"wrote {out}" in done.stdout
+  result = json.loads(out.read_text())
+  assert result["tests"]["rc"] == 0 and result["tests"]["counts"]["passed"] >= 2
+  rows = result["throughput"]["rows"]
+  assert len(rows) == 8 and {r["dtype"] for r in rows} == {"float32", "bfloat16"}
+  for r in rows:
+    assert r.get("status") == "not supported yet" or r["images_per_s"] > 0

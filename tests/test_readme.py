@@ -30,6 +30,7 @@ Commands not run (`SKIPPED`, each with its reason) and one substituted (`SUBSTIT
   make test         this test suite itself
   make bench, python -m benchmarks.throughput
                     benchmarks: minutes, and the PyTorch peer (tests/test_benchmarks.py)
+  make device-check  the accelerator check: wheels, tests and benchmarks (tests/test_benchmarks.py)
   source .venv/bin/activate
                     the test is already in the environment .venv provides
   tensorboard --logdir runs/demo/tb
@@ -61,6 +62,11 @@ SKIPPED = (  # (how the command starts, why it is not run)
   ("make test", "this test suite itself"),
   ("make bench", "benchmarks: minutes, and the PyTorch peer (tests/test_benchmarks.py)"),
   ("python -m benchmarks.", "benchmarks: minutes, and the PyTorch peer (tests/test_benchmarks.py)"),
+  (
+    "make device-check",
+    "the accelerator check: installs wheels, then minutes of tests and benchmarks "
+    "(tests/test_benchmarks.py runs its driver)",
+  ),
   ("source .venv/bin/activate", "the test already runs in .venv's environment"),
   (
     "tensorboard --logdir",
@@ -215,6 +221,7 @@ def test_readme_is_parsed_into_the_commands_it_shows():
     ["jaxgen", "train"],  # indented block
     ["make", "bench"],
     ["python", "-m"],
+    ["make", "device-check"],
   ]
   assert readme_commands(sections(markdown)[VAE_SECTION])[0].startswith("jaxgen train")
   assert len(python_blocks(markdown)) == 2
