@@ -41,7 +41,14 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.data.image_shape = config_dict.placeholder(tuple)  # checked against the data when set
   c.model = ml_collections.ConfigDict()
+  # Gradient accumulation: each step averages the gradients of accum_steps micro-batches of
+  # batch_size / accum_steps (jaxgen.steps.common.accumulate); one optimizer update per step.
+  c.accum_steps = 1
   c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adam"  # "adam" | "adamw" (with weight_decay) | "sgd"
+  c.optim.schedule = "constant"  # or "cosine" (to final_lr_fraction * lr at num_steps)
+  c.optim.warmup_steps = 0  # linear warm-up from 0 over this many steps
+  c.optim.final_lr_fraction = 0.0  # where a cosine schedule ends, as a fraction of the peak
   return c
 
 
@@ -125,7 +132,9 @@ RESUMABLE = (
 def _require(
   config: ml_collections.ConfigDict, key: str, minimum: int | float, kind: type = int
 ) -> None:
-  value = config.get(key)
+  value = config
+  for part in key.split("."):
+    value = value.get(part) if value is not None else None
   if value is None:
     return
   if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
@@ -140,8 +149,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the loop's counts and cadences before any work; raises one-line ConfigErrors."""
   for key in ("num_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
     _require(config, key, 1)
-  for key in ("sample_every", "num_grid_samples", "eval_every"):
+  for key in ("sample_every", "num_grid_samples", "eval_every", "optim.warmup_steps"):
     _require(config, key, 0)
+  _require(config, "accum_steps", 1)
+  accum = config.get("accum_steps") or 1
+  if config.get("batch_size") and config.batch_size % accum:
+    raise ConfigError(
+      f"batch_size {config.batch_size} does not split into accum_steps={accum} micro-batches; "
+      f"set --config.batch_size to a multiple of {accum}"
+    )
   if config.get("eval_every"):
     _require(config, "eval_num_samples", 1)
   _require(config, "max_loss", 1e-30, float)

@@ -58,11 +58,12 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
   )
 
 
-def check_batch_size(batch_size: int) -> None:
-  """The global batch must split evenly over devices (and hence processes)."""
+def check_batch_size(batch_size: int, accum_steps: int = 1) -> None:
+  """The global batch (each of its accum_steps micro-batches) must split evenly over devices."""
   n = jax.device_count()
-  if batch_size % n:
+  if batch_size % (n * accum_steps):
+    micro = f" in {accum_steps} micro-batches" if accum_steps > 1 else ""
     raise ConfigError(
-      f"batch_size {batch_size} does not divide over {n} devices; "
-      f"set --config.batch_size to a multiple of {n}"
+      f"batch_size {batch_size} does not divide over {n} devices{micro}; "
+      f"set --config.batch_size to a multiple of {n * accum_steps}"
     )

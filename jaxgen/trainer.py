@@ -393,7 +393,7 @@ def train_and_evaluate(
   config_lib.validate(config)
   family = steps.get_family(config.model.family)
   is_main = jax.process_index() == 0
-  parallel.check_batch_size(config.batch_size)
+  parallel.check_batch_size(config.batch_size, config.get("accum_steps", 1))
 
   # ---- data (fails before anything is written if the data or shapes are wrong)
   source, info = load_data(config, "train")

@@ -26,7 +26,8 @@ def get_config():
   c.model.dropout = 0.3
   c.model.flip = False  # random horizontal flips (slower to converge in 5 epochs)
 
-  c.optim.name = "adam"
-  c.optim.lr = 2e-3  # cosine-decayed to 0 over num_steps
+  c.optim.name = "adamw"
+  c.optim.lr = 2e-3
+  c.optim.schedule = "cosine"  # decayed to 0 over num_steps
   c.optim.weight_decay = 1e-4
   return c

@@ -10,7 +10,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 from flax import struct
 
 from jaxgen import losses, ops
@@ -55,11 +54,12 @@ def init_state(
       dropout=m.dropout,
       flip=m.flip,
       fast_ops=ops.use_fast_ops(config.get("fast_ops", "auto")),
+      accum_steps=config.get("accum_steps", 1),
     )
   )
   model = _model(hp)
   params, stats = common.init_model(model, key, sample_batch["image"][:1])
-  lr = optax.cosine_decay_schedule(config.optim.lr, max(config.num_steps, 1))
+  lr = common.learning_rate(config, config.optim.lr)
   net = common.create_model_state(model, params, stats, config.optim, lr)
   return ClassifierState(step=jnp.zeros((), jnp.int32), net=net, hp=hp)
 
@@ -78,18 +78,23 @@ def train_step(state: ClassifierState, batch: dict, key: jax.Array) -> tuple[Cla
     flip_B = jax.random.bernoulli(flip_key, 0.5, (images.shape[0],))
     images = jnp.where(flip_B[:, None, None, None], images[:, :, ::-1], images)
 
-  def loss_fn(params):
-    logits, stats = common.apply(
-      model, params, net.batch_stats, images, train=True, rngs={"dropout": drop_key}
-    )
-    return losses.softmax_cross_entropy(logits, labels), (stats, logits)
+  def grads_fn(stats, inputs, micro_drop_key):
+    images, labels = inputs
 
-  (loss, (stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(net.params)
-  net, logged = common.apply_gradients(net, grads, batch_stats=stats)
-  return (
-    state.replace(step=state.step + 1, net=net),
-    dict(loss=loss, accuracy=_accuracy(logits, labels), **logged),
+    def loss_fn(params):
+      logits, new_stats = common.apply(
+        model, params, stats, images, train=True, rngs={"dropout": micro_drop_key}
+      )
+      return losses.softmax_cross_entropy(logits, labels), (new_stats, logits)
+
+    (loss, (stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(net.params)
+    return grads, stats, dict(loss=loss, accuracy=_accuracy(logits, labels))
+
+  grads, stats, metrics = common.accumulate(
+    grads_fn, net.batch_stats, (images, labels), drop_key, state.hp.accum_steps
   )
+  net, logged = common.apply_gradients(net, grads, batch_stats=stats)
+  return state.replace(step=state.step + 1, net=net), {**metrics, **logged}
 
 
 def features(state: ClassifierState, images_BxHxWxC: jax.Array) -> tuple[jax.Array, jax.Array]:

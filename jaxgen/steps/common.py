@@ -69,22 +69,109 @@ def init_model(model: nn.Module, key: jax.Array, *args: Any, **kwargs: Any) -> t
   return variables["params"], variables.get("batch_stats", {})
 
 
-def optimizer(optim: ml_collections.ConfigDict, lr: float) -> optax.GradientTransformation:
-  """optim.name "adam" (AdamW with optim.b1/b2/weight_decay) or "sgd", after optional clipping."""
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
+
+
+def optimizer(
+  optim: ml_collections.ConfigDict, lr: float | optax.Schedule
+) -> optax.GradientTransformation:
+  """optim.name: "adam" (optim.b1/b2), "adamw" (Adam with decoupled optim.weight_decay) or "sgd"
+  (optim.momentum), after clipping the global norm to optim.grad_clip when set."""
   name = optim.get("name", "adam")
+  betas = dict(b1=optim.get("b1", 0.9), b2=optim.get("b2", 0.999))
+  weight_decay = optim.get("weight_decay", 0.0)
   if name == "adam":
-    tx = optax.adamw(
-      lr,
-      b1=optim.get("b1", 0.9),
-      b2=optim.get("b2", 0.999),
-      weight_decay=optim.get("weight_decay", 0.0),
-    )
+    if weight_decay:
+      raise ConfigError(
+        f"optim.weight_decay={weight_decay} needs AdamW; set config.optim.name to 'adamw' "
+        "(or config.optim.weight_decay to 0)"
+      )
+    tx = optax.adam(lr, **betas)
+  elif name == "adamw":
+    tx = optax.adamw(lr, **betas, weight_decay=weight_decay)
   elif name == "sgd":
     tx = optax.sgd(lr, momentum=optim.get("momentum") or None)
   else:
-    raise ConfigError(f"unknown optimizer {name!r}; set config.optim.name to 'adam' or 'sgd'")
+    raise ConfigError(f"unknown optimizer {name!r}; set config.optim.name to one of {OPTIMIZERS}")
   clip = optim.get("grad_clip", 0.0)
   return optax.chain(optax.clip_by_global_norm(clip), tx) if clip else tx
+
+
+def learning_rate(
+  config: ml_collections.ConfigDict, peak: float, updates_per_step: int = 1
+) -> float | optax.Schedule:
+  """The learning rate of each optimizer update: a linear warm-up from 0 over
+  config.optim.warmup_steps training steps, then `peak` held ("constant") or cosine-decayed to
+  optim.final_lr_fraction * peak at config.num_steps ("cosine"). `updates_per_step`: optimizer
+  updates per training step (a GAN's d_steps). A constant rate without warm-up is the float itself
+  (the optimizer then keeps no schedule count). A cosine schedule is laid over num_steps: resuming
+  with a larger num_steps stretches what remains of it."""
+  optim = config.optim
+  name = optim.get("schedule", "constant")
+  warmup = optim.get("warmup_steps", 0) * updates_per_step
+  if name == "constant":
+    main = peak
+  elif name == "cosine":
+    total = max(config.num_steps * updates_per_step, 1)
+    main = optax.cosine_decay_schedule(
+      peak, max(total - warmup, 1), alpha=optim.get("final_lr_fraction", 0.0)
+    )
+  else:
+    raise ConfigError(f"unknown schedule {name!r}; set config.optim.schedule to one of {SCHEDULES}")
+  if not warmup:
+    return main
+  after = optax.constant_schedule(main) if name == "constant" else main
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def micro_batches(tree: Any, k: int) -> Any:
+  """Leaves [B, ...] -> [k, B/k, ...]. Micro-batch j holds rows j, j + k, j + 2k, ..., so each
+  device's contiguous shard of the batch axis holds its own rows of every micro-batch and
+  splitting moves no data between devices (B must divide by k * devices)."""
+
+  def split(x):
+    return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
+
+  return jax.tree.map(split, tree)
+
+
+def accumulate(
+  fn: Callable[[Any, Any, jax.Array], tuple[Any, Any, dict]],
+  batch_stats: Any,
+  inputs: Any,
+  key: jax.Array,
+  accum_steps: int,
+) -> tuple[Any, Any, dict]:
+  """(grads, batch_stats, metrics) of `fn(batch_stats, inputs, key)` over `accum_steps` micro-batches.
+
+  `inputs` is a pytree of [B, ...] arrays: the batch and any per-example randomness drawn for the
+  whole batch. Micro-batches run in order in a lax.scan (so activations are held for one micro-
+  batch only); grads and metrics are their means, which for a loss averaged over examples equal
+  the whole batch's (the randomness in `inputs` is split with the batch). BatchNorm normalises
+  each micro-batch by its own statistics and its running averages are updated once per
+  micro-batch, in order (threaded through `batch_stats`). Micro-batch j draws any further
+  randomness from fold_in(key, j). With accum_steps 1 this is fn(batch_stats, inputs, key).
+  """
+  if accum_steps == 1:
+    return fn(batch_stats, inputs, key)
+  micro = micro_batches(inputs, accum_steps)
+  first = jax.tree.map(lambda x: x[0], micro)
+  grads_shape, _, metrics_shape = jax.eval_shape(fn, batch_stats, first, key)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (grads_shape, metrics_shape))
+
+  def body(carry, xs):
+    stats, sums = carry
+    j, micro_inputs = xs
+    micro_inputs = jax.tree.map(shard_batch_axis, micro_inputs)
+    grads, stats, metrics = fn(stats, micro_inputs, jax.random.fold_in(key, j))
+    return (stats, jax.tree.map(jnp.add, sums, (grads, metrics))), None
+
+  (batch_stats, sums), _ = jax.lax.scan(
+    body, (batch_stats, zeros), (jnp.arange(accum_steps), micro)
+  )
+  grads, metrics = jax.tree.map(lambda x: x / accum_steps, sums)
+  return grads, batch_stats, metrics
 
 
 def shard_batch_axis(x: jax.Array) -> jax.Array:

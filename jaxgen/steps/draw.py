@@ -73,6 +73,7 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
       embed_dim=m.get("embed_dim", 64),
       lang_features=m.get("lang_features", 128),
       align_features=m.get("align_features", 128),
+      accum_steps=config.get("accum_steps", 1),
     )
   )
   tokens = None
@@ -80,7 +81,8 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
     tokens = sample_batch.get("tokens", jnp.zeros((1, hp.max_tokens), jnp.int32))[:1]
   model = _model(hp)
   params, _ = common.init_model(model, key, sample_batch["image"][:1], tokens)
-  draw = common.create_model_state(model, params, {}, config.optim, config.optim.lr)
+  lr = common.learning_rate(config, config.optim.lr)
+  draw = common.create_model_state(model, params, {}, config.optim, lr)
   return DRAWState(step=jnp.zeros((), jnp.int32), draw=draw, hp=hp)
 
 
@@ -143,7 +145,14 @@ def train_step(state: DRAWState, batch: dict, key: jax.Array) -> tuple[DRAWState
   """One optimizer step on -ELBO; metrics in nats/image (`loss`, `elbo`, `recon`, `kl`), `bpd`,
   the learning rate `lr` and the gradients' global norm `grad_norm` (before clipping)."""
   step_key = jax.random.fold_in(key, state.step)
-  grads, metrics = jax.grad(_negative_elbo, has_aux=True)(state.draw.params, state, batch, step_key)
+
+  def grads_fn(stats, micro_batch, micro_key):
+    grads, metrics = jax.grad(_negative_elbo, has_aux=True)(
+      state.draw.params, state, micro_batch, micro_key
+    )
+    return grads, stats, metrics
+
+  grads, _, metrics = common.accumulate(grads_fn, {}, batch, step_key, state.hp.accum_steps)
   draw, logged = common.apply_gradients(state.draw, grads)
   return state.replace(step=state.step + 1, draw=draw), {**metrics, **logged}
 

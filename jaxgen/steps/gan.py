@@ -1,5 +1,6 @@
 """DCGAN family: alternating discriminator / generator updates and an EMA generator."""
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
       d_steps=m.d_steps,
       ema_decay=m.ema_decay,
       fast_ops=ops.use_fast_ops(config.get("fast_ops", "auto")),
+      accum_steps=config.get("accum_steps", 1),
     )
   )
   if hp.loss not in losses.GAN_LOSSES:
@@ -67,8 +69,13 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
   )
   return GANState(
     step=jnp.zeros((), jnp.int32),
-    g=make(generator, g_params, g_stats, config.optim.g_lr),
-    d=make(discriminator, d_params, d_stats, config.optim.d_lr),
+    g=make(generator, g_params, g_stats, common.learning_rate(config, config.optim.g_lr)),
+    d=make(
+      discriminator,
+      d_params,
+      d_stats,
+      common.learning_rate(config, config.optim.d_lr, updates_per_step=hp.d_steps),
+    ),
     ema_params=jax.tree.map(jnp.copy, g_params),
     hp=hp,
   )
@@ -92,43 +99,55 @@ def train_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, 
   # ---- discriminator: G's BatchNorm runs on batch statistics but its running
   # averages are updated only in the generator's own step.
   g, d = state.g, state.d
-  for i in range(hp.d_steps):
-    fake, _ = common.apply(generator, g.params, g.batch_stats, latent(keys[i]), labels, train=True)
+
+  def d_grads_fn(d_params, d_stats, inputs, _):
+    real, labels, z = inputs
+    fake, _ = common.apply(generator, g.params, g.batch_stats, z, labels, train=True)
     fake = jax.lax.stop_gradient(fake)
 
-    def d_objective(d_params, d_stats, fake):
+    def d_objective(d_params):
       real_logits, stats = common.apply(discriminator, d_params, d_stats, real, labels, train=True)
       fake_logits, stats = common.apply(discriminator, d_params, stats, fake, labels, train=True)
       return d_loss_fn(real_logits, fake_logits), (stats, real_logits, fake_logits)
 
-    (d_loss, (d_stats, real_logits, fake_logits)), d_grads = jax.value_and_grad(
+    (loss, (stats, real_logits, fake_logits)), grads = jax.value_and_grad(
       d_objective, has_aux=True
-    )(d.params, d.batch_stats, fake)
+    )(d_params)
+    d_real, d_fake = (jnp.mean(jax.nn.sigmoid(x)) for x in (real_logits, fake_logits))
+    return grads, stats, dict(d_loss=loss, d_real=d_real, d_fake=d_fake)
+
+  for i in range(hp.d_steps):
+    d_grads, d_stats, d_metrics = common.accumulate(
+      functools.partial(d_grads_fn, d.params),
+      d.batch_stats,
+      (real, labels, latent(keys[i])),
+      keys[i],
+      hp.accum_steps,
+    )
     d, d_logged = common.apply_gradients(d, d_grads, "d_", batch_stats=d_stats)
 
   # ---- generator
-  def g_objective(g_params):
-    fake, stats = common.apply(
-      generator, g_params, g.batch_stats, latent(keys[-1]), labels, train=True
-    )
-    logits, _ = common.apply(discriminator, d.params, d.batch_stats, fake, labels, train=True)
-    return g_loss_fn(logits), stats
+  def g_grads_fn(g_stats, inputs, _):
+    labels, z = inputs
 
-  (g_loss, g_stats), g_grads = jax.value_and_grad(g_objective, has_aux=True)(g.params)
+    def g_objective(g_params):
+      fake, stats = common.apply(generator, g_params, g_stats, z, labels, train=True)
+      logits, _ = common.apply(discriminator, d.params, d.batch_stats, fake, labels, train=True)
+      return g_loss_fn(logits), stats
+
+    (loss, stats), grads = jax.value_and_grad(g_objective, has_aux=True)(g.params)
+    return grads, stats, dict(g_loss=loss)
+
+  g_grads, g_stats, g_metrics = common.accumulate(
+    g_grads_fn, g.batch_stats, (labels, latent(keys[-1])), keys[-1], hp.accum_steps
+  )
   g, g_logged = common.apply_gradients(g, g_grads, "g_", batch_stats=g_stats)
   # Warm-up (as tf.train.ExponentialMovingAverage's num_updates): early on the average
   # would otherwise be dominated by the random initial weights.
   decay = jnp.minimum(hp.ema_decay, (1.0 + state.step) / (10.0 + state.step))
   ema = optax.incremental_update(g.params, state.ema_params, step_size=1.0 - decay)
 
-  metrics = dict(
-    d_loss=d_loss,
-    g_loss=g_loss,
-    d_real=jnp.mean(jax.nn.sigmoid(real_logits)),
-    d_fake=jnp.mean(jax.nn.sigmoid(fake_logits)),
-    **d_logged,
-    **g_logged,
-  )
+  metrics = dict(**d_metrics, **g_metrics, **d_logged, **g_logged)
   return state.replace(step=state.step + 1, g=g, d=d, ema_params=ema), metrics
 
 

@@ -73,13 +73,16 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
       num_classes=m.num_classes,
       likelihood=m.likelihood,
       fast_ops=ops.use_fast_ops(config.get("fast_ops", "auto")),
+      accum_steps=config.get("accum_steps", 1),
     )
   )
   model = _model(hp)
   x = sample_batch["image"][:1]
   labels = jnp.zeros((1,), jnp.int32) if hp.num_classes else None
   params, stats = common.init_model(model, key, x, jnp.zeros((1, hp.latent_dim)), labels)
-  vae = common.create_model_state(model, params, stats, config.optim, config.optim.lr)
+  vae = common.create_model_state(
+    model, params, stats, config.optim, common.learning_rate(config, config.optim.lr)
+  )
   return VAEState(step=jnp.zeros((), jnp.int32), vae=vae, hp=hp)
 
 
@@ -88,17 +91,44 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
 
 def binarize(key: jax.Array, image_BxHxWxC: jax.Array) -> jax.Array:
   """A fresh binary image {0., 1.} [B, H, W, C] with P(1) = (image + 1) / 2 from [-1, 1] images."""
-  return jax.random.bernoulli(key, (image_BxHxWxC + 1.0) / 2.0).astype(image_BxHxWxC.dtype)
+  return _binarize_with(_uniform(key, image_BxHxWxC), image_BxHxWxC)
+
+
+def _uniform(key: jax.Array, image_BxHxWxC: jax.Array) -> jax.Array:
+  return jax.random.uniform(key, image_BxHxWxC.shape, image_BxHxWxC.dtype)
+
+
+def _binarize_with(u_BxHxWxC: jax.Array, image_BxHxWxC: jax.Array) -> jax.Array:
+  # u < p with u ~ U[0, 1) is exactly jax.random.bernoulli(key, p) for u drawn from that key.
+  return (u_BxHxWxC < (image_BxHxWxC + 1.0) / 2.0).astype(image_BxHxWxC.dtype)
 
 
 def observe(
   hp: ml_collections.FrozenConfigDict, image_BxHxWxC: jax.Array, key: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
   """(encoder input in [-1, 1], likelihood target), both [B, H, W, C], for this likelihood."""
+  return _observe_with(hp, image_BxHxWxC, _uniform(key, image_BxHxWxC))
+
+
+def _observe_with(
+  hp: ml_collections.FrozenConfigDict, image_BxHxWxC: jax.Array, u_BxHxWxC: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   if hp.likelihood == "bernoulli":
-    target = binarize(key, image_BxHxWxC)
+    target = _binarize_with(u_BxHxWxC, image_BxHxWxC)
     return 2.0 * target - 1.0, target
   return image_BxHxWxC, image_BxHxWxC
+
+
+def elbo_noise(
+  hp: ml_collections.FrozenConfigDict, image_BxHxWxC: jax.Array, key: jax.Array
+) -> dict:
+  """The per-example randomness of one -ELBO estimate, drawn for the whole batch: uniforms that
+  binarise the images (u [B, H, W, C]) and the reparameterisation noise (eps [B, Z])."""
+  bin_key, eps_key = jax.random.split(key)
+  return dict(
+    u=_uniform(bin_key, image_BxHxWxC),
+    eps=jax.random.normal(eps_key, (image_BxHxWxC.shape[0], hp.latent_dim), image_BxHxWxC.dtype),
+  )
 
 
 def log_likelihood(
@@ -138,15 +168,14 @@ def _elbo_metrics(
 
 
 def _negative_elbo(
-  params: Any, state: VAEState, batch: dict, key: jax.Array
+  params: Any, state: VAEState, batch: dict, noise: dict
 ) -> tuple[jax.Array, dict]:
-  """(-ELBO averaged over the batch, metrics): one reparameterised sample, KL in closed form."""
+  """(-ELBO averaged over the batch, metrics): one reparameterised sample (`elbo_noise`), KL in
+  closed form."""
   hp = state.hp
-  bin_key, eps_key = jax.random.split(key)
-  x_in, target = observe(hp, batch["image"], bin_key)
-  eps_BxZ = jax.random.normal(eps_key, (x_in.shape[0], hp.latent_dim), x_in.dtype)
+  x_in, target = _observe_with(hp, batch["image"], noise["u"])
   (mean_BxZ, logvar_BxZ, out), _ = common.apply(
-    _model(hp), params, state.vae.batch_stats, x_in, eps_BxZ, _labels(hp, batch), train=True
+    _model(hp), params, state.vae.batch_stats, x_in, noise["eps"], _labels(hp, batch), train=True
   )
   recon_B = -log_likelihood(hp, out, target)
   kl_B = jnp.sum(losses.gaussian_kl(mean_BxZ, logvar_BxZ), axis=-1)
@@ -157,14 +186,24 @@ def train_step(state: VAEState, batch: dict, key: jax.Array) -> tuple[VAEState, 
   """One Adam/SGD step on -ELBO; metrics in nats/image (`loss`, `elbo`, `recon`, `kl`), `bpd`,
   the learning rate `lr` and the gradients' global norm `grad_norm`."""
   step_key = jax.random.fold_in(key, state.step)
-  grads, metrics = jax.grad(_negative_elbo, has_aux=True)(state.vae.params, state, batch, step_key)
+  noise = elbo_noise(state.hp, batch["image"], step_key)
+
+  def grads_fn(stats, inputs, _):
+    grads, metrics = jax.grad(_negative_elbo, has_aux=True)(state.vae.params, state, *inputs)
+    return grads, stats, metrics
+
+  grads, _, metrics = common.accumulate(
+    grads_fn, {}, (batch, noise), step_key, state.hp.accum_steps
+  )
   vae, logged = common.apply_gradients(state.vae, grads)
   return state.replace(step=state.step + 1, vae=vae), {**metrics, **logged}
 
 
 def eval_step(state: VAEState, batch: dict, key: jax.Array) -> dict:
   """The training metrics on a batch without updating (binarisation and eps drawn from `key`)."""
-  return _negative_elbo(state.vae.params, state, batch, key)[1]
+  return _negative_elbo(state.vae.params, state, batch, elbo_noise(state.hp, batch["image"], key))[
+    1
+  ]
 
 
 def sample(state: VAEState, key: jax.Array, num: int, conditioning: Any = None) -> jax.Array:
