@@ -49,7 +49,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from jaxgen import cli, evaluate
+from jaxgen import cli, evaluation
 from jaxgen import config as config_lib
 
 README = REPO / "README.md"
@@ -142,7 +142,7 @@ def small_budget(command: str, source_dir: Path, data_dir: Path) -> list[str]:
       f"--config.data.data_dir={data_dir}",
     ]
     name = config_lib.load(argv[argv.index("--config") + 1]).data.name
-    if name.startswith(evaluate.CAPTIONED_PREFIX) and "/" not in name:
+    if name.startswith(evaluation.CAPTIONED_PREFIX) and "/" not in name:
       extra.append(f"--config.data.name={name}/small")
     return argv + extra
   if argv[0] == "evaluate" and "--workdir" in argv:
@@ -187,7 +187,7 @@ def check_parses(argv: list[str], written: set[str], evaluated: set[str]) -> Non
 def newcomer(tmp_path, monkeypatch):
   """A fresh folder as the working directory, experiments/ linked in, no extractor set."""
   monkeypatch.chdir(tmp_path)
-  monkeypatch.delenv(evaluate.EXTRACTOR_ENV, raising=False)
+  monkeypatch.delenv(evaluation.EXTRACTOR_ENV, raising=False)
   (tmp_path / "experiments").symlink_to(REPO / "experiments")
   return tmp_path
 
