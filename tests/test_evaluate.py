@@ -14,7 +14,7 @@ from conftest import REPO
 
 from jaxgen import cli, evaluation, trainer
 from jaxgen import config as config_lib
-from jaxgen.data import captions
+from jaxgen.data import captions, pipeline
 from jaxgen.steps import draw, vae
 
 N = 128  # samples and test images: the whole test split of the fashion slice
@@ -175,6 +175,20 @@ def test_compare_prints_one_table_for_several_runs(two_runs, capsys):
   assert out.count("possible mode collapse") == 2
   with pytest.raises(SystemExit, match="jaxgen evaluate --workdir"):
     cli.main(["evaluate", "--compare", str(root / "good"), str(root / "nothing")])
+
+
+def test_real_images_are_read_exactly_as_the_loader_batches_them(slice_data):
+  config = gen_config(slice_data)
+  source, _ = trainer.load_data(config, "test")
+  loader = pipeline.make_loader(source, batch_size=N, seed=0, shuffle=False, num_epochs=1)
+  batch = evaluation.read_batch(config, "test")
+  assert sorted(batch) == ["image", "label"]
+  for k, v in next(loader).items():  # bit for bit: the evaluation sees what training saw
+    assert batch[k].dtype == v.dtype
+    np.testing.assert_array_equal(batch[k], v)
+  images, labels = evaluation.read_split(config, "test", np.array([5, 2]))
+  np.testing.assert_array_equal(images, batch["image"][[5, 2]])
+  np.testing.assert_array_equal(labels, batch["label"][[5, 2]])
 
 
 def test_protocol_likelihood_bounds_and_conditional_accuracy(slice_data):

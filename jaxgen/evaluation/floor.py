@@ -35,8 +35,9 @@ def real_reference(
   Cached in extractor.cache_dir per (data set, counts, seed, extractor step).
   """
   _, source = data_key(config.data)
+  # v3: test images scaled as the loader scales them (v2 differed in the last bit)
   key = (
-    f"v2_{config.data.name}_{hashlib.sha1(source.encode()).hexdigest()[:8]}_step"
+    f"v3_{config.data.name}_{hashlib.sha1(source.encode()).hexdigest()[:8]}_step"
     f"{extractor.checkpoint_step}_real{num_real}_fake{num_fake}_seed{seed}"
   )
   cache = extractor.cache_dir / key if extractor.cache_dir else None

@@ -15,17 +15,13 @@ def split_size(config: ml_collections.ConfigDict, split: str) -> int:
 def read_batch(
   config: ml_collections.ConfigDict, split: str, indices: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
-  """A split's examples (all, or `indices`) as one batch with the loader's keys: image float32
-  [N, H, W, C] in [-1, 1], label int32 [N] and any other integer feature (caption tokens, ...)."""
+  """A split's examples (all, or `indices`) as one batch, scaled as the loader scales them
+  (`pipeline.to_batch`): image float32 [N, H, W, C] in [-1, 1], label int32 [N] and any other
+  integer feature (caption tokens, ...)."""
   source, _ = trainer.load_data(config, split)
   indices = np.arange(len(source)) if indices is None else np.asarray(indices)
   getitems = getattr(source, "__getitems__", None) or (lambda ii: [source[i] for i in ii])
-  items = getitems([int(i) for i in indices])
-  # Images scaled as evaluation always has (the loader's x * (1 / 127.5) differs in the last bit).
-  images = np.stack([it["image"] for it in items]).astype(np.float32)
-  if images.ndim == 3:
-    images = images[..., None]
-  return dict(pipeline.to_batch(items), image=images / 127.5 - 1.0)
+  return pipeline.to_batch(getitems([int(i) for i in indices]))
 
 
 def read_split(
