@@ -381,6 +381,35 @@ def test_classifier_trains_through_the_loop_and_serves_as_extractor(
   assert feats.shape == (5, 32) and logits.shape == (5, 10)
 
 
+@pytest.mark.slow  # trains a tiny VAE, then evaluates it twice (~30 s)
+def test_jaxgen_evaluate_caches_in_the_run_and_leaves_the_extractor_alone(
+  classifier_run, slice_data, tmp_path, capsys
+):
+  _, extractor = classifier_run
+  c = config_lib.load(REPO / "experiments/configs/vae_fashion.py")
+  c.data, c.model.width, c.model.latent_dim = slice_data, 4, 4
+  c.batch_size, c.num_steps, c.checkpoint_every, c.sample_every, c.eval_every = 64, 2, 2, 0, 0
+  c.eval.update(dict(num_importance=2, num_test_images=16, batch_size=8))
+  run = tmp_path / "vae"
+  trainer.train_and_evaluate(c, run)
+  before = folder_state(extractor)
+  argv = ["evaluate", "--workdir", str(run), "--extractor", str(extractor), "--num_samples", "32"]
+  cli.main(argv)
+  (cache,) = (run / "eval").glob(f"extractor_{extractor.name}_*")
+  files = sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file())
+  assert files[0] == "extractor.json" and len(files) == 3
+  assert all(f.startswith("floor/v3_idx_") and "_real32_fake32_seed0." in f for f in files[1:])
+  assert folder_state(extractor) == before
+  first = json.loads((run / "metrics.json").read_text())
+  assert first["protocol"]["extractor"]["name"] == str(extractor) and "fd" in first["metrics"]
+  cli.main([*argv, "--cache_dir", str(tmp_path / "shared")])  # the user's cache folder
+  assert len(list((tmp_path / "shared").glob("extractor_*/floor/*.npz"))) == 1
+  assert folder_state(extractor) == before
+  second = json.loads((run / "metrics.json").read_text())
+  assert second["metrics"] == first["metrics"]  # cached or not, the same numbers
+  assert "wrote " + str(run / "metrics.json") in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------ captions
 
 

@@ -102,11 +102,7 @@ def caption_results(
     floor=floor,
     flags=[],
     protocol=dict(
-      extractor=dict(
-        name=extractor.name,
-        checkpoint_step=extractor.checkpoint_step,
-        test_accuracy=extractor.test_accuracy,
-      ),
+      extractor=extractor.protocol(),
       captions=dict(num=n, held_out=held_out, split="test", first=True),
       num_samples=n,
       seed=seed,

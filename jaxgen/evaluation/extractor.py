@@ -43,6 +43,12 @@ class Extractor:
   checkpoint_step: int | None = None
   cache_dir: Path | None = None
 
+  def protocol(self) -> dict:
+    """What metrics.json records of the extractor."""
+    return dict(
+      name=self.name, checkpoint_step=self.checkpoint_step, test_accuracy=self.test_accuracy
+    )
+
 
 def extractor_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` as the extractor sees it: captioned canvases are scored item by item, by the

@@ -61,12 +61,7 @@ def _sample_results(
     floor=ref.floor,
     flags=quality.sample_flags(values, ref.floor),
     protocol=dict(
-      extractor=dict(
-        name=extractor.name,
-        checkpoint_step=extractor.checkpoint_step,
-        test_accuracy=extractor.test_accuracy,
-        feature_dim=int(feats.shape[1]),
-      ),
+      extractor=dict(extractor.protocol(), feature_dim=int(feats.shape[1])),
       num_samples=num_samples,
       **ref.protocol,
       checkpoint_step=step,
