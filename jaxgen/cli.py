@@ -97,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     help="classifier workdir (default: $JAXGEN_EXTRACTOR, else runs/classifier_<data.name>)",
   )
   e.add_argument("--num_importance", type=int, default=None, help="IWAE samples k")
+  e.add_argument(
+    "--cache_dir",
+    default=None,
+    help="where the extractor's accuracy and the floors are cached (default: WORKDIR/eval)",
+  )
   e.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   for cmd in (t, e):  # several processes (e.g. hosts) take part in one run or evaluation
     cmd.add_argument("--coordinator", help="host:port of process 0, for multi-host runs")
@@ -119,9 +124,9 @@ def _train(args: argparse.Namespace, overrides: dict[str, str]) -> None:
   config_lib.validate(config)
   eval_fn = None
   if config.get("eval_every"):
-    from jaxgen import evaluate
+    from jaxgen import evaluation
 
-    eval_fn = evaluate.make_eval_fn(config)
+    eval_fn = evaluation.make_eval_fn(config, cache_dir=Path(args.workdir) / evaluation.CACHE_DIR)
   trainer.train_and_evaluate(config, args.workdir, eval_fn=eval_fn)
 
 
@@ -180,21 +185,22 @@ def _evaluate(args: argparse.Namespace) -> None:
   parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   import jax
 
-  from jaxgen import evaluate
+  from jaxgen import evaluation
 
   if args.compare:
-    print(evaluate.format_table([evaluate.load_results(w) for w in args.compare]))
+    print(evaluation.format_table([evaluation.load_results(w) for w in args.compare]))
     return
-  results = evaluate.evaluate_run(
+  results = evaluation.evaluate_run(
     args.workdir,
     num_samples=args.num_samples,
     seed=args.seed,
     extractor=args.extractor,
     num_importance=args.num_importance,
     step=args.step,
+    cache_dir=args.cache_dir,
   )
   if jax.process_index() == 0:
-    print(evaluate.format_table([results]))
+    print(evaluation.format_table([results]))
     if results["protocol"].get("sample_metrics"):
       print(f"note: {results['protocol']['sample_metrics']}")
     seconds = results["protocol"].get("seconds", "?")

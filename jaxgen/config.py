@@ -26,7 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500  # Orbax save of state + data position (always at the end)
   c.keep_checkpoints = 3
   c.num_grid_samples = 64  # 0: no sample grids (e.g. for classifiers)
-  c.eval_every = 0  # jaxgen.evaluate metrics every N steps into metrics.jsonl (0: off)
+  c.eval_every = 0  # jaxgen.evaluation metrics every N steps into metrics.jsonl (0: off)
   c.eval_num_samples = 2000  # samples vs test images per in-training evaluation
   c.max_loss = 1e6  # a loss (metric named *loss) above this stops the run as diverged
   c.xla_cpu_eigen_convs = True  # CPU: XLA's Eigen convolutions, not YNNPACK's (jaxgen.ops.compile)

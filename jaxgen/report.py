@@ -217,7 +217,7 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
 
 def evaluation_section(runs: list[dict]) -> str:
   """metrics.json of each evaluated run: metric rows x runs, the floor, flags and protocol."""
-  from jaxgen import evaluate  # imported here: it pulls in the data and metrics stacks
+  from jaxgen import evaluation  # imported here: it pulls in the data and metrics stacks
 
   done = [r for r in runs if r["results"]]
   if not done:
@@ -234,20 +234,20 @@ def evaluation_section(runs: list[dict]) -> str:
   floor_name = "floor: real test canvases" if captioned else "floor: train vs test"
   header = ["metric", *[r["name"] for r in done]] + ([floor_name] if floor else [])
   rows = []
-  for row in evaluate.ROWS:
+  for row in evaluation.ROWS:
     if not any(m.get(row[0]) is not None for m in merged):
       continue
     cells = [
-      evaluate.format_cell(row, m, r["results"].get("flags", [])) for m, r in zip(merged, done)
+      evaluation.format_cell(row, m, r["results"].get("flags", [])) for m, r in zip(merged, done)
     ]
-    rows.append([row[1], *cells] + ([evaluate.format_cell(row, floor)] if floor else []))
+    rows.append([row[1], *cells] + ([evaluation.format_cell(row, floor)] if floor else []))
   parts = [
     '<h2 id="evaluation">Evaluation</h2><div class="side"><div>',
     _table(header, rows, "eval"),
   ]
   for r in done:
     for flag in r["results"].get("flags", []):
-      kind_evidence = ": ".join(evaluate.flag_kind_and_evidence(flag))  # as jaxgen evaluate
+      kind_evidence = ": ".join(evaluation.flag_kind_and_evidence(flag))  # as jaxgen evaluate
       parts.append(f'<p class="flag">! {html.escape(r["name"])}: {html.escape(kind_evidence)}</p>')
   if len(done) > 1:
     parts.append('<p class="note">the floor is the first run\'s</p>')

@@ -586,20 +586,27 @@ def _train_locked(
 # ----------------------------------------------------------------- trained runs
 
 
-def load_run(
-  workdir: str | Path, step: int | None = None
-) -> tuple[ml_collections.ConfigDict, Any, Any]:
-  """(config, family module, state) of a trained run, restored from its checkpoint (by default
-  the newest one that restores and verifies; each one skipped is reported in one line)."""
-  workdir = Path(workdir)
-  config_path = workdir / "config.json"
+def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
+  """The config a run was trained with (its config.json); raises UserError if there is none."""
+  config_path = Path(workdir) / "config.json"
   if not config_path.is_file():
     raise UserError(
       f"{workdir} holds no jaxgen run ({config_path} is missing); train one "
       f"with `jaxgen train --config CONFIG --workdir {workdir}`"
     )
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  config.data.image_shape = tuple(config.data.image_shape)
+  if config.data.get("image_shape") is not None:  # None in configs never trained
+    config.data.image_shape = tuple(config.data.image_shape)
+  return config
+
+
+def load_run(
+  workdir: str | Path, step: int | None = None
+) -> tuple[ml_collections.ConfigDict, Any, Any]:
+  """(config, family module, state) of a trained run, restored from its checkpoint (by default
+  the newest one that restores and verifies; each one skipped is reported in one line)."""
+  workdir = Path(workdir)
+  config = load_run_config(workdir)
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", async_save=False, read_only=True)
   abstract = abstract_state(config, parallel.make_mesh())
   try:

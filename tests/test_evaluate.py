@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from jaxgen import cli, evaluate, trainer
+from jaxgen import cli, evaluation, trainer
 from jaxgen import config as config_lib
-from jaxgen.data import captions
+from jaxgen.data import captions, pipeline
 from jaxgen.steps import draw, vae
 
 N = 128  # samples and test images: the whole test split of the fashion slice
@@ -45,7 +45,7 @@ def projection_extractor(cache_dir=None):
     logits_BxK = -((level_B[:, None] - jnp.arange(10)) ** 2)
     return x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1) @ w_PxD, logits_BxK
 
-  return evaluate.Extractor(
+  return evaluation.Extractor(
     "random projection", features_fn, test_accuracy=0.5, checkpoint_step=7, cache_dir=cache_dir
   )
 
@@ -68,11 +68,11 @@ def image_family(collapsed):
 def two_runs(slice_data, tmp_path_factory):
   """metrics.json of a good and of a collapsed generator, in two run folders."""
   root = tmp_path_factory.mktemp("runs")
-  train_images, _ = evaluate.read_split(gen_config(slice_data), "train")
+  train_images, _ = evaluation.read_split(gen_config(slice_data), "train")
   ext = projection_extractor(root / "floor")
   out = {}
   for name, collapsed in (("good", False), ("collapsed", True)):
-    results = evaluate.evaluate_state(
+    results = evaluation.evaluate_state(
       gen_config(slice_data),
       image_family(collapsed),
       jnp.asarray(train_images),
@@ -102,7 +102,7 @@ def test_collapsed_generator_is_flagged_and_real_one_is_not(two_runs):
   assert good["duplicate_rate"] < 0.05
   assert good["duplicate_threshold"] == floor["duplicate_threshold"]
   assert r["good"]["flags"] == []
-  kinds = [evaluate.flag_kind_and_evidence(f) for f in r["collapsed"]["flags"]]
+  kinds = [evaluation.flag_kind_and_evidence(f) for f in r["collapsed"]["flags"]]
   assert [(k, e.split()[0]) for k, e in kinds] == [
     ("low diversity or coverage", "recall"),
     ("low diversity or coverage", "coverage"),
@@ -111,7 +111,7 @@ def test_collapsed_generator_is_flagged_and_real_one_is_not(two_runs):
     ("possible mode collapse", "duplicate_rate"),
   ]
   assert f"with precision {bad['precision']:.3g} >=" in kinds[3][1]
-  table = evaluate.format_table([r["collapsed"]])
+  table = evaluation.format_table([r["collapsed"]])
   recall_row = next(line for line in table.splitlines() if line.startswith("recall"))
   assert recall_row.split()[-2:] == ["!", f"{floor['recall']:.3f}"]
   dup_row = next(line for line in table.splitlines() if line.startswith("duplicates"))
@@ -124,35 +124,35 @@ def test_flags_tell_low_coverage_from_mode_collapse():
   floor = dict(precision=0.7, recall=0.6, coverage=0.5, diversity=10.0, duplicate_rate=0.01)
   # Blurry samples (a VAE): off the manifold (low precision), spread out (few duplicates).
   blurry = dict(precision=0.2, recall=0.1, coverage=0.2, diversity=8.0, duplicate_rate=0.02)
-  assert evaluate.sample_flags(blurry, floor) == [
+  assert evaluation.sample_flags(blurry, floor) == [
     "low diversity or coverage: recall 0.1 < 0.5 x floor 0.6",
     "low diversity or coverage: coverage 0.2 < 0.5 x floor 0.5",
   ]
   # On the manifold but in few places of it: collapse, though no sample repeats another.
   narrow = dict(blurry, precision=0.6)
-  assert evaluate.sample_flags(narrow, floor)[2:] == [
+  assert evaluation.sample_flags(narrow, floor)[2:] == [
     "possible mode collapse: recall 0.1 < 0.5 x floor 0.6 with precision 0.6 >= 0.75 x floor 0.7"
   ]
   # Repeats: over 3 x floor, and over 5% (a floor of 0 alone would flag any repeat).
-  assert evaluate.sample_flags(dict(floor, duplicate_rate=0.031), floor) == []
-  assert evaluate.sample_flags(dict(floor, duplicate_rate=0.06), floor) == [
+  assert evaluation.sample_flags(dict(floor, duplicate_rate=0.031), floor) == []
+  assert evaluation.sample_flags(dict(floor, duplicate_rate=0.06), floor) == [
     "possible mode collapse: duplicate_rate 0.06 > 3 x floor 0.01 (and > 0.05): samples "
     "repeat one another"
   ]
   no_floor = dict(floor, duplicate_rate=0.0)
-  assert evaluate.sample_flags(dict(floor, duplicate_rate=0.04), no_floor) == []
+  assert evaluation.sample_flags(dict(floor, duplicate_rate=0.04), no_floor) == []
   # metrics.json written before the kinds existed
-  assert evaluate.flag_kind_and_evidence("recall 0.1 < 0.5 x floor 0.6") == (
+  assert evaluation.flag_kind_and_evidence("recall 0.1 < 0.5 x floor 0.6") == (
     "low diversity or coverage",
     "recall 0.1 < 0.5 x floor 0.6",
   )
 
 
-def test_floor_is_cached_next_to_the_extractor(two_runs, slice_data, monkeypatch):
+def test_floor_is_cached_in_the_extractors_cache_dir(two_runs, slice_data, monkeypatch):
   root, r = two_runs
   assert len(list((root / "floor").glob("*.npz"))) == 1
-  monkeypatch.setattr(evaluate, "compute_features", lambda *a, **k: 1 / 0)
-  ref = evaluate.real_reference(
+  monkeypatch.setattr(evaluation.sharded, "compute_features", lambda *a, **k: 1 / 0)
+  ref = evaluation.real_reference(
     projection_extractor(root / "floor"), gen_config(slice_data), N, N, seed=1
   )
   assert ref.floor == r["good"]["floor"] and ref.test_features.shape == (N, 32)
@@ -177,6 +177,20 @@ def test_compare_prints_one_table_for_several_runs(two_runs, capsys):
     cli.main(["evaluate", "--compare", str(root / "good"), str(root / "nothing")])
 
 
+def test_real_images_are_read_exactly_as_the_loader_batches_them(slice_data):
+  config = gen_config(slice_data)
+  source, _ = trainer.load_data(config, "test")
+  loader = pipeline.make_loader(source, batch_size=N, seed=0, shuffle=False, num_epochs=1)
+  batch = evaluation.read_batch(config, "test")
+  assert sorted(batch) == ["image", "label"]
+  for k, v in next(loader).items():  # bit for bit: the evaluation sees what training saw
+    assert batch[k].dtype == v.dtype
+    np.testing.assert_array_equal(batch[k], v)
+  images, labels = evaluation.read_split(config, "test", np.array([5, 2]))
+  np.testing.assert_array_equal(images, batch["image"][[5, 2]])
+  np.testing.assert_array_equal(labels, batch["label"][[5, 2]])
+
+
 def test_protocol_likelihood_bounds_and_conditional_accuracy(slice_data):
   calls = []
 
@@ -192,7 +206,7 @@ def test_protocol_likelihood_bounds_and_conditional_accuracy(slice_data):
   family = types.SimpleNamespace(sample=sample, log_likelihood_bounds=log_likelihood_bounds)
   config = gen_config(slice_data, num_classes=10)
   config.eval = {"num_test_images": 40, "seed": 5}
-  results = evaluate.evaluate_state(
+  results = evaluation.evaluate_state(
     config,
     family,
     jnp.zeros(()),
@@ -224,13 +238,13 @@ def test_protocol_likelihood_bounds_and_conditional_accuracy(slice_data):
   assert lk["nll_elbo"] == pytest.approx(100.0) and lk["nll_iwae"] == pytest.approx(89.75)
   assert lk["bpd_iwae"] == pytest.approx(89.75 / (784 * math.log(2)))
   assert calls == [4]
-  table = evaluate.format_table([dict(results, run="vae")])
+  table = evaluation.format_table([dict(results, run="vae")])
   assert "-IWAE nats/image" in table and "89.75" in table and "k=4" in table
 
 
 def test_missing_extractor_names_the_command(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  monkeypatch.delenv(evaluate.EXTRACTOR_ENV, raising=False)
+  monkeypatch.delenv(evaluation.EXTRACTOR_ENV, raising=False)
   run = tmp_path / "gan"
   run.mkdir()
   run.joinpath("config.json").write_text(
@@ -259,9 +273,9 @@ def test_likelihood_families_need_no_extractor_and_say_how_to_get_sample_metrics
   slice_data, tmp_path, monkeypatch
 ):
   monkeypatch.chdir(tmp_path)
-  monkeypatch.delenv(evaluate.EXTRACTOR_ENV, raising=False)
+  monkeypatch.delenv(evaluation.EXTRACTOR_ENV, raising=False)
   vae = config_lib.load(REPO / "experiments/configs/vae_fashion.py")
-  ext, note = evaluate.optional_extractor(vae)
+  ext, note = evaluation.optional_extractor(vae)
   assert ext is None and len(note.splitlines()) == 1
   assert note == (
     "sample metrics (FD, KID, precision/recall, ...) skipped: no trained feature "
@@ -270,42 +284,48 @@ def test_likelihood_families_need_no_extractor_and_say_how_to_get_sample_metrics
     "runs/classifier_fashion_mnist` and evaluate again"
   )
   draw_config = config_lib.load(REPO / "experiments/configs/aligndraw_captions.py")
-  assert evaluate.optional_extractor(draw_config)[1] == note  # its items' classifier
+  assert evaluation.optional_extractor(draw_config)[1] == note  # its items' classifier
   # A GAN has nothing to evaluate without one; an extractor named by the user must exist.
   gan = config_lib.load(REPO / "experiments/configs/dcgan_fashion.py")
-  with pytest.raises(evaluate.ExtractorNotFound, match="train it with `jaxgen train"):
-    evaluate.optional_extractor(gan)
-  with pytest.raises(evaluate.ExtractorNotFound, match="no trained feature extractor in elsewhere"):
-    evaluate.optional_extractor(vae, "elsewhere")
-  monkeypatch.setenv(evaluate.EXTRACTOR_ENV, "from_env")
-  with pytest.raises(evaluate.ExtractorNotFound, match="no trained feature extractor in from_env"):
-    evaluate.optional_extractor(vae)
+  with pytest.raises(evaluation.ExtractorNotFound, match="train it with `jaxgen train"):
+    evaluation.optional_extractor(gan)
+  with pytest.raises(
+    evaluation.ExtractorNotFound, match="no trained feature extractor in elsewhere"
+  ):
+    evaluation.optional_extractor(vae, "elsewhere")
+  monkeypatch.setenv(evaluation.EXTRACTOR_ENV, "from_env")
+  with pytest.raises(
+    evaluation.ExtractorNotFound, match="no trained feature extractor in from_env"
+  ):
+    evaluation.optional_extractor(vae)
 
   config = gen_config(slice_data)
   config.eval = {"num_test_images": 16, "num_importance": 3}
-  results = evaluate.evaluate_state(config, fake_likelihood_family(), None, None, step=9, note=note)
+  results = evaluation.evaluate_state(
+    config, fake_likelihood_family(), None, None, step=9, note=note
+  )
   assert (results["metrics"], results["floor"], results["flags"]) == ({}, {}, [])
   assert results["protocol"]["sample_metrics"] == note
   assert results["protocol"]["likelihood"]["num_images"] == 16
   assert results["likelihood"]["nll_elbo"] == pytest.approx(100.0)
-  table = evaluate.format_table([dict(results, run="vae")])
+  table = evaluation.format_table([dict(results, run="vae")])
   assert table.splitlines()[0].split() == ["metric", "vae"]  # no floor column
   assert "-IWAE nats/image" in table and "FD" not in table
   assert "vae: fake at step 9; bounds on 16 test images, k=3; no sample metrics" in table
   with pytest.raises(ValueError, match="needs a feature extractor"):
-    evaluate.evaluate_state(config, image_family(False), None, None, step=0)
+    evaluation.evaluate_state(config, image_family(False), None, None, step=0)
 
 
 def test_in_training_evaluation_of_a_vae_without_an_extractor_gives_the_bounds(
   slice_data, tmp_path, monkeypatch, capsys
 ):
   monkeypatch.chdir(tmp_path)
-  monkeypatch.delenv(evaluate.EXTRACTOR_ENV, raising=False)
+  monkeypatch.delenv(evaluation.EXTRACTOR_ENV, raising=False)
   config = config_lib.load(REPO / "experiments/configs/vae_fashion.py")
   config.data, config.eval_every = slice_data, 10
   config.model.width, config.model.latent_dim = 4, 4
   config.eval.update(dict(num_importance=2, num_test_images=16, batch_size=8))
-  eval_fn = evaluate.make_eval_fn(config)
+  eval_fn = evaluation.make_eval_fn(config)
   assert capsys.readouterr().out.startswith(
     "evaluation every 10 steps: likelihood bounds only; sample metrics (FD, KID, "
   )
@@ -324,21 +344,70 @@ def classifier_run(slice_data, tmp_path_factory):
   c.model.width, c.model.feature_dim = 8, 32
   c.batch_size, c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 64, 24, 8, 24, 24
   workdir = tmp_path_factory.mktemp("classifier")
-  trainer.train_and_evaluate(c, workdir, eval_fn=evaluate.make_eval_fn(c))
+  trainer.train_and_evaluate(c, workdir, eval_fn=evaluation.make_eval_fn(c))
   return c, workdir
 
 
-def test_classifier_trains_through_the_loop_and_serves_as_extractor(classifier_run):
+def folder_state(path):
+  """Every entry under `path` with its size and modification time (ns)."""
+  return {
+    str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*")
+  }
+
+
+def test_classifier_trains_through_the_loop_and_serves_as_extractor(
+  classifier_run, slice_data, tmp_path, monkeypatch
+):
   config, workdir = classifier_run
   log = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   evals = [r["eval"] for r in log if "eval" in r]
   assert len(evals) == 1 and evals[0]["test_accuracy"] > 0.4  # chance: 0.1
   assert not (workdir / "samples").exists()
-  ext = evaluate.load_extractor(config, workdir)
+  before = folder_state(workdir)
+  ext = evaluation.load_extractor(config, workdir, cache_dir=tmp_path)
   assert ext.test_accuracy == evals[0]["test_accuracy"] and ext.checkpoint_step == 24
-  assert json.loads((workdir / "extractor.json").read_text())["num_test"] == N
-  feats, logits = evaluate.compute_features(ext.features_fn, np.zeros((5, 28, 28, 1), np.float32))
+  # Its accuracy and the floors are cached in the cache folder given, never in the extractor's.
+  (info,) = tmp_path.glob(f"extractor_{workdir.name}_*/extractor.json")
+  assert json.loads(info.read_text())["num_test"] == N and ext.cache_dir == info.parent / "floor"
+  evaluation.real_reference(ext, gen_config(slice_data), 16, 16, seed=0)
+  assert len(list(ext.cache_dir.glob("*.npz"))) == 1
+  assert folder_state(workdir) == before
+  monkeypatch.setattr(evaluation.extractor, "classifier_accuracy", lambda *a, **k: 1 / 0)
+  again = evaluation.load_extractor(config, workdir, cache_dir=tmp_path)  # read from the cache
+  assert again.test_accuracy == ext.test_accuracy
+  with pytest.raises(ZeroDivisionError):  # another cache folder: computed afresh
+    evaluation.load_extractor(config, workdir, cache_dir=tmp_path / "elsewhere")
+  feats, logits = evaluation.compute_features(ext.features_fn, np.zeros((5, 28, 28, 1), np.float32))
   assert feats.shape == (5, 32) and logits.shape == (5, 10)
+
+
+@pytest.mark.slow  # trains a tiny VAE, then evaluates it twice (~30 s)
+def test_jaxgen_evaluate_caches_in_the_run_and_leaves_the_extractor_alone(
+  classifier_run, slice_data, tmp_path, capsys
+):
+  _, extractor = classifier_run
+  c = config_lib.load(REPO / "experiments/configs/vae_fashion.py")
+  c.data, c.model.width, c.model.latent_dim = slice_data, 4, 4
+  c.batch_size, c.num_steps, c.checkpoint_every, c.sample_every, c.eval_every = 64, 2, 2, 0, 0
+  c.eval.update(dict(num_importance=2, num_test_images=16, batch_size=8))
+  run = tmp_path / "vae"
+  trainer.train_and_evaluate(c, run)
+  before = folder_state(extractor)
+  argv = ["evaluate", "--workdir", str(run), "--extractor", str(extractor), "--num_samples", "32"]
+  cli.main(argv)
+  (cache,) = (run / "eval").glob(f"extractor_{extractor.name}_*")
+  files = sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file())
+  assert files[0] == "extractor.json" and len(files) == 3
+  assert all(f.startswith("floor/v3_idx_") and "_real32_fake32_seed0." in f for f in files[1:])
+  assert folder_state(extractor) == before
+  first = json.loads((run / "metrics.json").read_text())
+  assert first["protocol"]["extractor"]["name"] == str(extractor) and "fd" in first["metrics"]
+  cli.main([*argv, "--cache_dir", str(tmp_path / "shared")])  # the user's cache folder
+  assert len(list((tmp_path / "shared").glob("extractor_*/floor/*.npz"))) == 1
+  assert folder_state(extractor) == before
+  second = json.loads((run / "metrics.json").read_text())
+  assert second["metrics"] == first["metrics"]  # cached or not, the same numbers
+  assert "wrote " + str(run / "metrics.json") in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------ captions
@@ -362,7 +431,7 @@ def test_likelihood_bounds_pass_every_batch_feature_to_the_family():
     held_out=held,
   )
   family = types.SimpleNamespace(log_likelihood_bounds=log_likelihood_bounds)
-  lk = evaluate.likelihood_bounds(family, None, batch, num_importance=3, batch_size=8)
+  lk = evaluation.likelihood_bounds(family, None, batch, num_importance=3, batch_size=8)
   assert seen == [["held_out", "image", "label", "tokens"]]  # traced once, every key
   expect = float(np.mean(tokens.sum(-1) + 10 * held))
   assert lk["nll_elbo"] == pytest.approx(expect) and lk["nll_iwae"] == pytest.approx(expect - 1)
@@ -401,12 +470,12 @@ def test_caption_metrics_score_samples_per_caption_against_the_real_canvases(can
   blank = lambda state, key, num, conditioning=None: -jnp.ones((num, 60, 60, 1))
   table = (jnp.asarray(batch["tokens"]), jnp.asarray(batch["image"], jnp.float32))
   ones = dict(caption_accuracy=1.0, caption_accuracy_held_out=1.0, caption_accuracy_seen=1.0)
-  values, floor = evaluate.caption_metrics(
+  values, floor = evaluation.caption_metrics(
     types.SimpleNamespace(sample=oracle), table, batch, classify, jax.random.key(0), batch_size=16
   )
   assert values == floor == ones
   # blank crops read as class 0: only one-item captions of class 0 are right
-  values, floor = evaluate.caption_metrics(
+  values, floor = evaluation.caption_metrics(
     types.SimpleNamespace(sample=blank), None, batch, classify, jax.random.key(0), batch_size=16
   )
   right = (batch["classes"][:, 0] == 0) & (batch["classes"][:, 1] == captions.NONE)
@@ -443,8 +512,8 @@ def test_tiny_aligndraw_gets_caption_rows_a_real_canvas_floor_and_bounds(canvase
   monkeypatch.setattr(trainer, "load_data", lambda config, split: (items, None))  # in memory
   example = {"image": jnp.zeros((1, 60, 60, 1)), "tokens": jnp.asarray(canvases["tokens"][:1])}
   state = jax.jit(lambda key: draw.init_state(config, key, example))(jax.random.key(0))
-  assert evaluate.is_captioned(config, draw)
-  results = evaluate.evaluate_state(
+  assert evaluation.is_captioned(config, draw)
+  results = evaluation.evaluate_state(
     config, draw, state, projection_extractor(), num_samples=1000, seed=2, step=5
   )  # capped at the split
   rows = {"caption_accuracy", "caption_accuracy_held_out", "caption_accuracy_seen"}
@@ -461,7 +530,7 @@ def test_tiny_aligndraw_gets_caption_rows_a_real_canvas_floor_and_bounds(canvase
   lk = results["likelihood"]  # the bounds read the captions (tokens) of the test batch
   assert 0 < lk["nll_iwae"] <= lk["nll_elbo"] + 1e-3
   assert lk["bpd_elbo"] == pytest.approx(lk["nll_elbo"] / (3600 * math.log(2)))
-  table = evaluate.format_table([dict(results, run="aligndraw")])
+  table = evaluation.format_table([dict(results, run="aligndraw")])
   header, _, *body = table.splitlines()
   assert header.split()[-4:] == ["floor:", "real", "test", "canvases"]
   assert next(line for line in body if line.startswith("caption accuracy")).split()[-1] == "1.000"
@@ -471,12 +540,12 @@ def test_tiny_aligndraw_gets_caption_rows_a_real_canvas_floor_and_bounds(canvase
 
 def test_captioned_runs_use_their_items_classifier(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  monkeypatch.delenv(evaluate.EXTRACTOR_ENV, raising=False)
+  monkeypatch.delenv(evaluation.EXTRACTOR_ENV, raising=False)
   config = config_lib.load(REPO / "experiments/configs/aligndraw_captions.py")
-  assert evaluate.extractor_config(config).data.name == "fashion_mnist"
+  assert evaluation.extractor_config(config).data.name == "fashion_mnist"
   assert config.data.name == "captioned_fashion_mnist"  # not changed in place
-  with pytest.raises(evaluate.ExtractorNotFound) as e:
-    evaluate.load_extractor(config)
+  with pytest.raises(evaluation.ExtractorNotFound) as e:
+    evaluation.load_extractor(config)
   assert str(e.value).startswith("no trained feature extractor in runs/classifier_fashion_mnist ")
   assert str(e.value).endswith("classifier_fashion.py --workdir runs/classifier_fashion_mnist`")
 
@@ -503,12 +572,12 @@ def test_a_real_imperfect_extractor_scores_real_images_of_the_requested_class(
   # well below 1): conditional accuracy of real images of the requested class is its accuracy
   # on them, and of images of another class about its error rate spread over 9 classes.
   config, workdir = classifier_run
-  ext = evaluate.load_extractor(config, workdir)
+  ext = evaluation.load_extractor(config, workdir)
   assert 0.4 < ext.test_accuracy < 0.95
-  images, labels = evaluate.read_split(gen_config(slice_data), "train")
+  images, labels = evaluation.read_split(gen_config(slice_data), "train")
   state = (jnp.asarray(images), jnp.asarray(labels))
   right, wrong = (
-    evaluate.evaluate_state(
+    evaluation.evaluate_state(
       gen_config(slice_data, num_classes=10),
       real_image_family(shift),
       state,
@@ -519,7 +588,7 @@ def test_a_real_imperfect_extractor_scores_real_images_of_the_requested_class(
     )
     for shift in (0, 3)
   )
-  train_accuracy = evaluate.classifier_accuracy(ext.features_fn, images, labels)["accuracy"]
+  train_accuracy = evaluation.classifier_accuracy(ext.features_fn, images, labels)["accuracy"]
   m, w = right["metrics"], wrong["metrics"]
   assert 0.4 < m["conditional_accuracy"] < 1.0
   # 128 samples: a binomial standard error of at most 0.045 around the train accuracy
@@ -529,3 +598,29 @@ def test_a_real_imperfect_extractor_scores_real_images_of_the_requested_class(
   floor = right["floor"]
   for k in ("recall", "coverage"):
     assert m[k] > 0.5 * floor[k] and w[k] > 0.5 * floor[k]
+
+
+# ------------------------------------------------------------------ sharded passes
+
+
+@pytest.mark.parametrize("num,batch_size", [(13, 8), (3, 8), (21, 5), (16, 16)])
+def test_map_batches_pads_to_the_devices_and_returns_only_real_rows(num, batch_size):
+  devices = jax.device_count()
+  size = max(devices, batch_size // devices * devices)  # rows per call, a device multiple
+  x_N = np.arange(1, num + 1, dtype=np.float32)
+  calls = []
+
+  def fn(i, block, n):
+    calls.append((i, n, block["x"].shape, len(block["x"].sharding.device_set)))
+    return {"twice": 2 * block["x"], "block": jnp.full((n,), i), "x": block["x"]}
+
+  out = evaluation.sharded.map_batches(fn, {"x": x_N}, num, batch_size=batch_size)
+  blocks = -(-num // size)
+  assert calls == [(i, size, (size,), devices) for i in range(blocks)]
+  np.testing.assert_array_equal(out["twice"], 2 * x_N)
+  np.testing.assert_array_equal(out["block"], np.arange(num) // size)
+  # the last block was padded with zeros, which the caller never sees
+  np.testing.assert_array_equal(out["x"], x_N)
+  assert evaluation.sharded.pad_rows(x_N, size * blocks)[num:].tolist() == [0.0] * (
+    size * blocks - num
+  )

@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
-from jaxgen import cli, evaluate, report, runlog, trainer
+from jaxgen import cli, evaluation, report, runlog, trainer
 from jaxgen import config as config_lib
 
 DCGAN = REPO / "experiments/configs/dcgan_fashion.py"
@@ -149,7 +149,7 @@ def test_progress_prints_plain_lines_off_a_terminal(monkeypatch, capsys):
 # ----------------------------------------------------------------------- report
 
 
-def projection_extractor() -> evaluate.Extractor:
+def projection_extractor() -> evaluation.Extractor:
   """A plug-in extractor (random projection of the pixels; logits from the grey level)."""
   w_PxD = jax.random.normal(jax.random.key(0), (784, 32)) / 28.0
 
@@ -157,7 +157,7 @@ def projection_extractor() -> evaluate.Extractor:
     level = jnp.mean(x, axis=(1, 2, 3)) * 5 + 4.5
     return x.reshape(x.shape[0], -1) @ w_PxD, -((level[:, None] - jnp.arange(10)) ** 2)
 
-  return evaluate.Extractor(
+  return evaluation.Extractor(
     "random projection", jax.jit(features_fn), test_accuracy=0.5, checkpoint_step=7
   )
 
@@ -166,7 +166,7 @@ def projection_extractor() -> evaluate.Extractor:
 def evaluated_run(gan_run) -> tuple[Path, dict]:
   """gan_run with a metrics.json written by the evaluation code (128 samples)."""
   config, family, state = trainer.load_run(gan_run)
-  results = evaluate.evaluate_state(
+  results = evaluation.evaluate_state(
     config, family, state, projection_extractor(), num_samples=128, seed=1, step=10
   )
   results["run"] = str(gan_run)
@@ -248,7 +248,7 @@ def test_report_html_in_headless_chromium(evaluated_run, tmp_path):
   assert cells["FD (lower better)"] == [f"{m['fd']:.2f}", f"{floor['fd']:.2f}"]
   assert cells["precision"] == [f"{m['precision']:.3f}", f"{floor['precision']:.3f}"]
   assert cells["KID (lower)"][0] == f"{m['kid']:.4g} ±{m['kid_std']:.2g}"
-  assert len(rows) == sum(any(row[0] == k for row in evaluate.ROWS) for k in m)
+  assert len(rows) == sum(any(row[0] == k for row in evaluation.ROWS) for k in m)
   protocol = dict(tables.tables["protocol"][1:])
   assert protocol["num_samples"] == "128" and protocol["extractor.name"] == "random projection"
   provenance = tables.tables["provenance"]

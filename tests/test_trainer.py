@@ -237,14 +237,14 @@ def test_two_processes_match_one_process(slice_config, tmp_path):
 @pytest.mark.slow
 def test_two_process_evaluate_matches_one_process(slice_config, tmp_path):
   """`jaxgen evaluate` over 2 processes x 2 devices gives one process's numbers."""
-  from jaxgen import evaluate
+  from jaxgen import evaluation
 
   trainer.train_and_evaluate(slice_config, tmp_path / "gan")
   c = config_lib.load(REPO / "experiments/configs/classifier_fashion.py")
   c.data = slice_config.data
   c.model.width, c.batch_size, c.num_steps, c.eval_every = 8, 64, 10, 0
   trainer.train_and_evaluate(c, tmp_path / "cls")
-  one = evaluate.evaluate_run(tmp_path / "gan", num_samples=96, extractor=tmp_path / "cls")
+  one = evaluation.evaluate_run(tmp_path / "gan", num_samples=96, extractor=tmp_path / "cls")
   (tmp_path / "gan/metrics.json").unlink()
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

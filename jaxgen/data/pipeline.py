@@ -108,7 +108,7 @@ def num_batches_per_epoch(num_examples: int, batch_size: int, drop_remainder: bo
   return num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
 
 
-def _to_batch(items: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+def to_batch(items: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
   """Stacks items into {"image": float32 [L, H, W, C] in [-1, 1], "label": int32 [L], ...}."""
   images = np.stack([it["image"] for it in items])
   if images.ndim == 3:  # sources without a channel axis
@@ -196,7 +196,7 @@ def make_loader(
     ds = ds.shuffle(seed=int(np.random.SeedSequence(seed).generate_state(1)[0]))
   # Batching a MapDataset keeps epoch boundaries, and slicing maps epoch e of the slice to
   # epoch e of its parent, so the per-epoch reshuffle survives the steps below.
-  ds = ds.batch(local, drop_remainder=drop_remainder, batch_fn=_to_batch)
+  ds = ds.batch(local, drop_remainder=drop_remainder, batch_fn=to_batch)
   if process_count > 1:
     ds = ds[: steps * process_count][process_index::process_count]
   ds = ds.repeat(num_epochs)

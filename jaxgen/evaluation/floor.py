@@ -1,0 +1,68 @@
+"""The floor: real train images scored as if they were samples, against the real test images;
+and the test features the samples are compared with. Cached per extractor (Extractor.cache_dir)."""
+
+import dataclasses
+import hashlib
+import json
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxgen.evaluation import quality, sharded, splits
+from jaxgen.evaluation.extractor import Extractor, data_key, write_json
+
+
+@dataclasses.dataclass
+class Reference:
+  """Real test features the samples are compared with, and the floor (train vs test)."""
+
+  test_features: np.ndarray  # [num_real, D]
+  floor: dict
+  protocol: dict
+
+
+def real_reference(
+  extractor: Extractor,
+  config: ml_collections.ConfigDict,
+  num_real: int,
+  num_fake: int,
+  seed: int = 0,
+  mesh: jax.sharding.Mesh | None = None,
+) -> Reference:
+  """Test features (num_real images) and the floor: num_fake train images scored as samples.
+
+  Cached in extractor.cache_dir per (data set, counts, seed, extractor step).
+  """
+  _, source = data_key(config.data)
+  # v3: test images scaled as the loader scales them (v2 differed in the last bit)
+  key = (
+    f"v3_{config.data.name}_{hashlib.sha1(source.encode()).hexdigest()[:8]}_step"
+    f"{extractor.checkpoint_step}_real{num_real}_fake{num_fake}_seed{seed}"
+  )
+  cache = extractor.cache_dir / key if extractor.cache_dir else None
+  if cache and cache.with_suffix(".json").is_file() and cache.with_suffix(".npz").is_file():
+    saved = json.loads(cache.with_suffix(".json").read_text())
+    return Reference(
+      np.load(cache.with_suffix(".npz"))["test_features"], saved["floor"], saved["protocol"]
+    )
+  test_n, train_n = splits.split_size(config, "test"), splits.split_size(config, "train")
+  test_images, _ = splits.read_split(config, "test", splits.subset_indices(test_n, num_real, seed))
+  train_images, train_labels = splits.read_split(
+    config, "train", splits.subset_indices(train_n, num_fake, seed)
+  )
+  test_feats, _ = sharded.compute_features(extractor.features_fn, test_images, mesh)
+  train_feats, train_logits = sharded.compute_features(extractor.features_fn, train_images, mesh)
+  floor = quality.sample_metrics(test_feats, train_feats, train_logits, train_labels, seed)
+  protocol = dict(
+    num_real=len(test_feats),
+    real_split="test",
+    floor_num_train=len(train_feats),
+    floor=f"{len(train_feats)} real train images scored as samples",
+    seed=seed,
+  )
+  if cache and jax.process_index() == 0:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache.with_suffix(".npz"), test_features=test_feats)
+    write_json(cache.with_suffix(".json"), dict(floor=floor, protocol=protocol))
+  return Reference(test_feats, floor, protocol)

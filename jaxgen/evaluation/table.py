@@ -1,0 +1,118 @@
+"""The text table of evaluated runs: metric rows x run columns, the floor, flags, protocol."""
+
+import json
+
+from jaxgen.evaluation.quality import flag_kind_and_evidence
+
+ROWS = (  # key, label, format[, key of its std over subsets]; metrics, then likelihood bounds
+  ("fd", "FD (lower better)", "{:.2f}"),
+  ("kid", "KID (lower)", "{:.4g}", "kid_std"),  # its scale follows the features' (cubic kernel)
+  ("inception_score", "IS (higher)", "{:.2f}", "inception_score_std"),
+  ("precision", "precision", "{:.3f}"),
+  ("recall", "recall", "{:.3f}"),
+  ("density", "density", "{:.3f}"),
+  ("coverage", "coverage", "{:.3f}"),
+  ("diversity", "diversity", "{:.2f}"),
+  ("duplicate_rate", "duplicates", "{:.3f}"),  # metrics.duplicate_rate
+  ("conditional_accuracy", "cond. accuracy", "{:.3f}"),
+  ("caption_accuracy", "caption accuracy", "{:.3f}"),
+  ("caption_accuracy_held_out", "  held-out captions", "{:.3f}"),
+  ("caption_accuracy_seen", "  seen captions", "{:.3f}"),
+  ("test_accuracy", "test accuracy", "{:.4f}"),
+  ("test_loss", "test loss", "{:.4f}"),
+  ("nll_elbo", "-ELBO nats/image", "{:.2f}"),
+  ("nll_iwae", "-IWAE nats/image", "{:.2f}"),
+  ("bpd_elbo", "-ELBO bits/dim", "{:.4f}"),
+  ("bpd_iwae", "-IWAE bits/dim", "{:.4f}"),
+)
+
+
+def format_cell(row: tuple, values: dict, flags: list[str] = ()) -> str:
+  """One table cell: the value of ROWS entry `row` in `values` (± its std where it has one),
+  marked "!" when one of `flags` gives that metric as its evidence; "-" if absent."""
+  key, _, fmt, *std = row
+  if values.get(key) is None:
+    return "-"
+  text = fmt.format(values[key])
+  if std and values.get(std[0]) is not None:
+    text += f" ±{values[std[0]]:.2g}"
+  flagged = any(flag_kind_and_evidence(f)[1].startswith(key + " ") for f in flags)
+  return text + (" !" if flagged else "")
+
+
+def _protocol_line(r: dict) -> str:
+  p = r["protocol"]
+  if "extractor" not in p and "likelihood" in p:  # bounds only, no extractor
+    lk = p["likelihood"]
+    return (
+      f"{r['run']}: {r['family']} at step {p['checkpoint_step']}; bounds on "
+      f"{lk['num_images']} {lk['split']} images, k={lk['num_importance']}; no sample metrics"
+    )
+  if "extractor" not in p:
+    return f"{r['run']}: {r['family']} at step {p.get('checkpoint_step')}, {p.get('split')} split"
+  e = p["extractor"]
+  acc = f"{e['test_accuracy']:.2%}" if e.get("test_accuracy") is not None else "?"
+  if "captions" in p:
+    c = p["captions"]
+    line = (
+      f"{r['run']}: step {p['checkpoint_step']}, a sample for each of the first {c['num']} "
+      f"{c['split']} captions ({c['held_out']} held out), seed {p['seed']}; items at the "
+      f"captions' places classified by {e['name']} (step {e['checkpoint_step']}, test "
+      f"accuracy {acc}); floor: {p['floor']}"
+    )
+  else:
+    line = (
+      f"{r['run']}: step {p['checkpoint_step']}, {p['num_samples']} samples vs "
+      f"{p['num_real']} {p['real_split']} images, seed {p['seed']}; extractor {e['name']} "
+      f"(step {e['checkpoint_step']}, test accuracy {acc}, {e['feature_dim']}-d)"
+    )
+  if "likelihood" in p:
+    lk = p["likelihood"]
+    line += f"; bounds on {lk['num_images']} {lk['split']} images, k={lk['num_importance']}"
+  return line
+
+
+def format_table(results: list[dict]) -> str:
+  """Metric rows x run columns, then the floor of the first run (real train vs test, or for
+  captioned runs the real test canvases).
+
+  A value carries a "!" where a flag's evidence starts with its metric (`sample_flags`).
+  """
+  floor = results[0].get("floor") or {}
+  merged = [dict(r.get("metrics", {}), **r.get("likelihood", {})) for r in results]
+  rows = [row for row in ROWS if any(m.get(row[0]) is not None for m in merged)]
+  names = [r.get("run", f"run{i}") for i, r in enumerate(results)]
+  captioned = "captions" in results[0].get("protocol", {})
+  floor_name = "real test canvases" if captioned else "train vs test"
+  header = ["metric", *names] + ([f"floor: {floor_name}"] if floor else [])
+  body = []
+  for row in rows:
+    cells = [format_cell(row, m, r.get("flags", [])) for m, r in zip(merged, results)]
+    body.append([row[1], *cells] + ([format_cell(row, floor)] if floor else []))
+  widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+  fmt = lambda line: "  ".join(
+    c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))
+  ).rstrip()
+  out = [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, body)]
+  for name, r in zip(names, results):
+    for flag in r.get("flags", []):
+      out.append(f"! {name}: {': '.join(flag_kind_and_evidence(flag))}")
+  out.append("protocol:")
+  out += [f"  {_protocol_line(r)}" for r in results]
+  keys = {json.dumps(_comparable(r), sort_keys=True) for r in results}
+  if len(keys) > 1:
+    out.append("  note: the runs differ in extractor, counts or seed; the floor is the first run's")
+  return "\n".join(out)
+
+
+def _comparable(r: dict) -> dict:
+  p = r.get("protocol", {})
+  e = p.get("extractor", {})
+  return dict(
+    extractor=e.get("name"),
+    step=e.get("checkpoint_step"),
+    n=p.get("num_samples"),
+    real=p.get("num_real"),
+    seed=p.get("seed"),
+    data=r.get("dataset"),
+  )
