@@ -7,6 +7,15 @@
     jaxgen report --workdir runs/dcgan runs/vae # several runs: overlaid curves, one table
     jaxgen evaluate --workdir runs/dcgan        # metrics.json + table; --compare RUN1 RUN2 ...
 
+Config overrides, `--config.key.sub=value` or `--config.key.sub value` (any number, after
+--config FILE), are parsed by ml_collections.config_flags (absl) as the field's type: true/false
+for bools, ints, floats, text for strings, `(28,28,1)` for tuples, a Python literal (else the
+text) for object-typed fields such as fast_ops. `train` is the one command that takes a config;
+sample, report and evaluate read the run's own config.json, so --config.* is an error there.
+An unknown key or a value of the wrong type is a one-line error naming the key, e.g.
+`--config.model.widht: no field 'widht' in the config; fields here: [...]` or
+`--config.num_steps=5.5: expected int, got float`.
+
 Errors caused by the input print one line (exit 1); --debug (or JAXGEN_DEBUG=1) shows the
 traceback. SIGTERM/SIGINT during `train` save the current step and exit 143/130.
 """
@@ -27,7 +36,7 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     if arg.startswith("--config."):
       key, eq, value = arg[len("--config.") :].partition("=")
       if not eq:
-        if i + 1 >= len(argv):
+        if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
           raise SystemExit(f"jaxgen: {arg} needs a value (--config.{key}=VALUE)")
         value, i = argv[i + 1], i + 1
       overrides[key] = value
@@ -220,7 +229,10 @@ def main(argv: list[str] | None = None) -> None:
   rest, overrides = _split_overrides([a for a in argv if a != "--debug"])
   args = _parser().parse_args(rest)
   if overrides and args.command != "train":
-    raise SystemExit(f"jaxgen {args.command}: --config.* overrides apply to `train` only")
+    raise SystemExit(
+      f"jaxgen {args.command}: error: --config.* overrides apply to `train` only; "
+      f"{args.command} uses the run's own config (WORKDIR/config.json)"
+    )
   if not debug:
     _quiet_library_logs()
   try:

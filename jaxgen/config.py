@@ -1,7 +1,8 @@
 """Experiment configs: Python files whose `get_config()` returns an ml_collections.ConfigDict.
 
 `load(path, overrides)` imports the file and applies `key.sub=value` overrides (the
-`--config.key.sub=value` flags of the CLI), parsing each value as the type the key already has.
+`--config.key.sub=value` flags of the CLI) through ml_collections.config_flags, which parses each
+value as the type of its field.
 """
 
 import ast
@@ -10,7 +11,8 @@ import json
 from pathlib import Path
 
 import ml_collections
-from ml_collections import config_dict
+from absl import flags
+from ml_collections import config_dict, config_flags
 
 from jaxgen.errors import ConfigError
 
@@ -52,48 +54,66 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _parse(text: str, current: object, key: str) -> object:
-  if isinstance(current, bool):
-    if text.lower() in ("true", "1", "yes"):
-      return True
-    if text.lower() in ("false", "0", "no"):
-      return False
-    raise ConfigError(f"--config.{key}={text}: expected true or false")
-  if isinstance(current, str):
-    return text
-  try:
-    value = ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    if current is None:
-      return text
-    raise ConfigError(f"--config.{key}={text}: cannot parse as {type(current).__name__}") from None
-  if isinstance(current, float) and isinstance(value, int):
-    value = float(value)
-  if isinstance(current, (tuple, list)) or current is None and isinstance(value, list):
-    value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
-  if current is not None and not isinstance(value, type(current)):
+def _field(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections.ConfigDict, str]:
+  """The ConfigDict holding dotted `key` and its last name; ConfigErrors name what is wrong."""
+  node, path = config, []
+  for name in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict):
+      raise ConfigError(f"--config.{key}: config.{'.'.join(path)} is a value, not a group")
+    if name not in node:
+      raise ConfigError(
+        f"--config.{key}: no field {name!r} in the config; fields here: {sorted(node.keys())}"
+      )
+    parent, node = node, node[name]
+    path.append(name)
+  if isinstance(node, ml_collections.ConfigDict):
     raise ConfigError(
-      f"--config.{key}={text}: expected {type(current).__name__}, got {type(value).__name__}"
+      f"--config.{key} is a group of fields; set one of them: --config.{key}.{sorted(node)[0]}=..."
     )
-  return value
+  return parent, name
+
+
+def _field_type(parent: ml_collections.ConfigDict, leaf: str) -> type:
+  """The field's declared type (object for fast_ops, tuple for a placeholder(tuple))."""
+  try:
+    return parent.get_ref(leaf).get_type()
+  except ValueError:  # a plain None has no reference, hence no type
+    return type(None)
+
+
+def _type_error(key: str, text: str, field_type: type) -> ConfigError:
+  if field_type is bool:
+    return ConfigError(f"--config.{key}={text}: expected true or false")
+  try:
+    got = type(ast.literal_eval(text)).__name__
+  except (ValueError, SyntaxError):
+    return ConfigError(f"--config.{key}={text}: cannot parse as {field_type.__name__}")
+  return ConfigError(f"--config.{key}={text}: expected {field_type.__name__}, got {got}")
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
-  """Sets each dotted `key` of `config` to its parsed string value, in place."""
+  """Sets each dotted `key` of `config` to its string value, in place, parsed by
+  ml_collections.config_flags (absl) as the field's type: bool, int, float, str, tuple, or
+  a Python literal (else the text) for object-typed FieldReferences such as fast_ops."""
   for key, text in overrides.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      if p not in node:
-        raise ConfigError(
-          f"--config.{key}: no field {p!r} in the config; fields here: {sorted(node.keys())}"
-        )
-      node = node[p]
-    if leaf not in node:
-      raise ConfigError(
-        f"--config.{key}: no field {leaf!r} in the config; fields here: {sorted(node.keys())}"
+    parent, leaf = _field(config, key)
+    # One override per parse: a bad value is named by its key. `--config.key=text` always
+    # carries its value, so absl's bare boolean form cannot swallow the next argument.
+    argv = ["jaxgen", f"--config.{key}={text}"]
+    flag_values = flags.FlagValues()
+    field_type = _field_type(parent, leaf)
+    try:
+      config_flags.DEFINE_config_dict(  # defines a flag for each --config.* in argv
+        "config", config, flag_values=flag_values, lock_config=False, sys_argv=argv
       )
-    node[leaf] = _parse(text, node[leaf], key)
+      flag_values(argv)
+    except flags.IllegalFlagValueError:
+      raise _type_error(key, text, field_type) from None
+    except flags.Error:  # absl has no parser for the type: None without a type, or a list
+      raise ConfigError(
+        f"--config.{key}={text}: a {field_type.__name__} field cannot be overridden; give it "
+        f"a value or a config_dict.placeholder(TYPE) of bool, int, float, str or tuple"
+      ) from None
 
 
 def load(path: str | Path, overrides: dict[str, str] | None = None) -> ml_collections.ConfigDict:

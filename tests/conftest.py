@@ -1,8 +1,9 @@
-"""Test set-up: 8 simulated CPU devices (set before JAX starts) and small real-data slices."""
+"""Test set-up: 8 simulated CPU devices (set before JAX starts), small real-data slices, and
+every helper the test modules share (`from conftest import ...`: they never import each other)."""
 
 import gzip
 import os
-import struct
+import socket
 from pathlib import Path
 
 # 8 simulated devices unless the caller chose a count (e.g. XLA_FLAGS=
@@ -22,8 +23,11 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 import chex  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+from jaxgen import config as config_lib  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +115,54 @@ def num_params(tree) -> int:
   return sum(int(np.size(x)) for x in jax.tree.leaves(tree))
 
 
+# ------------------------------------------------------------------ small configs
+
+
+def experiment_config(name: str, **model) -> ml_collections.ConfigDict:
+  """experiments/configs/`name` with `model` fields updated (e.g. a small width)."""
+  c = config_lib.load(REPO / "experiments/configs" / name)
+  c.model.update(model)
+  return c
+
+
+def gan_config(**model) -> ml_collections.ConfigDict:
+  """The DCGAN demo config on 28x28x1 images, `model` fields updated."""
+  c = experiment_config("dcgan_fashion.py")
+  c.data.image_shape = (28, 28, 1)
+  c.model.update(model)
+  return c
+
+
+def vae_config(**model) -> ml_collections.ConfigDict:
+  """The VAE config on 28x28x1 images at width 8, latent_dim 8, `model` fields updated."""
+  c = experiment_config("vae_fashion.py")
+  c.data.image_shape = (28, 28, 1)
+  c.model.update(dict(width=8, latent_dim=8))
+  c.model.update(model)
+  return c
+
+
+DRAW_TINY = dict(
+  num_steps=3,
+  latent_dim=4,
+  enc_features=16,
+  dec_features=16,
+  read_n=2,
+  write_n=3,
+  embed_dim=8,
+  lang_features=8,
+  align_features=8,
+)
+
+
+def draw_config(text=False, **model) -> ml_collections.ConfigDict:
+  """DRAW (alignDRAW with `text`) at DRAW_TINY's sizes, `model` fields updated."""
+  c = experiment_config("aligndraw_captions.py" if text else "draw_fashion.py")
+  c.model.update(DRAW_TINY)
+  c.model.update(model)
+  return c
+
+
 # float64 comparisons of one computation done two ways (device counts, fast vs plain
 # passes). A sum of n terms reordered moves by ~log2(n) roundings of eps = 1.1e-16 of its terms'
 # magnitude; the deepest chain compared (alignDRAW's gradient: T recurrent steps of a few
@@ -134,12 +186,14 @@ def to_float64(tree):
   )
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-  """Writes a uint8 array as a gzipped MNIST-format IDX file."""
-  magic = 0x0800 | array.ndim
-  header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
-  with gzip.open(path, "wb") as f:
-    f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
+def write_idx(path: Path, array: np.ndarray, magic: int | None = None) -> None:
+  """Writes a uint8 array as an MNIST-format IDX file (gzipped if path ends in .gz); `magic`
+  replaces the header's type code and rank (default: uint8, array.ndim)."""
+  magic = magic if magic is not None else 0x0800 | array.ndim
+  payload = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+  payload += np.ascontiguousarray(array, np.uint8).tobytes()
+  with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as f:
+    f.write(payload)
 
 
 def read_real(prefix: str, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,6 +225,25 @@ def fashion_slice(tmp_path_factory) -> Path:
 def tfds_dir(tmp_path_factory) -> Path:
   """One prepared-data folder shared by the session's tests."""
   return tmp_path_factory.mktemp("tensorflow_datasets")
+
+
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that nothing listens on now (for a jax.distributed coordinator)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def process_flags(port: int, process_id: int, num_processes: int = 2) -> list[str]:
+  """jaxgen's flags making this process `process_id` of `num_processes`, coordinated on `port`."""
+  return [
+    "--coordinator",
+    f"127.0.0.1:{port}",
+    "--num_processes",
+    str(num_processes),
+    "--process_id",
+    str(process_id),
+  ]
 
 
 def sharded_train_step(family, state, batch: dict, devices: list):

@@ -1,6 +1,5 @@
 """Tests for jaxgen.data: IDX reading, TFDS preparation, and the grain loader contract."""
 
-import gzip
 import json
 import os
 import re
@@ -8,20 +7,12 @@ import time
 
 import numpy as np
 import pytest
+from conftest import write_idx
 
 from jaxgen import data
 from jaxgen.data import idx
 
 N_TRAIN, N_TEST = 40, 12
-
-
-def write_idx(path, array: np.ndarray, magic: int | None = None) -> None:
-  """Writes a uint8 IDX file (gzipped if path ends in .gz)."""
-  magic = magic if magic is not None else (0x801 if array.ndim == 1 else 0x803)
-  payload = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-  payload += np.ascontiguousarray(array, np.uint8).tobytes()
-  with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as f:
-    f.write(payload)
 
 
 def images(n: int, offset: int = 0) -> np.ndarray:

@@ -16,18 +16,24 @@ epsilons to ~3e-13 here.
 import functools
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
-from conftest import REPO, assert_close_to_scale, random_batch, sharded_train_step, to_float64
+from conftest import (
+  DRAW_TINY,
+  assert_close_to_scale,
+  experiment_config,
+  random_batch,
+  sharded_train_step,
+  to_float64,
+)
 from conftest import X64_RTOL as RTOL
 
-from jaxgen import config as config_lib
 from jaxgen import parallel, steps
 
 
-def _config(name: str, **model) -> config_lib.ml_collections.ConfigDict:
-  c = config_lib.load(REPO / "experiments/configs" / name)
-  c.model.update(model)
+def _config(name: str, **model) -> ml_collections.ConfigDict:
+  c = experiment_config(name, **model)
   # SGD with lr 1 and no clipping: the parameter change is exactly minus the gradient.
   c.optim.name, c.optim.grad_clip = "sgd", 0.0
   for lr in ("lr", "g_lr", "d_lr"):
@@ -35,18 +41,6 @@ def _config(name: str, **model) -> config_lib.ml_collections.ConfigDict:
       c.optim[lr] = 1.0
   return c
 
-
-DRAW_TINY = dict(
-  num_steps=3,
-  latent_dim=4,
-  enc_features=16,
-  dec_features=16,
-  read_n=2,
-  write_n=3,
-  embed_dim=8,
-  lang_features=8,
-  align_features=8,
-)
 
 # name: (config, batch kwargs for conftest.random_batch)
 CASES = {

@@ -7,37 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import GOLDEN_RTOL, REPO, random_batch, train_steps_traced_once
+from conftest import DRAW_TINY, GOLDEN_RTOL, draw_config, random_batch, train_steps_traced_once
 from PIL import Image
 
 from jaxgen import cli, losses, trainer
-from jaxgen import config as config_lib
 from jaxgen.data import captions
 from jaxgen.models import draw as draw_models
 from jaxgen.models import rnn
 from jaxgen.steps import draw
-
-TINY = dict(
-  num_steps=3,
-  latent_dim=4,
-  enc_features=16,
-  dec_features=16,
-  read_n=2,
-  write_n=3,
-  embed_dim=8,
-  lang_features=8,
-  align_features=8,
-)
-
-
-def draw_config(text=False, **model):
-  c = config_lib.load(
-    REPO / "experiments/configs" / ("aligndraw_captions.py" if text else "draw_fashion.py")
-  )
-  c.model.update(TINY)
-  c.model.update(model)
-  return c
-
 
 SAMPLE_FRAMES = jax.jit(draw.sample_frames, static_argnums=2)
 
@@ -223,7 +200,7 @@ def test_held_out_captions_tokenise_and_generate(states):
   frames = jnp.concatenate(
     [SAMPLE_FRAMES(text_state, jax.random.key(0), 6, t) for t in chunks], axis=1
   )
-  assert frames.shape == (TINY["num_steps"], len(held), 60, 60, 1)
+  assert frames.shape == (DRAW_TINY["num_steps"], len(held), 60, 60, 1)
   assert bool(jnp.all(jnp.isfinite(frames))) and float(jnp.abs(frames).max()) <= 1.0
   with pytest.raises(captions.CaptionError, match="unknown word 'hat'.*vocabulary is: ankle"):
     draw.tokenize(text_state, "the hat is on the left of the bag")
@@ -243,7 +220,7 @@ def test_golden_values_of_alignDRAW(states, pinned_env):
 def test_pictures(tmp_path, states):
   paths = draw.pictures(states[False], random_batch(n=8), jax.random.key(1), tmp_path)
   assert [p.name for p in paths] == ["canvas.gif", "samples.png", "steps.png"]
-  assert Image.open(paths[0]).n_frames == TINY["num_steps"]
+  assert Image.open(paths[0]).n_frames == DRAW_TINY["num_steps"]
   assert Image.open(paths[2]).size == (2 * (3 * 30 + 2), 2 * (8 * 30 + 2))  # 8 rows x T steps
   paths = draw.pictures(states[True], random_batch(n=5, text=True), jax.random.key(1), tmp_path)
   assert [p.name for p in paths[3:]] == ["example_captions.png", "test_captions.png"]
@@ -277,4 +254,4 @@ def test_trained_caption_run_samples_from_the_cli(fashion_slice, tfds_dir, tmp_p
     ]
   )
   assert Image.open(out).size == (2 * (2 * 62 + 2),) * 2  # 2 x 2 grid of 60 px + 2 pad, x2
-  assert Image.open(out.with_suffix(".gif")).n_frames == TINY["num_steps"]
+  assert Image.open(out.with_suffix(".gif")).n_frames == DRAW_TINY["num_steps"]

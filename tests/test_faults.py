@@ -8,7 +8,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import chex
 import jax
 import orbax.checkpoint as ocp
 import pytest
-from conftest import REPO
+from conftest import REPO, free_port, process_flags
 
 from jaxgen import checkpoint, trainer
 from jaxgen import config as config_lib
@@ -544,9 +543,7 @@ def test_lock_refuses_a_second_holder_and_takes_over_a_stale_one(tmp_path):
 
 
 def _two_processes(workdir: Path, args: list[str], out: Path) -> list[subprocess.Popen]:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+  port = free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   procs = []
   for i in range(2):
@@ -561,12 +558,7 @@ def _two_processes(workdir: Path, args: list[str], out: Path) -> list[subprocess
             "--workdir",
             str(workdir),
             *args,
-            "--coordinator",
-            f"127.0.0.1:{port}",
-            "--num_processes",
-            "2",
-            "--process_id",
-            str(i),
+            *process_flags(port, i),
           ],
           cwd=REPO,
           env=env,

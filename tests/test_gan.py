@@ -5,19 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import GOLDEN_RTOL, REPO, num_params, random_batch, train_steps_traced_once
+from conftest import GOLDEN_RTOL, gan_config, num_params, random_batch, train_steps_traced_once
 
-from jaxgen import config as config_lib
 from jaxgen import losses
 from jaxgen.models import gan as gan_models
 from jaxgen.steps import gan
-
-
-def gan_config(**model):
-  c = config_lib.load(REPO / "experiments/configs/dcgan_fashion.py")
-  c.data.image_shape = (28, 28, 1)
-  c.model.update(model)
-  return c
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, X64_RTOL, random_batch, to_float64
+from conftest import REPO, X64_RTOL, gan_config, random_batch, to_float64
 from conftest import assert_close_to_scale as _assert_close
 from jax import lax
-from test_gan import gan_config
 
 from jaxgen import config as config_lib
 from jaxgen import ops

@@ -8,22 +8,9 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import DRAW_TINY, experiment_config
 
-from jaxgen import config as config_lib
 from jaxgen import trainer
-
-DRAW_TINY = dict(
-  num_steps=2,
-  latent_dim=4,
-  enc_features=16,
-  dec_features=16,
-  read_n=2,
-  write_n=3,
-  embed_dim=8,
-  lang_features=8,
-  align_features=8,
-)
 
 # name: (config file, model overrides, data set)
 CASES = {
@@ -50,8 +37,7 @@ def _losses(workdir) -> list[dict]:
 @pytest.mark.parametrize("case", CASES)
 def test_resume_is_bit_exact(case, fashion_slice, tfds_dir, tmp_path):
   name, model, data_name = CASES[case]
-  c = config_lib.load(REPO / "experiments/configs" / name)
-  c.model.update(model)
+  c = experiment_config(name, **model)
   c.data.name, c.data.source_dir, c.data.data_dir = data_name, str(fashion_slice), str(tfds_dir)
   c.batch_size, c.num_steps, c.checkpoint_every, c.log_every = 16, 6, 3, 1
   c.sample_every, c.num_grid_samples, c.eval_every, c.keep_checkpoints = 0, 0, 0, 2

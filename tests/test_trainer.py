@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import chex
 import jax
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, free_port, process_flags
 
 from jaxgen import checkpoint, data, trainer
 from jaxgen import config as config_lib
@@ -206,20 +205,13 @@ def test_two_processes_match_one_process(slice_config, tmp_path):
   out = single.communicate(timeout=300)[0]
   assert single.returncode == 0, out
 
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+  port = free_port()
   procs = [
     _cli(
       *args,
       "--workdir",
       str(tmp_path / "two"),
-      "--coordinator",
-      f"127.0.0.1:{port}",
-      "--num_processes",
-      "2",
-      "--process_id",
-      str(i),
+      *process_flags(port, i),
       devices=2,
     )
     for i in range(2)
@@ -246,9 +238,7 @@ def test_two_process_evaluate_matches_one_process(slice_config, tmp_path):
   trainer.train_and_evaluate(c, tmp_path / "cls")
   one = evaluation.evaluate_run(tmp_path / "gan", num_samples=96, extractor=tmp_path / "cls")
   (tmp_path / "gan/metrics.json").unlink()
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+  port = free_port()
   procs = [
     _cli(
       "evaluate",
@@ -258,12 +248,7 @@ def test_two_process_evaluate_matches_one_process(slice_config, tmp_path):
       str(tmp_path / "cls"),
       "--num_samples",
       "96",
-      "--coordinator",
-      f"127.0.0.1:{port}",
-      "--num_processes",
-      "2",
-      "--process_id",
-      str(i),
+      *process_flags(port, i),
       devices=2,
     )
     for i in range(2)

@@ -8,22 +8,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import GOLDEN_RTOL, REPO, num_params, random_batch, train_steps_traced_once
+from conftest import GOLDEN_RTOL, num_params, random_batch, train_steps_traced_once, vae_config
 from PIL import Image
 
-from jaxgen import config as config_lib
 from jaxgen import losses
 from jaxgen.errors import ConfigError
 from jaxgen.models import vae as vae_models
 from jaxgen.steps import vae
-
-
-def vae_config(**model):
-  c = config_lib.load(REPO / "experiments/configs/vae_fashion.py")
-  c.data.image_shape = (28, 28, 1)
-  c.model.update(dict(width=8, latent_dim=8))
-  c.model.update(model)
-  return c
 
 
 def grey_batch(**kw) -> dict:
