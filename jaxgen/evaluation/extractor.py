@@ -67,11 +67,16 @@ def extractor_dir(config: ml_collections.ConfigDict, extractor: str | Path | Non
 
 def train_command(config: ml_collections.ConfigDict, workdir: str | Path) -> str:
   """The `jaxgen train` command that trains the extractor for `config`'s data set into `workdir`."""
-  cmd = f"jaxgen train --config {CLASSIFIER_CONFIG} --workdir {workdir}"
-  if config.data.name != "fashion_mnist" or config.data.source_dir:
+  family = config.data.name.split("/")[0]
+  own = Path(f"experiments/configs/classifier_{family}.py")  # a data set's own classifier
+  classifier, its_data = (
+    (str(own), family) if own.exists() else (CLASSIFIER_CONFIG, "fashion_mnist")
+  )
+  cmd = f"jaxgen train --config {classifier} --workdir {workdir}"
+  if config.data.name != its_data or config.data.source_dir:
     cmd += f" --config.data.name={config.data.name}"
-    if config.data.source_dir:
-      cmd += f" --config.data.source_dir={config.data.source_dir}"
+  if config.data.source_dir:
+    cmd += f" --config.data.source_dir={config.data.source_dir}"
   if config.data.data_dir:
     cmd += f" --config.data.data_dir={config.data.data_dir}"
   return cmd
