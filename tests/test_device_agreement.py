@@ -37,7 +37,7 @@ def _config(name: str, **model) -> config_lib.ml_collections.ConfigDict:
 
 
 DRAW_TINY = dict(
-  num_steps=3,
+  draw_steps=3,
   latent_dim=4,
   enc_features=16,
   dec_features=16,

@@ -14,7 +14,7 @@ from jaxgen import config as config_lib
 from jaxgen import trainer
 
 DRAW_TINY = dict(
-  num_steps=2,
+  draw_steps=2,
   latent_dim=4,
   enc_features=16,
   dec_features=16,

@@ -11,6 +11,7 @@ import optax
 from flax import struct
 from flax.training import train_state
 
+from jaxgen import losses
 from jaxgen.errors import ConfigError
 
 
@@ -106,3 +107,24 @@ def labels_for(num: int, num_classes: int, conditioning: Any = None) -> jax.Arra
   if conditioning is None:
     return jnp.arange(num) % num_classes
   return jnp.broadcast_to(jnp.asarray(conditioning, jnp.int32), (num,))
+
+
+# ------------------------------------------------------------------ the ELBO families (VAE, DRAW)
+
+
+def binarize(key: jax.Array, image_BxHxWxC: jax.Array) -> jax.Array:
+  """A fresh binary image {0., 1.} [B, H, W, C] with P(1) = (image + 1) / 2 from [-1, 1] images."""
+  return jax.random.bernoulli(key, (image_BxHxWxC + 1.0) / 2.0).astype(image_BxHxWxC.dtype)
+
+
+def elbo_metrics(recon_B: jax.Array, kl_B: jax.Array, num_dims: int) -> tuple[jax.Array, dict]:
+  """(-ELBO averaged over the batch, metrics): `loss`, `elbo`, `recon`, `kl` in nats per image
+  from the per-image reconstruction and KL terms [B], and `bpd` over `num_dims` = H*W*C."""
+  loss = jnp.mean(recon_B + kl_B)
+  return loss, dict(
+    loss=loss,
+    elbo=-loss,
+    recon=jnp.mean(recon_B),
+    kl=jnp.mean(kl_B),
+    bpd=losses.bits_per_dim(loss, num_dims),
+  )
