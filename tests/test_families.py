@@ -14,6 +14,12 @@ from jaxgen.errors import ConfigError
 FAMILY_PACKAGES = ("models", "steps")
 
 
+@pytest.fixture(autouse=True)
+def _own_registry(monkeypatch):
+  """Families registered by a test are forgotten after it."""
+  monkeypatch.setattr(steps, "_registered", dict(steps._registered))
+
+
 def _module(name: str, *functions: str) -> types.ModuleType:
   module = types.ModuleType(name)
   for f in functions:
