@@ -33,8 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from benchmarks.timing import timed_runs
-from jaxgen.models import gan as gan_models
-from jaxgen.models import vae as vae_models
+from jaxgen.models import common as model_common
 
 
 def device() -> torch.device:
@@ -123,7 +122,7 @@ class Generator(nn.Module):
 
   def __init__(self, image_shape: Sequence[int], width: int, kernel_size: int, latent_dim: int):
     super().__init__()
-    start, widths = gan_models.upsampling_plan(image_shape[0], width)
+    start, widths = model_common.resolution_plan(image_shape[0], width, "DCGAN")
     self.start, self.c0 = start, widths[0]
     self.dense = nn.Linear(latent_dim, start * start * widths[0], bias=False)
     self.bn_dense = _bn(widths[0])
@@ -146,7 +145,7 @@ class Discriminator(nn.Module):
 
   def __init__(self, image_shape: Sequence[int], width: int, kernel_size: int):
     super().__init__()
-    start, widths = gan_models.upsampling_plan(image_shape[0], width)
+    start, widths = model_common.resolution_plan(image_shape[0], width, "DCGAN")
     chans = (image_shape[2], *reversed(widths))
     self.convs = nn.ModuleList(
       _conv(a, b, kernel_size, bias=i == 0) for i, (a, b) in enumerate(zip(chans, chans[1:]))
@@ -214,7 +213,7 @@ class VAE(nn.Module):
     kernel_size: int,
   ):
     super().__init__()
-    start, widths = vae_models.resolution_plan(image_shape[0], width)
+    start, widths = model_common.resolution_plan(image_shape[0], width, "the VAE")
     enc = (image_shape[2], *reversed(widths))
     self.start, self.c0 = start, widths[0]
     self.convs = nn.ModuleList(_conv(a, b, kernel_size) for a, b in zip(enc, enc[1:]))
@@ -372,7 +371,7 @@ class DRAW(nn.Module):
     h_dec = x.new_zeros(b, m.dec_features)
     canvas = self.canvas0.expand(b, h, w, c)
     kl = 0.0
-    for t in range(m.num_steps):
+    for t in range(m.draw_steps):
       x_hat = x - torch.sigmoid(canvas)
       if m.read_n:
         fy, fx, gamma = _window(self.read_window(h_dec), h, w, m.read_n)
@@ -418,7 +417,7 @@ def draw_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[]
 
   def step() -> None:
     x = torch.bernoulli((images + 1) / 2)
-    eps = torch.randn(m.num_steps, batch_size, m.latent_dim, device=dev)
+    eps = torch.randn(m.draw_steps, batch_size, m.latent_dim, device=dev)
     opt.zero_grad(set_to_none=True)
     canvas, kl = model(x, eps)
     recon = F.binary_cross_entropy_with_logits(canvas, x, reduction="sum")

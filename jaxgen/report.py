@@ -96,14 +96,14 @@ def write_pictures(
   """
   import jax
 
-  from jaxgen import data, trainer
+  from jaxgen import data, pictures, trainer
 
-  config, family, state = trainer.load_run(workdir, step)
-  if not hasattr(family, "pictures"):
+  config, _, state = trainer.load_run(workdir, step)
+  if config.model.family not in pictures.BY_FAMILY:
     return []
   source, _ = trainer.load_data(config, "test")
   batch = next(data.make_loader(source, batch_size=num, seed=seed, shuffle=False))
-  return list(family.pictures(state, batch, jax.random.key(seed), Path(out)))
+  return pictures.write(config.model.family, state, batch, jax.random.key(seed), out)
 
 
 # -------------------------------------------------------------------- drawing

@@ -1,9 +1,12 @@
-"""Pictures: sample grids, interpolation grids and canvas-over-time animations."""
+"""Drawing helpers: sample grids, captioned grids, bar charts, canvas-over-time animations and
+interpolation paths (what each family draws with them: jaxgen.pictures)."""
 
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
+
+PAD = 2  # white pixels around each grid cell
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -11,7 +14,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
   return np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def grid(images_NxHxWxC: np.ndarray, ncols: int | None = None, pad: int = 2) -> np.ndarray:
+def grid(images_NxHxWxC: np.ndarray, ncols: int | None = None, pad: int = PAD) -> np.ndarray:
   """Tiles N images in [-1, 1] into one uint8 picture [rows*(H+pad)+pad, cols*(W+pad)+pad, C]."""
   images = to_uint8(images_NxHxWxC)
   n, h, w, c = images.shape
@@ -31,14 +34,58 @@ def _pil(picture: np.ndarray, scale: int) -> Image.Image:
   return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
 
 
+def _save(img: Image.Image, path: str | Path) -> Path:
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  img.save(path)
+  return path
+
+
 def save_grid(
   images_NxHxWxC: np.ndarray, path: str | Path, ncols: int | None = None, scale: int = 2
 ) -> Path:
   """Writes a PNG grid of images in [-1, 1]; returns its path."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  _pil(grid(images_NxHxWxC, ncols), scale).save(path)
-  return path
+  return _save(_pil(grid(images_NxHxWxC, ncols), scale), path)
+
+
+def save_captioned_grid(
+  images_NxHxWxC: np.ndarray, texts: list[str], path: str | Path, ncols: int, scale: int = 2
+) -> Path:
+  """A grid PNG (as save_grid) with text row r written to the left of row r."""
+  grid_img = _pil(grid(images_NxHxWxC, ncols), scale)
+  margin = int(max(ImageDraw.Draw(grid_img).textlength(t) for t in texts)) + 12
+  out = Image.new(grid_img.mode, (margin + grid_img.width, grid_img.height), "white")
+  out.paste(grid_img, (margin, 0))
+  draw = ImageDraw.Draw(out)
+  row = (images_NxHxWxC.shape[1] + PAD) * scale
+  for r, text in enumerate(texts):
+    draw.text((6, PAD * scale + r * row + row // 2 - 6), text, fill="black")
+  return _save(out, path)
+
+
+def bar_chart(
+  values_N: np.ndarray,
+  path: str | Path,
+  title: str,
+  threshold: float,
+  height: int = 160,
+  bar: int = 8,
+) -> Path:
+  """A PNG bar chart of non-negative values [N] under a title (lines split on newlines): dark
+  bars above `threshold`, grey below."""
+  values_N = np.asarray(values_N, np.float64)
+  lines = title.split("\n")
+  top, pad = 4 + 12 * len(lines), 4
+  img = Image.new("RGB", (max(len(values_N) * bar + 2 * pad, 360), height + top + pad), "white")
+  draw = ImageDraw.Draw(img)
+  for i, line in enumerate(lines):
+    draw.text((pad, 2 + 12 * i), line, fill="black")
+  scale = height / max(float(values_N.max(initial=0.0)), 1e-12)
+  for i, v in enumerate(values_N):
+    x0, y0 = pad + i * bar, top + height - max(int(round(v * scale)), 1)
+    color = "#1f4e79" if v > threshold else "#bbbbbb"
+    draw.rectangle([x0, y0, x0 + bar - 2, top + height], fill=color)
+  return _save(img, path)
 
 
 def save_animation(

@@ -143,7 +143,7 @@ def vae_config(**model) -> ml_collections.ConfigDict:
 
 
 DRAW_TINY = dict(
-  num_steps=3,
+  draw_steps=3,
   latent_dim=4,
   enc_features=16,
   dec_features=16,

@@ -47,7 +47,7 @@ MODELS = {
   "classifier": (classifier.Classifier(10, width=8, feature_dim=16), X, lambda m: _bn_train(m)),
   "draw": (
     draw.DRAW(
-      (28, 28, 1), num_steps=2, latent_dim=4, enc_features=8, dec_features=8, read_n=2, write_n=3
+      (28, 28, 1), draw_steps=2, latent_dim=4, enc_features=8, dec_features=8, read_n=2, write_n=3
     ),
     X,
     lambda m: lambda v, x: m.apply(v, x, rngs={"latent": jax.random.key(5)})["canvas"],

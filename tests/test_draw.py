@@ -7,11 +7,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import DRAW_TINY, GOLDEN_RTOL, draw_config, random_batch, train_steps_traced_once
+from conftest import (
+  DRAW_TINY,
+  GOLDEN_RTOL,
+  REPO,
+  draw_config,
+  random_batch,
+  train_steps_traced_once,
+)
 from PIL import Image
 
-from jaxgen import cli, losses, trainer
+from jaxgen import cli, losses, pictures, trainer
+from jaxgen import config as config_lib
 from jaxgen.data import captions
+from jaxgen.errors import ConfigError
 from jaxgen.models import draw as draw_models
 from jaxgen.models import rnn
 from jaxgen.steps import draw
@@ -200,7 +209,7 @@ def test_held_out_captions_tokenise_and_generate(states):
   frames = jnp.concatenate(
     [SAMPLE_FRAMES(text_state, jax.random.key(0), 6, t) for t in chunks], axis=1
   )
-  assert frames.shape == (DRAW_TINY["num_steps"], len(held), 60, 60, 1)
+  assert frames.shape == (DRAW_TINY["draw_steps"], len(held), 60, 60, 1)
   assert bool(jnp.all(jnp.isfinite(frames))) and float(jnp.abs(frames).max()) <= 1.0
   with pytest.raises(captions.CaptionError, match="unknown word 'hat'.*vocabulary is: ankle"):
     draw.tokenize(text_state, "the hat is on the left of the bag")
@@ -218,11 +227,13 @@ def test_golden_values_of_alignDRAW(states, pinned_env):
 
 
 def test_pictures(tmp_path, states):
-  paths = draw.pictures(states[False], random_batch(n=8), jax.random.key(1), tmp_path)
+  paths = pictures.draw_pictures(states[False], random_batch(n=8), jax.random.key(1), tmp_path)
   assert [p.name for p in paths] == ["canvas.gif", "samples.png", "steps.png"]
-  assert Image.open(paths[0]).n_frames == DRAW_TINY["num_steps"]
+  assert Image.open(paths[0]).n_frames == DRAW_TINY["draw_steps"]
   assert Image.open(paths[2]).size == (2 * (3 * 30 + 2), 2 * (8 * 30 + 2))  # 8 rows x T steps
-  paths = draw.pictures(states[True], random_batch(n=5, text=True), jax.random.key(1), tmp_path)
+  paths = pictures.draw_pictures(
+    states[True], random_batch(n=5, text=True), jax.random.key(1), tmp_path
+  )
   assert [p.name for p in paths[3:]] == ["example_captions.png", "test_captions.png"]
   width, height = Image.open(paths[4]).size
   assert height == 2 * (5 * 62 + 2) and width > 2 * (8 * 62 + 2)  # 5 captions; text on the left
@@ -254,4 +265,31 @@ def test_trained_caption_run_samples_from_the_cli(fashion_slice, tfds_dir, tmp_p
     ]
   )
   assert Image.open(out).size == (2 * (2 * 62 + 2),) * 2  # 2 x 2 grid of 60 px + 2 pad, x2
-  assert Image.open(out.with_suffix(".gif")).n_frames == DRAW_TINY["num_steps"]
+  assert Image.open(out.with_suffix(".gif")).n_frames == DRAW_TINY["draw_steps"]
+
+
+# ------------------------------------------------------------------ config keys
+
+
+@pytest.mark.parametrize("name", ["draw_fashion.py", "aligndraw_captions.py"])
+def test_configs_call_t_draw_steps_and_hold_no_dead_keys(name):
+  model = config_lib.load(REPO / "experiments/configs" / name).model
+  assert model.draw_steps in (10, 16)
+  assert "num_steps" not in model and "num_importance" not in model
+
+
+def test_a_run_saved_with_the_old_name_of_draw_steps_gets_one_line(tmp_path):
+  """Runs trained before the rename hold model.num_steps in config.json: one line says what to
+  rename, where (no silent mapping: the config.json stays the record of the run)."""
+  c = draw_config()
+  c.data.image_shape = (28, 28, 1)
+  c.model.num_steps = c.model.draw_steps
+  del c.model["draw_steps"]
+  (tmp_path / "checkpoints").mkdir()
+  (tmp_path / "config.json").write_text(c.to_json_best_effort())
+  with pytest.raises(ConfigError) as e:
+    trainer.load_run(tmp_path)
+  assert str(e.value) == (
+    "config.model.num_steps is now config.model.draw_steps (T, the canvas updates per image); "
+    "rename it in the config file, or in RUN/config.json for a run trained before the rename"
+  )

@@ -494,7 +494,7 @@ def test_tiny_aligndraw_gets_caption_rows_a_real_canvas_floor_and_bounds(canvase
   config = config_lib.load(REPO / "experiments/configs/aligndraw_captions.py")
   config.model.update(
     dict(
-      num_steps=2,
+      draw_steps=2,
       latent_dim=4,
       enc_features=16,
       dec_features=16,

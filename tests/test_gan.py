@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from conftest import GOLDEN_RTOL, gan_config, num_params, random_batch, train_steps_traced_once
 
-from jaxgen import losses
+from jaxgen import losses, pictures
+from jaxgen.models import common as model_common
 from jaxgen.models import gan as gan_models
 from jaxgen.steps import gan
 
@@ -36,9 +37,9 @@ def test_shapes_and_parameter_counts(shape, width, g_params, d_params, start):
 
 
 def test_32x32_plan_and_bad_size():
-  assert gan_models.upsampling_plan(32, 64) == (4, (512, 256, 128))
-  with pytest.raises(ValueError, match="image size"):
-    gan_models.upsampling_plan(30, 64)
+  assert model_common.resolution_plan(32, 64, "DCGAN") == (4, (512, 256, 128))
+  with pytest.raises(ValueError, match="DCGAN needs an image size"):
+    gan_models.Generator((30, 30, 1)).init(jax.random.key(0), jnp.zeros((1, 8)), train=False)
 
 
 def test_conditional_models_use_the_label():
@@ -116,7 +117,7 @@ def test_report_pictures(tmp_path):
 
   c = gan_config(width=8, latent_dim=16, num_classes=10)
   state = gan.init_state(c, jax.random.key(0), random_batch(n=4))
-  paths = gan.pictures(state, random_batch(n=4), jax.random.key(1), tmp_path)
+  paths = pictures.gan_pictures(state, random_batch(n=4), jax.random.key(1), tmp_path)
   assert [p.name for p in paths] == ["interpolations.png", "classes.png"]
   # 10 columns of 28 px + 2 px padding, scaled x2; 8 interpolation rows, 10 class rows
   assert Image.open(paths[0]).size == (2 * (10 * 30 + 2), 2 * (8 * 30 + 2))

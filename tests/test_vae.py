@@ -11,8 +11,9 @@ import pytest
 from conftest import GOLDEN_RTOL, num_params, random_batch, train_steps_traced_once, vae_config
 from PIL import Image
 
-from jaxgen import losses
+from jaxgen import losses, pictures
 from jaxgen.errors import ConfigError
+from jaxgen.models import common as model_common
 from jaxgen.models import vae as vae_models
 from jaxgen.steps import vae
 
@@ -33,7 +34,7 @@ def test_closed_form_kl_matches_monte_carlo():
 
   @jax.jit
   def log_ratio(mean, logvar):  # per unit: log q(z_u|x) - log N(z_u; 0, 1)
-    z = vae_models.reparameterize(mean, logvar, jax.random.normal(key_z, (n, 3, 4)))
+    z = model_common.reparameterize(mean, logvar, jax.random.normal(key_z, (n, 3, 4)))
     return losses.diag_gaussian_log_prob(
       z[..., None], mean[..., None], logvar[..., None]
     ) - losses.diag_gaussian_log_prob(z[..., None], 0.0, 0.0)
@@ -123,9 +124,9 @@ def test_shapes_and_parameter_counts(shape, likelihood, num_classes, count):
 
 
 def test_bad_image_size_is_rejected():
-  with pytest.raises(ConfigError, match="image size"):
-    vae_models.resolution_plan(30, 8)
-  assert vae_models.resolution_plan(64, 8) == (4, (64, 32, 16, 8))
+  with pytest.raises(ConfigError, match="the VAE needs an image size"):
+    vae_models.Encoder((30, 30, 1)).init(jax.random.key(0), jnp.zeros((1, 30, 30, 1)))
+  assert model_common.resolution_plan(64, 8, "the VAE") == (4, (64, 32, 16, 8))
 
 
 # ------------------------------------------------------------------ steps
@@ -251,7 +252,7 @@ def test_sampling_is_deterministic_conditional_and_in_range():
 
 def test_pictures(trained, tmp_path):
   state, batch = trained
-  paths = vae.pictures(state, batch, jax.random.key(0), tmp_path)
+  paths = pictures.vae_pictures(state, batch, jax.random.key(0), tmp_path)
   names = [p.name for p in paths]
   assert names == [
     "reconstructions.png",

@@ -13,7 +13,7 @@ def get_config():
   c.data.name = "captioned_fashion_mnist"  # 20000 train / 2000 test canvases (/small: 2000 / 500)
 
   c.model.family = "draw"
-  c.model.num_steps = 16  # T
+  c.model.draw_steps = 16  # T
   c.model.read_n = 6  # N x N read window
   c.model.write_n = 8  # N x N write window
   c.model.enc_features = 256
@@ -29,6 +29,4 @@ def get_config():
   c.optim.name = "adam"
   c.optim.lr = 1e-3
   c.optim.grad_clip = 10.0
-
-  c.model.num_importance = 100  # IWAE k for `jaxgen evaluate` (whole latent sequences z_1..T)
   return c

@@ -11,7 +11,7 @@ def get_config():
   c.checkpoint_every = 2500
 
   c.model.family = "draw"
-  c.model.num_steps = 10  # T: glimpses / canvas updates per image
+  c.model.draw_steps = 10  # T: glimpses / canvas updates per image
   c.model.read_n = 2  # N x N read window (0: read the whole image and error image)
   c.model.write_n = 5  # N x N write window (0: write the whole canvas)
   c.model.enc_features = 256  # encoder RNN hidden units
@@ -24,6 +24,4 @@ def get_config():
   c.optim.name = "adam"
   c.optim.lr = 1e-3
   c.optim.grad_clip = 10.0  # recurrent nets: clip the global gradient norm
-
-  c.model.num_importance = 100  # IWAE k for `jaxgen evaluate` (whole latent sequences z_1..T)
   return c

@@ -23,8 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.errors import ConfigError
-from jaxgen.models import rnn
-from jaxgen.models.vae import reparameterize
+from jaxgen.models import common, rnn
 
 # ------------------------------------------------------------------ Gaussian attention
 
@@ -157,9 +156,9 @@ class DrawStep(nn.Module):
       enc_carry, h_enc_BxE = encoder(enc_carry, jnp.concatenate([r_BxR, h_dec_BxD], axis=-1))
       out["q_mean"] = nn.Dense(z_dim, name="q_mean")(h_enc_BxE)
       out["q_logvar"] = nn.Dense(z_dim, name="q_logvar")(h_enc_BxE)
-      z_BxZ = reparameterize(out["q_mean"], out["q_logvar"], eps_BxZ)
+      z_BxZ = common.reparameterize(out["q_mean"], out["q_logvar"], eps_BxZ)
     else:
-      z_BxZ = reparameterize(p_mean, p_logvar, eps_BxZ)
+      z_BxZ = common.reparameterize(p_mean, p_logvar, eps_BxZ)
     dec_in = z_BxZ
     if lang is not None:
       s_BxF, out["alignment"] = self._align(h_dec_BxD, lang)
@@ -178,7 +177,8 @@ class DrawStep(nn.Module):
 
 
 class DRAW(nn.Module):
-  """DRAW over T steps; alignDRAW when `vocab_size` > 0 (a caption of tokens conditions it).
+  """DRAW over T = `draw_steps` canvas updates; alignDRAW when `vocab_size` > 0 (a caption of
+  tokens conditions it).
 
   `__call__(x, tokens)` with images x [B, H, W, C] in [0, 1] (binary for a Bernoulli
   likelihood) runs the inference network and returns per-step arrays [T, B, Z] "z", "q_mean",
@@ -189,7 +189,7 @@ class DRAW(nn.Module):
   """
 
   image_shape: Sequence[int]
-  num_steps: int = 10
+  draw_steps: int = 10  # T: canvas updates (glimpses) per image
   latent_dim: int = 10
   enc_features: int = 256
   dec_features: int = 256
@@ -240,7 +240,7 @@ class DRAW(nn.Module):
       variable_broadcast="params",
       split_rngs={"params": False, "latent": True},
       in_axes=nn.broadcast,
-      length=self.num_steps,
+      length=self.draw_steps,
     )
     step = scan(
       self.image_shape,

@@ -14,31 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxgen import ops
-from jaxgen.errors import ConfigError
-
-
-def upsampling_plan(
-  image_size: int, width: int, model: str = "DCGAN"
-) -> tuple[int, tuple[int, ...]]:
-  """Returns (start_size, channels per resolution) for an image of `image_size`.
-
-  e.g. 28 -> (7, (4w, 2w)); 32 -> (4, (8w, 4w, 2w)); 64 -> (4, (8w, 4w, 2w, w)).
-  The first entry is the dense layer's channel count; each later entry is the
-  output of one stride-2 transposed convolution (the last one, to the image
-  channels, is not listed).
-  """
-  size, num_up = image_size, 0
-  while size % 2 == 0 and size > 7:
-    size //= 2
-    num_up += 1
-  if size not in (4, 7) or num_up == 0:
-    raise ConfigError(
-      f"{model} needs an image size of 7*2^n or 4*2^n (28, 32, 64, ...), got {image_size}; "
-      "resize the data or choose another model."
-    )
-  top = min(num_up, 3)  # at most 8 * width channels, halving at each doubling of resolution
-  channels = tuple(max(int(width * 2.0 ** (top - i)), 8) for i in range(num_up))
-  return size, channels
+from jaxgen.models import common
 
 
 class Generator(nn.Module):
@@ -55,14 +31,14 @@ class Generator(nn.Module):
     self, z_BxZ: jnp.ndarray, labels_B: jnp.ndarray | None = None, *, train: bool = True
   ) -> jnp.ndarray:
     height, _, channels = self.image_shape
-    start, widths = upsampling_plan(height, self.width)
+    start, widths = common.resolution_plan(height, self.width, "DCGAN")
     # BatchNorm then ReLU
     norm = lambda name: ops.BatchNormAct(
       use_running_average=not train, momentum=0.9, fused=self.fast_ops, name=name
     )
     x = z_BxZ
     if self.num_classes:
-      x = jnp.concatenate([x, nn.one_hot(labels_B, self.num_classes, dtype=x.dtype)], axis=-1)
+      x = jnp.concatenate([x, common.one_hot(labels_B, self.num_classes, x.dtype)], axis=-1)
     x = nn.Dense(start * start * widths[0], use_bias=False, name="dense")(x)
     x = x.reshape(x.shape[0], start, start, widths[0])
     x = norm("bn_dense")(x)
@@ -88,7 +64,7 @@ class Discriminator(nn.Module):
   def __call__(
     self, x_BxHxWxC: jnp.ndarray, labels_B: jnp.ndarray | None = None, *, train: bool = True
   ) -> jnp.ndarray:
-    _, widths = upsampling_plan(self.image_shape[0], self.width)
+    _, widths = common.resolution_plan(self.image_shape[0], self.width, "DCGAN")
     k = (self.kernel_size, self.kernel_size)
     x = x_BxHxWxC
     conv = ops.Conv if self.fast_ops else nn.Conv

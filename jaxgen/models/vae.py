@@ -18,24 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxgen import ops
-from jaxgen.models import gan
-
-
-def resolution_plan(image_size: int, width: int) -> tuple[int, tuple[int, ...]]:
-  """(smallest size, channels per resolution from smallest to largest), as the DCGAN's plan.
-
-  e.g. 28 -> (7, (4w, 2w)); 64 -> (4, (8w, 4w, 2w, w)). The encoder's stride-2 convolutions
-  produce these channel counts in reverse order; the decoder's dense layer produces the first
-  and each of its stride-2 transposed convolutions the next.
-  """
-  return gan.upsampling_plan(image_size, width, model="the VAE")
-
-
-def _one_hot(labels: jnp.ndarray, num_classes: int, dtype) -> jnp.ndarray:
-  """Integer labels [B] -> one-hot [B, K]; soft rows [B, K] pass through."""
-  if labels.ndim == 2:
-    return labels.astype(dtype)
-  return nn.one_hot(labels, num_classes, dtype=dtype)
+from jaxgen.models import common
 
 
 class Encoder(nn.Module):
@@ -53,7 +36,7 @@ class Encoder(nn.Module):
     self, x_BxHxWxC: jnp.ndarray, labels: jnp.ndarray | None = None, *, train: bool = True
   ) -> tuple[jnp.ndarray, jnp.ndarray]:
     del train
-    _, widths = resolution_plan(self.image_shape[0], self.width)
+    _, widths = common.resolution_plan(self.image_shape[0], self.width, "the VAE")
     k = (self.kernel_size, self.kernel_size)
     conv = ops.Conv if self.fast_ops else nn.Conv
     x = x_BxHxWxC
@@ -61,7 +44,9 @@ class Encoder(nn.Module):
       x = nn.swish(conv(w, k, strides=(2, 2), name=f"conv{i}")(x))
     h_BxF = x.reshape(x.shape[0], -1)
     if self.num_classes:
-      h_BxF = jnp.concatenate([h_BxF, _one_hot(labels, self.num_classes, h_BxF.dtype)], axis=-1)
+      h_BxF = jnp.concatenate(
+        [h_BxF, common.one_hot(labels, self.num_classes, h_BxF.dtype)], axis=-1
+      )
     stats_Bx2Z = nn.Dense(2 * self.latent_dim, name="to_latent")(h_BxF)
     mean_BxZ, logvar_BxZ = jnp.split(stats_Bx2Z, 2, axis=-1)
     return mean_BxZ, logvar_BxZ
@@ -82,10 +67,10 @@ class Decoder(nn.Module):
     self, z_BxZ: jnp.ndarray, labels: jnp.ndarray | None = None, *, train: bool = True
   ) -> jnp.ndarray:
     del train
-    start, widths = resolution_plan(self.image_shape[0], self.width)
+    start, widths = common.resolution_plan(self.image_shape[0], self.width, "the VAE")
     x = z_BxZ
     if self.num_classes:
-      x = jnp.concatenate([x, _one_hot(labels, self.num_classes, x.dtype)], axis=-1)
+      x = jnp.concatenate([x, common.one_hot(labels, self.num_classes, x.dtype)], axis=-1)
     x = nn.swish(nn.Dense(start * start * widths[0], name="dense")(x))
     x = x.reshape(x.shape[0], start, start, widths[0])
     k = (self.kernel_size, self.kernel_size)
@@ -137,7 +122,7 @@ class VAE(nn.Module):
     train: bool = True,
   ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     mean_BxZ, logvar_BxZ = self.encoder(x_BxHxWxC, labels, train=train)
-    z_BxZ = reparameterize(mean_BxZ, logvar_BxZ, eps_BxZ)
+    z_BxZ = common.reparameterize(mean_BxZ, logvar_BxZ, eps_BxZ)
     return mean_BxZ, logvar_BxZ, self.decoder(z_BxZ, labels, train=train)
 
   def encode(
@@ -149,10 +134,3 @@ class VAE(nn.Module):
     self, z_BxZ: jnp.ndarray, labels: jnp.ndarray | None = None, *, train: bool = True
   ) -> jnp.ndarray:
     return self.decoder(z_BxZ, labels, train=train)
-
-
-def reparameterize(
-  mean_BxZ: jnp.ndarray, logvar_BxZ: jnp.ndarray, eps_BxZ: jnp.ndarray
-) -> jnp.ndarray:
-  """z = mean + exp(logvar / 2) * eps, with eps ~ N(0, I) supplied by the caller (any shape)."""
-  return mean_BxZ + jnp.exp(0.5 * logvar_BxZ) * eps_BxZ

@@ -11,6 +11,7 @@ import optax
 from flax import struct
 from flax.training import train_state
 
+from jaxgen import losses
 from jaxgen.errors import ConfigError
 
 
@@ -193,3 +194,35 @@ def labels_for(num: int, num_classes: int, conditioning: Any = None) -> jax.Arra
   if conditioning is None:
     return jnp.arange(num) % num_classes
   return jnp.broadcast_to(jnp.asarray(conditioning, jnp.int32), (num,))
+
+
+# ------------------------------------------------------------------ the ELBO families (VAE, DRAW)
+
+
+def binarize(key: jax.Array, image_BxHxWxC: jax.Array) -> jax.Array:
+  """A fresh binary image {0., 1.} [B, H, W, C] with P(1) = (image + 1) / 2 from [-1, 1] images."""
+  return binarize_with(uniform_like(key, image_BxHxWxC), image_BxHxWxC)
+
+
+def uniform_like(key: jax.Array, x: jax.Array) -> jax.Array:
+  """U[0, 1) noise of x's shape and dtype."""
+  return jax.random.uniform(key, x.shape, x.dtype)
+
+
+def binarize_with(u_BxHxWxC: jax.Array, image_BxHxWxC: jax.Array) -> jax.Array:
+  """`binarize` from given uniforms u [B, H, W, C] (drawn for a whole batch, then split)."""
+  # u < p with u ~ U[0, 1) is exactly jax.random.bernoulli(key, p) for u drawn from that key.
+  return (u_BxHxWxC < (image_BxHxWxC + 1.0) / 2.0).astype(image_BxHxWxC.dtype)
+
+
+def elbo_metrics(recon_B: jax.Array, kl_B: jax.Array, num_dims: int) -> tuple[jax.Array, dict]:
+  """(-ELBO averaged over the batch, metrics): `loss`, `elbo`, `recon`, `kl` in nats per image
+  from the per-image reconstruction and KL terms [B], and `bpd` over `num_dims` = H*W*C."""
+  loss = jnp.mean(recon_B + kl_B)
+  return loss, dict(
+    loss=loss,
+    elbo=-loss,
+    recon=jnp.mean(recon_B),
+    kl=jnp.mean(kl_B),
+    bpd=losses.bits_per_dim(loss, num_dims),
+  )

@@ -6,11 +6,11 @@ in nats per image; `bpd` is the same number in bits per dimension.
 
     -ELBO = -log p(x | z_1..T) + sum_t KL(q(z_t | x, z_<t) || p(z_t | z_<t [, caption]))
 
-With config.model.captions the model reads a caption (alignDRAW); batches then carry "tokens"
+T is config.model.draw_steps, the number of canvas updates per image. With
+config.model.captions the model reads a caption (alignDRAW); batches then carry "tokens"
 int32 [B, L] (jaxgen.data.captions) and `sample`'s conditioning is a caption or its tokens.
 """
 
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -18,14 +18,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import struct
-from PIL import Image, ImageDraw
 
-from jaxgen import losses, viz
+from jaxgen import losses
 from jaxgen.data import captions
 from jaxgen.errors import ConfigError, UserError
 from jaxgen.models import draw as draw_models
 from jaxgen.steps import common
-from jaxgen.steps.vae import binarize
 
 
 @struct.dataclass
@@ -38,7 +36,7 @@ class DRAWState:
 def _model(hp: ml_collections.FrozenConfigDict) -> draw_models.DRAW:
   return draw_models.DRAW(
     image_shape=tuple(hp.image_shape),
-    num_steps=hp.num_steps,
+    draw_steps=hp.draw_steps,
     latent_dim=hp.latent_dim,
     enc_features=hp.enc_features,
     dec_features=hp.dec_features,
@@ -56,11 +54,16 @@ def _model(hp: ml_collections.FrozenConfigDict) -> draw_models.DRAW:
 def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: dict) -> DRAWState:
   """Initial state for images shaped like `sample_batch["image"]` [B, H, W, C]."""
   m = config.model
+  if "num_steps" in m:  # the key's name before T was called draw_steps
+    raise ConfigError(
+      "config.model.num_steps is now config.model.draw_steps (T, the canvas updates per image); "
+      "rename it in the config file, or in RUN/config.json for a run trained before the rename"
+    )
   text = m.get("captions", False)
   hp = ml_collections.FrozenConfigDict(
     dict(
       image_shape=tuple(sample_batch["image"].shape[1:]),
-      num_steps=m.num_steps,
+      draw_steps=m.draw_steps,
       latent_dim=m.latent_dim,
       enc_features=m.enc_features,
       dec_features=m.dec_features,
@@ -127,18 +130,11 @@ def _negative_elbo(
   """(-ELBO averaged over the batch, metrics): one sample of z_1..T, each KL in closed form."""
   hp = state.hp
   bin_key, z_key = jax.random.split(key)
-  x = binarize(bin_key, batch["image"])
+  x = common.binarize(bin_key, batch["image"])
   out = _infer(hp, params, x, _tokens(hp, batch), z_key)
   recon_B = -losses.bernoulli_log_prob(out["canvas"], x)
   kl_B = jnp.sum(kl_per_step(hp, out), axis=0)
-  loss = jnp.mean(recon_B + kl_B)
-  return loss, dict(
-    loss=loss,
-    elbo=-loss,
-    recon=jnp.mean(recon_B),
-    kl=jnp.mean(kl_B),
-    bpd=losses.bits_per_dim(loss, int(np.prod(hp.image_shape))),
-  )
+  return common.elbo_metrics(recon_B, kl_B, int(np.prod(hp.image_shape)))
 
 
 def train_step(state: DRAWState, batch: dict, key: jax.Array) -> tuple[DRAWState, dict]:
@@ -232,7 +228,7 @@ def log_likelihood_bounds(
   """
   hp = state.hp
   bin_key, z_key = jax.random.split(key)
-  x = binarize(bin_key, batch["image"])
+  x = common.binarize(bin_key, batch["image"])
   tokens = _tokens(hp, batch)
   b = x.shape[0]
   chunk = max(1, min(num_samples, chunk_images // b))
@@ -254,87 +250,3 @@ def log_likelihood_bounds(
   _, log_w = jax.lax.scan(one_chunk, None, jnp.arange(num_chunks))
   log_w_KxB = log_w.reshape(-1, b)[:num_samples]
   return {"elbo": jnp.mean(log_w_KxB, axis=0), "iwae": losses.iwae_bound(log_w_KxB)}
-
-
-# ------------------------------------------------------------------ pictures
-
-
-def save_captioned_grid(
-  images_NxHxWxC: np.ndarray, texts: list[str], path: Path, ncols: int, scale: int = 2
-) -> Path:
-  """A grid PNG (as viz.save_grid) with text row r written to the left of row r."""
-  picture = viz.grid(images_NxHxWxC, ncols)
-  grid_img = Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture)
-  grid_img = grid_img.resize((grid_img.width * scale, grid_img.height * scale), Image.NEAREST)
-  measure = ImageDraw.Draw(grid_img)
-  margin = int(max(measure.textlength(t) for t in texts)) + 12
-  out = Image.new(grid_img.mode, (margin + grid_img.width, grid_img.height), "white")
-  out.paste(grid_img, (margin, 0))
-  draw = ImageDraw.Draw(out)
-  row = (images_NxHxWxC.shape[1] + 2) * scale  # viz.grid pads cells by 2 pixels
-  for r, text in enumerate(texts):
-    draw.text((6, 2 * scale + r * row + row // 2 - 6), text, fill="black")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  out.save(path)
-  return path
-
-
-def _caption_pictures(
-  state: DRAWState, frames: np.ndarray, batch: dict, key: jax.Array, frames_fn: Any, outdir: Path
-) -> list[Path]:
-  """example_captions.png from `frames` (samples of EXAMPLE_CAPTIONS, 8 per caption), and
-  test_captions.png: per row, a test image then 7 samples for its caption."""
-  hp, cols = state.hp, 8
-  rows = [
-    c + " (held out)" * captions.is_held_out(*captions.parse(c)) for c in captions.EXAMPLE_CAPTIONS
-  ]
-  paths = [save_captioned_grid(frames[-1], rows, outdir / "example_captions.png", cols)]
-  n = min(len(batch["image"]), cols)
-  tokens_NxL = np.asarray(batch["tokens"][:n])
-  held = np.asarray(batch.get("held_out", np.zeros(n)))[:n]
-  texts = [
-    captions.detokenize(t, hp.vocabulary) + " (held out)" * bool(h)
-    for t, h in zip(tokens_NxL, held)
-  ]
-  # 64 samples, as for `frames`, so the sampler compiles once
-  tokens = tokens_NxL[(np.arange(cols * cols) // cols) % n]
-  samples = np.asarray(frames_fn(state, key, cols * cols, jnp.asarray(tokens))[-1])
-  table = np.concatenate(
-    [
-      np.asarray(batch["image"][:n])[:, None],
-      samples.reshape(cols, cols, *samples.shape[1:])[:n, : cols - 1],
-    ],
-    axis=1,
-  )
-  paths.append(
-    save_captioned_grid(
-      table.reshape(-1, *table.shape[2:]), texts, outdir / "test_captions.png", cols
-    )
-  )
-  return paths
-
-
-def pictures(state: DRAWState, batch: dict, key: jax.Array, outdir: Path) -> list[Path]:
-  """Writes the family's pictures to `outdir`; returns their paths.
-
-  canvas.gif: 64 samples drawn step by step; samples.png: their final canvases;
-  steps.png: 8 samples (rows) after each of the T steps (columns). For a caption-conditioned
-  run the 64 samples are 8 per example caption, and it adds example_captions.png (the same
-  samples, captions written beside the rows, held-out ones marked) and test_captions.png (a
-  test image of the batch, then 7 samples for its caption, per row).
-  """
-  outdir = Path(outdir)
-  frames_fn = jax.jit(sample_frames, static_argnums=2)
-  sample_key, test_key = jax.random.split(key)
-  frames = np.asarray(frames_fn(state, sample_key, 64, caption_tokens(state, 64)))
-  paths = [
-    viz.save_animation(frames, outdir / "canvas.gif", ncols=8),
-    viz.save_grid(frames[-1], outdir / "samples.png", ncols=8),
-  ]
-  steps = np.swapaxes(frames[:, ::8], 0, 1)  # [8 samples, T, H, W, C]
-  paths.append(
-    viz.save_grid(steps.reshape(-1, *steps.shape[2:]), outdir / "steps.png", ncols=frames.shape[0])
-  )
-  if state.hp.vocabulary:
-    paths += _caption_pictures(state, frames, jax.device_get(batch), test_key, frames_fn, outdir)
-  return paths

@@ -1,17 +1,15 @@
 """DCGAN family: alternating discriminator / generator updates and an EMA generator."""
 
 import functools
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax import struct
 
-from jaxgen import losses, ops, viz
+from jaxgen import losses, ops
 from jaxgen.errors import ConfigError
 from jaxgen.models import gan as gan_models
 from jaxgen.steps import common
@@ -178,28 +176,3 @@ def sample(state: GANState, key: jax.Array, num: int, conditioning: Any = None) 
   """`num` images [num, H, W, C] in [-1, 1] from the EMA generator; `conditioning`: labels."""
   labels = common.labels_for(num, state.hp.num_classes, conditioning)
   return generate(state, jax.random.normal(key, (num, state.hp.latent_dim)), labels)
-
-
-def pictures(state: GANState, batch: dict, key: jax.Array, outdir: Path) -> list[Path]:
-  """Latent interpolations (8 pairs x 10 steps) and, if conditional, one row per class."""
-  hp, steps = state.hp, 10
-  z = np.asarray(jax.random.normal(key, (16, hp.latent_dim)))
-  path_z = viz.interpolation_path(z[:8], z[8:], steps)
-  # a conditional model holds the class fixed along each row
-  labels = jnp.repeat(jnp.arange(8) % hp.num_classes, steps) if hp.num_classes else None
-  paths = [
-    viz.save_grid(
-      np.asarray(generate(state, jnp.asarray(path_z), labels)),
-      outdir / "interpolations.png",
-      ncols=steps,
-    )
-  ]
-  if hp.num_classes:
-    z_col = jnp.tile(jnp.asarray(z[:steps]), (hp.num_classes, 1))  # same z down each column
-    by_class = jnp.repeat(jnp.arange(hp.num_classes), steps)
-    paths.append(
-      viz.save_grid(
-        np.asarray(generate(state, z_col, by_class)), outdir / "classes.png", ncols=steps
-      )
-    )
-  return paths

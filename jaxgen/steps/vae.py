@@ -1,5 +1,6 @@
 """VAE family: the reparameterised ELBO, an importance-weighted (IWAE) likelihood bound, and
-its pictures (reconstructions, latent interpolations, KL per latent unit).
+what its pictures show (reconstructions, latent interpolations, KL per latent unit; drawn by
+jaxgen.pictures).
 
 Units: every likelihood number is in nats per image (summed over the H*W*C dimensions);
 `bpd` is the same number in bits per dimension, nats / (H*W*C * ln 2).
@@ -11,8 +12,6 @@ Likelihoods (config.model.likelihood):
     over the 256 grid values of [-1, 1] (jaxgen.losses.discretized_logistic_log_prob).
 """
 
-import json
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -20,11 +19,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import struct
-from PIL import Image, ImageDraw
 
-from jaxgen import losses, ops, viz
+from jaxgen import losses, ops
 from jaxgen.errors import ConfigError
 from jaxgen.models import vae as vae_models
+from jaxgen.models.common import reparameterize
 from jaxgen.steps import common
 
 # Decoder output channels per image channel: logits, or (location, log-scale).
@@ -50,10 +49,6 @@ def _model(hp: ml_collections.FrozenConfigDict) -> vae_models.VAE:
     num_classes=hp.num_classes,
     fast_ops=hp.fast_ops,
   )
-
-
-def _num_dims(hp: ml_collections.FrozenConfigDict) -> int:
-  return int(np.prod(hp.image_shape))
 
 
 def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: dict) -> VAEState:
@@ -89,32 +84,18 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
 # ------------------------------------------------------------------ the objective
 
 
-def binarize(key: jax.Array, image_BxHxWxC: jax.Array) -> jax.Array:
-  """A fresh binary image {0., 1.} [B, H, W, C] with P(1) = (image + 1) / 2 from [-1, 1] images."""
-  return _binarize_with(_uniform(key, image_BxHxWxC), image_BxHxWxC)
-
-
-def _uniform(key: jax.Array, image_BxHxWxC: jax.Array) -> jax.Array:
-  return jax.random.uniform(key, image_BxHxWxC.shape, image_BxHxWxC.dtype)
-
-
-def _binarize_with(u_BxHxWxC: jax.Array, image_BxHxWxC: jax.Array) -> jax.Array:
-  # u < p with u ~ U[0, 1) is exactly jax.random.bernoulli(key, p) for u drawn from that key.
-  return (u_BxHxWxC < (image_BxHxWxC + 1.0) / 2.0).astype(image_BxHxWxC.dtype)
-
-
 def observe(
   hp: ml_collections.FrozenConfigDict, image_BxHxWxC: jax.Array, key: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
   """(encoder input in [-1, 1], likelihood target), both [B, H, W, C], for this likelihood."""
-  return _observe_with(hp, image_BxHxWxC, _uniform(key, image_BxHxWxC))
+  return _observe_with(hp, image_BxHxWxC, common.uniform_like(key, image_BxHxWxC))
 
 
 def _observe_with(
   hp: ml_collections.FrozenConfigDict, image_BxHxWxC: jax.Array, u_BxHxWxC: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
   if hp.likelihood == "bernoulli":
-    target = _binarize_with(u_BxHxWxC, image_BxHxWxC)
+    target = common.binarize_with(u_BxHxWxC, image_BxHxWxC)
     return 2.0 * target - 1.0, target
   return image_BxHxWxC, image_BxHxWxC
 
@@ -126,7 +107,7 @@ def elbo_noise(
   binarise the images (u [B, H, W, C]) and the reparameterisation noise (eps [B, Z])."""
   bin_key, eps_key = jax.random.split(key)
   return dict(
-    u=_uniform(bin_key, image_BxHxWxC),
+    u=common.uniform_like(bin_key, image_BxHxWxC),
     eps=jax.random.normal(eps_key, (image_BxHxWxC.shape[0], hp.latent_dim), image_BxHxWxC.dtype),
   )
 
@@ -154,19 +135,6 @@ def _labels(hp: ml_collections.FrozenConfigDict, batch: dict) -> jax.Array | Non
   return batch["label"] if hp.num_classes else None
 
 
-def _elbo_metrics(
-  hp: ml_collections.FrozenConfigDict, recon_B: jax.Array, kl_B: jax.Array
-) -> tuple[jax.Array, dict]:
-  loss = jnp.mean(recon_B + kl_B)
-  return loss, dict(
-    loss=loss,
-    elbo=-loss,
-    recon=jnp.mean(recon_B),
-    kl=jnp.mean(kl_B),
-    bpd=losses.bits_per_dim(loss, _num_dims(hp)),
-  )
-
-
 def _negative_elbo(
   params: Any, state: VAEState, batch: dict, noise: dict
 ) -> tuple[jax.Array, dict]:
@@ -179,7 +147,7 @@ def _negative_elbo(
   )
   recon_B = -log_likelihood(hp, out, target)
   kl_B = jnp.sum(losses.gaussian_kl(mean_BxZ, logvar_BxZ), axis=-1)
-  return _elbo_metrics(hp, recon_B, kl_B)
+  return common.elbo_metrics(recon_B, kl_B, int(np.prod(hp.image_shape)))
 
 
 def train_step(state: VAEState, batch: dict, key: jax.Array) -> tuple[VAEState, dict]:
@@ -274,7 +242,7 @@ def log_likelihood_bounds(
         jax.random.fold_in(eps_key, i), (b, hp.latent_dim), mean_BxZ.dtype
       )
     )(index_C)
-    z_CxBxZ = vae_models.reparameterize(mean_BxZ, logvar_BxZ, eps_CxBxZ)
+    z_CxBxZ = reparameterize(mean_BxZ, logvar_BxZ, eps_CxBxZ)
     out = jax.vmap(lambda z: _decode(state, z, labels))(z_CxBxZ)
     log_w_CxB = (
       log_likelihood(hp, out, target)
@@ -291,7 +259,7 @@ def log_likelihood_bounds(
   return {"elbo": sum_B / num_samples, "iwae": lse_B - jnp.log(float(num_samples))}
 
 
-# ------------------------------------------------------------------ pictures
+# ------------------------------------------------------------------ what the pictures show
 
 
 def reconstruct(state: VAEState, batch: dict, key: jax.Array) -> jax.Array:
@@ -304,13 +272,13 @@ def reconstruct(state: VAEState, batch: dict, key: jax.Array) -> jax.Array:
 
 
 def interpolate(
-  state: VAEState, batch_a: dict, batch_b: dict, key: jax.Array, num_steps: int = 10
+  state: VAEState, batch_a: dict, batch_b: dict, key: jax.Array, num_points: int = 10
 ) -> jax.Array:
-  """Images [P, num_steps, H, W, C] decoded along the straight line between the posterior means
+  """Images [P, num_points, H, W, C] decoded along the straight line between the posterior means
   of P pairs (a, b); conditional models interpolate the one-hot labels alongside."""
   hp = state.hp
   key_a, key_b = jax.random.split(key)
-  t_T = jnp.linspace(0.0, 1.0, num_steps)
+  t_T = jnp.linspace(0.0, 1.0, num_points)
   ends = []
   for b, k in ((batch_a, key_a), (batch_b, key_b)):
     labels = _labels(hp, b)
@@ -334,84 +302,3 @@ def kl_per_unit(state: VAEState, batch: dict, key: jax.Array) -> jax.Array:
   hp = state.hp
   mean_BxZ, logvar_BxZ = _encode(state, observe(hp, batch["image"], key)[0], _labels(hp, batch))
   return jnp.mean(losses.gaussian_kl(mean_BxZ, logvar_BxZ), axis=0)
-
-
-def bar_chart(
-  values_N: np.ndarray, path: Path, title: str, threshold: float, height: int = 160, bar: int = 8
-) -> Path:
-  """A PNG bar chart of non-negative values [N] under a title (lines split on newlines): dark
-  bars above `threshold`, grey below."""
-  values_N = np.asarray(values_N, np.float64)
-  lines = title.split("\n")
-  top, pad = 4 + 12 * len(lines), 4
-  img = Image.new("RGB", (max(len(values_N) * bar + 2 * pad, 360), height + top + pad), "white")
-  draw = ImageDraw.Draw(img)
-  for i, line in enumerate(lines):
-    draw.text((pad, 2 + 12 * i), line, fill="black")
-  scale = height / max(float(values_N.max(initial=0.0)), 1e-12)
-  for i, v in enumerate(values_N):
-    x0, y0 = pad + i * bar, top + height - max(int(round(v * scale)), 1)
-    color = "#1f4e79" if v > threshold else "#bbbbbb"
-    draw.rectangle([x0, y0, x0 + bar - 2, top + height], fill=color)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  img.save(path)
-  return path
-
-
-def pictures(state: VAEState, batch: dict, key: jax.Array, outdir: Path) -> list[Path]:
-  """Writes the family's pictures of a test batch (B >= 2) to `outdir`; returns their paths.
-
-  reconstructions.png: up to 16 inputs (top rows) above their reconstructions (bottom rows);
-  interpolations.png: one row per pair (image i, image i + B/2), up to 8 pairs x 10 steps;
-  kl_per_unit.png / kl_per_unit.json: the batch-mean KL of each latent unit in nats, and the
-  number of active units (KL > 0.01 nats), which is also printed.
-  """
-  outdir = Path(outdir)
-  hp = state.hp
-  rec_key, int_key, kl_key = jax.random.split(key, 3)
-  batch = jax.device_get(batch)
-  b = batch["image"].shape[0]
-  n = min(b, 16)
-  first = {k: v[:n] for k, v in batch.items()}
-  recon = jax.jit(reconstruct)(state, first, rec_key)
-  ncols = min(n, 8)
-  rows = -(-n // ncols)
-  pad_to = rows * ncols - n  # blank (white) cells so reconstructions start on a fresh row
-  blank = np.ones((pad_to, *hp.image_shape), np.float32)
-  top = np.concatenate([first["image"], blank])
-  bottom = np.concatenate([np.asarray(recon), blank])
-  paths = [viz.save_grid(np.concatenate([top, bottom]), outdir / "reconstructions.png", ncols)]
-
-  p = min(b // 2, 8)
-  half = b // 2
-  pair_a = {k: v[:p] for k, v in batch.items()}
-  pair_b = {k: v[half : half + p] for k, v in batch.items()}
-  frames = jax.jit(interpolate, static_argnums=4)(state, pair_a, pair_b, int_key, 10)
-  frames = np.asarray(frames)
-  paths.append(
-    viz.save_grid(
-      frames.reshape(-1, *frames.shape[2:]), outdir / "interpolations.png", frames.shape[1]
-    )
-  )
-
-  kl_Z = np.asarray(jax.jit(kl_per_unit)(state, batch, kl_key))
-  active = int(np.sum(kl_Z > ACTIVE_UNIT_NATS))
-  title = (
-    f"KL per latent unit, nats (mean over {b} images; max {kl_Z.max():.2f})\n"
-    f"{active}/{len(kl_Z)} active (> {ACTIVE_UNIT_NATS} nats), total {kl_Z.sum():.1f} nats"
-  )
-  paths.append(bar_chart(kl_Z, outdir / "kl_per_unit.png", title, ACTIVE_UNIT_NATS))
-  info = dict(
-    kl_per_unit_nats=[round(float(v), 5) for v in kl_Z],
-    active_units=active,
-    active_threshold_nats=ACTIVE_UNIT_NATS,
-    num_images=b,
-    total_kl_nats=float(kl_Z.sum()),
-  )
-  (outdir / "kl_per_unit.json").write_text(json.dumps(info, indent=1))
-  paths.append(outdir / "kl_per_unit.json")
-  print(
-    f"active latent units: {active}/{len(kl_Z)} (KL > {ACTIVE_UNIT_NATS} nats, "
-    f"mean over {b} test images)"
-  )
-  return paths
