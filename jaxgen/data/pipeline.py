@@ -159,7 +159,7 @@ def make_loader(
   process_index: int = 0,
   process_count: int = 1,
   drop_remainder: bool = True,
-  num_threads: int = 2,
+  num_workers: int = 2,
   prefetch: int = 4,
 ) -> Loader:
   """Loader of this process's slice of each global batch.
@@ -168,12 +168,19 @@ def make_loader(
   gets rows [p*L, (p+1)*L) with L = B // P, so the processes' batches concatenated equal the
   single-process batch. Each epoch is a fresh permutation, deterministic in seed; shuffle=False
   keeps source order. num_epochs=None repeats forever.
+
+  num_workers threads (grain's read threads) build whole batches ahead of the caller, keeping up
+  to `prefetch` ready; 0 (or prefetch=0) builds each batch in the caller's thread. Batch b is
+  always the b-th index of the same map, so the batches, their order and get_state() (the index
+  of the next batch) do not depend on either setting.
   """
   n = len(source)
   if batch_size <= 0 or batch_size % process_count:
     raise ValueError(
       f"batch_size {batch_size} must be a positive multiple of process_count {process_count}"
     )
+  if num_workers < 0 or prefetch < 0:
+    raise ValueError(f"num_workers {num_workers} and prefetch {prefetch} must be >= 0")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
   if not drop_remainder and process_count > 1:
@@ -196,5 +203,5 @@ def make_loader(
     ds = ds[: steps * process_count][process_index::process_count]
   ds = ds.repeat(num_epochs)
   return Loader(
-    ds, steps, local, grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+    ds, steps, local, grain.ReadOptions(num_threads=num_workers, prefetch_buffer_size=prefetch)
   )
