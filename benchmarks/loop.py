@@ -4,8 +4,8 @@
     python -m benchmarks.loop --configs dcgan_fashion,vae_fashion --steps 200 --out loop.json
 
 For each config in experiments/configs/ (or those named by --configs) it runs the real loop,
-jaxgen.trainer.train_and_evaluate, in a fresh workdir for --warmup + --steps steps (warm-up
-default: the config's log_every) with the config's own batch size and cadences (logging,
+jaxgen.trainer.train_and_evaluate, in a fresh workdir for log_every + --steps steps (the first
+log interval is its warm-up) with the config's own batch size and cadences (logging,
 checkpoints, sample grids; in-training evaluation is not part of it), and reads the loop's
 timing from the run's provenance.json: the wall time from its first log point (compile and
 warm-up before it) to its last step, so data loading, the step, logging and any checkpoints and
@@ -112,7 +112,7 @@ def measure(path: Path, args) -> dict:
   from jaxgen import config as config_lib
 
   config = config_lib.load(path, args.overrides)
-  warmup = args.warmup if args.warmup is not None else config.log_every
+  warmup = config.log_every  # the loop's timed window starts at its first log point
   config.num_steps = warmup + args.steps
   row = dict(
     config=path.stem,
@@ -128,6 +128,10 @@ def measure(path: Path, args) -> dict:
   )
   with tempfile.TemporaryDirectory(prefix="jaxgen_loop_") as tmp:
     workdir = Path(args.workdir) / path.stem if args.workdir else Path(tmp) / path.stem
+    if workdir.exists():
+      raise RuntimeError(
+        f"{workdir} exists (a resumed run would not be timed); use a new --workdir"
+      )
     loop = loop_rate(config, workdir, args.quiet)
   step = step_rate(config, args.repeats, args.steps)
   loop_s = loop["seconds"] / loop["steps"]
@@ -159,9 +163,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     help="comma-separated config names or paths (default: every experiments/configs/*.py)",
   )
   p.add_argument("--steps", type=int, default=500, help="timed steps, loop and step alike")
-  p.add_argument(
-    "--warmup", type=int, default=None, help="untimed loop steps first (default: log_every)"
-  )
   p.add_argument("--repeats", type=int, default=3, help="timed runs of the step; the median")
   p.add_argument(
     "--set",
@@ -170,12 +171,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     default=[],
     help="config override key=value for every config, e.g. data.num_workers=0",
   )
-  p.add_argument("--workdir", default=None, help="keep the loop runs here (default: deleted)")
+  p.add_argument(
+    "--workdir", default=None, help="a new folder to keep the loop runs in (default: deleted)"
+  )
   p.add_argument("--out", default="runs/benchmarks/loop.json", help="where to write results")
   p.add_argument("--quiet", action="store_true", help="hide the loop's own output")
   args = p.parse_args(argv)
-  if args.steps < 1 or (args.warmup is not None and args.warmup < 1) or args.repeats < 1:
-    p.error("--steps, --warmup and --repeats must be positive")
+  if args.steps < 1 or args.repeats < 1:
+    p.error("--steps and --repeats must be positive")
   args.overrides = dict(kv.split("=", 1) for kv in args.overrides)
   return args
 
