@@ -4,12 +4,13 @@
     python -m benchmarks.loop --configs dcgan_fashion,vae_fashion --steps 200 --out loop.json
 
 For each config in experiments/configs/ (or those named by --configs) it runs the real loop,
-jaxgen.trainer.train_and_evaluate, in a fresh workdir for log_every + --steps steps (the first
-log interval is its warm-up) with the config's own batch size and cadences (logging,
-checkpoints, sample grids; in-training evaluation is not part of it), and reads the loop's
-timing from the run's provenance.json: the wall time from its first log point (compile and
-warm-up before it) to its last step, so data loading, the step, logging and any checkpoints and
-grids due in between are all in it. Then it compiles the same train step the same way
+jaxgen.trainer.train_and_evaluate, in a fresh workdir with the config's own batch size and
+cadences (logging, checkpoints, sample grids; in-training evaluation is not part of it): a
+warm-up session of log_every steps (it compiles what a run compiles once: the step, the health
+checks, the sampler of a grid), then a resumed one to step 2 * log_every + --steps, timed from
+its first log point (its compile and first steps before that) to its last step. The timing is
+the run's own (provenance.json's "loop"), so data loading, the step, logging and any
+checkpoints and grids due in those --steps are all in it. Then it compiles the same train step the same way
 (trainer.compile_train_step) on the run's first real batch, kept on the device, and times
 --repeats runs of --steps steps of it alone (the median is reported). The ratio loop/step is the
 share of the step's throughput the loop keeps; the goal is >= 95% (GOAL).
@@ -58,13 +59,21 @@ def config_paths(names: list[str] | None) -> list[Path]:
   return paths
 
 
-def loop_rate(config, workdir: Path, quiet: bool) -> dict:
-  """Runs the training loop in `workdir`; {steps, seconds} of its timed window (provenance)."""
+def loop_rate(config, workdir: Path, steps: int, quiet: bool) -> dict:
+  """{steps, seconds} of the training loop's steady state in `workdir` (from provenance.json).
+
+  A first session of log_every steps compiles what the loop compiles once per process (the
+  step, the health checks, the sampler of its end-of-run grid) and saves; the second resumes it
+  and is timed from its own first log point (its step's compile and warm-up before that) to
+  step 2 * log_every + `steps`.
+  """
   from jaxgen import runlog, trainer
 
   out = io.StringIO() if quiet else sys.stdout
   with contextlib.redirect_stdout(out):
-    trainer.train_and_evaluate(config, workdir)
+    for num_steps in (config.log_every, 2 * config.log_every + steps):
+      config.num_steps = num_steps
+      trainer.train_and_evaluate(config, workdir)
   loop = runlog.read_provenance(workdir)[-1].get("loop")
   if not loop:
     raise RuntimeError("the loop logged no two points to time between; raise --steps")
@@ -112,14 +121,12 @@ def measure(path: Path, args) -> dict:
   from jaxgen import config as config_lib
 
   config = config_lib.load(path, args.overrides)
-  warmup = config.log_every  # the loop's timed window starts at its first log point
-  config.num_steps = warmup + args.steps
   row = dict(
     config=path.stem,
     family=config.model.family,
     batch=config.batch_size,
     devices=jax.device_count(),
-    warmup=warmup,
+    warmup=2 * config.log_every,
     log_every=config.log_every,
     checkpoint_every=config.checkpoint_every,
     sample_every=config.sample_every,
@@ -132,7 +139,7 @@ def measure(path: Path, args) -> dict:
       raise RuntimeError(
         f"{workdir} exists (a resumed run would not be timed); use a new --workdir"
       )
-    loop = loop_rate(config, workdir, args.quiet)
+    loop = loop_rate(config, workdir, args.steps, args.quiet)
   step = step_rate(config, args.repeats, args.steps)
   loop_s = loop["seconds"] / loop["steps"]
   row.update(

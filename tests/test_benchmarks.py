@@ -12,6 +12,7 @@ from conftest import REPO
 if str(REPO) not in sys.path:  # benchmarks/ is a top-level folder, not part of the package
   sys.path.insert(0, str(REPO))
 from benchmarks import loop, throughput  # noqa: E402
+from jaxgen import runlog  # noqa: E402
 
 TINY = ["--batch_sizes", "8", "--repeats", "1", "--steps", "1", "--warmup", "1", "--quiet"]
 
@@ -72,9 +73,12 @@ def test_loop_benchmark_smoke(fashion_slice, tfds_dir, tmp_path, capsys):
   (row,) = result["rows"]
   assert row["config"] == "vae_fashion" and row["family"] == "vae" and row["batch"] == 8
   assert row["devices"] == jax.device_count() and row["num_workers"] == 2
-  # the loop ran warm-up (log_every) + 4 steps and timed the 4 after its first log point
-  assert row["warmup"] == 2 and row["steps"] == 4
-  assert (tmp_path / "runs/vae_fashion/checkpoints/6").is_dir()
+  # a warm-up session to step 2, then a resumed one to 8, timed after its first log point (4)
+  assert row["warmup"] == 4 and row["steps"] == 4
+  sessions = runlog.read_provenance(tmp_path / "runs/vae_fashion")
+  assert [(s["start_step"], s["end_step"]) for s in sessions] == [(0, 2), (2, 8)]
+  assert sessions[1]["loop"]["from_step"] == 4 and sessions[1]["loop"]["to_step"] == 8
+  assert row["loop_ms_per_step"] == pytest.approx(1e3 * sessions[1]["loop"]["seconds"] / 4)
   for what in ("loop", "step"):
     assert row[f"{what}_images_per_s"] == pytest.approx(8e3 / row[f"{what}_ms_per_step"])
   assert row["ratio"] == pytest.approx(row["loop_images_per_s"] / row["step_images_per_s"])
