@@ -24,20 +24,22 @@ import argparse
 import contextlib
 import io
 import json
+import os
+import platform
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import throughput
+from benchmarks.throughput import CONFIGS
 from benchmarks.timing import step_runner, timed_runs
 
 GOAL = 0.95  # loop images/s over step images/s
 COLUMNS = (  # (key, header, format)
   ("config", "config", "{:>18}"),
-  ("batch", "batch", "{}"),
-  ("devices", "dev", "{}"),
-  ("steps", "steps", "{}"),
+  ("batch", "batch", "{:>5}"),
+  ("devices", "dev", "{:>3}"),
+  ("steps", "steps", "{:>5}"),
   ("loop_images_per_s", "loop img/s", "{:.0f}"),
   ("step_images_per_s", "step img/s", "{:.0f}"),
   ("ratio", "loop/step", "{:.1%}"),
@@ -48,12 +50,12 @@ COLUMNS = (  # (key, header, format)
 def config_paths(names: list[str] | None) -> list[Path]:
   """The config files named (stems of experiments/configs/*.py, or paths); default: all."""
   if not names:
-    return sorted(throughput.CONFIGS.glob("*.py"))
+    return sorted(CONFIGS.glob("*.py"))
   paths = []
   for name in names:
-    path = Path(name) if name.endswith(".py") else throughput.CONFIGS / f"{name}.py"
+    path = Path(name) if name.endswith(".py") else CONFIGS / f"{name}.py"
     if not path.is_file():
-      known = ", ".join(p.stem for p in sorted(throughput.CONFIGS.glob("*.py")))
+      known = ", ".join(p.stem for p in sorted(CONFIGS.glob("*.py")))
       raise SystemExit(f"no config {path}; choose from {known} or give a path")
     paths.append(path)
   return paths
@@ -156,7 +158,30 @@ def measure(path: Path, args) -> dict:
 
 
 def format_table(rows: list[dict], header: bool = True) -> str:
-  return throughput.format_table(rows, header, COLUMNS)
+  """Fixed-width text table of COLUMNS; '-' where a value is missing."""
+  cells = [
+    [fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in COLUMNS] for r in rows
+  ]
+  widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (_, h, _) in enumerate(COLUMNS)]
+  line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))
+  return "\n".join([line([h for _, h, _ in COLUMNS])] * header + [line(c) for c in cells])
+
+
+def machine() -> dict:
+  """The devices jax uses and the host."""
+  import jax
+
+  d = jax.devices()[0]
+  return dict(
+    platform=d.platform,
+    device_kind=d.device_kind,
+    device_count=jax.device_count(),
+    process_count=jax.process_count(),
+    cpu_count=os.cpu_count(),
+    processor=platform.processor() or platform.machine(),
+    jax=jax.__version__,
+    load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+  )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -201,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
       continue
     if not args.quiet:
       print(format_table(rows[-1:], header=len(rows) == 1), flush=True)
-  result = dict(machine=throughput.machine({}), goal=GOAL, rows=rows, notes=notes)
+  result = dict(machine=machine(), goal=GOAL, rows=rows, notes=notes)
   m = result["machine"]
   print()
   print(

@@ -280,19 +280,18 @@ def default_batch_sizes(batch_size: int) -> list[int]:
 # -------------------------------------------------------------------------- output
 
 
-def format_table(rows: list[dict], header: bool = True, columns: tuple = COLUMNS) -> str:
-  """Fixed-width text table of `columns` ((key, header, format) each); '-' where a value is
-  missing."""
+def format_table(rows: list[dict], header: bool = True) -> str:
+  """Fixed-width text table; '-' where a value is missing."""
   cells = [
-    [fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in columns] for r in rows
+    [fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in COLUMNS] for r in rows
   ]
   widths = [
     max(len(h), 12 if k in ("torch_images_per_s", "device_peak_mib") else 0, 5)
-    for k, h, _ in columns
+    for k, h, _ in COLUMNS
   ]
   widths = [max([w] + [len(c[i]) for c in cells]) for i, w in enumerate(widths)]
   line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))
-  out = [line([h for _, h, _ in columns])] if header else []
+  out = [line([h for _, h, _ in COLUMNS])] if header else []
   return "\n".join(out + [line(c) for c in cells])
 
 
