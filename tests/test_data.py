@@ -281,6 +281,35 @@ def test_workers_do_not_change_the_batches(num_workers, prefetch):
     assert ahead.get_state() == plain.get_state()  # the position of the batch handed out
 
 
+class _BatchedSource(list):
+  """A list with a batched read (as TFDS's array_record sources have), counting its calls."""
+
+  def __init__(self, items):
+    super().__init__(items)
+    self.batched_reads = 0
+
+  def __getitems__(self, indices):
+    self.batched_reads += 1
+    return [self[i] for i in indices]
+
+
+def test_batched_reads_give_the_batches_of_shuffling_the_items():
+  # the reference: grain shuffling and batching the items themselves, one read per item
+  import grain
+
+  src = _BatchedSource(synthetic())
+  seed = int(np.random.SeedSequence(7).generate_state(1)[0])  # make_loader's hashed seed 7
+  items = grain.MapDataset.source(list(src)).shuffle(seed=seed)
+  items = items.batch(8, drop_remainder=True, batch_fn=data.pipeline._to_batch).repeat()
+  want = iter(items.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
+  loader = data.make_loader(src, batch_size=8, seed=7, num_workers=0, prefetch=0)
+  for _ in range(13):  # 5 batches per epoch: three epoch boundaries
+    got, ref = next(loader), next(want)
+    for k in ref:
+      np.testing.assert_array_equal(got[k], ref[k])
+  assert src.batched_reads == 13  # one read per batch
+
+
 class _Counted:
   """An iterator of a loader's batches that counts how many were drawn."""
 
