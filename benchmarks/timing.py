@@ -53,3 +53,19 @@ def matmul_peak_gflops(repeats: int = 5, dtype: str = "float32", size: int | Non
   run(2)
   s = min(timed_runs(run, repeats, 3))
   return dict(matmul_size=n, matmul_peak_gflops=2 * n**3 / s / 1e9)
+
+
+def step_runner(step, state, batch, key):
+  """`run(k)`: k calls `state, _ = step(state, batch, key)` on the same batch, then
+  block_until_ready (the state is donated, so each call takes the previous one's)."""
+  import jax
+
+  holder = [state]
+
+  def run(k):
+    s = holder[0]
+    for _ in range(k):
+      s, _ = step(s, batch, key)
+    holder[0] = jax.block_until_ready(s)
+
+  return run

@@ -42,6 +42,12 @@ def base_config() -> ml_collections.ConfigDict:
     ""  # where TFDS data sets are prepared ("" = JAXGEN_DATA_DIR or ~/tensorflow_datasets)
   )
   c.data.image_shape = config_dict.placeholder(tuple)  # checked against the data when set
+  # Input: threads build batches ahead of the loop (0: in the loop's thread) and keep `prefetch`
+  # ready; `device_prefetch` global batches sit on the devices at once (2: the next is copied
+  # while the step runs). None changes the batches, so all three may change on resume.
+  c.data.num_workers = 2
+  c.data.prefetch = 4
+  c.data.device_prefetch = 2
   c.model = ml_collections.ConfigDict()
   # Gradient accumulation: each step averages the gradients of accum_steps micro-batches of
   # batch_size / accum_steps (jaxgen.steps.common.accumulate); one optimizer update per step.
@@ -146,6 +152,9 @@ RESUMABLE = (
   "eval_num_samples",
   "max_loss",
   "eval.",
+  "data.num_workers",
+  "data.prefetch",
+  "data.device_prefetch",
 )
 
 
@@ -181,6 +190,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.get("eval_every"):
     _require(config, "eval_num_samples", 1)
   _require(config, "max_loss", 1e-30, float)
+  for key in ("data.num_workers", "data.prefetch"):
+    _require(config, key, 0)
+  _require(config, "data.device_prefetch", 1)
 
 
 def flatten(config: ml_collections.ConfigDict | dict) -> dict[str, object]:

@@ -6,7 +6,9 @@ only its own slice of the global batch and `global_batch` stitches the slices
 into one global array, so the same code runs on 1 CPU, 8 GPUs or many hosts.
 """
 
+import collections
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -56,6 +58,38 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
   return jax.tree.map(
     lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
   )
+
+
+def prefetch_to_device(
+  local_batches: Iterator, mesh: Mesh, size: int = 2
+) -> Iterator[tuple[Any, Any]]:
+  """Yields (global batch [B, ...] sharded on "data", position after it) with up to `size`
+  global batches on the device(s) at once: the yielded one and the next size - 1.
+
+  `local_batches` yields this process's slices [B/P, ...] (`global_batch`); the position is its
+  get_state() taken right after the batch was drawn (None if it has no get_state), so a caller
+  that checkpoints the position of the batch it last consumed resumes exactly there, however far
+  ahead this has read. No threads: each transfer is issued when the batch is drawn and runs
+  asynchronously (jax's dispatch), so with size >= 2 the next batch is copied while the step
+  runs. Ends when `local_batches` does.
+  """
+  if size < 1:
+    raise ValueError(f"prefetch size {size} must be >= 1")
+  position = getattr(local_batches, "get_state", lambda: None)
+  queue = collections.deque()
+
+  def fill() -> None:
+    while len(queue) < size:
+      try:
+        local = next(local_batches)
+      except StopIteration:
+        return
+      queue.append((global_batch(local, mesh), position()))
+
+  fill()
+  while queue:
+    yield queue.popleft()
+    fill()
 
 
 def check_batch_size(batch_size: int, accum_steps: int = 1) -> None:

@@ -136,10 +136,21 @@ class Session:
     self.workdir, self.enabled = Path(workdir), enabled
     self.t0 = time.perf_counter()
     self.info = session_info(start_step) if enabled else {}
+    self.logged: list[tuple[int, float]] = []  # (step, time) of the first and latest log point
     if enabled:
       record_session(self.workdir, self.info)
+
+  def log_point(self, step: int) -> None:
+    """Notes the time of a log point (the loop's metrics rows)."""
+    now = (step, time.perf_counter())
+    self.logged = [self.logged[0] if self.logged else now, now]
 
   def end(self, step: int) -> None:
     if self.enabled:
       self.info.update(end_step=step, seconds=round(time.perf_counter() - self.t0, 1))
+      if len(self.logged) == 2 and self.logged[1][0] > self.logged[0][0]:
+        # the steady loop: data, steps, logging, checkpoints, grids between the first log point
+        # (compile and warm-up before it) and the last
+        (s0, t0), (s1, t1) = self.logged
+        self.info["loop"] = dict(from_step=s0, to_step=s1, seconds=t1 - t0)
       record_session(self.workdir, self.info)

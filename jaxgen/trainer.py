@@ -442,6 +442,8 @@ def _train_locked(
     seed=config.seed,
     process_index=jax.process_index(),
     process_count=jax.process_count(),
+    num_workers=config.data.get("num_workers", 2),
+    prefetch=config.data.get("prefetch", 4),
   )
 
   # ---- state, resumed from the newest good checkpoint if there is one
@@ -491,7 +493,10 @@ def _train_locked(
   track = jax.jit(functools.partial(_track_losses, max_loss=max_loss), donate_argnums=0)
   health, grid = None, None
   try:
-    batch = parallel.global_batch(next(loader), mesh)
+    # (global batch, data position after it): the loop saves the position of the batch its last
+    # step consumed, however far ahead the loader and the device prefetch have read.
+    batches = parallel.prefetch_to_device(loader, mesh, config.data.get("device_prefetch", 2))
+    batch, position = next(batches)
     train_step, compile_stats = compile_train_step(
       family, state, shardings, batch, mesh, config.get("xla_cpu_eigen_convs", True)
     )
@@ -513,14 +518,17 @@ def _train_locked(
         stop,
       )
     while step < config.num_steps:
-      state, metrics = train_step(state, batch, train_key)
+      state, metrics = train_step(state, batch, train_key)  # dispatched; runs asynchronously
+      consumed = position
       step += 1
+      is_last = step == config.num_steps
+      if not is_last:  # the next batch is read and sent while this step computes
+        batch, position = next(batches)
       if health is None:
         health = jax.jit(lambda m, s: (jnp.zeros_like(s), m), out_shardings=shardings)(
           metrics, state.step
         )
       health = track(health, metrics, state.step)
-      is_last = step == config.num_steps
       stop = _agree_max(signals.signum)
       save_now = step % config.checkpoint_every == 0 or is_last or stop
       if step % config.log_every == 0 or save_now:
@@ -529,13 +537,14 @@ def _train_locked(
         now = time.perf_counter()
         ips = (step - step_last) * config.batch_size / (now - t_last)
         t_last, step_last = now, step
+        session.log_point(step)
         progress.update(step, ips, metrics)
         if log:
           log.write(json.dumps({"step": step, "images_per_s": round(ips, 1), **metrics}) + "\n")
           log.flush()
           tb.scalars(step, {"images_per_s": round(ips, 1), **metrics}, "train/")
       if save_now:
-        ckpt.save(step, state, loader.get_state())
+        ckpt.save(step, state, consumed)
         if stop or is_last:
           ckpt.wait()
       if stop:
@@ -563,8 +572,6 @@ def _train_locked(
         )
         if tb:
           tb.image_file("samples", grid, step)
-      if not is_last:
-        batch = parallel.global_batch(next(loader), mesh)
   finally:
     progress.close()
     session.end(step)

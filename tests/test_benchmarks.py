@@ -11,7 +11,8 @@ from conftest import REPO
 
 if str(REPO) not in sys.path:  # benchmarks/ is a top-level folder, not part of the package
   sys.path.insert(0, str(REPO))
-from benchmarks import throughput  # noqa: E402
+from benchmarks import loop, throughput  # noqa: E402
+from jaxgen import runlog  # noqa: E402
 
 TINY = ["--batch_sizes", "8", "--repeats", "1", "--steps", "1", "--warmup", "1", "--quiet"]
 
@@ -51,6 +52,48 @@ def test_device_counts_run_in_their_own_processes(tmp_path):
     ]
   )
   assert [r["devices"] for r in result["rows"]] == [1, 2], result["notes"]
+
+
+def test_loop_benchmark_smoke(fashion_slice, tfds_dir, tmp_path, capsys):
+  out = tmp_path / "loop.json"
+  sets = dict(
+    batch_size=8,
+    log_every=2,
+    checkpoint_every=4,
+    sample_every=0,
+    num_grid_samples=0,
+    **{"data.name": "idx", "data.source_dir": fashion_slice, "data.data_dir": tfds_dir},
+    **{"model.width": 8, "model.latent_dim": 4},
+  )
+  argv = ["--configs", "vae_fashion", "--steps", "4", "--repeats", "1", "--out", str(out)]
+  argv += ["--quiet", "--workdir", str(tmp_path / "runs")]
+  result = loop.main(argv + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")])
+  assert json.loads(out.read_text()) == result
+  assert result["notes"] == [] and result["goal"] == 0.95
+  (row,) = result["rows"]
+  assert row["config"] == "vae_fashion" and row["family"] == "vae" and row["batch"] == 8
+  assert row["devices"] == jax.device_count() and row["num_workers"] == 2
+  # a warm-up session to step 2, then a resumed one to 8, timed after its first log point (4)
+  assert row["warmup"] == 4 and row["steps"] == 4
+  sessions = runlog.read_provenance(tmp_path / "runs/vae_fashion")
+  assert [(s["start_step"], s["end_step"]) for s in sessions] == [(0, 2), (2, 8)]
+  assert sessions[1]["loop"]["from_step"] == 4 and sessions[1]["loop"]["to_step"] == 8
+  assert row["loop_ms_per_step"] == pytest.approx(1e3 * sessions[1]["loop"]["seconds"] / 4)
+  for what in ("loop", "step"):
+    assert row[f"{what}_images_per_s"] == pytest.approx(8e3 / row[f"{what}_ms_per_step"])
+  assert row["ratio"] == pytest.approx(row["loop_images_per_s"] / row["step_images_per_s"])
+  assert row["meets_goal"] == ("yes" if row["ratio"] >= 0.95 else "no")
+  table = capsys.readouterr().out.splitlines()
+  header = next(i for i, line in enumerate(table) if "loop/step" in line)
+  assert (
+    table[header].split() == "config batch dev steps loop img/s step img/s loop/step >=95%".split()
+  )
+  assert table[header + 1].split()[:4] == ["vae_fashion", "8", str(jax.device_count()), "4"]
+
+
+def test_loop_benchmark_refuses_unknown_configs():
+  with pytest.raises(SystemExit, match="no config .*nonesuch.py; choose from .*dcgan_fashion"):
+    loop.config_paths(["nonesuch"])
 
 
 def test_child_argv_replaces_devices_and_output():

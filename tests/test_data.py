@@ -258,6 +258,96 @@ def test_resume_from_state():
     np.testing.assert_array_equal(ids(got), ids(want))
 
 
+@pytest.mark.parametrize("num_workers,prefetch", [(0, 0), (1, 1), (2, 4), (4, 16)])
+def test_workers_do_not_change_the_batches(num_workers, prefetch):
+  # 13 batches of 8 from 40 examples: 5 per epoch, so three epoch boundaries are crossed
+  src = synthetic()
+  plain = data.make_loader(src, batch_size=8, seed=5, num_workers=0, prefetch=0)
+  ahead = data.make_loader(src, batch_size=8, seed=5, num_workers=num_workers, prefetch=prefetch)
+  for _ in range(13):
+    want, got = next(plain), next(ahead)
+    assert want.keys() == got.keys()
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
+    assert ahead.get_state() == plain.get_state()  # the position of the batch handed out
+
+
+class _BatchedSource(list):
+  """A list with a batched read (as TFDS's array_record sources have), counting its calls."""
+
+  def __init__(self, items):
+    super().__init__(items)
+    self.batched_reads = 0
+
+  def __getitems__(self, indices):
+    self.batched_reads += 1
+    return [self[i] for i in indices]
+
+
+def test_batched_reads_give_the_batches_of_shuffling_the_items():
+  # the reference: grain shuffling and batching the items themselves, one read per item
+  import grain
+
+  src = _BatchedSource(synthetic())
+  seed = int(np.random.SeedSequence(7).generate_state(1)[0])  # make_loader's hashed seed 7
+  items = grain.MapDataset.source(list(src)).shuffle(seed=seed)
+  items = items.batch(8, drop_remainder=True, batch_fn=data.pipeline.to_batch).repeat()
+  want = iter(items.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
+  loader = data.make_loader(src, batch_size=8, seed=7, num_workers=0, prefetch=0)
+  for _ in range(13):  # 5 batches per epoch: three epoch boundaries
+    got, ref = next(loader), next(want)
+    for k in ref:
+      np.testing.assert_array_equal(got[k], ref[k])
+  assert src.batched_reads == 13  # one read per batch
+
+
+class _Counted:
+  """An iterator of a loader's batches that counts how many were drawn."""
+
+  def __init__(self, loader):
+    self.loader, self.drawn = loader, 0
+
+  def __next__(self):
+    self.drawn += 1
+    return next(self.loader)
+
+  def get_state(self):
+    return self.loader.get_state()
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_prefetch_to_device_yields_the_same_batches_with_their_positions(size):
+  import jax
+
+  from jaxgen import parallel
+
+  mesh = parallel.make_mesh()
+  plain = data.make_loader(synthetic(), batch_size=8, seed=6)
+  counted = _Counted(data.make_loader(synthetic(), batch_size=8, seed=6))
+  batches = parallel.prefetch_to_device(counted, mesh, size)
+  for i in range(9):
+    got, position = next(batches)
+    assert counted.drawn == i + size  # `size` batches on the device: this one and the next ones
+    want = next(plain)
+    assert position == plain.get_state() == {"next_index": i + 1}  # after this batch
+    for k in want:
+      assert isinstance(got[k], jax.Array) and got[k].sharding == parallel.data_sharding(mesh)
+      np.testing.assert_array_equal(np.asarray(got[k]), want[k])
+
+
+def test_prefetch_to_device_ends_with_its_iterator():
+  import jax
+
+  from jaxgen import parallel
+
+  n = jax.device_count()
+  local = iter([{"x": np.full((n,), i)} for i in range(3)])  # no get_state: positions are None
+  out = list(parallel.prefetch_to_device(local, parallel.make_mesh(), 2))
+  assert [(int(b["x"][0]), p) for b, p in out] == [(0, None), (1, None), (2, None)]
+  with pytest.raises(ValueError, match="must be >= 1"):
+    next(parallel.prefetch_to_device(iter([]), parallel.make_mesh(), 0))
+
+
 def test_batch_size_not_divisible_by_process_count():
   with pytest.raises(ValueError, match="multiple of process_count"):
     data.make_loader(synthetic(), batch_size=10, seed=0, process_count=4)

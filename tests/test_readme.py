@@ -222,6 +222,7 @@ def test_readme_is_parsed_into_the_commands_it_shows():
     ["make", "bench"],
     ["python", "-m"],
     ["make", "device-check"],
+    ["python", "-m"],  # benchmarks.loop
   ]
   assert readme_commands(sections(markdown)[VAE_SECTION])[0].startswith("jaxgen train")
   assert len(python_blocks(markdown)) == 2

@@ -126,6 +126,12 @@ def to_batch(items: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
   return {"image": images, "label": labels, **extra}
 
 
+def read_items(source: Sequence[dict[str, Any]], indices: list[int]) -> list[dict[str, Any]]:
+  """source[i] for each index, through the source's batched read where it has one."""
+  getitems = getattr(source, "__getitems__", None)
+  return list(getitems(indices)) if getitems else [source[i] for i in indices]
+
+
 class Loader:
   """Iterator of local batches with JSON-serialisable get_state() / set_state()."""
 
@@ -164,7 +170,7 @@ def make_loader(
   process_index: int = 0,
   process_count: int = 1,
   drop_remainder: bool = True,
-  num_threads: int = 2,
+  num_workers: int = 2,
   prefetch: int = 4,
 ) -> Loader:
   """Loader of this process's slice of each global batch.
@@ -173,12 +179,19 @@ def make_loader(
   gets rows [p*L, (p+1)*L) with L = B // P, so the processes' batches concatenated equal the
   single-process batch. Each epoch is a fresh permutation, deterministic in seed; shuffle=False
   keeps source order. num_epochs=None repeats forever.
+
+  num_workers threads (grain's read threads) build whole batches ahead of the caller, keeping up
+  to `prefetch` ready; 0 (or prefetch=0) builds each batch in the caller's thread. Batch b is
+  always the b-th index of the same map, so the batches, their order and get_state() (the index
+  of the next batch) do not depend on either setting.
   """
   n = len(source)
   if batch_size <= 0 or batch_size % process_count:
     raise ValueError(
       f"batch_size {batch_size} must be a positive multiple of process_count {process_count}"
     )
+  if num_workers < 0 or prefetch < 0:
+    raise ValueError(f"num_workers {num_workers} and prefetch {prefetch} must be >= 0")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
   if not drop_remainder and process_count > 1:
@@ -190,16 +203,20 @@ def make_loader(
     raise ValueError(f"batch_size {batch_size} exceeds the {n} examples of the data set")
   local = batch_size // process_count
 
-  ds = grain.MapDataset.source(source)
+  # The permutation is of the source's indices: each batch then reads its items with one
+  # batched read (array_record reads many records at once several times faster than one by one)
+  # and holds the same items, in the same order, as shuffling the items themselves.
+  ds = grain.MapDataset.range(n)
   if shuffle:
     # Hash the seed: grain reseeds epoch e with seed + e, so seeds s and s+1 would share epochs.
     ds = ds.shuffle(seed=int(np.random.SeedSequence(seed).generate_state(1)[0]))
   # Batching a MapDataset keeps epoch boundaries, and slicing maps epoch e of the slice to
   # epoch e of its parent, so the per-epoch reshuffle survives the steps below.
-  ds = ds.batch(local, drop_remainder=drop_remainder, batch_fn=to_batch)
+  ds = ds.batch(local, drop_remainder=drop_remainder, batch_fn=list)
+  ds = ds.map(lambda indices: to_batch(read_items(source, indices)))
   if process_count > 1:
     ds = ds[: steps * process_count][process_index::process_count]
   ds = ds.repeat(num_epochs)
   return Loader(
-    ds, steps, local, grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+    ds, steps, local, grain.ReadOptions(num_threads=num_workers, prefetch_buffer_size=prefetch)
   )

@@ -1,0 +1,247 @@
+"""Images/s of the whole training loop (`jaxgen train`) beside its train step alone.
+
+    python -m benchmarks.loop                                   # every config, 500 timed steps
+    python -m benchmarks.loop --configs dcgan_fashion,vae_fashion --steps 200 --out loop.json
+
+For each config in experiments/configs/ (or those named by --configs) it runs the real loop,
+jaxgen.trainer.train_and_evaluate, in a fresh workdir with the config's own batch size and
+cadences (logging, checkpoints, sample grids; in-training evaluation is not part of it): a
+warm-up session of log_every steps (it compiles what a run compiles once: the step, the health
+checks, the sampler of a grid), then a resumed one to step 2 * log_every + --steps, timed from
+its first log point (its compile and first steps before that) to its last step. The timing is
+the run's own (provenance.json's "loop"), so data loading, the step, logging and any
+checkpoints and grids due in those --steps are all in it. Then it compiles the same train step the same way
+(trainer.compile_train_step) on the run's first real batch, kept on the device, and times
+--repeats runs of --steps steps of it alone (the median is reported). The ratio loop/step is the
+share of the step's throughput the loop keeps; the goal is >= 95% (GOAL).
+
+Devices come from jax: all of them, as `jaxgen train` uses them, on CPU, GPU or TPU alike.
+`--set key=value` overrides every config (e.g. --set data.num_workers=0 to compare). The table
+is printed and written, with the machine's description, to --out (JSON).
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.throughput import CONFIGS
+from benchmarks.timing import step_runner, timed_runs
+
+GOAL = 0.95  # loop images/s over step images/s
+COLUMNS = (  # (key, header, format)
+  ("config", "config", "{:>18}"),
+  ("batch", "batch", "{:>5}"),
+  ("devices", "dev", "{:>3}"),
+  ("steps", "steps", "{:>5}"),
+  ("loop_images_per_s", "loop img/s", "{:.0f}"),
+  ("step_images_per_s", "step img/s", "{:.0f}"),
+  ("ratio", "loop/step", "{:.1%}"),
+  ("meets_goal", f">={GOAL:.0%}", "{}"),
+)
+
+
+def config_paths(names: list[str] | None) -> list[Path]:
+  """The config files named (stems of experiments/configs/*.py, or paths); default: all."""
+  if not names:
+    return sorted(CONFIGS.glob("*.py"))
+  paths = []
+  for name in names:
+    path = Path(name) if name.endswith(".py") else CONFIGS / f"{name}.py"
+    if not path.is_file():
+      known = ", ".join(p.stem for p in sorted(CONFIGS.glob("*.py")))
+      raise SystemExit(f"no config {path}; choose from {known} or give a path")
+    paths.append(path)
+  return paths
+
+
+def loop_rate(config, workdir: Path, steps: int, quiet: bool) -> dict:
+  """{steps, seconds} of the training loop's steady state in `workdir` (from provenance.json).
+
+  A first session of log_every steps compiles what the loop compiles once per process (the
+  step, the health checks, the sampler of its end-of-run grid) and saves; the second resumes it
+  and is timed from its own first log point (its step's compile and warm-up before that) to
+  step 2 * log_every + `steps`.
+  """
+  from jaxgen import runlog, trainer
+
+  out = io.StringIO() if quiet else sys.stdout
+  with contextlib.redirect_stdout(out):
+    for num_steps in (config.log_every, 2 * config.log_every + steps):
+      config.num_steps = num_steps
+      trainer.train_and_evaluate(config, workdir)
+  loop = runlog.read_provenance(workdir)[-1].get("loop")
+  if not loop:
+    raise RuntimeError("the loop logged no two points to time between; raise --steps")
+  return dict(steps=loop["to_step"] - loop["from_step"], seconds=loop["seconds"])
+
+
+def step_rate(config, repeats: int, steps: int) -> dict:
+  """{compile_s, seconds per step}: the config's train step alone on its first real batch."""
+  import jax
+
+  from jaxgen import data, parallel, trainer
+  from jaxgen import steps as families
+
+  source, info = trainer.load_data(config, "train")
+  config.data.image_shape, config.data.num_classes = tuple(info.image_shape), info.num_classes
+  loader = data.make_loader(
+    source,
+    batch_size=config.batch_size,
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  mesh = parallel.make_mesh()
+  batch = parallel.global_batch(next(loader), mesh)
+  state, shardings = trainer.create_state(config, mesh, jax.random.key(0))
+  step, stats = trainer.compile_train_step(
+    families.get_family(config.model.family),
+    state,
+    shardings,
+    batch,
+    mesh,
+    config.get("xla_cpu_eigen_convs", True),
+  )
+  run = step_runner(step, state, batch, jax.random.key(1))
+  run(2)  # warm-up
+  return dict(
+    compile_s=stats["compile_s"], seconds=statistics.median(timed_runs(run, repeats, steps))
+  )
+
+
+def measure(path: Path, args) -> dict:
+  """One row: the loop's and the step's images/s for the config at `path`."""
+  import jax
+
+  from jaxgen import config as config_lib
+
+  config = config_lib.load(path, args.overrides)
+  row = dict(
+    config=path.stem,
+    family=config.model.family,
+    batch=config.batch_size,
+    devices=jax.device_count(),
+    warmup=2 * config.log_every,
+    log_every=config.log_every,
+    checkpoint_every=config.checkpoint_every,
+    sample_every=config.sample_every,
+    num_workers=config.data.get("num_workers"),
+    device_prefetch=config.data.get("device_prefetch"),
+  )
+  with tempfile.TemporaryDirectory(prefix="jaxgen_loop_") as tmp:
+    workdir = Path(args.workdir) / path.stem if args.workdir else Path(tmp) / path.stem
+    if workdir.exists():
+      raise RuntimeError(
+        f"{workdir} exists (a resumed run would not be timed); use a new --workdir"
+      )
+    loop = loop_rate(config, workdir, args.steps, args.quiet)
+  step = step_rate(config, args.repeats, args.steps)
+  loop_s = loop["seconds"] / loop["steps"]
+  row.update(
+    steps=loop["steps"],
+    loop_ms_per_step=1e3 * loop_s,
+    loop_images_per_s=config.batch_size / loop_s,
+    step_ms_per_step=1e3 * step["seconds"],
+    step_images_per_s=config.batch_size / step["seconds"],
+    step_compile_s=step["compile_s"],
+  )
+  row["ratio"] = row["loop_images_per_s"] / row["step_images_per_s"]
+  row["meets_goal"] = "yes" if row["ratio"] >= GOAL else "no"
+  return row
+
+
+def format_table(rows: list[dict], header: bool = True) -> str:
+  """Fixed-width text table of COLUMNS; '-' where a value is missing."""
+  cells = [
+    [fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in COLUMNS] for r in rows
+  ]
+  widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (_, h, _) in enumerate(COLUMNS)]
+  line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))
+  return "\n".join([line([h for _, h, _ in COLUMNS])] * header + [line(c) for c in cells])
+
+
+def machine() -> dict:
+  """The devices jax uses and the host."""
+  import jax
+
+  d = jax.devices()[0]
+  return dict(
+    platform=d.platform,
+    device_kind=d.device_kind,
+    device_count=jax.device_count(),
+    process_count=jax.process_count(),
+    cpu_count=os.cpu_count(),
+    processor=platform.processor() or platform.machine(),
+    jax=jax.__version__,
+    load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+  )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+    "--configs",
+    type=lambda t: [v for v in t.split(",") if v],
+    default=None,
+    help="comma-separated config names or paths (default: every experiments/configs/*.py)",
+  )
+  p.add_argument("--steps", type=int, default=500, help="timed steps, loop and step alike")
+  p.add_argument("--repeats", type=int, default=3, help="timed runs of the step; the median")
+  p.add_argument(
+    "--set",
+    dest="overrides",
+    action="append",
+    default=[],
+    help="config override key=value for every config, e.g. data.num_workers=0",
+  )
+  p.add_argument(
+    "--workdir", default=None, help="a new folder to keep the loop runs in (default: deleted)"
+  )
+  p.add_argument("--out", default="runs/benchmarks/loop.json", help="where to write results")
+  p.add_argument("--quiet", action="store_true", help="hide the loop's own output")
+  args = p.parse_args(argv)
+  if args.steps < 1 or args.repeats < 1:
+    p.error("--steps and --repeats must be positive")
+  args.overrides = dict(kv.split("=", 1) for kv in args.overrides)
+  return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  rows, notes = [], []
+  for path in config_paths(args.configs):
+    try:
+      rows.append(measure(path, args))
+    except Exception as e:  # e.g. a data set not prepared here: the others still run
+      notes.append(f"{path.stem}: failed ({type(e).__name__}: {str(e)[:200]})")
+      continue
+    if not args.quiet:
+      print(format_table(rows[-1:], header=len(rows) == 1), flush=True)
+  result = dict(machine=machine(), goal=GOAL, rows=rows, notes=notes)
+  m = result["machine"]
+  print()
+  print(
+    f"{m['device_count']} x {m['device_kind']} ({m['platform']}), {m['cpu_count']} CPU cores; "
+    f"jax {m['jax']}"
+  )
+  print(format_table(rows))
+  for note in notes:
+    print("note:", note)
+  out = Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(result, indent=1))
+  print(f"wrote {out}")
+  return result
+
+
+if __name__ == "__main__":
+  main()
