@@ -217,6 +217,48 @@ def _resumable(key: str) -> bool:
   return any(key == f or (f.endswith(".") and key.startswith(f)) for f in RESUMABLE)
 
 
+# Fields added after runs were saved, with the values that reproduce what those runs did.
+ADDED = {
+  "accum_steps": 1,
+  "optim.schedule": "constant",
+  "optim.warmup_steps": 0,
+  "optim.final_lr_fraction": 0.0,
+  "data.num_workers": 2,
+  "data.prefetch": 4,
+  "data.device_prefetch": 2,
+}
+RENAMED = {"model.num_steps": "model.draw_steps"}  # DRAW's T, before training steps shared its name
+
+
+def upgrade(stored: dict) -> dict:
+  """A run's config.json (nested dict) as today's code reads it: fields added since it was
+  saved get the values it ran with, renamed fields their new names, and "adam" with a weight
+  decay (which built AdamW before the optimizers were named for what they build) is "adamw"."""
+  tree = json.loads(json.dumps(stored))  # a deep copy
+
+  def node(path: str) -> tuple[dict | None, str]:
+    *parents, leaf = path.split(".")
+    d = tree
+    for p in parents:
+      d = d.get(p) if isinstance(d, dict) else None
+    return (d if isinstance(d, dict) else None), leaf
+
+  for old, new in RENAMED.items():
+    (src, a), (dst, b) = node(old), node(new)
+    if src is not None and a in src and dst is not None and b not in dst:
+      dst[b] = src.pop(a)
+  model, optim = tree.get("model") or {}, tree.get("optim")
+  for key, value in ADDED.items():
+    d, leaf = node(key)
+    if d is not None and leaf not in d:
+      # The classifier's learning rate was always cosine-decayed over num_steps.
+      cosine = key == "optim.schedule" and model.get("family") == "classifier"
+      d[leaf] = "cosine" if cosine else value
+  if isinstance(optim, dict) and optim.get("name") == "adam" and optim.get("weight_decay"):
+    optim["name"] = "adamw"
+  return tree
+
+
 def drift(stored: dict, requested: ml_collections.ConfigDict) -> list[str]:
   """Fields a resumed run changes, as "key: stored -> requested" lines.
 

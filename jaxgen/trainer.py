@@ -347,7 +347,7 @@ def _stored_config(workdir: Path) -> dict | None:
   if not path.is_file():
     return None
   try:
-    return config_lib.flatten(json.loads(path.read_text()))
+    return config_lib.flatten(config_lib.upgrade(json.loads(path.read_text())))
   except ValueError as e:
     raise ConfigError(
       f"{path} is not valid JSON ({e}); restore it or train in a new --workdir"
@@ -601,7 +601,7 @@ def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
       f"{workdir} holds no jaxgen run ({config_path} is missing); train one "
       f"with `jaxgen train --config CONFIG --workdir {workdir}`"
     )
-  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  config = ml_collections.ConfigDict(config_lib.upgrade(json.loads(config_path.read_text())))
   if config.data.get("image_shape") is not None:  # None in configs never trained
     config.data.image_shape = tuple(config.data.image_shape)
   return config

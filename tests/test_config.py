@@ -1,6 +1,8 @@
 """Config overrides (`--config.key=value`, parsed by ml_collections.config_flags as the field's
 type) and their one-line errors, through jaxgen.config and the CLI."""
 
+import json
+
 import pytest
 from conftest import REPO
 
@@ -144,3 +146,26 @@ def test_spaced_and_joined_overrides_give_the_same_config():
   assert configs[0].to_dict() == configs[1].to_dict()
   assert (configs[0].fast_ops, configs[0].xla_cpu_eigen_convs) == (False, False)
   assert (configs[0].num_steps, configs[0].seed) == (7, -1)
+
+
+def test_a_run_saved_before_this_waves_fields_resumes_as_it_ran():
+  """A classifier run from before accumulation, schedules and the optimizer names: its
+  config.json lacks the new fields and says "adam" with a weight decay (which built AdamW).
+  upgrade() reads it as what it ran (AdamW, cosine schedule, one micro-batch), so today's
+  classifier config resumes it without a change, while a real change is still refused."""
+  today = config_lib.load(REPO / "experiments/configs/classifier_fashion.py")
+  old = json.loads(today.to_json_best_effort())
+  for key in ("accum_steps",):
+    del old[key]
+  for key in ("schedule", "warmup_steps", "final_lr_fraction"):
+    del old["optim"][key]
+  for key in ("num_workers", "prefetch", "device_prefetch"):
+    del old["data"][key]
+  old["optim"]["name"] = "adam"
+  up = config_lib.upgrade(old)
+  assert (up["optim"]["name"], up["optim"]["schedule"], up["accum_steps"]) == ("adamw", "cosine", 1)
+  assert config_lib.drift(config_lib.flatten(up), today) == []
+  today.optim.lr = 1.0
+  with pytest.raises(ConfigError, match=r"^config.optim.lr is 0.002 in this run's config.json"):
+    config_lib.drift(config_lib.flatten(up), today)
+  assert "schedule" not in old["optim"]  # the stored dict itself is not modified

@@ -2,6 +2,8 @@
 likelihood bounds, captions, one compilation, a trained run's CLI (device counts:
 test_device_agreement)."""
 
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -17,7 +19,7 @@ from conftest import (
 )
 from PIL import Image
 
-from jaxgen import cli, losses, pictures, trainer
+from jaxgen import cli, losses, pictures, steps, trainer
 from jaxgen import config as config_lib
 from jaxgen.data import captions
 from jaxgen.errors import ConfigError
@@ -278,18 +280,25 @@ def test_configs_call_t_draw_steps_and_hold_no_dead_keys(name):
   assert "num_steps" not in model and "num_importance" not in model
 
 
-def test_a_run_saved_with_the_old_name_of_draw_steps_gets_one_line(tmp_path):
-  """Runs trained before the rename hold model.num_steps in config.json: one line says what to
-  rename, where (no silent mapping: the config.json stays the record of the run)."""
+def test_old_name_of_draw_steps_is_one_line_in_a_config_file_and_read_in_a_saved_run(tmp_path):
+  """A config file with model.num_steps gets one line saying what to rename; a run saved before
+  the rename (its config.json) is read with the new name (config.upgrade), and resuming it with
+  today's config is not a change."""
   c = draw_config()
   c.data.image_shape = (28, 28, 1)
-  c.model.num_steps = c.model.draw_steps
-  del c.model["draw_steps"]
-  (tmp_path / "checkpoints").mkdir()
-  (tmp_path / "config.json").write_text(c.to_json_best_effort())
+  old = draw_config()
+  old.data.image_shape = (28, 28, 1)
+  old.model.num_steps = old.model.draw_steps
+  del old.model["draw_steps"]
   with pytest.raises(ConfigError) as e:
-    trainer.load_run(tmp_path)
+    jax.eval_shape(
+      lambda k: steps.get_family("draw").init_state(old, k, random_batch(2)), jax.random.key(0)
+    )
   assert str(e.value) == (
     "config.model.num_steps is now config.model.draw_steps (T, the canvas updates per image); "
     "rename it in the config file, or in RUN/config.json for a run trained before the rename"
   )
+  (tmp_path / "config.json").write_text(old.to_json_best_effort())
+  assert trainer.load_run_config(tmp_path).model.draw_steps == c.model.draw_steps
+  stored = config_lib.flatten(config_lib.upgrade(json.loads(old.to_json_best_effort())))
+  assert config_lib.drift(stored, c) == []
