@@ -29,7 +29,8 @@ def get_config():
   c.model.dropout = 0.5
   c.model.flip = True  # most emoji read the same mirrored, and the group does not change
 
-  c.optim.name = "adam"
+  c.optim.name = "adamw"
   c.optim.lr = 1e-3
+  c.optim.schedule = "cosine"  # decayed to 0 over num_steps
   c.optim.weight_decay = 1e-4
   return c

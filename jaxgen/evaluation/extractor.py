@@ -75,6 +75,8 @@ def train_command(config: ml_collections.ConfigDict, workdir: str | Path) -> str
   cmd = f"jaxgen train --config {classifier} --workdir {workdir}"
   if config.data.name != its_data or config.data.source_dir:
     cmd += f" --config.data.name={config.data.name}"
+    if own.exists() and config.data.get("image_shape"):  # e.g. emoji/base32 with a base64 config
+      cmd += f" --config.data.image_shape='{tuple(config.data.image_shape)}'"
   if config.data.source_dir:
     cmd += f" --config.data.source_dir={config.data.source_dir}"
   if config.data.data_dir:
