@@ -225,22 +225,36 @@ def write_samples(
   if hasattr(family, "sample_latents"):
     images, ncols = sample_images(family, state, key, num, labels, truncation, mesh)
     return [viz.save_grid(images, out, ncols, scale=upscale)]
-  # Recurrent models draw their latents inside the model: the whole call runs replicated.
+  frames, ncols = recurrent_frames(family, state, key, num, labels, captions)
+  paths = []
+  if frames.shape[0] > 1:  # recurrent models: also the canvas being drawn, as a GIF
+    paths.append(viz.save_animation(frames, out.with_suffix(".gif"), ncols, scale=upscale))
+  return [*paths, viz.save_grid(frames[-1], out, ncols, scale=upscale)]
+
+
+def recurrent_frames(
+  family: Any,
+  state: Any,
+  key: jax.Array,
+  num: int,
+  labels: list[int] | None = None,
+  captions: list[str] | None = None,
+) -> tuple[np.ndarray, int | None]:
+  """(canvases [T, R * C, H, W, C] (T = 1 for a family without `sample_frames`), grid columns
+  or None) of a family that draws its latents inside the model: `captions` of >= 2 entries
+  give R rows of C = ceil(num / R). The call runs replicated on every device, so it too does
+  not depend on the device count."""
   rows, cols = _rows(num, captions)
   conditioning = labels[0] if labels else None
   if captions is not None:
     tokens = np.stack([family.tokenize(state, c) for c in captions])
     conditioning = np.repeat(tokens, cols, axis=0) if rows > 1 else tokens[0]
-  ncols, paths = (cols if rows > 1 else None), []
-  if hasattr(family, "sample_frames"):  # and the canvas being drawn, as a GIF
-    frames = np.asarray(
-      jax.jit(family.sample_frames, static_argnums=2)(state, key, rows * cols, conditioning)
-    )
-    paths.append(viz.save_animation(frames, out.with_suffix(".gif"), ncols, scale=upscale))
-    images = frames[-1]
+  if hasattr(family, "sample_frames"):
+    fn = family.sample_frames
   else:
-    images = jax.jit(family.sample, static_argnums=2)(state, key, rows * cols, conditioning)
-  return [*paths, viz.save_grid(np.asarray(images), out, ncols, scale=upscale)]
+    fn = lambda *args: family.sample(*args)[None]
+  frames = np.asarray(jax.jit(fn, static_argnums=2)(state, key, rows * cols, conditioning))
+  return frames, (cols if rows > 1 else None)
 
 
 # ------------------------------------------------------------------ memorisation

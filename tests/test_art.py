@@ -120,6 +120,19 @@ def test_walk_frames_pass_through_the_key_latents_and_draw_refuses_walks():
     art._refuse_without_latents(draw, "--walk")
 
 
+def test_caption_rows_draw_one_row_per_caption():
+  from test_draw import draw_config, init  # the tiny alignDRAW of the DRAW tests
+
+  state = init(draw_config(text=True), random_batch(4, text=True))
+  texts = ["the sneaker is on the left of the trouser", "the bag is on the right of the coat"]
+  assert art.parse_captions(";".join(texts)) == texts
+  frames, ncols = art.recurrent_frames(draw, state, jax.random.key(0), 5, captions=texts)
+  assert ncols == 3 and frames.shape[1:] == (6, 60, 60, 1)
+  tokens = np.repeat(np.stack([draw.tokenize(state, t) for t in texts]), 3, axis=0)
+  want = draw.sample_frames(state, jax.random.key(0), 6, tokens)
+  assert_close_to_scale(frames, np.asarray(want), 1e-5)
+
+
 @pytest.fixture(scope="module")
 def gan_run(fashion_slice, tfds_dir, tmp_path_factory):
   """A 2-step class-conditional DCGAN on the real slice (its pictures, not its quality)."""
