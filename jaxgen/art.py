@@ -196,7 +196,7 @@ def write_samples(
 ) -> list[Path]:
   """Writes the pictures of `jaxgen sample` (flags as strings, see the module docstring);
   returns their paths: a grid PNG (recurrent models: and the canvas over time as GIF), or with
-  `walk` a GIF and its frames as OUT_walk/frame_NNNN.png."""
+  `walk` a GIF and its frames as OUT_frames/frame_NNNN.png."""
   from jaxgen import trainer
 
   if upscale < 1:
@@ -215,7 +215,7 @@ def write_samples(
       _refuse_without_latents(family, flag)
   if walk is not None:
     frames, ncols = walk_frames(family, state, key, num, walk, labels, truncation, mesh=mesh)
-    frame_dir = out.parent / f"{out.stem}_walk"
+    frame_dir = out.parent / f"{out.stem}_frames"
     paths = [viz.save_animation(frames, out.with_suffix(".gif"), ncols, scale=upscale)]
     paths += [
       viz.save_grid(f, frame_dir / f"frame_{t:04d}.png", ncols, scale=upscale)

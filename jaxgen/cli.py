@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     type=int,
     default=None,
     metavar="N",
-    help="latent walk through N key points: OUT.gif and OUT_walk/frame_*.png (GAN, VAE)",
+    help="latent walk through N key points: OUT.gif and OUT_frames/frame_*.png (GAN, VAE)",
   )
   s.add_argument(
     "--truncation",

@@ -153,7 +153,7 @@ def test_sample_cli_writes_a_walk_gif_with_frames_label_rows_and_upscaled_pictur
   out = tmp_path / "art.png"
   cli.main(["sample", "--workdir", str(run), "--num", "4", "--out", str(out), "--walk", "3",
             "--label", "1,5", "--truncation", "0.7", "--upscale", "3", "--seed", "7"])  # fmt: skip
-  frames = sorted((tmp_path / "art_walk").glob("frame_*.png"))
+  frames = sorted((tmp_path / "art_frames").glob("frame_*.png"))
   assert len(frames) == 3 * art.WALK_STEPS
   gif = Image.open(out.with_suffix(".gif"))
   assert gif.n_frames == 3 * art.WALK_STEPS
