@@ -323,13 +323,16 @@ def check_run(
       "the memorisation check compares whole images with the training images; captioned "
       "canvases are not supported (use a class-conditional or unconditional run)"
     )
-  _refuse_without_latents(family, "the memorisation check")
   ext = evaluate.load_extractor(config, extractor, mesh)
   train, _ = evaluate.read_split(config, "train")
   test, _ = evaluate.read_split(config, "test")
   test = test[evaluate.subset_indices(len(test), num_samples, seed)]
   results, picture = memorization_check(
-    lambda key, n: sample_images(family, state, key, n, mesh=mesh)[0],
+    lambda key, n: (
+      sample_images(family, state, key, n, mesh=mesh)[0]
+      if hasattr(family, "sample_latents")
+      else recurrent_frames(family, state, key, n)[0][-1]
+    ),
     lambda x: evaluate.compute_features(ext.features_fn, x, mesh)[0],
     train,
     test,
