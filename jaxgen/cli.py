@@ -2,10 +2,12 @@
 
     jaxgen train --config experiments/configs/dcgan_fashion.py --workdir runs/dcgan [--config.key=value ...]
     jaxgen sample --workdir runs/dcgan --num 64 --out grid.png [--label 3]
+    jaxgen sample --workdir runs/dcgan --num 16 --walk 5 --truncation 0.8 --label 0,3 --upscale 4
     jaxgen sample --workdir runs/aligndraw --caption "the sneaker is on the left of the trouser"
     jaxgen report --workdir runs/dcgan          # report.html: curves, samples, pictures, evaluation
     jaxgen report --workdir runs/dcgan runs/vae # several runs: overlaid curves, one table
     jaxgen evaluate --workdir runs/dcgan        # metrics.json + table; --compare RUN1 RUN2 ...
+    jaxgen evaluate --workdir runs/dcgan --memorization  # does it copy training images?
 
 Config overrides, `--config.key.sub=value` or `--config.key.sub value` (any number, after
 --config FILE), are parsed by ml_collections.config_flags (absl) as the field's type: true/false
@@ -58,14 +60,33 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--workdir", required=True)
   s.add_argument("--num", type=int, default=64)
   s.add_argument("--out", default=None, help="PNG path (default: WORKDIR/samples/sample.png)")
-  s.add_argument("--label", type=int, default=None, help="class to draw (conditional models)")
+  s.add_argument(
+    "--label", default=None, help="class to draw (conditional models); 0,3,7: one row each"
+  )
   s.add_argument(
     "--caption",
     default=None,
-    help='text to draw (caption-conditioned models), e.g. "the bag is on the left of the coat"',
+    help='text to draw (caption-conditioned models), e.g. "the bag is on the left of the coat"; '
+    '"A;B": one row each',
   )
-  s.add_argument("--seed", type=int, default=0)
+  s.add_argument("--seed", type=int, default=0, help="same images on any device count")
   s.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  s.add_argument(
+    "--walk",
+    type=int,
+    default=None,
+    metavar="N",
+    help="latent walk through N key points: OUT.gif and OUT_frames/frame_*.png (GAN, VAE)",
+  )
+  s.add_argument(
+    "--truncation",
+    type=float,
+    default=None,
+    metavar="T",
+    help="z from N(0, I) truncated to "
+    "[-T, T] (GAN, VAE; smaller: more typical images, less variety)",
+  )
+  s.add_argument("--upscale", type=int, default=2, metavar="K", help="pixels per model pixel")
   r = sub.add_parser(
     "report",
     help="report.html (curves, samples, the family's pictures, "
@@ -112,6 +133,12 @@ def _parser() -> argparse.ArgumentParser:
     help="where the extractor's accuracy and the floors are cached (default: WORKDIR/eval)",
   )
   e.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  e.add_argument(
+    "--memorization",
+    action="store_true",
+    help="only the memorisation check: nearest training images of samples (features, pixels), "
+    "WORKDIR/memorization.json and .png",
+  )
   for cmd in (t, e):  # several processes (e.g. hosts) take part in one run or evaluation
     cmd.add_argument("--coordinator", help="host:port of process 0, for multi-host runs")
     cmd.add_argument("--num_processes", type=int)
@@ -140,36 +167,21 @@ def _train(args: argparse.Namespace, overrides: dict[str, str]) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
-  import jax
-  import numpy as np
+  from jaxgen import art
 
-  from jaxgen import trainer, viz
-
-  config, family, state = trainer.load_run(args.workdir, args.step)
-  if args.label is not None and not config.model.get("num_classes"):
-    raise UserError(
-      "--label needs a class-conditional model (trained with "
-      "--config.model.num_classes=N); this run is unconditional"
-    )
-  conditioning = args.label
-  if args.caption is not None:
-    if not hasattr(family, "tokenize"):
-      raise UserError(
-        f"--caption needs a caption-conditioned model; this run is {config.model.family!r}"
-      )
-    conditioning = family.tokenize(state, args.caption)
-  out = Path(args.out) if args.out else Path(args.workdir) / "samples" / "sample.png"
-  key = jax.random.key(args.seed)
-  if hasattr(family, "sample_frames"):  # recurrent models: also the canvas being drawn, as a GIF
-    frames = np.asarray(
-      jax.jit(family.sample_frames, static_argnums=2)(state, key, args.num, conditioning)
-    )
-    images = frames[-1]
-    print(f"wrote {viz.save_animation(frames, out.with_suffix('.gif'))}")
-  else:
-    images = jax.jit(family.sample, static_argnums=2)(state, key, args.num, conditioning)
-  viz.save_grid(np.asarray(images), out)
-  print(f"wrote {out}")
+  for path in art.write_samples(
+    args.workdir,
+    args.out,
+    num=args.num,
+    seed=args.seed,
+    step=args.step,
+    label=args.label,
+    caption=args.caption,
+    walk=args.walk,
+    truncation=args.truncation,
+    upscale=args.upscale,
+  ):
+    print(f"wrote {path}")
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -198,6 +210,20 @@ def _evaluate(args: argparse.Namespace) -> None:
 
   if args.compare:
     print(evaluation.format_table([evaluation.load_results(w) for w in args.compare]))
+    return
+  if args.memorization:  # art.check_run: samples' nearest training images, rate vs floor
+    from jaxgen import art
+
+    results, paths = art.check_run(
+      args.workdir,
+      args.extractor,
+      num_samples=args.num_samples,
+      seed=args.seed or 0,
+      step=args.step,
+    )
+    if jax.process_index() == 0:
+      print(art.format_memorization(results))
+      print("\n".join(f"wrote {p}" for p in paths))
     return
   results = evaluation.evaluate_run(
     args.workdir,

@@ -108,3 +108,31 @@ def interpolation_path(a_PxZ: np.ndarray, b_PxZ: np.ndarray, num: int) -> np.nda
   t = np.linspace(0.0, 1.0, num)[None, :, None]
   path = (1.0 - t) * np.asarray(a_PxZ)[:, None] + t * np.asarray(b_PxZ)[:, None]
   return path.reshape(-1, path.shape[-1])
+
+
+def slerp(a_NxZ: np.ndarray, b_NxZ: np.ndarray, t_T: np.ndarray) -> np.ndarray:
+  """Spherical interpolation [T, N, Z] from a[n] (t=0) to b[n] (t=1) along the great circle,
+  radius interpolated linearly; linear where a and b are (anti)parallel (the circle is not
+  unique there). Keeps Gaussian latents at typical norms, which linear paths shrink."""
+  a, b = np.asarray(a_NxZ, np.float64), np.asarray(b_NxZ, np.float64)
+  t = np.asarray(t_T, np.float64)[:, None, None]
+  na, nb = np.linalg.norm(a, axis=-1, keepdims=True), np.linalg.norm(b, axis=-1, keepdims=True)
+  ua, ub = a / np.maximum(na, 1e-12), b / np.maximum(nb, 1e-12)
+  omega = np.arccos(np.clip(np.sum(ua * ub, -1, keepdims=True), -1.0, 1.0))
+  sin = np.sin(omega)
+  safe = np.where(sin > 1e-6, sin, 1.0)
+  on_circle = (np.sin((1.0 - t) * omega) * ua + np.sin(t * omega) * ub) / safe
+  straight = (1.0 - t) * ua + t * ub
+  direction = np.where(sin > 1e-6, on_circle, straight)
+  return ((1.0 - t) * na + t * nb) * direction
+
+
+def walk_path(keys_KxNxZ: np.ndarray, steps: int) -> np.ndarray:
+  """A closed walk [K * steps, N, Z]: slerp from key point k to k+1 (the last back to the
+  first) in `steps` frames each, every key point a frame; N independent walks side by side."""
+  keys = np.asarray(keys_KxNxZ)
+  if keys.shape[0] < 2 or steps < 1:
+    raise ValueError(f"a walk needs >= 2 key points and >= 1 step, got {keys.shape[0]}, {steps}")
+  t_T = np.arange(steps) / steps  # the end point is the next segment's start
+  segments = [slerp(keys[k], keys[(k + 1) % len(keys)], t_T) for k in range(len(keys))]
+  return np.concatenate(segments).astype(keys.dtype)

@@ -58,7 +58,7 @@ from jaxgen.evaluation.run import (
   make_eval_fn,
 )
 from jaxgen.evaluation.sharded import FeaturesFn, compute_features, generate_features
-from jaxgen.evaluation.splits import read_batch, read_split
+from jaxgen.evaluation.splits import read_batch, read_split, subset_indices
 from jaxgen.evaluation.table import ROWS, format_cell, format_table
 
 __all__ = [
@@ -89,6 +89,7 @@ __all__ = [
   "optional_extractor",
   "read_batch",
   "read_split",
+  "subset_indices",
   "real_reference",
   "sample_flags",
   "sample_metrics",

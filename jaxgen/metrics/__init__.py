@@ -19,6 +19,11 @@ from jaxgen.metrics.frechet import (
 )
 from jaxgen.metrics.kid import kernel_inception_distance, kid_subset_indices, polynomial_mmd2
 from jaxgen.metrics.manifold import density_coverage, precision_recall
+from jaxgen.metrics.memorization import (
+  memorization_rate,
+  memorization_threshold,
+  nearest_neighbours,
+)
 
 __all__ = [
   "conditional_accuracy",
@@ -34,6 +39,9 @@ __all__ = [
   "kid_subset_indices",
   "knn_radii",
   "knn_sq_distances",
+  "memorization_rate",
+  "memorization_threshold",
+  "nearest_neighbours",
   "pairwise_sq_distances",
   "polynomial_mmd2",
   "precision_recall",

@@ -174,5 +174,11 @@ def generate(state: GANState, z_NxZ: jax.Array, labels_N: jax.Array | None = Non
 
 def sample(state: GANState, key: jax.Array, num: int, conditioning: Any = None) -> jax.Array:
   """`num` images [num, H, W, C] in [-1, 1] from the EMA generator; `conditioning`: labels."""
-  labels = common.labels_for(num, state.hp.num_classes, conditioning)
-  return generate(state, jax.random.normal(key, (num, state.hp.latent_dim)), labels)
+  return sample_latents(state, jax.random.normal(key, (num, state.hp.latent_dim)), conditioning)
+
+
+def sample_latents(state: GANState, z_NxZ: jax.Array, conditioning: Any = None) -> jax.Array:
+  """`sample` from given latents z [N, Z] (walks, truncation): images [N, H, W, C]."""
+  return generate(
+    state, z_NxZ, common.labels_for(z_NxZ.shape[0], state.hp.num_classes, conditioning)
+  )

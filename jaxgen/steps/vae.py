@@ -178,10 +178,13 @@ def sample(state: VAEState, key: jax.Array, num: int, conditioning: Any = None) 
   """`num` images [num, H, W, C] in [-1, 1]: z ~ N(0, I) decoded to the mean of p(x|z)
   (Bernoulli: the probabilities; logistic: the discretised logistic's exact mean);
   `conditioning`: class labels of a conditional model."""
-  hp = state.hp
-  labels = common.labels_for(num, hp.num_classes, conditioning)
-  z_NxZ = jax.random.normal(key, (num, hp.latent_dim))
-  return mean_image(hp, _decode(state, z_NxZ, labels))
+  return sample_latents(state, jax.random.normal(key, (num, state.hp.latent_dim)), conditioning)
+
+
+def sample_latents(state: VAEState, z_NxZ: jax.Array, conditioning: Any = None) -> jax.Array:
+  """`sample` from given latents z [N, Z] (walks, truncation): images [N, H, W, C]."""
+  labels = common.labels_for(z_NxZ.shape[0], state.hp.num_classes, conditioning)
+  return mean_image(state.hp, _decode(state, z_NxZ, labels))
 
 
 def _encode(state: VAEState, x_BxHxWxC: jax.Array, labels: jax.Array | None):
