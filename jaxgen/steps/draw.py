@@ -7,7 +7,11 @@ in nats per image; `bpd` is the same number in bits per dimension.
     -ELBO = -log p(x | z_1..T) + sum_t KL(q(z_t | x, z_<t) || p(z_t | z_<t [, caption]))
 
 With config.model.captions the model reads a caption (alignDRAW); batches then carry "tokens"
-int32 [B, L] (jaxgen.data.captions) and `sample`'s conditioning is a caption or its tokens.
+int32 [B, L] and `sample`'s conditioning is a caption or its tokens. The vocabulary is
+config.data.vocabulary, which the trainer fills from the data set (emoji: the training split's
+words, jaxgen.data.emoji.training_vocabulary) and config.json keeps; without it, captioned
+Fashion-MNIST's (jaxgen.data.captions.VOCABULARY). Unconditional samples (grids) are drawn for
+config.model.example_captions (default captions.EXAMPLE_CAPTIONS).
 """
 
 from pathlib import Path
@@ -68,8 +72,11 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
       write_n=m.write_n,
       cell=m.cell,
       learned_prior=m.learned_prior,
-      vocabulary=captions.VOCABULARY if text else (),
-      max_tokens=captions.MAX_TOKENS if text else 0,
+      # the data's caption words where the trainer filled them in (emoji: the training split's),
+      # else captioned Fashion-MNIST's fixed template vocabulary
+      vocabulary=tuple(config.data.get("vocabulary") or captions.VOCABULARY) if text else (),
+      max_tokens=(config.data.get("max_tokens") or captions.MAX_TOKENS) if text else 0,
+      example_captions=tuple(m.get("example_captions") or captions.EXAMPLE_CAPTIONS),
       embed_dim=m.get("embed_dim", 64),
       lang_features=m.get("lang_features", 128),
       align_features=m.get("align_features", 128),
@@ -95,7 +102,7 @@ def _tokens(hp: ml_collections.FrozenConfigDict, batch: dict) -> jax.Array | Non
   if "tokens" not in batch:
     raise ConfigError(
       "config.model.captions=True needs captioned data (batches with 'tokens'); "
-      "set --config.data.name=captioned_fashion_mnist or captions=False"
+      "set --config.data.name=captioned_fashion_mnist (or emoji) or captions=False"
     )
   return batch["tokens"]
 
@@ -178,12 +185,13 @@ def tokenize(state: DRAWState, caption: str) -> np.ndarray:
 
 def caption_tokens(state: DRAWState, num: int, conditioning: Any = None) -> jax.Array | None:
   """Tokens [num, L] for `num` samples: a caption (str) or tokens [L] for all of them, tokens
-  [num, L], or None: EXAMPLE_CAPTIONS in equal consecutive runs. None for an unconditional run."""
+  [num, L], or None: hp.example_captions in equal consecutive runs. None for an unconditional
+  run."""
   hp = state.hp
   if not hp.vocabulary:
     return None
   if conditioning is None:
-    table = np.stack([tokenize(state, c) for c in captions.EXAMPLE_CAPTIONS])
+    table = np.stack([tokenize(state, c) for c in hp.example_captions])
     return jnp.asarray(table[(np.arange(num) * len(table)) // num])
   if isinstance(conditioning, str):
     conditioning = tokenize(state, conditioning)
@@ -282,12 +290,11 @@ def save_captioned_grid(
 def _caption_pictures(
   state: DRAWState, frames: np.ndarray, batch: dict, key: jax.Array, frames_fn: Any, outdir: Path
 ) -> list[Path]:
-  """example_captions.png from `frames` (samples of EXAMPLE_CAPTIONS, 8 per caption), and
+  """example_captions.png from `frames` (samples of hp.example_captions, 8 per caption), and
   test_captions.png: per row, a test image then 7 samples for its caption."""
   hp, cols = state.hp, 8
-  rows = [
-    c + " (held out)" * captions.is_held_out(*captions.parse(c)) for c in captions.EXAMPLE_CAPTIONS
-  ]
+  marked = lambda c: c in captions.EXAMPLE_CAPTIONS and captions.is_held_out(*captions.parse(c))
+  rows = [c + " (held out)" * marked(c) for c in hp.example_captions]
   paths = [save_captioned_grid(frames[-1], rows, outdir / "example_captions.png", cols)]
   n = min(len(batch["image"]), cols)
   tokens_NxL = np.asarray(batch["tokens"][:n])
