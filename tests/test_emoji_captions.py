@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import DRAW_TINY, REPO
+from conftest import DRAW_TINY, REPO, draw_config
 from PIL import Image
 
 from jaxgen import cli, evaluation, trainer
@@ -158,3 +158,20 @@ def test_group_accuracy_of_seen_and_held_out_names(tiny_run):
   assert header.split()[-3:] == ["floor:", "real", "images"]
   assert [line.split()[0] for line in body[:3]] == ["group", "held-out", "seen"]
   assert "16 held out: test split" in text and "caption accuracy" not in text
+
+
+def test_captioned_fashion_runs_keep_the_template_vocabulary():
+  """Without config.data.vocabulary (captioned Fashion-MNIST, and runs stored before it) the
+  family reads captions.VOCABULARY, as before; with it, the data set's."""
+  config = draw_config(text=True)
+  example = {"image": jnp.zeros((1, 60, 60, 1))}
+  init = lambda c: jax.eval_shape(lambda k: draw.init_state(c, k, example), jax.random.key(0))
+  hp = init(config).hp
+  assert (hp.vocabulary, hp.max_tokens) == (captions.VOCABULARY, captions.MAX_TOKENS)
+  assert hp.example_captions == captions.EXAMPLE_CAPTIONS
+  config.data.vocabulary, config.data.max_tokens = ("<pad>", "<unk>", "red", "heart"), 5
+  config.model.example_captions = ("red heart",)
+  state = init(config)
+  assert state.hp.vocabulary == ("<pad>", "<unk>", "red", "heart")
+  assert state.draw.params["caption"]["embed"]["embedding"].shape[0] == 4
+  np.testing.assert_array_equal(draw.caption_tokens(state, 2), [[2, 3, 0, 0, 0]] * 2)
