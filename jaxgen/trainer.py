@@ -399,6 +399,8 @@ def train_and_evaluate(
   source, info = load_data(config, "train")
   config.data.image_shape = tuple(info.image_shape)
   config.data.num_classes = info.num_classes
+  if info.vocabulary:  # caption words of the training split: stored with the run (config.json)
+    config.data.vocabulary, config.data.max_tokens = tuple(info.vocabulary), info.max_tokens
   if config.model.get("num_classes") and config.model.num_classes != info.num_classes:
     raise ConfigError(
       f"config.model.num_classes={config.model.num_classes} but "

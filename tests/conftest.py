@@ -227,6 +227,19 @@ def tfds_dir(tmp_path_factory) -> Path:
   return tmp_path_factory.mktemp("tensorflow_datasets")
 
 
+@pytest.fixture(scope="session")
+def real_base32(tfds_dir):
+  """emoji/base32 rendered for real once per session (skipped without the Debian packages)."""
+  from jaxgen.data import emoji
+
+  font, table = emoji.source_paths()
+  if not (font.is_file() and table.is_file()):
+    pytest.skip(
+      f"{font} / {table} not installed: apt-get install fonts-noto-color-emoji unicode-data"
+    )
+  return emoji.prepare(emoji.emoji_config("emoji/base32"), str(tfds_dir))
+
+
 def free_port() -> int:
   """A TCP port on 127.0.0.1 that nothing listens on now (for a jax.distributed coordinator)."""
   with socket.socket() as s:

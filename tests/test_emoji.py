@@ -179,9 +179,16 @@ def test_builder_on_a_font_free_fixture(fake_source, tmp_path, name, variant, si
   assert meta["skipped"] == ["1F1EF 1F1F5"]
   subs, vocab = meta["subgroups"], meta["vocabulary"]
   assert subs == list(emoji.subgroups(entries))
+  assert vocab == list(emoji.vocabulary(entries))  # every name's words
   person = seen["person"]
   assert subs[person["subgroup"]] == "person"
-  assert [vocab[t] for t in person["tokens"] if t] == ["person"]
+  # loaded tokens index the training split's vocabulary; words only test names use are <unk>
+  train_names = [e.name for e in drawn if e.split == "train"]
+  assert info.vocabulary == emoji.training_vocabulary(train_names)
+  in_train = "person" in {w for n in train_names for w in emoji.words(n)}
+  assert [info.vocabulary[t] for t in person["tokens"] if t] == [
+    "person" if in_train else emoji.UNK
+  ]
   # the stub's flat colour, composited on the opaque background, survives the resize
   e = entries[0]
   np.testing.assert_array_equal(
@@ -224,16 +231,6 @@ def test_real_glyphs_are_colour_centred_on_white():
   # a code point the font lacks, and a sequence it has no single glyph for, are skipped
   assert render("\U0010fffd") is None
   assert render("\U0001f600\U0001f600") is None
-
-
-@pytest.fixture(scope="session")
-def real_base32(tfds_dir):
-  """emoji/base32 rendered for real once per session."""
-  if not (FONT.is_file() and TABLE.is_file()):
-    pytest.skip(
-      f"{FONT} / {TABLE} not installed: apt-get install fonts-noto-color-emoji unicode-data"
-    )
-  return emoji.prepare(emoji.emoji_config("emoji/base32"), str(tfds_dir))
 
 
 @needs_real

@@ -16,8 +16,10 @@ Everything is deterministic in the config's seed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import os
+import re
 from collections.abc import Callable, Iterator
 
 import jax
@@ -101,9 +103,14 @@ def combinations() -> Iterator[tuple[tuple[int, ...], int]]:
           yield (a, b), r
 
 
+_WORD = re.compile(r"[^\s:,.()“”!]+")  # also splits emoji names ("flag: St. Lucia")
+LISTED_WORDS = 200  # a vocabulary up to this size is listed in full by CaptionError
+
+
 def words(text: str) -> list[str]:
-  """Lower-case words of a caption; commas and full stops are ignored."""
-  return text.lower().replace(",", " ").replace(".", " ").split()
+  """Lower-case words of a caption; whitespace, commas, full stops, colons, brackets, curly
+  quotes and "!" separate them."""
+  return _WORD.findall(text.lower())
 
 
 def _vocabulary() -> tuple[str, ...]:
@@ -133,9 +140,18 @@ def tokenize(
   ws = words(text)
   unknown = [w for w in ws if w not in vocabulary[1:]]
   if unknown:
+    known = vocabulary[1:]
+    if len(known) <= LISTED_WORDS:
+      where = f"the vocabulary is: {' '.join(known)}"
+    else:  # e.g. emoji names: point to the run's vocabulary, with the nearest words
+      near = sorted({m for w in unknown for m in difflib.get_close_matches(w, known, 3)})
+      where = (
+        f"the run's {len(known)}-word vocabulary (the training captions' words) is "
+        f"data.vocabulary in its config.json" + (f"; near: {' '.join(near)}" if near else "")
+      )
     raise CaptionError(
       f"unknown word{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} "
-      f"in caption {text!r}; the vocabulary is: {' '.join(vocabulary[1:])}"
+      f"in caption {text!r}; {where}"
     )
   if not ws or len(ws) > length:
     raise CaptionError(

@@ -27,15 +27,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import re
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw, ImageFont, features
 
-from jaxgen.data import idx
+from jaxgen.data import captions, idx
 from jaxgen.data.idx import DataError
 
 FONT_DIR = "/usr/share/fonts/truetype/noto"
@@ -64,10 +64,10 @@ FONT_SIZE = 109  # the only size of Noto Color Emoji's bitmap strike
 CELL = 136  # the strike's glyph width; glyphs are centred in a CELL x CELL square
 TEST_MODULUS = 10  # one emoji in ten (by hash) is in the test split
 PAD = "<pad>"
+UNK = "<unk>"  # in a training vocabulary: the id of every word only held-out names use
 MAX_TOKENS = 16  # words per caption (the longest name in Emoji 15.0 has 11)
 VARIANTS = ("base", "all")
 SIZES = (64, 32)
-_WORD = re.compile(r"[^\s:,.()“”!]+")
 
 
 def _install_hint() -> str:
@@ -174,7 +174,7 @@ def subgroups(entries: list[Entry]) -> tuple[str, ...]:
 
 def words(name: str) -> list[str]:
   """Lower-case words of a name ("flag: St. Vincent & Grenadines" -> flag st vincent & ...)."""
-  return _WORD.findall(name.lower())
+  return captions.words(name)
 
 
 def vocabulary(entries: list[Entry]) -> tuple[str, ...]:
@@ -190,6 +190,69 @@ def tokenize(name: str, vocab: tuple[str, ...]) -> np.ndarray:
   out = np.zeros(MAX_TOKENS, np.int32)
   out[: len(ws)] = [vocab.index(w) for w in ws]
   return out
+
+
+def training_vocabulary(train_names: list[str]) -> tuple[str, ...]:
+  """(PAD, UNK, every word of the training split's names, sorted): what text-to-image runs read.
+
+  Words that occur only in held-out (test) names are not in it: their tokens become UNK, an
+  embedding training never updates, so held-out names test generalisation honestly.
+  """
+  return (PAD, UNK, *sorted({w for n in train_names for w in words(n)}))
+
+
+def token_map(data_vocab: Sequence[str], run_vocab: Sequence[str]) -> np.ndarray:
+  """int32 [len(data_vocab)]: the run_vocab id of each data_vocab word (UNK's when missing)."""
+  index = {w: i for i, w in enumerate(run_vocab)}
+  return np.array([0] + [index.get(w, index[UNK]) for w in data_vocab[1:]], np.int32)
+
+
+class Retokenized(Sequence):
+  """A split's source whose items' tokens index the training vocabulary (via `token_map`)."""
+
+  def __init__(self, source: Sequence[dict], table: np.ndarray):
+    self.source, self.table = source, table
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def _map(self, item: dict) -> dict:
+    return dict(item, tokens=self.table[np.asarray(item["tokens"])])
+
+  def __getitem__(self, i: int) -> dict:
+    return self._map(self.source[i])
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+    getitems = getattr(self.source, "__getitems__", None)
+    items = getitems(list(indices)) if getitems else [self.source[i] for i in indices]
+    return [self._map(item) for item in items]
+
+
+def split_names(builder: Emoji, split: str) -> list[str]:
+  """The names (captions) of a prepared split, in table order."""
+  source = builder.as_data_source(split=split)
+  return [item["caption"].decode() for item in source.__getitems__(list(range(len(source))))]
+
+
+_VOCABULARIES: dict[str, tuple[str, ...]] = {}  # builder data_dir -> training vocabulary
+_LOCK = threading.Lock()
+
+
+def text_source(builder: Emoji, split: str) -> tuple[Retokenized, tuple[str, ...]]:
+  """(the split's source with tokens in the training vocabulary, that vocabulary)."""
+  with _LOCK:
+    key = str(builder.data_dir)
+    if key not in _VOCABULARIES:
+      has_train = "train" in builder.info.splits  # a tiny table may put every emoji in test
+      _VOCABULARIES[key] = training_vocabulary(split_names(builder, "train") if has_train else [])
+    vocab = _VOCABULARIES[key]
+  table = token_map(builder.info.metadata["vocabulary"], vocab)
+  return Retokenized(builder.as_data_source(split=split), table), vocab
+
+
+def held_out_names(builder: Emoji) -> list[str]:
+  """The names kept out of training (the test split's), in table order."""
+  return split_names(builder, "test")
 
 
 # ------------------------------------------------------------------ rendering

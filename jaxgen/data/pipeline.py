@@ -24,6 +24,8 @@ class DatasetInfo:
   num_classes: int
   class_names: tuple[str, ...]
   num_examples: dict[str, int]
+  vocabulary: tuple[str, ...] = ()  # caption words the items' "tokens" index (emoji's names)
+  max_tokens: int = 0
 
 
 def _info_from_builder(name: str, info: tfds.core.DatasetInfo) -> DatasetInfo:
@@ -85,7 +87,9 @@ def load(
     from jaxgen.data import emoji
 
     builder = emoji.prepare(emoji.emoji_config(name, source_dir), data_dir)
-    return builder.as_data_source(split=split), _info_from_builder(name, builder.info)
+    source, vocab = emoji.text_source(builder, split)  # tokens in the training split's words
+    info = _info_from_builder(name, builder.info)
+    return source, dataclasses.replace(info, vocabulary=vocab, max_tokens=emoji.MAX_TOKENS)
   if name == "fashion_mnist":
     if source_dir is None or os.path.abspath(source_dir) == idx.FASHION_MNIST_DIR:
       config = idx.FASHION_MNIST

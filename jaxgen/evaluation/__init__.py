@@ -28,7 +28,11 @@ with `tokenize`) draw canvases the 28 x 28 metrics do not apply to. They get cap
 instead: a sample for each of the first num_samples test captions, correct where the items'
 data-set classifier (fashion_mnist's, for captioned Fashion-MNIST) recognises every item the
 caption names at its place; over all captions, the held-out combinations and the seen ones.
-Its floor (a ceiling) is the same accuracy of the real test canvases.
+Its floor (a ceiling) is the same accuracy of the real test canvases. Runs on named images
+(emoji: the caption is the CLDR name, the label its group) get group accuracy instead: does the
+data set's classifier give a sample drawn for a name that name's group; for the first
+num_samples held-out (test) names and as many seen (training) names, the floor being the real
+images' accuracy.
 Evaluation runs on every process of a run (features are gathered to every host for the metrics).
 
 Modules: extractor (finding and checking it), splits (real examples), sharded (the one

@@ -18,6 +18,9 @@ ROWS = (  # key, label, format[, key of its std over subsets]; metrics, then lik
   ("caption_accuracy", "caption accuracy", "{:.3f}"),
   ("caption_accuracy_held_out", "  held-out captions", "{:.3f}"),
   ("caption_accuracy_seen", "  seen captions", "{:.3f}"),
+  ("group_accuracy", "group accuracy", "{:.3f}"),  # named images (emoji): the name's group
+  ("group_accuracy_held_out", "  held-out names", "{:.3f}"),
+  ("group_accuracy_seen", "  seen names", "{:.3f}"),
   ("test_accuracy", "test accuracy", "{:.4f}"),
   ("test_loss", "test loss", "{:.4f}"),
   ("nll_elbo", "-ELBO nats/image", "{:.2f}"),
@@ -52,7 +55,15 @@ def _protocol_line(r: dict) -> str:
     return f"{r['run']}: {r['family']} at step {p.get('checkpoint_step')}, {p.get('split')} split"
   e = p["extractor"]
   acc = f"{e['test_accuracy']:.2%}" if e.get("test_accuracy") is not None else "?"
-  if "captions" in p:
+  if "captions" in p and p["captions"].get("score") == "group":
+    c = p["captions"]
+    line = (
+      f"{r['run']}: step {p['checkpoint_step']}, a sample for each of {c['num']} names "
+      f"({c['held_out']} held out: test split; the rest seen: train split), seed {p['seed']}; "
+      f"images' groups by {e['name']} (step {e['checkpoint_step']}, test accuracy {acc}) vs "
+      f"the names' groups; floor: {p['floor']}"
+    )
+  elif "captions" in p:
     c = p["captions"]
     line = (
       f"{r['run']}: step {p['checkpoint_step']}, a sample for each of the first {c['num']} "
@@ -82,8 +93,10 @@ def format_table(results: list[dict]) -> str:
   merged = [dict(r.get("metrics", {}), **r.get("likelihood", {})) for r in results]
   rows = [row for row in ROWS if any(m.get(row[0]) is not None for m in merged)]
   names = [r.get("run", f"run{i}") for i, r in enumerate(results)]
-  captioned = "captions" in results[0].get("protocol", {})
-  floor_name = "real test canvases" if captioned else "train vs test"
+  described = results[0].get("protocol", {}).get("captions")
+  floor_name = "train vs test" if described is None else "real test canvases"
+  if described is not None and described.get("score") == "group":
+    floor_name = "real images"
   header = ["metric", *names] + ([f"floor: {floor_name}"] if floor else [])
   body = []
   for row in rows:

@@ -7,8 +7,12 @@ in nats per image; `bpd` is the same number in bits per dimension.
     -ELBO = -log p(x | z_1..T) + sum_t KL(q(z_t | x, z_<t) || p(z_t | z_<t [, caption]))
 
 T is config.model.draw_steps, the number of canvas updates per image. With
-config.model.captions the model reads a caption (alignDRAW); batches then carry "tokens"
-int32 [B, L] (jaxgen.data.captions) and `sample`'s conditioning is a caption or its tokens.
+config.model.captions the model reads a caption (alignDRAW); batches then carry "tokens" int32
+[B, L] and `sample`'s conditioning is a caption or its tokens. The vocabulary is
+config.data.vocabulary, which the trainer fills from the data set (emoji: the training split's
+words, jaxgen.data.emoji.training_vocabulary) and config.json keeps; without it, captioned
+Fashion-MNIST's (jaxgen.data.captions.VOCABULARY). Unconditional samples (grids) are drawn for
+config.model.example_captions (default captions.EXAMPLE_CAPTIONS).
 """
 
 from typing import Any
@@ -71,8 +75,11 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
       write_n=m.write_n,
       cell=m.cell,
       learned_prior=m.learned_prior,
-      vocabulary=captions.VOCABULARY if text else (),
-      max_tokens=captions.MAX_TOKENS if text else 0,
+      # the data's caption words where the trainer filled them in (emoji: the training split's),
+      # else captioned Fashion-MNIST's fixed template vocabulary
+      vocabulary=tuple(config.data.get("vocabulary") or captions.VOCABULARY) if text else (),
+      max_tokens=(config.data.get("max_tokens") or captions.MAX_TOKENS) if text else 0,
+      example_captions=tuple(m.get("example_captions") or captions.EXAMPLE_CAPTIONS),
       embed_dim=m.get("embed_dim", 64),
       lang_features=m.get("lang_features", 128),
       align_features=m.get("align_features", 128),
@@ -98,7 +105,7 @@ def _tokens(hp: ml_collections.FrozenConfigDict, batch: dict) -> jax.Array | Non
   if "tokens" not in batch:
     raise ConfigError(
       "config.model.captions=True needs captioned data (batches with 'tokens'); "
-      "set --config.data.name=captioned_fashion_mnist or captions=False"
+      "set --config.data.name=captioned_fashion_mnist (or emoji) or captions=False"
     )
   return batch["tokens"]
 
@@ -174,12 +181,13 @@ def tokenize(state: DRAWState, caption: str) -> np.ndarray:
 
 def caption_tokens(state: DRAWState, num: int, conditioning: Any = None) -> jax.Array | None:
   """Tokens [num, L] for `num` samples: a caption (str) or tokens [L] for all of them, tokens
-  [num, L], or None: EXAMPLE_CAPTIONS in equal consecutive runs. None for an unconditional run."""
+  [num, L], or None: hp.example_captions in equal consecutive runs. None for an unconditional
+  run."""
   hp = state.hp
   if not hp.vocabulary:
     return None
   if conditioning is None:
-    table = np.stack([tokenize(state, c) for c in captions.EXAMPLE_CAPTIONS])
+    table = np.stack([tokenize(state, c) for c in hp.example_captions])
     return jnp.asarray(table[(np.arange(num) * len(table)) // num])
   if isinstance(conditioning, str):
     conditioning = tokenize(state, conditioning)
