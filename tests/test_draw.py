@@ -273,7 +273,7 @@ def test_trained_caption_run_samples_from_the_cli(fashion_slice, tfds_dir, tmp_p
 # ------------------------------------------------------------------ config keys
 
 
-@pytest.mark.parametrize("name", ["draw_fashion.py", "aligndraw_captions.py"])
+@pytest.mark.parametrize("name", ["draw_fashion.py", "aligndraw_captions.py", "aligndraw_emoji.py"])
 def test_configs_call_t_draw_steps_and_hold_no_dead_keys(name):
   model = config_lib.load(REPO / "experiments/configs" / name).model
   assert model.draw_steps in (10, 16)
