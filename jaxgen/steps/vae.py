@@ -22,6 +22,7 @@ import numpy as np
 from flax import struct
 from PIL import Image, ImageDraw
 
+from jaxgen import config as config_lib
 from jaxgen import losses, ops, viz
 from jaxgen.errors import ConfigError
 from jaxgen.models import vae as vae_models
@@ -49,6 +50,7 @@ def _model(hp: ml_collections.FrozenConfigDict) -> vae_models.VAE:
     kernel_size=hp.kernel_size,
     num_classes=hp.num_classes,
     fast_ops=hp.fast_ops,
+    dtype=common.compute_dtype(hp),
   )
 
 
@@ -74,6 +76,7 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
       likelihood=m.likelihood,
       fast_ops=ops.use_fast_ops(config.get("fast_ops", "auto")),
       accum_steps=config.get("accum_steps", 1),
+      dtype=config_lib.check_dtype(config.get("dtype", "float32")),
     )
   )
   model = _model(hp)
