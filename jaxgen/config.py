@@ -201,6 +201,10 @@ def flatten(config: ml_collections.ConfigDict | dict) -> dict[str, object]:
   return out
 
 
+# Fields added after runs were made: a stored config.json without one ran with this value.
+ADDED_DEFAULTS = {"dtype": "float32"}
+
+
 def _resumable(key: str) -> bool:
   return any(key == f or (f.endswith(".") and key.startswith(f)) for f in RESUMABLE)
 
@@ -213,7 +217,8 @@ def drift(stored: dict, requested: ml_collections.ConfigDict) -> list[str]:
   want = flatten(requested)
   changes = []
   for key in sorted(set(stored) | set(want)):
-    old, new = stored.get(key, "<absent>"), want.get(key, "<absent>")
+    old = stored.get(key, ADDED_DEFAULTS.get(key, "<absent>"))
+    new = want.get(key, "<absent>")
     if old == new:
       continue
     if not _resumable(key):

@@ -296,3 +296,14 @@ def test_unsupported_dtype_is_a_one_line_config_error(value, message):
   assert "\n" not in str(e.value) and "--config.dtype" in str(e.value)
   config.dtype = "bfloat16"
   config_lib.validate(config)
+
+
+def test_runs_from_before_the_dtype_key_resume_as_float32():
+  """A config.json written before config.dtype existed ran in float32: resuming it in float32
+  changes nothing, asking for bfloat16 is refused like any other change of what a step computes."""
+  config = _config("gan", "float32")
+  stored = {k: v for k, v in config_lib.flatten(config).items() if k != "dtype"}
+  assert config_lib.drift(stored, config) == []
+  config.dtype = "bfloat16"
+  with pytest.raises(ConfigError, match="config.dtype"):
+    config_lib.drift(stored, config)
