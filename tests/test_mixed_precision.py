@@ -49,14 +49,14 @@ CASES = {
   "vae_logistic": ("vae_fashion.py", dict(width=8, latent_dim=8, likelihood="logistic"), False, 6),
   "draw": (
     "draw_fashion.py",
-    dict(num_steps=3, enc_features=32, dec_features=32, latent_dim=4),
+    dict(T=3, enc_features=32, dec_features=32, latent_dim=4),
     False,
     3 * 5,
   ),
   "aligndraw": (
     "aligndraw_captions.py",
     dict(
-      num_steps=2,
+      T=2,
       enc_features=16,
       dec_features=16,
       latent_dim=4,
@@ -80,7 +80,11 @@ LOSSES = ("loss", "d_loss", "g_loss")
 def _config(case: str, dtype: str, fast_ops=True):
   path, model, _, _ = CASES[case]
   c = config_lib.load(REPO / "experiments/configs" / path)
-  c.model.update(model)
+  for key, value in model.items():
+    if key == "T":  # DRAW's steps: model.num_steps, renamed model.draw_steps in issue #13
+      key = "draw_steps" if "draw_steps" in c.model else "num_steps"
+    assert key in c.model, key
+    c.model[key] = value
   c.dtype = dtype
   c.fast_ops = fast_ops
   return c
