@@ -198,7 +198,10 @@ def main(argv: list[str] | None = None) -> dict:
       precision_statement=throughput.precision_statement(args.matmul_precision),
       dtypes=args.dtypes,
       torch_bfloat16="torch.autocast(dtype=torch.bfloat16): float32 parameters, bfloat16 compute",
-      jax_dtype="config.dtype (rows say 'not supported yet' where the config has no dtype key)",
+      jax_dtype=(
+        "config.dtype: bfloat16 compute, float32 parameters, optimizer state and losses (rows "
+        "say 'not supported yet' for a dtype jaxgen does not support)"
+      ),
       xla_python_client_preallocate=os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"],
       memory=(
         "jax: XLA MiB = the compiled step's arguments + temporaries; dev peak MiB = the "

@@ -20,8 +20,8 @@ jaxgen / PyTorch. The two are timed in turn, run for run, so that a change in th
 load touches both alike.
 
 Precision. `--dtypes float32,bfloat16` sets each config's `dtype` (jaxgen's computation
-dtype; a config without that key runs float32 only, and its other rows say "not supported
-yet") and runs the PyTorch peer under bfloat16 autocast. `--matmul_precision` sets float32
+dtype, see README "Mixed precision"; a dtype jaxgen does not support, float16 for now, or a
+config without that key runs float32 only, and its other rows say "not supported yet") and runs the PyTorch peer under bfloat16 autocast. `--matmul_precision` sets float32
 matmuls and convolutions on both sides alike: "highest" (the default) is IEEE float32 (JAX's
 `jax_default_matmul_precision=highest`; PyTorch's TF32 off for matmuls and cuDNN), "tf32"
 lets both use TF32 tensor cores. The two libraries' own defaults differ on GPU (XLA may use
@@ -119,14 +119,14 @@ def load_config(
   overrides: dict[str, str],
   dtype: str = "float32",
 ):
-  """The family's config at this size and dtype; None where the config has no `dtype` key
-  (jaxgen without a computation-dtype option) and `dtype` is not float32."""
+  """The family's config at this size and dtype; None where `dtype` is not float32 and the config
+  has no `dtype` key or jaxgen does not support it (config.DTYPES: float16 is not yet)."""
   from jaxgen import config as config_lib
 
   config = config_lib.load(path, overrides)
   config.data.image_shape = tuple(image_shape)
   config.batch_size = batch_size
-  if "dtype" in config:
+  if "dtype" in config and dtype in getattr(config_lib, "DTYPES", ("float32",)):
     config.dtype = dtype
   elif dtype != "float32":
     return None

@@ -35,6 +35,10 @@ def base_config() -> ml_collections.ConfigDict:
   # jaxgen.ops' custom-VJP passes: "auto" (on XLA:CPU, where they were measured faster; off on
   # GPU/TPU) | True | False (plain flax autodiff); any of the three types may be assigned.
   c.fast_ops = config_dict.FieldReference("auto", field_type=object)
+  # Computation dtype (README "Mixed precision"): "float32" | "bfloat16" (activations and
+  # matmuls/convolutions in bfloat16; params, optimizer state, BatchNorm statistics and losses
+  # in float32). "float16" is not supported yet (it needs loss scaling).
+  c.dtype = "float32"
   c.data = ml_collections.ConfigDict()
   c.data.name = "fashion_mnist"  # or "idx" (MNIST-format files in source_dir) or a TFDS name
   c.data.source_dir = ""  # folder of IDX files ("" = the data set's default)
@@ -174,8 +178,24 @@ def _require(
     raise ConfigError(f"config.{key}={value}: must be {bound}; set --config.{key}=...")
 
 
+DTYPES = ("float32", "bfloat16")  # config.dtype; "float16" is refused until loss scaling exists
+
+
+def check_dtype(name: object) -> str:
+  """`name` if it is a supported computation dtype (DTYPES); else a one-line ConfigError."""
+  if name == "float16":
+    raise ConfigError(
+      "config.dtype=float16 is not supported yet (it needs dynamic loss scaling); "
+      "set --config.dtype=bfloat16 (same speed-ups, float32's range) or float32"
+    )
+  if name not in DTYPES:
+    raise ConfigError(f"config.dtype={name!r}: set --config.dtype to one of {DTYPES}")
+  return name
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the loop's counts and cadences before any work; raises one-line ConfigErrors."""
+  check_dtype(config.get("dtype", "float32"))
   for key in ("num_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
     _require(config, key, 1)
   for key in ("sample_every", "num_grid_samples", "eval_every", "optim.warmup_steps"):
@@ -220,6 +240,7 @@ def _resumable(key: str) -> bool:
 # Fields added after runs were saved, with the values that reproduce what those runs did.
 ADDED = {
   "accum_steps": 1,
+  "dtype": "float32",
   "optim.schedule": "constant",
   "optim.warmup_steps": 0,
   "optim.final_lr_fraction": 0.0,
@@ -267,7 +288,8 @@ def drift(stored: dict, requested: ml_collections.ConfigDict) -> list[str]:
   want = flatten(requested)
   changes = []
   for key in sorted(set(stored) | set(want)):
-    old, new = stored.get(key, "<absent>"), want.get(key, "<absent>")
+    old = stored.get(key, "<absent>")
+    new = want.get(key, "<absent>")
     if old == new:
       continue
     if not _resumable(key):

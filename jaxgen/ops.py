@@ -36,6 +36,7 @@ than YNNPACK (see CPU_COMPILER_OPTIONS); on other backends it is `lowered.compil
 import functools
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -351,17 +352,27 @@ class _ConvModule(nn.Module):
   use_bias: bool = True
   kernel_init: Callable = nn.initializers.lecun_normal()
   bias_init: Callable = nn.initializers.zeros_init()
+  dtype: Any = None  # computation dtype, as flax's (None: promoted from input and params)
+  param_dtype: Any = jnp.float32
 
   op = staticmethod(conv)
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
     shape = (*self.kernel_size, x_BxHxWxC.shape[-1], self.features)
-    kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
-    x_BxHxWxC, kernel = nn.dtypes.promote_dtype(x_BxHxWxC, kernel)
+    kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+    bias = (
+      self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+      if self.use_bias
+      else None
+    )
+    x_BxHxWxC, kernel = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, dtype=self.dtype)
     y = self.op(x_BxHxWxC, kernel, self.strides, self.padding)
-    if self.use_bias:
-      y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32)
+    if bias is not None:
+      # Added in float32 (or wider) and rounded once: the bias gradient, a sum over every
+      # pixel of the batch, is then reduced in float32 too (XLA:CPU sums a bfloat16 reduction
+      # sequentially in bfloat16, which loses all but the first few hundred terms).
+      y = (y + bias).astype(y.dtype)
     return y
 
 
@@ -554,7 +565,8 @@ class BatchNormAct(nn.Module):
   nn.BatchNorm's variables (params scale, bias; batch_stats mean, var) and running-average
   update, so checkpoints interchange. Training runs `batch_norm_act` (`fused`) or flax's
   arithmetic through plain autodiff (`fused=False`, the reference tests hold it to); inference
-  is plain jnp, pooled by `max_pool`. With `fused` it is reverse-mode only (custom VJPs)."""
+  is plain jnp, pooled by `max_pool`. With `fused` it is reverse-mode only (custom VJPs).
+  `dtype` (e.g. bfloat16) is the output's dtype; the arithmetic stays float32."""
 
   use_running_average: bool | None = None
   momentum: float = 0.99
@@ -562,6 +574,9 @@ class BatchNormAct(nn.Module):
   negative_slope: float = 0.0
   window: tuple[int, int] | None = None
   fused: bool = True
+  # dtype of y, as nn.BatchNorm's (None: float32 or wider); statistics and the normalisation
+  # are computed in float32 (or wider) whatever it is, and the running averages stay float32.
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
@@ -591,7 +606,7 @@ class BatchNormAct(nn.Module):
     if not use_running_average and not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-    return y
+    return y if self.dtype is None else y.astype(self.dtype)
 
 
 # ------------------------------------------------------------ XLA:CPU compile options

@@ -507,7 +507,8 @@ def _train_locked(
       f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es); "
       f"{compile_stats['flops_per_step'] / 1e9:.2f} GFLOP/step; jaxgen.ops fast paths "
       f"{'on' if ops.use_fast_ops(config.get('fast_ops', 'auto')) else 'off'} "
-      f"(fast_ops={config.get('fast_ops', 'auto')})"
+      f"(fast_ops={config.get('fast_ops', 'auto')}); compute dtype "
+      f"{config.get('dtype', 'float32')} (params, optimizer state and losses float32)"
     )
 
     # ---- loop

@@ -183,11 +183,10 @@ def test_device_check_writes_one_json_with_a_row_per_family_and_dtype(tmp_path, 
   assert set(peaks) == {"float32", "bfloat16"} and min(peaks.values()) > 0
   for r in rows:
     assert r["batch"] == 8 and r["devices"] == 1
-    if r.get("status"):  # until jaxgen's configs have a dtype key
-      assert r["dtype"] == "bfloat16" and r["status"] == "not supported yet"
-    else:  # the row's % of peak is against its own dtype's peak
-      assert r["peak_fraction"] == pytest.approx(100.0 / peaks[r["dtype"]], rel=1e-9)
-  assert any(not r.get("status") for r in rows if r["dtype"] == "float32")
+    # every family runs in bfloat16 (config.dtype); the row's % of peak is against its own
+    # dtype's peak
+    assert not r.get("status"), r
+    assert r["peak_fraction"] == pytest.approx(100.0 / peaks[r["dtype"]], rel=1e-9)
   w = result["wall_s"]
   assert w["total"] >= w["check"] >= w["tests"] > 0 and w["throughput"] > 0
 

@@ -69,6 +69,11 @@ SKIPPED = (  # (how the command starts, why it is not run)
   ),
   ("source .venv/bin/activate", "the test already runs in .venv's environment"),
   (
+    "gcloud compute tpus",
+    "a TPU pod slice launch: needs Cloud TPUs; each worker runs the jaxgen train command "
+    "run above, with JAXGEN_DISTRIBUTED=1 (tests/test_trainer.py runs the multi-process path)",
+  ),
+  (
     "tensorboard --logdir",
     "TensorBoard's server runs until stopped (an optional install); "
     "tests/test_report.py reads the same event files with its reader",

@@ -7,6 +7,8 @@ Each 3x3 conv is followed by BatchNorm and ReLU (with the pooling, one fused
 activations together with the logits.
 """
 
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -21,12 +23,14 @@ class Classifier(nn.Module):
   feature_dim: int = 128
   dropout: float = 0.3
   fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
+  dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
 
   def setup(self):
     w = self.width
     conv = ops.Conv if self.fast_ops else nn.Conv
     self.convs = [
-      conv(c, (3, 3), use_bias=False, name=f"conv{i}") for i, c in enumerate((w, 2 * w, 4 * w))
+      conv(c, (3, 3), use_bias=False, dtype=self.dtype, name=f"conv{i}")
+      for i, c in enumerate((w, 2 * w, 4 * w))
     ]
     # BatchNorm, ReLU and (after all but the last conv, 28x28 -> 14x14 -> 7x7) max pooling
     self.norms = [
@@ -34,13 +38,14 @@ class Classifier(nn.Module):
         momentum=0.9,
         window=(2, 2) if i < len(self.convs) - 1 else None,
         fused=self.fast_ops,
+        dtype=self.dtype,
         name=f"bn{i}",
       )
       for i in range(len(self.convs))
     ]
-    self.dense = nn.Dense(self.feature_dim, name="features")
+    self.dense = nn.Dense(self.feature_dim, dtype=self.dtype, name="features")
     self.drop = nn.Dropout(self.dropout)
-    self.head = nn.Dense(self.num_classes, name="logits")
+    self.head = nn.Dense(self.num_classes, dtype=self.dtype, name="logits")
 
   def features(
     self, x_BxHxWxC: jnp.ndarray, *, train: bool = False

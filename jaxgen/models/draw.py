@@ -17,6 +17,7 @@ training: `train` is accepted for the shared `apply` but unused.
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -52,6 +53,9 @@ def attention_window(
   params = (g~_x, g~_y, log var, log delta~, log gamma): the centre g = (A + 1)/2 (g~ + 1) - 1
   (g~ = 0 is the image centre), the stride delta = (max(H, W) - 1) / (N - 1) * delta~.
   """
+  # Pixel coordinates up to ~100 and squared distances up to ~10^4 need float32: the geometry
+  # runs in float32 (or wider) whatever the computation dtype of the layer that made `params`.
+  params_Bx5 = params_Bx5.astype(jnp.promote_types(params_Bx5.dtype, jnp.float32))
   gx, gy, log_var, log_delta, log_gamma = jnp.moveaxis(params_Bx5, -1, 0)
   center_x = (width + 1) / 2 * (gx + 1) - 1
   center_y = (height + 1) / 2 * (gy + 1) - 1
@@ -101,13 +105,24 @@ class DrawStep(nn.Module):
   align_features: int
   learned_prior: bool
   infer: bool
+  dtype: Any = None  # computation dtype of the layers; the canvas stays float32 (or wider)
+
+  def _dense(self, features: int, name: str, **kwargs: Any) -> nn.Dense:
+    return nn.Dense(features, dtype=self.dtype, name=name, **kwargs)
+
+  def _window(self, h_dec_BxD: jnp.ndarray, name: str) -> jnp.ndarray:
+    # The five window parameters place filters to a fraction of a pixel on images up to ~100
+    # pixels wide (g~ is scaled by (A + 1) / 2): computed in float32 whatever self.dtype, a
+    # 5-output layer whose cost is nothing beside the cells'.
+    h = h_dec_BxD.astype(jnp.promote_types(h_dec_BxD.dtype, jnp.float32))
+    return nn.Dense(5, name=name)(h)
 
   def _prior(self, h_dec_BxD: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     if not self.learned_prior:
       zeros = jnp.zeros((h_dec_BxD.shape[0], self.latent_dim), h_dec_BxD.dtype)
       return zeros, zeros
-    mean = jnp.tanh(nn.Dense(self.latent_dim, name="prior_mean")(h_dec_BxD))
-    log_std = jnp.tanh(nn.Dense(self.latent_dim, name="prior_log_std")(h_dec_BxD))
+    mean = jnp.tanh(self._dense(self.latent_dim, "prior_mean")(h_dec_BxD))
+    log_std = jnp.tanh(self._dense(self.latent_dim, "prior_log_std")(h_dec_BxD))
     return mean, 2.0 * log_std
 
   def _read(self, x: jnp.ndarray, x_hat: jnp.ndarray, h_dec_BxD: jnp.ndarray) -> jnp.ndarray:
@@ -115,7 +130,7 @@ class DrawStep(nn.Module):
     if not self.read_n:
       return jnp.concatenate([x.reshape(b, -1), x_hat.reshape(b, -1)], axis=-1)
     h, w, _ = self.image_shape
-    fy, fx, gamma = attention_window(nn.Dense(5, name="read_window")(h_dec_BxD), h, w, self.read_n)
+    fy, fx, gamma = attention_window(self._window(h_dec_BxD, "read_window"), h, w, self.read_n)
     glimpses = [read_window(img, fy, fx, gamma).reshape(b, -1) for img in (x, x_hat)]
     return jnp.concatenate(glimpses, axis=-1)
 
@@ -123,18 +138,19 @@ class DrawStep(nn.Module):
     b = h_dec_BxD.shape[0]
     h, w, c = self.image_shape
     if not self.write_n:
-      return nn.Dense(h * w * c, name="write")(h_dec_BxD).reshape(b, h, w, c)
+      return self._dense(h * w * c, "write")(h_dec_BxD).reshape(b, h, w, c)
     n = self.write_n
-    patch = nn.Dense(n * n * c, name="write_patch")(h_dec_BxD).reshape(b, n, n, c)
-    fy, fx, gamma = attention_window(nn.Dense(5, name="write_window")(h_dec_BxD), h, w, n)
+    patch = self._dense(n * n * c, "write_patch")(h_dec_BxD).reshape(b, n, n, c)
+    fy, fx, gamma = attention_window(self._window(h_dec_BxD, "write_window"), h, w, n)
     return write_window(patch, fy, fx, gamma)
 
   def _align(self, h_dec_BxD: jnp.ndarray, lang: tuple) -> tuple[jnp.ndarray, jnp.ndarray]:
     lang_BxLxF, keys_BxLxA, mask_BxL = lang
-    query_BxA = nn.Dense(self.align_features, name="align_query")(h_dec_BxD)
-    score_BxL = nn.Dense(1, use_bias=False, name="align_score")(
+    query_BxA = self._dense(self.align_features, "align_query")(h_dec_BxD)
+    score_BxL = self._dense(1, "align_score", use_bias=False)(
       jnp.tanh(keys_BxLxA + query_BxA[:, None, :])
     )[..., 0]
+    score_BxL = score_BxL.astype(jnp.promote_types(score_BxL.dtype, jnp.float32))  # softmax
     score_BxL = jnp.where(mask_BxL, score_BxL, jnp.finfo(score_BxL.dtype).min)
     alpha_BxL = jax.nn.softmax(score_BxL, axis=-1)
     return jnp.einsum("bl,blf->bf", alpha_BxL, lang_BxLxF), alpha_BxL
@@ -147,15 +163,16 @@ class DrawStep(nn.Module):
     h_dec_BxD = rnn.hidden(self.cell, dec_carry)
     b, z_dim = h_dec_BxD.shape[0], self.latent_dim
     p_mean, p_logvar = self._prior(h_dec_BxD)
-    eps_BxZ = jax.random.normal(self.make_rng("latent"), (b, z_dim), h_dec_BxD.dtype)
+    # drawn in the canvas's dtype (float32), so a lower computation dtype sees the same noise
+    eps_BxZ = jax.random.normal(self.make_rng("latent"), (b, z_dim), canvas.dtype)
     out = dict(p_mean=p_mean, p_logvar=p_logvar)
     if self.infer:
       x_hat = x_BxHxWxC - jax.nn.sigmoid(canvas)
       r_BxR = self._read(x_BxHxWxC, x_hat, h_dec_BxD)
-      encoder = rnn.make_cell(self.cell, self.enc_features, name="encoder")
+      encoder = rnn.make_cell(self.cell, self.enc_features, name="encoder", dtype=self.dtype)
       enc_carry, h_enc_BxE = encoder(enc_carry, jnp.concatenate([r_BxR, h_dec_BxD], axis=-1))
-      out["q_mean"] = nn.Dense(z_dim, name="q_mean")(h_enc_BxE)
-      out["q_logvar"] = nn.Dense(z_dim, name="q_logvar")(h_enc_BxE)
+      out["q_mean"] = self._dense(z_dim, "q_mean")(h_enc_BxE)
+      out["q_logvar"] = self._dense(z_dim, "q_logvar")(h_enc_BxE)
       z_BxZ = common.reparameterize(out["q_mean"], out["q_logvar"], eps_BxZ)
     else:
       z_BxZ = common.reparameterize(p_mean, p_logvar, eps_BxZ)
@@ -163,9 +180,9 @@ class DrawStep(nn.Module):
     if lang is not None:
       s_BxF, out["alignment"] = self._align(h_dec_BxD, lang)
       dec_in = jnp.concatenate([z_BxZ, s_BxF], axis=-1)
-    dec_carry, h_dec_BxD = rnn.make_cell(self.cell, self.dec_features, name="decoder")(
-      dec_carry, dec_in
-    )
+    dec_carry, h_dec_BxD = rnn.make_cell(
+      self.cell, self.dec_features, name="decoder", dtype=self.dtype
+    )(dec_carry, dec_in)
     canvas = canvas + self._write(h_dec_BxD)
     out["z"] = z_BxZ
     if not self.infer:
@@ -201,6 +218,7 @@ class DRAW(nn.Module):
   embed_dim: int = 64
   lang_features: int = 128  # per direction of the caption encoder
   align_features: int = 128
+  dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); params and canvas stay float32
 
   @nn.compact
   def __call__(
@@ -224,15 +242,22 @@ class DRAW(nn.Module):
     lang = None
     if self.vocab_size:
       lang_BxLxF, mask_BxL = rnn.BiRNN(
-        self.vocab_size, self.embed_dim, self.lang_features, self.cell, name="caption"
+        self.vocab_size,
+        self.embed_dim,
+        self.lang_features,
+        self.cell,
+        dtype=self.dtype,
+        name="caption",
       )(tokens_BxL)
-      keys_BxLxA = nn.Dense(self.align_features, use_bias=False, name="align_keys")(lang_BxLxF)
+      keys_BxLxA = nn.Dense(
+        self.align_features, use_bias=False, dtype=self.dtype, name="align_keys"
+      )(lang_BxLxF)
       lang = (lang_BxLxF, keys_BxLxA, mask_BxL)
     dtype = jnp.float32 if x_BxHxWxC is None else x_BxHxWxC.dtype
     canvas0 = self.param("canvas0", nn.initializers.zeros, tuple(self.image_shape), dtype)
     carry = (
-      rnn.zero_carry(self.cell, b, self.enc_features, dtype),
-      rnn.zero_carry(self.cell, b, self.dec_features, dtype),
+      rnn.zero_carry(self.cell, b, self.enc_features, self.dtype or dtype),
+      rnn.zero_carry(self.cell, b, self.dec_features, self.dtype or dtype),
       jnp.broadcast_to(canvas0, (b, *self.image_shape)),
     )
     scan = nn.scan(
@@ -253,6 +278,7 @@ class DRAW(nn.Module):
       self.align_features,
       self.learned_prior,
       infer=x_BxHxWxC is not None,
+      dtype=self.dtype,
       name="step",
     )
     (_, _, canvas), out = step(carry, x_BxHxWxC, lang)

@@ -9,6 +9,7 @@ defaults they are plain flax; `fast_ops=True` swaps in `jaxgen.ops`' reverse-mod
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ class Generator(nn.Module):
   kernel_size: int = 5
   num_classes: int = 0
   fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
+  dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
 
   @nn.compact
   def __call__(
@@ -34,20 +36,24 @@ class Generator(nn.Module):
     start, widths = common.resolution_plan(height, self.width, "DCGAN")
     # BatchNorm then ReLU
     norm = lambda name: ops.BatchNormAct(
-      use_running_average=not train, momentum=0.9, fused=self.fast_ops, name=name
+      use_running_average=not train,
+      momentum=0.9,
+      fused=self.fast_ops,
+      dtype=self.dtype,
+      name=name,
     )
     x = z_BxZ
     if self.num_classes:
       x = jnp.concatenate([x, common.one_hot(labels_B, self.num_classes, x.dtype)], axis=-1)
-    x = nn.Dense(start * start * widths[0], use_bias=False, name="dense")(x)
+    x = nn.Dense(start * start * widths[0], use_bias=False, dtype=self.dtype, name="dense")(x)
     x = x.reshape(x.shape[0], start, start, widths[0])
     x = norm("bn_dense")(x)
     k = (self.kernel_size, self.kernel_size)
     deconv = ops.ConvTranspose if self.fast_ops else nn.ConvTranspose
     for i, w in enumerate(widths[1:]):
-      x = deconv(w, k, strides=(2, 2), use_bias=False, name=f"deconv{i}")(x)
+      x = deconv(w, k, strides=(2, 2), use_bias=False, dtype=self.dtype, name=f"deconv{i}")(x)
       x = norm(f"bn{i}")(x)
-    x = deconv(channels, k, strides=(2, 2), name="to_image")(x)
+    x = deconv(channels, k, strides=(2, 2), dtype=self.dtype, name="to_image")(x)
     return jnp.tanh(x)
 
 
@@ -59,6 +65,7 @@ class Discriminator(nn.Module):
   kernel_size: int = 5
   num_classes: int = 0
   fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
+  dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
 
   @nn.compact
   def __call__(
@@ -69,20 +76,23 @@ class Discriminator(nn.Module):
     x = x_BxHxWxC
     conv = ops.Conv if self.fast_ops else nn.Conv
     for i, w in enumerate(reversed(widths)):
-      x = conv(w, k, strides=(2, 2), use_bias=i == 0, name=f"conv{i}")(x)
+      x = conv(w, k, strides=(2, 2), use_bias=i == 0, dtype=self.dtype, name=f"conv{i}")(x)
       if i > 0:  # BatchNorm then leaky ReLU; DCGAN has no BatchNorm on the input layer
         x = ops.BatchNormAct(
           use_running_average=not train,
           momentum=0.9,
           negative_slope=0.2,
           fused=self.fast_ops,
+          dtype=self.dtype,
           name=f"bn{i}",
         )(x)
       else:
         x = nn.leaky_relu(x, 0.2)
     h_BxF = x.reshape(x.shape[0], -1)
-    logits_B = nn.Dense(1, name="logit")(h_BxF)[:, 0]
+    logits_B = nn.Dense(1, dtype=self.dtype, name="logit")(h_BxF)[:, 0]
     if self.num_classes:  # projection discriminator (Miyato & Koyama 2018)
-      embed_BxF = nn.Embed(self.num_classes, h_BxF.shape[-1], name="class_embed")(labels_B)
+      embed_BxF = nn.Embed(self.num_classes, h_BxF.shape[-1], dtype=self.dtype, name="class_embed")(
+        labels_B
+      )
       logits_B = logits_B + jnp.sum(embed_BxF * h_BxF, axis=-1)
     return logits_B

@@ -23,26 +23,32 @@ class TanhCell(nn.Module):
   """One step of the tanh RNN: (h_BxH, x_BxI) -> (h'_BxH, h'_BxH)."""
 
   features: int
+  dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
 
   @nn.compact
   def __call__(self, h_BxH: jnp.ndarray, x_BxI: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     # Orthogonal W_hh keeps the norm of h through many steps at initialisation.
     hh = nn.Dense(
-      self.features, use_bias=False, kernel_init=nn.initializers.orthogonal(), name="hh"
+      self.features,
+      use_bias=False,
+      kernel_init=nn.initializers.orthogonal(),
+      dtype=self.dtype,
+      name="hh",
     )
-    xh = nn.Dense(self.features, name="xh")  # W_xh and b_h
+    xh = nn.Dense(self.features, dtype=self.dtype, name="xh")  # W_xh and b_h
     h_BxH = jnp.tanh(hh(h_BxH) + xh(x_BxI))
     return h_BxH, h_BxH
 
 
-def make_cell(kind: str, features: int, name: str | None = None) -> nn.Module:
-  """A cell of `kind` ("tanh", "lstm" or "gru") with `features` hidden units."""
+def make_cell(kind: str, features: int, name: str | None = None, dtype: Any = None) -> nn.Module:
+  """A cell of `kind` ("tanh", "lstm" or "gru") with `features` hidden units, computing in
+  `dtype` (None: as its inputs and float32 parameters)."""
   if kind == "tanh":
-    return TanhCell(features, name=name)
+    return TanhCell(features, dtype=dtype, name=name)
   if kind == "lstm":
-    return nn.OptimizedLSTMCell(features, name=name)
+    return nn.OptimizedLSTMCell(features, dtype=dtype, name=name)
   if kind == "gru":
-    return nn.GRUCell(features, name=name)
+    return nn.GRUCell(features, dtype=dtype, name=name)
   raise ConfigError(f"unknown RNN cell {kind!r}; choose one of {CELLS}")
 
 
@@ -62,13 +68,16 @@ class _MaskedStep(nn.Module):
 
   kind: str
   features: int
+  dtype: Any = None
 
   @nn.compact
   def __call__(
     self, carry: Any, inputs: tuple[jnp.ndarray, jnp.ndarray]
   ) -> tuple[Any, jnp.ndarray]:
     x_BxI, mask_B = inputs
-    new_carry, h_BxH = make_cell(self.kind, self.features, name="cell")(carry, x_BxI)
+    new_carry, h_BxH = make_cell(self.kind, self.features, name="cell", dtype=self.dtype)(
+      carry, x_BxI
+    )
     keep = lambda new, old: jnp.where(mask_B[:, None], new, old)
     return jax.tree.map(keep, new_carry, carry), jnp.where(mask_B[:, None], h_BxH, 0.0)
 
@@ -84,6 +93,7 @@ class RNN(nn.Module):
   out_features: int = 0
   cell: str = "tanh"
   reverse: bool = False
+  dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
 
   @nn.compact
   def __call__(
@@ -93,7 +103,7 @@ class RNN(nn.Module):
     if mask_BxT is None:
       mask_BxT = jnp.ones((b, t), bool)
     if carry is None:
-      carry = zero_carry(self.cell, b, self.features, x_BxTxI.dtype)
+      carry = zero_carry(self.cell, b, self.features, self.dtype or x_BxTxI.dtype)
     scan = nn.scan(
       _MaskedStep,
       variable_broadcast="params",
@@ -102,10 +112,12 @@ class RNN(nn.Module):
       out_axes=1,
       reverse=self.reverse,
     )
-    carry, h_BxTxH = scan(self.cell, self.features, name="scan")(carry, (x_BxTxI, mask_BxT))
+    carry, h_BxTxH = scan(self.cell, self.features, self.dtype, name="scan")(
+      carry, (x_BxTxI, mask_BxT)
+    )
     if not self.out_features:
       return carry, h_BxTxH
-    return carry, nn.Dense(self.out_features, name="hy")(h_BxTxH)  # W_hy and b_y
+    return carry, nn.Dense(self.out_features, dtype=self.dtype, name="hy")(h_BxTxH)  # W_hy and b_y
 
 
 class BiRNN(nn.Module):
@@ -119,13 +131,16 @@ class BiRNN(nn.Module):
   embed_dim: int = 64
   features: int = 128
   cell: str = "tanh"
+  dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
 
   @nn.compact
   def __call__(self, tokens_BxL: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     mask_BxL = tokens_BxL > 0
-    e_BxLxE = nn.Embed(self.vocab_size, self.embed_dim, name="embed")(tokens_BxL)
-    _, fwd_BxLxF = RNN(self.features, cell=self.cell, name="forward")(e_BxLxE, mask_BxL)
-    _, bwd_BxLxF = RNN(self.features, cell=self.cell, reverse=True, name="backward")(
+    e_BxLxE = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, name="embed")(tokens_BxL)
+    _, fwd_BxLxF = RNN(self.features, cell=self.cell, dtype=self.dtype, name="forward")(
       e_BxLxE, mask_BxL
     )
+    _, bwd_BxLxF = RNN(
+      self.features, cell=self.cell, reverse=True, dtype=self.dtype, name="backward"
+    )(e_BxLxE, mask_BxL)
     return jnp.concatenate([fwd_BxLxF, bwd_BxLxF], axis=-1), mask_BxL

@@ -13,6 +13,7 @@ Models know nothing of training: `train` is accepted for the shared `apply` but 
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -30,6 +31,7 @@ class Encoder(nn.Module):
   kernel_size: int = 4
   num_classes: int = 0
   fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
+  dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
 
   @nn.compact
   def __call__(
@@ -41,13 +43,13 @@ class Encoder(nn.Module):
     conv = ops.Conv if self.fast_ops else nn.Conv
     x = x_BxHxWxC
     for i, w in enumerate(reversed(widths)):
-      x = nn.swish(conv(w, k, strides=(2, 2), name=f"conv{i}")(x))
+      x = nn.swish(conv(w, k, strides=(2, 2), dtype=self.dtype, name=f"conv{i}")(x))
     h_BxF = x.reshape(x.shape[0], -1)
     if self.num_classes:
       h_BxF = jnp.concatenate(
         [h_BxF, common.one_hot(labels, self.num_classes, h_BxF.dtype)], axis=-1
       )
-    stats_Bx2Z = nn.Dense(2 * self.latent_dim, name="to_latent")(h_BxF)
+    stats_Bx2Z = nn.Dense(2 * self.latent_dim, dtype=self.dtype, name="to_latent")(h_BxF)
     mean_BxZ, logvar_BxZ = jnp.split(stats_Bx2Z, 2, axis=-1)
     return mean_BxZ, logvar_BxZ
 
@@ -61,6 +63,7 @@ class Decoder(nn.Module):
   kernel_size: int = 4
   num_classes: int = 0
   fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
+  dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
 
   @nn.compact
   def __call__(
@@ -71,13 +74,13 @@ class Decoder(nn.Module):
     x = z_BxZ
     if self.num_classes:
       x = jnp.concatenate([x, common.one_hot(labels, self.num_classes, x.dtype)], axis=-1)
-    x = nn.swish(nn.Dense(start * start * widths[0], name="dense")(x))
+    x = nn.swish(nn.Dense(start * start * widths[0], dtype=self.dtype, name="dense")(x))
     x = x.reshape(x.shape[0], start, start, widths[0])
     k = (self.kernel_size, self.kernel_size)
     deconv = ops.ConvTranspose if self.fast_ops else nn.ConvTranspose
     for i, w in enumerate(widths[1:]):
-      x = nn.swish(deconv(w, k, strides=(2, 2), name=f"deconv{i}")(x))
-    return deconv(self.out_channels, k, strides=(2, 2), name="to_image")(x)
+      x = nn.swish(deconv(w, k, strides=(2, 2), dtype=self.dtype, name=f"deconv{i}")(x))
+    return deconv(self.out_channels, k, strides=(2, 2), dtype=self.dtype, name="to_image")(x)
 
 
 class VAE(nn.Module):
@@ -94,6 +97,7 @@ class VAE(nn.Module):
   kernel_size: int = 4
   num_classes: int = 0
   fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
+  dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
 
   def setup(self):
     self.encoder = Encoder(
@@ -103,6 +107,7 @@ class VAE(nn.Module):
       self.kernel_size,
       self.num_classes,
       self.fast_ops,
+      self.dtype,
     )
     self.decoder = Decoder(
       self.image_shape,
@@ -111,6 +116,7 @@ class VAE(nn.Module):
       self.kernel_size,
       self.num_classes,
       self.fast_ops,
+      self.dtype,
     )
 
   def __call__(

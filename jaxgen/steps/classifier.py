@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import struct
 
+from jaxgen import config as config_lib
 from jaxgen import losses, ops
 from jaxgen.errors import UserError
 from jaxgen.models import classifier as classifier_models
@@ -36,6 +37,7 @@ def _model(hp: ml_collections.FrozenConfigDict) -> classifier_models.Classifier:
     feature_dim=hp.feature_dim,
     dropout=hp.dropout,
     fast_ops=hp.fast_ops,
+    dtype=common.compute_dtype(hp),
   )
 
 
@@ -55,6 +57,7 @@ def init_state(
       flip=m.flip,
       fast_ops=ops.use_fast_ops(config.get("fast_ops", "auto")),
       accum_steps=config.get("accum_steps", 1),
+      dtype=config_lib.check_dtype(config.get("dtype", "float32")),
     )
   )
   model = _model(hp)

@@ -12,6 +12,7 @@ from flax import struct
 from flax.training import train_state
 
 from jaxgen import losses
+from jaxgen.config import check_dtype
 from jaxgen.errors import ConfigError
 
 
@@ -51,17 +52,39 @@ def apply_gradients(
   return state.apply_gradients(grads=grads, **kwargs), logged
 
 
+def compute_dtype(config: ml_collections.ConfigDict) -> Any:
+  """The models' `dtype` for config.dtype (a config or a family's hp): None for "float32" (flax's
+  default: computed as inputs and float32 params, so float32 runs are unchanged), else e.g.
+  jnp.bfloat16. Raises a one-line ConfigError for an unsupported name."""
+  name = check_dtype(config.get("dtype", "float32"))
+  return None if name == "float32" else jnp.dtype(name)
+
+
+def at_least_float32(tree: Any) -> Any:
+  """`tree` with every floating leaf below float32 (bfloat16, float16) cast to float32."""
+
+  def cast(x):
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+      return x
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+  return jax.tree.map(cast, tree)
+
+
 def apply(
   model: nn.Module, state_params: Any, batch_stats: Any, *args: Any, train: bool, **kwargs: Any
 ) -> tuple[Any, Any]:
-  """Runs `model`, returning (output, updated batch_stats); stats change only when training."""
+  """Runs `model`, returning (output, updated batch_stats); stats change only when training.
+
+  Outputs of a model computing in a low precision (its `dtype`) come back float32, so every
+  loss, KL, log-likelihood and sample downstream is computed and returned in float32."""
   variables = {"params": state_params}
   if batch_stats:
     variables["batch_stats"] = batch_stats
   if train and batch_stats:
     out, updates = model.apply(variables, *args, train=True, mutable=["batch_stats"], **kwargs)
-    return out, updates["batch_stats"]
-  return model.apply(variables, *args, train=train, **kwargs), batch_stats
+    return at_least_float32(out), updates["batch_stats"]
+  return at_least_float32(model.apply(variables, *args, train=train, **kwargs)), batch_stats
 
 
 def init_model(model: nn.Module, key: jax.Array, *args: Any, **kwargs: Any) -> tuple[Any, Any]:

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 from flax import struct
 
+from jaxgen import config as config_lib
 from jaxgen import losses
 from jaxgen.data import captions
 from jaxgen.errors import ConfigError, UserError
@@ -52,6 +53,7 @@ def _model(hp: ml_collections.FrozenConfigDict) -> draw_models.DRAW:
     embed_dim=hp.embed_dim,
     lang_features=hp.lang_features,
     align_features=hp.align_features,
+    dtype=common.compute_dtype(hp),
   )
 
 
@@ -84,6 +86,7 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
       lang_features=m.get("lang_features", 128),
       align_features=m.get("align_features", 128),
       accum_steps=config.get("accum_steps", 1),
+      dtype=config_lib.check_dtype(config.get("dtype", "float32")),
     )
   )
   tokens = None

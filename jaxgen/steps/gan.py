@@ -9,6 +9,7 @@ import ml_collections
 import optax
 from flax import struct
 
+from jaxgen import config as config_lib
 from jaxgen import losses, ops
 from jaxgen.errors import ConfigError
 from jaxgen.models import gan as gan_models
@@ -31,6 +32,7 @@ def _models(hp: ml_collections.FrozenConfigDict):
     kernel_size=hp.kernel_size,
     num_classes=hp.num_classes,
     fast_ops=hp.fast_ops,
+    dtype=common.compute_dtype(hp),
   )
   return gan_models.Generator(**kw), gan_models.Discriminator(**kw)
 
@@ -50,6 +52,7 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
       ema_decay=m.ema_decay,
       fast_ops=ops.use_fast_ops(config.get("fast_ops", "auto")),
       accum_steps=config.get("accum_steps", 1),
+      dtype=config_lib.check_dtype(config.get("dtype", "float32")),
     )
   )
   if hp.loss not in losses.GAN_LOSSES:

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 from flax import struct
 
+from jaxgen import config as config_lib
 from jaxgen import losses, ops
 from jaxgen.errors import ConfigError
 from jaxgen.models import vae as vae_models
@@ -48,6 +49,7 @@ def _model(hp: ml_collections.FrozenConfigDict) -> vae_models.VAE:
     kernel_size=hp.kernel_size,
     num_classes=hp.num_classes,
     fast_ops=hp.fast_ops,
+    dtype=common.compute_dtype(hp),
   )
 
 
@@ -69,6 +71,7 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
       likelihood=m.likelihood,
       fast_ops=ops.use_fast_ops(config.get("fast_ops", "auto")),
       accum_steps=config.get("accum_steps", 1),
+      dtype=config_lib.check_dtype(config.get("dtype", "float32")),
     )
   )
   model = _model(hp)
