@@ -61,8 +61,8 @@ def test_an_object_field_keeps_its_type_and_takes_any_value():
     (
       "modl.width",
       "8",
-      "--config.modl.width: no field 'modl' in the config; fields here: ['batch_size', "
-      "'checkpoint_every', 'data', 'eval_every', 'eval_num_samples', 'fast_ops', "
+      "--config.modl.width: no field 'modl' in the config; fields here: ['accum_steps', "
+      "'batch_size', 'checkpoint_every', 'data', 'dtype', 'eval_every', 'eval_num_samples', 'fast_ops', "
       "'keep_checkpoints', 'log_every', 'max_loss', 'model', 'num_grid_samples', 'num_steps', "
       "'optim', 'sample_every', 'seed', 'xla_cpu_eigen_convs']",
     ),

@@ -224,10 +224,11 @@ def test_readme_is_parsed_into_the_commands_it_shows():
     ["tensorboard", "--logdir"],
     ["source", ".venv/bin/activate"],
     ["jaxgen", "train"],  # indented block
+    ["gcloud", "compute"],
     ["make", "bench"],
     ["python", "-m"],
-    ["make", "device-check"],
     ["python", "-m"],  # benchmarks.loop
+    ["make", "device-check"],
   ]
   assert readme_commands(sections(markdown)[VAE_SECTION])[0].startswith("jaxgen train")
   assert len(python_blocks(markdown)) == 2
