@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import DRAW_TINY, REPO
 
 from jaxgen import cli, evaluation, trainer
 from jaxgen import config as config_lib
@@ -492,19 +492,7 @@ def test_caption_metrics_score_samples_per_caption_against_the_real_canvases(can
 
 def test_tiny_aligndraw_gets_caption_rows_a_real_canvas_floor_and_bounds(canvases, monkeypatch):
   config = config_lib.load(REPO / "experiments/configs/aligndraw_captions.py")
-  config.model.update(
-    dict(
-      draw_steps=2,
-      latent_dim=4,
-      enc_features=16,
-      dec_features=16,
-      read_n=2,
-      write_n=3,
-      embed_dim=8,
-      lang_features=8,
-      align_features=8,
-    )
-  )
+  config.model.update({**DRAW_TINY, "draw_steps": 2})
   config.data.name = "captioned_fashion_mnist/small"
   config.eval = {"num_test_images": 16, "num_importance": 2, "batch_size": 8, "seed": 0}
   n = len(canvases["tokens"])

@@ -22,12 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen.metrics import duplicates
 from jaxgen.metrics.distances import (
   DEFAULT_CHUNK_SIZE,
   ArrayLike,
   as_f32,
   centre,
-  knn_radii_sq,
   map_rows,
   pairwise_sq_distances,
 )
@@ -68,9 +68,10 @@ def memorization_threshold(
     raise ValueError(f"memorization needs >= 2 training points, got {np.shape(train_NxD)[0]}.")
   if not 0.0 < quantile < 1.0:
     raise ValueError(f"quantile must be in (0, 1), got {quantile}.")
-  (train,) = centre(train_NxD)
-  d_N = np.sqrt(np.asarray(knn_radii_sq(train, 1, chunk_size=chunk_size), np.float64))
-  return float(np.quantile(d_N, quantile))
+  # The same statistic as the near-duplicate threshold, at another quantile.
+  return duplicates.duplicate_threshold(
+    train_NxD, percentile=100.0 * quantile, chunk_size=chunk_size
+  )
 
 
 def memorization_rate(
