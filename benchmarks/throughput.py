@@ -312,9 +312,10 @@ def measure(family: str, config, num_devices: int, args, dtype: str = "float32")
   if times:  # jaxgen against the fastest PyTorch variant of this row
     best = min(times, key=lambda n: row[f"{n}_ms_per_step"])[len("torch_") :]
     row.update(torch_best=best, ratio=row[f"ratio_{best}"])
-    from benchmarks import torch_peer
+    if importlib.util.find_spec("torch") is not None:
+      from benchmarks import torch_peer
 
-    row["torch_peak_mib"] = torch_peer.peak_memory_mib()
+      row["torch_peak_mib"] = torch_peer.peak_memory_mib()
   return row
 
 
