@@ -16,8 +16,8 @@ device x devices elsewhere); memory per device (XLA's arguments + temporaries of
 step, and, where the backend reports one, the device's peak in use so far in the process:
 "n/a" on CPU); and, on one device, the PyTorch peer's images/s in each variant of
 `--peers` (eager, fused optimizer + channels_last, torch.compile of the whole step; its
-compile time in a column of its own, never in the timed runs) and, on CUDA, the peers' peak
-allocated memory (benchmarks/torch_peer.py, if torch is installed: `pip install -e
+compile time in a column of its own, never in the timed runs) and, on CUDA, the peak
+allocated memory of the row's peer steps (the largest variant's) (benchmarks/torch_peer.py, if torch is installed: `pip install -e
 ".[bench]"`; it runs only where it sees the same kind of device as JAX), and the ratio
 jaxgen / the fastest variant of the row (named beside it). All are timed in turn, run for
 run, so that a change in the machine's load touches them alike.
@@ -444,7 +444,8 @@ def _run_here(args) -> dict:
             notes.append(f"{family} {row['image']} {dtype} batch {batch_size}: failed ({e!r:.200})")
             continue
           if "load_samples" in row:
-            what = f"{family} {row['image']} {dtype} batch {batch_size} on {num_devices}"
+            what = f"{family} {row['image']} {dtype} batch {batch_size} ({num_devices} device"
+            what += "s)" if num_devices > 1 else ")"
             mark_load(row, row.pop("load_samples"), what)
           row["peak_fraction"] = row["gflops"] / (peaks[dtype]["matmul_peak_gflops"] * scale)
         rows.append(row)

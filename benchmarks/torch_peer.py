@@ -137,7 +137,6 @@ VARIANTS = ("eager", "fused", "compile")
 # compile time, which on a shared machine would pick kernels by noise and take minutes on CPU;
 # `--compile_mode max-autotune-no-cudagraphs` in the benchmark measures the autotuned form.
 COMPILE_MODE = "default"
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # channels_last (NHWC) for the "fused" and "compile" variants: oneDNN's and cuDNN's
 # convolutions prefer it; DRAW has no convolutions. Not yet timed against NCHW: the
 # integrator confirms these per model on a quiet machine (`--channels_last on|off` overrides).
@@ -184,11 +183,12 @@ def compile_unavailable() -> str | None:
 
 
 def options(family: str, variant: str, channels_last: bool | None = None) -> Options:
-  """The build options of `variant` for `family` (channels_last None: CHANNELS_LAST's)."""
+  """The build options of `variant` for `family`; `channels_last` (None: CHANNELS_LAST's)
+  applies to "fused" and "compile", "eager" keeps PyTorch's defaults."""
   if variant not in VARIANTS:
     raise ValueError(f"unknown PyTorch peer variant {variant!r}: choose from {', '.join(VARIANTS)}")
   if variant == "eager":
-    return Options(channels_last=bool(channels_last))
+    return Options()
   cl = CHANNELS_LAST[family] if channels_last is None else channels_last
   fused = variant == "fused" and fused_optimizer_supported()
   return Options(optimizer=(("fused", True),) if fused else (("foreach", True),), channels_last=cl)

@@ -14,7 +14,7 @@ if str(REPO) not in sys.path:  # benchmarks/ is a top-level folder, not part of 
 from benchmarks import loop, throughput  # noqa: E402
 from jaxgen import runlog  # noqa: E402
 
-TINY = ["--batch_sizes", "8", "--repeats", "1", "--steps", "1", "--warmup", "1", "--quiet"]
+TINY = ["--batch_sizes", "8", "--repeats", "2", "--steps", "1", "--warmup", "1", "--quiet"]
 
 
 def test_throughput_smoke(tmp_path, capsys):
@@ -32,6 +32,10 @@ def test_throughput_smoke(tmp_path, capsys):
     assert r["images_per_s"] == pytest.approx(8 / sec, rel=1e-9)
     assert r["gflops"] == pytest.approx(r["gflop_per_step"] / sec, rel=1e-9)
     assert r["peak_fraction"] == pytest.approx(r["gflops"] / peak, rel=1e-9)
+    s = r["images_per_s_spread"]  # over the repeats; the median is the row's figure
+    assert s["min"] <= s["median"] == r["images_per_s"] <= s["max"]
+    assert set(r["load"]) == {"before", "during", "after"} and isinstance(r["loaded"], bool)
+    assert r["other_cores"] == max(x["other_cores"] for x in r["load"].values())
   # the GAN step (D and G passes) costs several times the VAE's at these sizes
   assert rows["gan"]["gflop_per_step"] > 2 * rows["vae"]["gflop_per_step"]
   table = capsys.readouterr().out
@@ -360,7 +364,7 @@ def test_rows_taken_under_load_are_marked_and_warned(tmp_path, monkeypatch, caps
   out, err = capsys.readouterr()
   assert "1.7 (loaded)" in out and "matmul peak float32 100 (loaded) GFLOP/s" in out
   assert "warning: starting under load (1.70 other busy cores" in err
-  assert "warning: vae 28x28x1 float32 batch 8 on 1 was measured under load (1.70" in err
+  assert "warning: vae 28x28x1 float32 batch 8 (1 device) was measured under load (1.70" in err
   assert "busiest: stress 1.70" in err
 
 
