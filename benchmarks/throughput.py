@@ -238,16 +238,16 @@ def torch_runners(family: str, config, args, dtype: str = "float32") -> tuple[di
   facts and notes}). The peer runs only on the kind of device JAX runs on (CUDA for "gpu",
   the CPU for "cpu"); a variant that cannot run here gets a `torch_<variant>_note`."""
   if importlib.util.find_spec("torch") is None:
-    return None, dict(torch_note='torch not installed (pip install -e ".[bench]")')
+    return {}, dict(torch_note='torch not installed (pip install -e ".[bench]")')
   import jax
 
   from benchmarks import torch_peer
 
   if family not in torch_peer.PEERS:
-    return None, dict(torch_note=f"no PyTorch peer for {family}")
+    return {}, dict(torch_note=f"no PyTorch peer for {family}")
   jax_kind = {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
   if torch_peer.device().type != jax_kind:
-    return None, dict(torch_note=f"PyTorch sees {torch_peer.device()}, not JAX's {jax_kind}")
+    return {}, dict(torch_note=f"PyTorch sees {torch_peer.device()}, not JAX's {jax_kind}")
   import torch
 
   torch_peer.reset_peak_memory()
@@ -443,6 +443,11 @@ def _run_here(args) -> dict:
           except Exception as e:  # e.g. an image size the family's model cannot take
             notes.append(f"{family} {row['image']} {dtype} batch {batch_size}: failed ({e!r:.200})")
             continue
+          notes += [
+            f"{family} {row['image']} {dtype} batch {batch_size}: PyTorch {k[6:-5] or 'peer'}: {v}"
+            for k, v in row.items()
+            if k.startswith("torch_") and k.endswith("note")
+          ]
           if "load_samples" in row:
             what = f"{family} {row['image']} {dtype} batch {batch_size} ({num_devices} device"
             what += "s)" if num_devices > 1 else ")"

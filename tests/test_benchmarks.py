@@ -219,12 +219,16 @@ def test_compile_peer_without_a_compiler_is_skipped_with_the_reason(monkeypatch)
   args = throughput.parse_args(["--peers", "eager,compile", "--warmup", "1"])
   runs, facts = throughput.torch_runners("vae", _tiny_vae(), args)
   assert list(runs) == ["eager"] and "C++ compiler" in facts["torch_compile_note"]
+  assert throughput.torch_runners("nonesuch", _tiny_vae(), args) == (
+    {},
+    {"torch_note": "no PyTorch peer for nonesuch"},
+  )
 
 
 @pytest.mark.slow
 def test_compile_peer_matches_the_eager_peer_after_one_step():
   """A real torch.compile of the VAE step (~80 s of inductor C++ builds on a loaded 2-core
-  VM). Same seed, so the same weights, batch and noise (inductor draws eager's random
+  VM; less once inductor's on-disk cache holds them). Same seed, so the same weights, batch and noise (inductor draws eager's random
   numbers with fallback_random); the losses before and after one Adam step agree to float32
   summation error: the loss sums 4 x 784 per-pixel terms, whose reordering by the compiler
   moves the sum by about sqrt(n) ulps relative, n = 3136 (56 * 2^-23 = 6.7e-6)."""
