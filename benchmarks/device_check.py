@@ -127,6 +127,8 @@ def run_throughput(args, quick: bool) -> dict:
     argv += ["--families", ",".join(args.families)]
   if args.no_torch:
     argv.append("--no_torch")
+  else:
+    argv += ["--peers", ",".join(args.peers)]
   print("+ python -m benchmarks.throughput", " ".join(argv), flush=True)
   t0 = time.perf_counter()
   result = throughput.run_here(throughput.parse_args(argv))
@@ -165,6 +167,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   )
   p.add_argument("--no_torch", action="store_true", help="skip the PyTorch peer")
   p.add_argument(
+    "--peers",
+    type=csv,
+    default=["eager", "fused"],
+    # torch.compile takes a minute or more per row: all rows would not fit BUDGET_S
+    help="PyTorch peer variants (default eager,fused; add compile at its compile-time cost)",
+  )
+  p.add_argument(
     "--setup_s", type=float, default=None, help="seconds the installation took (from the script)"
   )
   args = p.parse_args(argv)
@@ -197,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
       matmul_precision=args.matmul_precision,
       precision_statement=throughput.precision_statement(args.matmul_precision),
       dtypes=args.dtypes,
+      torch_peers=[] if args.no_torch else args.peers,
       torch_bfloat16="torch.autocast(dtype=torch.bfloat16): float32 parameters, bfloat16 compute",
       jax_dtype=(
         "config.dtype: bfloat16 compute, float32 parameters, optimizer state and losses (rows "
@@ -206,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
       memory=(
         "jax: XLA MiB = the compiled step's arguments + temporaries; dev peak MiB = the "
         "device's peak bytes in use so far in this process (memory_stats; n/a on CPU). "
-        "torch: max_memory_allocated during its own step (n/a on CPU)"
+        "torch: max_memory_allocated over its variants' steps (n/a on CPU)"
       ),
     ),
   )

@@ -8,16 +8,30 @@ For each family (its config in experiments/configs/, *_fashion.py first), image 
 size (default: the config's, half and double it) and device count it compiles the family's
 `train_step` once ahead of time (jaxgen.trainer's `compile_train_step`, state donated, batch
 sharded over a "data" mesh) and reports: compile seconds; ms per step and images/s (median of
-`--repeats` timed runs of `--steps` steps after warm-up, each ended by block_until_ready);
+`--repeats` timed runs of `--steps` steps after warm-up, each ended by block_until_ready; the
+images/s cells show median (min-max) over the repeats, the JSON all three of both);
 GFLOP per step from XLA's cost analysis (all devices together); achieved GFLOP/s and its
 ratio to the measured matmul peak in the row's dtype (of the host's cores on CPU, of one
 device x devices elsewhere); memory per device (XLA's arguments + temporaries of the compiled
 step, and, where the backend reports one, the device's peak in use so far in the process:
-"n/a" on CPU); and, on one device, the PyTorch peer's images/s and, on CUDA, its peak
-allocated memory (benchmarks/torch_peer.py, if torch is installed: `pip install -e
-".[bench]"`; it runs only where it sees the same kind of device as JAX) and the ratio
-jaxgen / PyTorch. The two are timed in turn, run for run, so that a change in the machine's
-load touches both alike.
+"n/a" on CPU); and, on one device, the PyTorch peer's images/s in each variant of
+`--peers` (eager, fused optimizer + channels_last, torch.compile of the whole step; its
+compile time in a column of its own, never in the timed runs) and, on CUDA, the peak
+allocated memory of the row's peer steps (the largest variant's) (benchmarks/torch_peer.py, if torch is installed: `pip install -e
+".[bench]"`; it runs only where it sees the same kind of device as JAX), and the ratio
+jaxgen / the fastest variant of the row (named beside it). All are timed in turn, run for
+run, so that a change in the machine's load touches them alike.
+
+What is timed: the train step alone, called again and again on one fixed batch already on
+the device; data loading, logging and checkpoints are not in it (python -m benchmarks.loop
+times the whole loop beside the step).
+
+Load. Other processes on the machine take cores from the benchmark, and PyTorch's spinning
+worker threads lose far more to them than XLA does, so ratios taken under load mislead. The
+CPU time other processes use (benchmarks.timing.machine_load: /proc/stat less this process
+and its children) is measured before the run, and before, during and after every row and the
+matmul peak; over QUIET_CORES (0.5) cores the row is marked "(loaded)" and a warning is
+printed. `--require_quiet` refuses to start on a busy machine (`--force` measures anyway).
 
 Precision. `--dtypes float32,bfloat16` sets each config's `dtype` (jaxgen's computation
 dtype, see README "Mixed precision"; a dtype jaxgen does not support, float16 for now, or a
@@ -44,13 +58,21 @@ import itertools
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.timing import interleaved, matmul_peak_gflops
+from benchmarks.timing import (
+  QUIET_CORES,
+  describe_load,
+  interleaved,
+  is_loaded,
+  machine_load,
+  matmul_peak_gflops,
+  spread,
+  watched,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "experiments" / "configs"
@@ -58,24 +80,45 @@ MEMORY = ("device_peak_mib", "torch_peak_mib")  # "n/a" where the backend report
 NOT_SUPPORTED = "not supported yet"
 DTYPES = ("float32", "bfloat16", "float16")  # --dtypes (the PyTorch peer: the first two)
 JAX_PRECISION = {"highest": "highest", "tf32": "tensorfloat32"}  # --matmul_precision -> jax
-COLUMNS = (  # (key, header, format)
-  ("family", "family", "{}"),
-  ("image", "image", "{}"),
-  ("dtype", "dtype", "{}"),
-  ("batch", "batch", "{}"),
-  ("devices", "dev", "{}"),
-  ("compile_s", "compile s", "{:.1f}"),
-  ("ms_per_step", "ms/step", "{:.1f}"),
-  ("images_per_s", "img/s", "{:.0f}"),
-  ("gflop_per_step", "GFLOP/step", "{:.2f}"),
-  ("gflops", "GFLOP/s", "{:.1f}"),
-  ("peak_fraction", "% peak", "{:.0%}"),
-  ("memory_mib", "XLA MiB", "{:.0f}"),
-  ("device_peak_mib", "dev peak MiB", "{:.0f}"),
-  ("torch_images_per_s", "torch img/s", "{:.0f}"),
-  ("torch_peak_mib", "torch MiB", "{:.0f}"),
-  ("ratio", "jax/torch", "{:.2f}x"),
+# the PyTorch peer's variants (benchmarks/torch_peer.VARIANTS; torch itself is optional here)
+PEER_VARIANTS = ("eager", "fused", "compile")
+TABLE_NOTE = (
+  "Times the train step alone, run again and again on one fixed batch already on the device"
+  " (no data loading, logging, checkpoints); the whole training loop: python -m benchmarks.loop"
 )
+SPREAD = "{median:.0f} ({min:.0f}-{max:.0f})"  # images/s: median (min-max) over the repeats
+
+
+def columns(peers: tuple[str, ...] = PEER_VARIANTS) -> tuple:
+  """(key, header, format) of each column, a pair per PyTorch peer variant in `peers`."""
+  cols = [
+    ("family", "family", "{}"),
+    ("image", "image", "{}"),
+    ("dtype", "dtype", "{}"),
+    ("batch", "batch", "{}"),
+    ("devices", "dev", "{}"),
+    ("compile_s", "compile s", "{:.1f}"),
+    ("ms_per_step", "ms/step", "{:.1f}"),
+    ("images_per_s_spread", "img/s med (min-max)", SPREAD),
+    ("gflop_per_step", "GFLOP/step", "{:.2f}"),
+    ("gflops", "GFLOP/s", "{:.1f}"),
+    ("peak_fraction", "% peak", "{:.0%}"),
+    ("memory_mib", "XLA MiB", "{:.0f}"),
+    ("device_peak_mib", "dev peak MiB", "{:.0f}"),
+  ]
+  for v in peers:
+    cols.append((f"torch_{v}_images_per_s_spread", f"torch {v} img/s", SPREAD))
+    if v == "compile":  # compiling is paid once, in the untimed warm-up: shown on its own
+      cols.append(("torch_compile_setup_s", "torch compile s", "{:.1f}"))
+  cols += [
+    ("torch_peak_mib", "torch MiB", "{:.0f}"),
+    ("ratio_best", "jax/best torch", "{}"),
+    ("other_cores", "other cores", "{:.1f}"),
+  ]
+  return tuple(cols)
+
+
+COLUMNS = columns()
 
 
 # ------------------------------------------------------------------ what to measure
@@ -190,55 +233,127 @@ def jax_runner(family_name: str, config, num_devices: int, warmup: int) -> tuple
   return run, row
 
 
-def torch_runner(family: str, config, warmup: int, dtype: str = "float32") -> tuple:
-  """(`run(k)` of the PyTorch peer's train step, or None, {torch_* facts or torch_note}).
-  The peer runs only on the kind of device JAX runs on (CUDA for "gpu", the CPU for "cpu")."""
+def torch_runners(family: str, config, args, dtype: str = "float32") -> tuple[dict, dict]:
+  """({variant: `run(k)`} of the PyTorch peer's train step in each of `args.peers`, {torch_*
+  facts and notes}). The peer runs only on the kind of device JAX runs on (CUDA for "gpu",
+  the CPU for "cpu"); a variant that cannot run here gets a `torch_<variant>_note`."""
   if importlib.util.find_spec("torch") is None:
-    return None, dict(torch_note='torch not installed (pip install -e ".[bench]")')
+    return {}, dict(torch_note='torch not installed (pip install -e ".[bench]")')
   import jax
 
   from benchmarks import torch_peer
 
   if family not in torch_peer.PEERS:
-    return None, dict(torch_note=f"no PyTorch peer for {family}")
+    return {}, dict(torch_note=f"no PyTorch peer for {family}")
   jax_kind = {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
   if torch_peer.device().type != jax_kind:
-    return None, dict(torch_note=f"PyTorch sees {torch_peer.device()}, not JAX's {jax_kind}")
-  torch_peer.reset_peak_memory()
-  try:
-    run = torch_peer.runner(family, config, config.batch_size, warmup, dtype)
-  except NotImplementedError as e:
-    return None, dict(torch_note=str(e))
+    return {}, dict(torch_note=f"PyTorch sees {torch_peer.device()}, not JAX's {jax_kind}")
   import torch
 
-  return run, dict(torch_threads=torch.get_num_threads(), torch_device=str(torch_peer.device()))
+  torch_peer.reset_peak_memory()
+  runs, facts = (
+    {},
+    dict(torch_threads=torch.get_num_threads(), torch_device=str(torch_peer.device())),
+  )
+  for v in args.peers:
+    try:
+      run = torch_peer.runner(
+        family,
+        config,
+        config.batch_size,
+        args.warmup,
+        dtype,
+        variant=v,
+        channels_last={"on": True, "off": False}.get(args.channels_last),
+        compile_mode=args.compile_mode,
+      )
+    except NotImplementedError as e:
+      facts[f"torch_{v}_note"] = str(e)
+      continue
+    except Exception as e:  # e.g. inductor failing on one model: the other variants still run
+      facts[f"torch_{v}_note"] = f"failed ({e!r:.200})"
+      continue
+    runs[v] = run
+    facts[f"torch_{v}_setup_s"] = run.setup_s
+    facts[f"torch_{v}_settings"] = run.facts
+  return runs, facts
+
+
+def timing_figures(prefix: str, times: list[float], batch_size: int) -> dict:
+  """{prefix}ms_per_step (median), {prefix}images_per_s (median), and both as
+  {min, median, max} over the repeats (`..._spread`; the fastest repeat is images/s' max)."""
+  ms = {k: 1e3 * v for k, v in spread(times).items()}
+  ips = dict(min=1e3 * batch_size / ms["max"], median=1e3 * batch_size / ms["median"])
+  ips["max"] = 1e3 * batch_size / ms["min"]
+  return {
+    f"{prefix}ms_per_step": ms["median"],
+    f"{prefix}ms_per_step_spread": ms,
+    f"{prefix}images_per_s": ips["median"],
+    f"{prefix}images_per_s_spread": ips,
+  }
 
 
 def measure(family: str, config, num_devices: int, args, dtype: str = "float32") -> dict:
-  """One row: jaxgen's step (and on one device the PyTorch peer's, timed interleaved with it)."""
+  """One row: jaxgen's step (and on one device each PyTorch peer variant's, timed interleaved
+  with it), with the machine's load before, during and after the timed runs."""
   run, row = jax_runner(family, config, num_devices, args.warmup)
   runners = {"jax": run}
   if num_devices == 1 and not args.no_torch:
-    torch_run, facts = torch_runner(family, config, args.warmup, dtype)
+    torch_runs, facts = torch_runners(family, config, args, dtype)
     row.update(facts)
-    if torch_run is not None:
-      runners["torch"] = torch_run
-  times = interleaved(runners, args.repeats, args.steps)
-  sec = statistics.median(times["jax"])
-  row.update(
-    ms_per_step=1e3 * sec, images_per_s=config.batch_size / sec, gflops=row["gflop_per_step"] / sec
-  )
-  if "torch" in times:
-    torch_sec = statistics.median(times["torch"])
-    row.update(
-      torch_ms_per_step=1e3 * torch_sec,
-      torch_images_per_s=config.batch_size / torch_sec,
-      ratio=torch_sec / sec,
-    )
-    from benchmarks import torch_peer
+    runners.update({f"torch_{v}": r for v, r in torch_runs.items()})
+  times, row["load_samples"] = watched(lambda: interleaved(runners, args.repeats, args.steps))
+  b = config.batch_size
+  row.update(timing_figures("", times.pop("jax"), b))
+  row["gflops"] = row["gflop_per_step"] / (row["ms_per_step"] / 1e3)
+  for name, t in times.items():
+    row.update(timing_figures(f"{name}_", t, b))
+    row[f"ratio_{name[len('torch_') :]}"] = row[f"{name}_ms_per_step"] / row["ms_per_step"]
+  if times:  # jaxgen against the fastest PyTorch variant of this row
+    best = min(times, key=lambda n: row[f"{n}_ms_per_step"])[len("torch_") :]
+    row.update(torch_best=best, ratio=row[f"ratio_{best}"])
+    if importlib.util.find_spec("torch") is not None:
+      from benchmarks import torch_peer
 
-    row["torch_peak_mib"] = torch_peer.peak_memory_mib()
+      row["torch_peak_mib"] = torch_peer.peak_memory_mib()
   return row
+
+
+def mark_load(row: dict, samples: dict, what: str, prefix: str = "") -> None:
+  """Adds `watched`'s load samples to `row` (`load`: before/during/after, `other_cores`: the
+  most other work seen in them, `loaded`; each key after `prefix`) and warns on stderr when
+  other work exceeded QUIET_CORES."""
+  load = {k: s for k, s in samples.items() if k != "loaded"}
+  worst = max(load.values(), key=lambda s: s["other_cores"])
+  row[f"{prefix}load"], row[f"{prefix}loaded"] = load, samples["loaded"]
+  row[f"{prefix}other_cores"] = worst["other_cores"]
+  if samples["loaded"]:
+    print(
+      f"warning: {what} was measured under load ({describe_load(worst)}; over {QUIET_CORES} "
+      "cores counts as loaded): its figures are marked (loaded) and are not comparable",
+      file=sys.stderr,
+      flush=True,
+    )
+
+
+def check_quiet(args) -> dict:
+  """The machine's load before starting; refuses (SystemExit, one line) with --require_quiet
+  when other work uses more than QUIET_CORES cores, unless --force; else warns if loaded."""
+  sample = machine_load(1.0)
+  if is_loaded(sample):
+    if args.require_quiet and not args.force:
+      raise SystemExit(
+        f"the machine is busy: {describe_load(sample)}, over the {QUIET_CORES} allowed by "
+        "--require_quiet; wait until the other work ends, or add --force to measure anyway "
+        "(rows taken under load are marked (loaded))"
+      )
+    print(
+      f"warning: starting under load ({describe_load(sample)}): rows taken under load are "
+      "marked (loaded); --require_quiet refuses to start on a busy machine",
+      file=sys.stderr,
+      flush=True,
+    )
+  return sample
 
 
 def machine(peak: dict, peaks: dict[str, float], matmul_precision: str) -> dict:
@@ -256,6 +371,7 @@ def machine(peak: dict, peaks: dict[str, float], matmul_precision: str) -> dict:
     python=platform.python_version(),
     jax=jax.__version__,
     load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    quiet_threshold_cores=QUIET_CORES,
     **peak,
   )
   if importlib.util.find_spec("torch") is not None:
@@ -289,6 +405,8 @@ def _run_here(args) -> dict:
     dtype: matmul_peak_gflops(dtype=dtype, size=args.peak_size)
     for dtype in dict.fromkeys(["float32", *args.dtypes])
   }
+  for dtype, peak in peaks.items():
+    mark_load(peak, peak.pop("matmul_peak_load"), f"the {dtype} matmul peak", "matmul_peak_")
   info = machine(
     peaks["float32"], {k: v["matmul_peak_gflops"] for k, v in peaks.items()}, args.matmul_precision
   )
@@ -325,11 +443,25 @@ def _run_here(args) -> dict:
           except Exception as e:  # e.g. an image size the family's model cannot take
             notes.append(f"{family} {row['image']} {dtype} batch {batch_size}: failed ({e!r:.200})")
             continue
+          notes += [
+            f"{family} {row['image']} {dtype} batch {batch_size}: PyTorch {k[6:-5] or 'peer'}: {v}"
+            for k, v in row.items()
+            if k.startswith("torch_") and k.endswith("note")
+          ]
+          if "load_samples" in row:
+            what = f"{family} {row['image']} {dtype} batch {batch_size} ({num_devices} device"
+            what += "s)" if num_devices > 1 else ")"
+            mark_load(row, row.pop("load_samples"), what)
           row["peak_fraction"] = row["gflops"] / (peaks[dtype]["matmul_peak_gflops"] * scale)
         rows.append(row)
         if not args.quiet:
-          print(format_table([row], header=not rows[:-1]), flush=True)
+          print(format_table([row], header=not rows[:-1], peers=peers_of(args)), flush=True)
   return dict(machine=info, rows=rows, notes=notes)
+
+
+def peers_of(args) -> tuple[str, ...]:
+  """The PyTorch peer variants this run times (none with --no_torch)."""
+  return () if args.no_torch else tuple(args.peers)
 
 
 def batch_sizes(requested: list | None, path: Path) -> list[int]:
@@ -355,23 +487,39 @@ def default_batch_sizes(batch_size: int) -> list[int]:
 # -------------------------------------------------------------------------- output
 
 
-def format_table(rows: list[dict], header: bool = True) -> str:
-  """Fixed-width text table; '-' where a value is missing ("n/a" for memory the backend does
-  not report); a row with a "status" (e.g. "not supported yet") shows it after its dtype."""
+def row_peers(rows: list[dict]) -> tuple[str, ...]:
+  """The PyTorch peer variants that ran (or were tried) in any of `rows`."""
+  return tuple(
+    v for v in PEER_VARIANTS if any(k.startswith(f"torch_{v}_") for r in rows for k in r)
+  )
+
+
+def format_table(rows: list[dict], header: bool = True, peers: tuple | None = None) -> str:
+  """Fixed-width text table, a column per PyTorch peer variant in `peers` (default: those in
+  the rows); '-' where a value is missing ("n/a" for memory the backend does not report); a
+  row with a "status" (e.g. "not supported yet") shows it after its dtype. The header starts
+  with TABLE_NOTE (what is timed). "jax/best torch": jaxgen's images/s over the fastest
+  variant's, and which that was; "other cores": the most CPU cores other processes used
+  before, during or after the row's timed runs, "(loaded)" when over QUIET_CORES."""
+  cols = columns(row_peers(rows) if peers is None else tuple(peers))
 
   def cell(r: dict, k: str, fmt: str) -> str:
-    if r.get(k) is not None:
-      return fmt.format(r[k])
-    return "n/a" if k in MEMORY and "ms_per_step" in r else "-"
+    if k == "ratio_best" and r.get("ratio") is not None:
+      return f"{r['ratio']:.2f}x {r['torch_best']}"
+    if r.get(k) is None:
+      return "n/a" if k in MEMORY and "ms_per_step" in r else "-"
+    return fmt.format(**r[k]) if isinstance(r[k], dict) else fmt.format(r[k])
 
-  cells = [[cell(r, k, fmt) for k, _, fmt in COLUMNS] for r in rows]
-  widths = [
-    max(len(h), 12 if k in ("torch_images_per_s", "device_peak_mib") else 0, 5)
-    for k, h, _ in COLUMNS
-  ]
-  widths = [max([w] + [len(c[i]) for c in cells]) for i, w in enumerate(widths)]
+  def cells_of(r: dict) -> list[str]:
+    c = [cell(r, k, fmt) for k, _, fmt in cols]
+    if r.get("loaded"):
+      c[-1] += " (loaded)"
+    return c
+
+  cells = [cells_of(r) for r in rows]
+  widths = [max([len(h), 5] + [len(c[i]) for c in cells]) for i, (_, h, _) in enumerate(cols)]
   line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))
-  out = [line([h for _, h, _ in COLUMNS])] if header else []
+  out = [TABLE_NOTE, line([h for _, h, _ in cols])] if header else []
   for r, c in zip(rows, cells):
     out.append(line(c[:5]) + "  " + r["status"] if r.get("status") else line(c))
   return "\n".join(out)
@@ -385,6 +533,8 @@ def describe(result: dict) -> str:
     f"{k} {v:.0f}"
     for k, v in m.get("matmul_peak_gflops_by_dtype", {"float32": m["matmul_peak_gflops"]}).items()
   )
+  if m.get("matmul_peak_loaded"):
+    peaks += " (loaded)"
   return (
     f"{m['device_count']} x {m['device_kind']} ({m['platform']}), {m['cpu_count']} CPU "
     f"cores; matmul peak {peaks} GFLOP/s ({m['matmul_size']}^3); "
@@ -468,6 +618,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     help="config override key=value for every family, e.g. model.width=64",
   )
   p.add_argument("--no_torch", action="store_true", help="skip the PyTorch peer")
+
+  def peers(text: str) -> list[str]:
+    names = csv(text)
+    for name in names:
+      if name not in PEER_VARIANTS:
+        raise argparse.ArgumentTypeError(
+          f"unknown peer {name!r}: choose from {', '.join(PEER_VARIANTS)}"
+        )
+    return names
+
+  p.add_argument(
+    "--peers",
+    type=peers,
+    default=list(PEER_VARIANTS),
+    help="PyTorch peer variants, e.g. eager,compile (default: eager,fused,compile)",
+  )
+  p.add_argument(
+    "--compile_mode",
+    choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    default="default",
+    help="torch.compile mode of the compile peer (default: default; see torch_peer.COMPILE_MODE)",
+  )
+  p.add_argument(
+    "--channels_last",
+    choices=("auto", "on", "off"),
+    default="auto",
+    help="channels_last tensors in the fused and compile peers (auto: per model, "
+    "torch_peer.CHANNELS_LAST)",
+  )
+  p.add_argument(
+    "--require_quiet",
+    action="store_true",
+    help=f"refuse to start while other work uses more than {QUIET_CORES} CPU cores",
+  )
+  p.add_argument("--force", action="store_true", help="measure even when --require_quiet refuses")
   p.add_argument("--json", default="runs/benchmarks/throughput.json", help="where to write results")
   p.add_argument("--quiet", action="store_true", help="print only the final table")
   p.add_argument("--here", action="store_true", help=argparse.SUPPRESS)  # a per-count child
@@ -514,7 +699,7 @@ def run_per_device_count(args, argv: list[str]) -> dict:
     merged["rows"] += part["rows"]
     merged["notes"] += [x for x in part["notes"] if x not in merged["notes"]]
     if not args.quiet:
-      print(format_table(part["rows"], header=n == args.devices[0]), flush=True)
+      print(format_table(part["rows"], header=n == args.devices[0], peers=peers_of(args)))
   return merged
 
 
@@ -523,10 +708,12 @@ def main(argv: list[str] | None = None) -> dict:
   args = parse_args(argv)
   # Before JAX starts (if it has not): allocate GPU memory as needed, leaving room for PyTorch.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  start_load = None if args.here else check_quiet(args)
   if args.here or args.devices == [1]:
     result = run_here(args)
   else:
     result = run_per_device_count(args, argv)
+  result["load_at_start"] = start_load
   print()
   print(describe(result) if result["machine"] else "no measurements")
   print(format_table(result["rows"]))

@@ -1,4 +1,4 @@
-"""PyTorch (eager) peers of jaxgen's models, timed on the same train step.
+"""PyTorch peers of jaxgen's models, timed on the same train step, in three variants.
 
 Each peer mirrors the flax model layer for layer (sizes from the same plan functions,
 the same optimizer and hyper-parameters, BatchNorm momentum and epsilon) and does the work
@@ -20,11 +20,27 @@ cuDNN's autotuner and the float32 matmul precision to match jaxgen's side. bfloa
 same float32 models under `torch.autocast(dtype=torch.bfloat16)` (mixed precision: float32
 parameters and optimizer, bfloat16 matmuls and convolutions), the form flax's `dtype=`
 (computation dtype, float32 `param_dtype`) takes.
+
+Variants (`VARIANTS`, `runner(..., variant=)`), the same modules and step function each:
+  eager    PyTorch as most code runs it: eager, the optimizer's default implementation,
+           NCHW tensors.
+  fused    eager with the fastest optimizer implementation this torch has on the device
+           (`fused=True` where Adam/AdamW accept it there, else `foreach=True`) and, for the
+           convolutional models, channels_last tensors (`CHANNELS_LAST`).
+  compile  `torch.compile` of the whole step function (forward, loss, backward, optimizer
+           step, EMA; dynamo splits it at `backward`), mode `COMPILE_MODE`, with the foreach
+           optimizer (the form torch.compile's optimizer lowering fuses) and channels_last as
+           for "fused". Its compile time is paid in the untimed warm-up and reported as the
+           variant's `setup_s`.
 """
 
 import contextlib
+import dataclasses
+import functools
 import math
-import statistics
+import os
+import shutil
+import time
 from collections.abc import Callable, Sequence
 
 import ml_collections
@@ -32,7 +48,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmarks.timing import timed_runs
+from benchmarks.timing import spread, timed_runs
 from jaxgen.models import common as model_common
 
 
@@ -114,6 +130,70 @@ def _bn(c: int) -> nn.BatchNorm2d:
   return nn.BatchNorm2d(c, eps=1e-5, momentum=0.1)  # flax momentum 0.9 == torch 0.1
 
 
+# --------------------------------------------------------------------------- variants
+
+VARIANTS = ("eager", "fused", "compile")
+# "default": no CUDA graphs (jaxgen's step uses none either) and no kernel autotuning at
+# compile time, which on a shared machine would pick kernels by noise and take minutes on CPU;
+# `--compile_mode max-autotune-no-cudagraphs` in the benchmark measures the autotuned form.
+COMPILE_MODE = "default"
+# channels_last (NHWC) for the "fused" and "compile" variants: oneDNN's and cuDNN's
+# convolutions prefer it; DRAW has no convolutions. Not yet timed against NCHW: the
+# integrator confirms these per model on a quiet machine (`--channels_last on|off` overrides).
+CHANNELS_LAST = {"gan": True, "vae": True, "classifier": True, "draw": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """How a peer's step is built: optimizer keyword arguments (`foreach`/`fused`) and whether
+  modules and inputs use the channels_last memory format."""
+
+  optimizer: tuple[tuple[str, bool], ...] = ()
+  channels_last: bool = False
+
+  def to(self, t: torch.Tensor) -> torch.Tensor:
+    """A 4-d tensor in the chosen memory format."""
+    return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
+
+  def module(self, m: nn.Module) -> nn.Module:
+    fmt = torch.channels_last if self.channels_last else torch.preserve_format
+    return m.to(device(), memory_format=fmt)
+
+
+@functools.cache
+def fused_optimizer_supported() -> bool:
+  """Whether Adam(fused=True) builds and steps on `device()` in this torch (CPU support
+  arrived in torch 2.4)."""
+  try:
+    p = torch.zeros(2, device=device(), requires_grad=True)
+    p.grad = torch.ones_like(p)
+    torch.optim.Adam([p], fused=True).step()
+    return True
+  except (RuntimeError, TypeError, ValueError):
+    return False
+
+
+def compile_unavailable() -> str | None:
+  """Why torch.compile cannot run here (None when it can): on the CPU inductor builds C++."""
+  if device().type == "cpu" and not any(
+    shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")
+  ):
+    return "torch.compile on the CPU needs a C++ compiler (g++ or clang++); none is on PATH"
+  return None
+
+
+def options(family: str, variant: str, channels_last: bool | None = None) -> Options:
+  """The build options of `variant` for `family`; `channels_last` (None: CHANNELS_LAST's)
+  applies to "fused" and "compile", "eager" keeps PyTorch's defaults."""
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown PyTorch peer variant {variant!r}: choose from {', '.join(VARIANTS)}")
+  if variant == "eager":
+    return Options()
+  cl = CHANNELS_LAST[family] if channels_last is None else channels_last
+  fused = variant == "fused" and fused_optimizer_supported()
+  return Options(optimizer=(("fused", True),) if fused else (("foreach", True),), channels_last=cl)
+
+
 # ----------------------------------------------------------------------------- GAN
 
 
@@ -161,20 +241,24 @@ class Discriminator(nn.Module):
     return self.logit(x.permute(0, 2, 3, 1).reshape(x.shape[0], -1))[:, 0]
 
 
-def gan_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[], None]:
-  """One DCGAN train step (D then G, non-saturating loss, Adam, EMA) on a fixed random batch."""
+def gan_step(
+  config: ml_collections.ConfigDict, batch_size: int, opts: Options = Options()
+) -> Callable[[], torch.Tensor]:
+  """One DCGAN train step (D then G, non-saturating loss, Adam, EMA) on a fixed random batch;
+  returns [D loss, G loss]."""
   m, o, dev = config.model, config.optim, device()
   shape = tuple(config.data.image_shape)
-  g = Generator(shape, m.width, m.kernel_size, m.latent_dim).to(dev)
-  d = Discriminator(shape, m.width, m.kernel_size).to(dev)
+  g = opts.module(Generator(shape, m.width, m.kernel_size, m.latent_dim))
+  d = opts.module(Discriminator(shape, m.width, m.kernel_size))
   ema = [p.detach().clone() for p in g.parameters()]
-  g_opt = torch.optim.Adam(g.parameters(), o.g_lr, betas=(o.b1, o.b2))
-  d_opt = torch.optim.Adam(d.parameters(), o.d_lr, betas=(o.b1, o.b2))
-  real = torch.rand(batch_size, shape[2], shape[0], shape[1], device=dev) * 2 - 1
+  kw = dict(opts.optimizer)
+  g_opt = torch.optim.Adam(g.parameters(), o.g_lr, betas=(o.b1, o.b2), **kw)
+  d_opt = torch.optim.Adam(d.parameters(), o.d_lr, betas=(o.b1, o.b2), **kw)
+  real = opts.to(torch.rand(batch_size, shape[2], shape[0], shape[1], device=dev) * 2 - 1)
   ones = torch.ones(batch_size, device=dev)
   zeros = torch.zeros(batch_size, device=dev)
 
-  def step() -> None:
+  def step() -> torch.Tensor:
     with torch.no_grad():
       fake = g(torch.randn(batch_size, m.latent_dim, device=dev))
     d_opt.zero_grad(set_to_none=True)
@@ -193,6 +277,7 @@ def gan_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[],
     d.requires_grad_(True)
     with torch.no_grad():
       torch._foreach_lerp_(ema, [p.detach() for p in g.parameters()], 1.0 - m.ema_decay)
+    return torch.stack([d_loss, g_loss]).detach()
 
   step.num_params, step.param_shapes = _num_params(g, d), flax_layout_shapes(g, d)
   return step
@@ -234,25 +319,30 @@ class VAE(nn.Module):
     return mean, logvar, self.to_image(h)
 
 
-def vae_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[], None]:
-  """One VAE train step (dynamic binarisation, Bernoulli ELBO, Adam) on a fixed random batch."""
+def vae_step(
+  config: ml_collections.ConfigDict, batch_size: int, opts: Options = Options()
+) -> Callable[[], torch.Tensor]:
+  """One VAE train step (dynamic binarisation, Bernoulli ELBO, Adam) on a fixed random batch;
+  returns the loss (-ELBO per image) before the update."""
   m, dev = config.model, device()
   shape = tuple(config.data.image_shape)
   if m.likelihood != "bernoulli":
     raise NotImplementedError("the PyTorch VAE peer has only the Bernoulli likelihood")
-  model = VAE(shape, shape[2], m.latent_dim, m.width, m.get("kernel_size", 4)).to(dev)
-  opt = torch.optim.Adam(model.parameters(), config.optim.lr)
-  images = torch.rand(batch_size, shape[2], shape[0], shape[1], device=dev) * 2 - 1
+  model = opts.module(VAE(shape, shape[2], m.latent_dim, m.width, m.get("kernel_size", 4)))
+  opt = torch.optim.Adam(model.parameters(), config.optim.lr, **dict(opts.optimizer))
+  images = opts.to(torch.rand(batch_size, shape[2], shape[0], shape[1], device=dev) * 2 - 1)
 
-  def step() -> None:
+  def step() -> torch.Tensor:
     target = torch.bernoulli((images + 1) / 2)
     eps = torch.randn(batch_size, m.latent_dim, device=dev)
     opt.zero_grad(set_to_none=True)
     mean, logvar, logits = model(2 * target - 1, eps)
     recon = F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / batch_size
     kl = 0.5 * torch.sum(logvar.exp() + mean.square() - 1 - logvar) / batch_size
-    (recon + kl).backward()
+    loss = recon + kl
+    loss.backward()
     opt.step()
+    return loss.detach()
 
   step.num_params, step.param_shapes = _num_params(model), flax_layout_shapes(model)
   return step
@@ -287,23 +377,30 @@ class Classifier(nn.Module):
     return self.logits(self.drop(h))
 
 
-def classifier_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[], None]:
-  """One classifier train step (random flips, dropout, cross-entropy, AdamW) on a random batch."""
+def classifier_step(
+  config: ml_collections.ConfigDict, batch_size: int, opts: Options = Options()
+) -> Callable[[], torch.Tensor]:
+  """One classifier train step (random flips, dropout, cross-entropy, AdamW) on a random
+  batch; returns the loss."""
   m, o, dev = config.model, config.optim, device()
   shape = tuple(config.data.image_shape)
-  model = Classifier(shape, 10, m.width, m.feature_dim, m.dropout).to(dev)
-  opt = torch.optim.AdamW(model.parameters(), o.lr, weight_decay=o.get("weight_decay", 0.0))
-  images = torch.rand(batch_size, shape[2], shape[0], shape[1], device=dev) * 2 - 1
+  model = opts.module(Classifier(shape, 10, m.width, m.feature_dim, m.dropout))
+  opt = torch.optim.AdamW(
+    model.parameters(), o.lr, weight_decay=o.get("weight_decay", 0.0), **dict(opts.optimizer)
+  )
+  images = opts.to(torch.rand(batch_size, shape[2], shape[0], shape[1], device=dev) * 2 - 1)
   labels = torch.randint(0, 10, (batch_size,), device=dev)
 
-  def step() -> None:
+  def step() -> torch.Tensor:
     x = images
     if m.get("flip", False):
       flip = torch.rand(batch_size, device=dev) < 0.5
       x = torch.where(flip[:, None, None, None], x.flip(3), x)
     opt.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), labels).backward()
+    loss = F.cross_entropy(model(x), labels)
+    loss.backward()
     opt.step()
+    return loss.detach()
 
   step.num_params, step.param_shapes = _num_params(model), flax_layout_shapes(model)
   return step
@@ -403,8 +500,11 @@ class DRAW(nn.Module):
     return canvas, kl
 
 
-def draw_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[], None]:
-  """One DRAW train step (dynamic binarisation, Bernoulli -ELBO, clipped Adam) on a random batch."""
+def draw_step(
+  config: ml_collections.ConfigDict, batch_size: int, opts: Options = Options()
+) -> Callable[[], torch.Tensor]:
+  """One DRAW train step (dynamic binarisation, Bernoulli -ELBO, clipped Adam) on a random
+  batch; returns the loss. No convolutions: `opts.channels_last` does not apply."""
   m, o, dev = config.model, config.optim, device()
   if m.cell != "tanh" or m.learned_prior or m.get("captions", False):
     raise NotImplementedError(
@@ -412,25 +512,28 @@ def draw_step(config: ml_collections.ConfigDict, batch_size: int) -> Callable[[]
     )
   shape = tuple(config.data.image_shape)
   model = DRAW(shape, m).to(dev)
-  opt = torch.optim.Adam(model.parameters(), o.lr, betas=(o.get("b1", 0.9), o.get("b2", 0.999)))
+  betas = (o.get("b1", 0.9), o.get("b2", 0.999))
+  opt = torch.optim.Adam(model.parameters(), o.lr, betas=betas, **dict(opts.optimizer))
   images = torch.rand(batch_size, *shape, device=dev) * 2 - 1
 
-  def step() -> None:
+  def step() -> torch.Tensor:
     x = torch.bernoulli((images + 1) / 2)
     eps = torch.randn(m.draw_steps, batch_size, m.latent_dim, device=dev)
     opt.zero_grad(set_to_none=True)
     canvas, kl = model(x, eps)
     recon = F.binary_cross_entropy_with_logits(canvas, x, reduction="sum")
-    ((recon + kl) / batch_size).backward()
+    loss = (recon + kl) / batch_size
+    loss.backward()
     if o.get("grad_clip", 0.0):
       nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
     opt.step()
+    return loss.detach()
 
   step.num_params, step.param_shapes = _num_params(model), flax_layout_shapes(model)
   return step
 
 
-PEERS: dict[str, Callable[[ml_collections.ConfigDict, int], Callable[[], None]]] = {
+PEERS: dict[str, Callable[..., Callable[[], torch.Tensor]]] = {
   "gan": gan_step,
   "vae": vae_step,
   "classifier": classifier_step,
@@ -444,15 +547,27 @@ def runner(
   batch_size: int,
   warmup: int = 3,
   dtype: str = "float32",
+  variant: str = "eager",
+  channels_last: bool | None = None,
+  compile_mode: str = COMPILE_MODE,
 ) -> Callable[[int], None]:
-  """`run(k)`: k steps of the family's PyTorch train step (under bfloat16 autocast when
-  `dtype` is "bfloat16"), synchronised at the end; the step is built and run `warmup` times
-  first."""
+  """`run(k)`: k steps of the family's PyTorch train step in `variant` (under bfloat16
+  autocast when `dtype` is "bfloat16"), synchronised at the end; the step is built (and for
+  "compile" compiled) and run `warmup` times first (at least 2 for "compile": the first call
+  compiles, the second recompiles what the optimizer's lazily created state changes).
+  `run.setup_s`: seconds of building, compiling and warm-up, synchronised (never timed
+  with the steps); `run.facts`: the variant's settings."""
   if dtype not in ("float32", "bfloat16"):
     raise NotImplementedError(f"the PyTorch peers run float32 or bfloat16, not {dtype}")
-  step = PEERS[family](config, batch_size)
+  if variant == "compile" and (why := compile_unavailable()):
+    raise NotImplementedError(why)
   dev = device()
   sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+  t0 = time.perf_counter()
+  opts = options(family, variant, channels_last)
+  step = PEERS[family](config, batch_size, opts)
+  if variant == "compile":
+    step = torch.compile(step, mode=compile_mode)
   autocast = (
     (lambda: torch.autocast(dev.type, dtype=torch.bfloat16))
     if dtype == "bfloat16"
@@ -465,7 +580,13 @@ def runner(
         step()
     sync()
 
-  run(warmup)
+  run(max(warmup, 2) if variant == "compile" else warmup)
+  run.setup_s = time.perf_counter() - t0
+  run.facts = dict(
+    optimizer=dict(opts.optimizer) or "default",
+    channels_last=opts.channels_last,
+    **({"compile_mode": compile_mode} if variant == "compile" else {}),
+  )
   return run
 
 
@@ -477,14 +598,20 @@ def measure(
   steps: int = 10,
   warmup: int = 3,
   dtype: str = "float32",
+  variant: str = "eager",
 ) -> dict:
-  """Median ms/step and images/s of the family's PyTorch train step over `repeats` timed runs
-  of `steps` steps each, after `warmup` steps."""
-  run = runner(family, config, batch_size, warmup, dtype)
-  s = statistics.median(timed_runs(run, repeats, steps))
+  """Median ms/step and images/s of the family's PyTorch train step in `variant` over
+  `repeats` timed runs of `steps` steps each, after `warmup` steps; `ms_per_step_spread`:
+  min / median / max; `setup_s`: build + compile + warm-up."""
+  run = runner(family, config, batch_size, warmup, dtype, variant)
+  times = timed_runs(run, repeats, steps)
+  s = spread(times)["median"]
   return dict(
     ms_per_step=1e3 * s,
+    ms_per_step_spread={k: 1e3 * v for k, v in spread(times).items()},
     images_per_s=batch_size / s if s > 0 else math.inf,
+    setup_s=run.setup_s,
     threads=torch.get_num_threads(),
     device=str(device()),
+    **run.facts,
   )

@@ -14,7 +14,7 @@ if str(REPO) not in sys.path:  # benchmarks/ is a top-level folder, not part of 
 from benchmarks import loop, throughput  # noqa: E402
 from jaxgen import runlog  # noqa: E402
 
-TINY = ["--batch_sizes", "8", "--repeats", "1", "--steps", "1", "--warmup", "1", "--quiet"]
+TINY = ["--batch_sizes", "8", "--repeats", "2", "--steps", "1", "--warmup", "1", "--quiet"]
 
 
 def test_throughput_smoke(tmp_path, capsys):
@@ -32,6 +32,10 @@ def test_throughput_smoke(tmp_path, capsys):
     assert r["images_per_s"] == pytest.approx(8 / sec, rel=1e-9)
     assert r["gflops"] == pytest.approx(r["gflop_per_step"] / sec, rel=1e-9)
     assert r["peak_fraction"] == pytest.approx(r["gflops"] / peak, rel=1e-9)
+    s = r["images_per_s_spread"]  # over the repeats; the median is the row's figure
+    assert s["min"] <= s["median"] == r["images_per_s"] <= s["max"]
+    assert set(r["load"]) == {"before", "during", "after"} and isinstance(r["loaded"], bool)
+    assert r["other_cores"] == max(x["other_cores"] for x in r["load"].values())
   # the GAN step (D and G passes) costs several times the VAE's at these sizes
   assert rows["gan"]["gflop_per_step"] > 2 * rows["vae"]["gflop_per_step"]
   table = capsys.readouterr().out
@@ -139,15 +143,247 @@ def test_torch_peers_train_the_same_architecture(family):
 
   path = throughput.family_configs([family])[0][family]
   config = throughput.load_config(path, (28, 28, 1), 4, {})
-  step = torch_peer.PEERS[family](config, 4)
   batch = {"image": jnp.zeros((4, 28, 28, 1)), "label": jnp.zeros((4,), jnp.int32)}
   state = steps.get_family(family).init_state(config, jax.random.key(0), batch)
   shapes = _flax_param_shapes(state)
-  assert step.param_shapes == shapes  # layer by layer, in flax's layout
-  assert step.num_params == sum(int(np.prod(s)) for s in shapes) > 0
-  r = torch_peer.measure(family, config, 4, repeats=1, steps=1, warmup=1)
+  # every variant builds the same modules (the compile variant compiles the eager one's step,
+  # see test_compile_peer_compiles_the_same_step): layer by layer, in flax's layout
+  for variant in ("eager", "fused"):
+    step = torch_peer.PEERS[family](config, 4, torch_peer.options(family, variant))
+    assert step.param_shapes == shapes, variant
+    assert step.num_params == sum(int(np.prod(s)) for s in shapes) > 0
+  r = torch_peer.measure(family, config, 4, repeats=3, steps=1, warmup=1, variant="fused")
   assert r["images_per_s"] == pytest.approx(4e3 / r["ms_per_step"], rel=1e-9)
-  assert r["threads"] >= 1
+  s = r["ms_per_step_spread"]
+  assert s["min"] <= s["median"] == r["ms_per_step"] <= s["max"]
+  assert r["threads"] >= 1 and r["setup_s"] > 0
+  fused = "fused" if torch_peer.fused_optimizer_supported() else "foreach"
+  assert r["optimizer"] == {fused: True}
+  assert r["channels_last"] == torch_peer.CHANNELS_LAST[family]
+
+
+def _tiny_vae():
+  path = throughput.family_configs(["vae"])[0]["vae"]
+  return throughput.load_config(path, (28, 28, 1), 4, {"model.width": "8", "model.latent_dim": "4"})
+
+
+def test_peer_variants_match_the_benchmarks_names():
+  pytest.importorskip("torch")
+  from benchmarks import torch_peer
+
+  assert throughput.PEER_VARIANTS == torch_peer.VARIANTS
+  assert torch_peer.options("vae", "eager") == torch_peer.Options()  # PyTorch's defaults
+  assert torch_peer.options("draw", "compile").optimizer == (("foreach", True),)
+  assert not torch_peer.options("draw", "fused").channels_last  # no convolutions
+  with pytest.raises(ValueError, match="unknown PyTorch peer variant 'jit': choose from eager"):
+    torch_peer.options("vae", "jit")
+
+
+def test_compile_peer_compiles_the_same_step(monkeypatch):
+  """Structure, without inductor's minutes on a loaded CPU: the compile variant hands the
+  very step function the other variants run (same modules, same parameters) to
+  torch.compile with the chosen mode, and warms it up at least twice before timing."""
+  torch = pytest.importorskip("torch")
+  from benchmarks import torch_peer
+
+  compiled, calls = [], []
+
+  def fake_compile(fn, mode):
+    compiled.append((fn, mode))
+    return lambda: (calls.append(1), fn())[1]
+
+  monkeypatch.setattr(torch, "compile", fake_compile)
+  monkeypatch.setattr(torch_peer, "compile_unavailable", lambda: None)
+  config = _tiny_vae()
+  run = torch_peer.runner(
+    "vae", config, 4, warmup=1, variant="compile", compile_mode="max-autotune"
+  )
+  ((step, mode),) = compiled
+  eager = torch_peer.PEERS["vae"](config, 4)
+  assert mode == "max-autotune" and run.facts["compile_mode"] == "max-autotune"
+  assert (step.num_params, step.param_shapes) == (eager.num_params, eager.param_shapes)
+  assert len(calls) == 2 and run.setup_s > 0  # the compiling calls are warm-up, not timed
+  run(3)
+  assert len(calls) == 5
+
+
+def test_compile_peer_without_a_compiler_is_skipped_with_the_reason(monkeypatch):
+  pytest.importorskip("torch")
+  from benchmarks import torch_peer
+
+  if torch_peer.device().type != "cpu":
+    pytest.skip("the C++ compiler check is for the CPU")
+  monkeypatch.setattr(torch_peer.shutil, "which", lambda name: None)
+  with pytest.raises(NotImplementedError, match="needs a C\\+\\+ compiler"):
+    torch_peer.runner("vae", _tiny_vae(), 4, variant="compile")
+  args = throughput.parse_args(["--peers", "eager,compile", "--warmup", "1"])
+  runs, facts = throughput.torch_runners("vae", _tiny_vae(), args)
+  assert list(runs) == ["eager"] and "C++ compiler" in facts["torch_compile_note"]
+  assert throughput.torch_runners("nonesuch", _tiny_vae(), args) == (
+    {},
+    {"torch_note": "no PyTorch peer for nonesuch"},
+  )
+
+
+@pytest.mark.slow
+def test_compile_peer_matches_the_eager_peer_after_one_step():
+  """A real torch.compile of the VAE step (~80 s of inductor C++ builds on a loaded 2-core
+  VM; less once inductor's on-disk cache holds them). Same seed, so the same weights, batch and noise (inductor draws eager's random
+  numbers with fallback_random); the losses before and after one Adam step agree to float32
+  summation error: the loss sums 4 x 784 per-pixel terms, whose reordering by the compiler
+  moves the sum by about sqrt(n) ulps relative, n = 3136 (56 * 2^-23 = 6.7e-6)."""
+  torch = pytest.importorskip("torch")
+  from benchmarks import torch_peer
+
+  if why := torch_peer.compile_unavailable():
+    pytest.skip(why)
+  config, losses = _tiny_vae(), {}
+  for variant in ("eager", "compile"):
+    torch.manual_seed(0)
+    step = torch_peer.PEERS["vae"](config, 4, torch_peer.options("vae", variant))
+    if variant == "compile":
+      step = torch.compile(step, mode=torch_peer.COMPILE_MODE)
+    torch.manual_seed(1)
+    with torch._inductor.config.patch(fallback_random=True):
+      losses[variant] = [step().item() for _ in range(2)]
+  rtol = np.sqrt(4 * 28 * 28) * np.finfo(np.float32).eps
+  np.testing.assert_allclose(losses["compile"], losses["eager"], rtol=rtol)
+  assert losses["eager"][1] != losses["eager"][0]  # the second loss is after an update
+
+
+# -------------------------------------------------------------------- load and spread
+
+
+def test_machine_load_returns_sane_numbers():
+  import os
+  import time
+
+  from benchmarks import timing
+
+  sample = timing.machine_load(0.2)
+  assert sample["window_s"] >= 0.2 and sample["other_cores"] >= 0
+  if "busy_cores" not in sample:
+    pytest.skip("no /proc/stat: only the load average is known here")
+  tick = os.sysconf("SC_CLK_TCK")
+  slack = 2 / tick / sample["window_s"]  # each counter is read to the tick, twice
+  assert 0 <= sample["own_cores"] <= sample["busy_cores"] + slack
+  assert sample["busy_cores"] <= sample["cores"] + slack
+  assert sample["other_cores"] == pytest.approx(
+    max(sample["busy_cores"] - sample["own_cores"], 0), abs=1e-9
+  )
+  assert all(c >= timing.BUSY_PROCESS_CORES for _, c in sample["busy_processes"])
+  # this process's own work is counted as its own, not as another's
+  snap, cpu0 = timing.load_snapshot(), time.process_time()
+  t_end = time.perf_counter() + 0.3
+  while time.perf_counter() < t_end:
+    pass
+  spun = timing.machine_load(since=snap)
+  own = (time.process_time() - cpu0) / spun["window_s"]
+  assert spun["own_cores"] >= own - 2 / tick / spun["window_s"]
+  assert timing.is_loaded(dict(other_cores=0.6)) and not timing.is_loaded(dict(other_cores=0.4))
+
+
+def test_spread_is_min_median_max():
+  from benchmarks import timing
+
+  assert timing.spread([3.0, 1.0, 2.0, 10.0]) == dict(min=1.0, median=2.5, max=10.0)
+
+
+def _sample(other: float) -> dict:
+  return dict(
+    window_s=0.5,
+    loadavg=3.5,
+    cores=2,
+    busy_cores=other + 0.1,
+    own_cores=0.1,
+    other_cores=other,
+    busy_processes=[["stress", other]],
+  )
+
+
+def _fake_bench(monkeypatch, other_cores: float) -> None:
+  """throughput.main without compiling or timing anything: fixed step times (jaxgen 8, 10,
+  12 ms; the eager peer 20 ms; the compile peer 15, 16, 20 ms) and a simulated machine load."""
+  from benchmarks import timing
+
+  load = lambda window_s=0.5, since=None: _sample(other_cores)
+  monkeypatch.setattr(timing, "machine_load", load)
+  monkeypatch.setattr(throughput, "machine_load", load)
+  monkeypatch.setattr(
+    throughput, "jax_runner", lambda *a: (None, dict(compile_s=1.0, gflop_per_step=0.5))
+  )
+  monkeypatch.setattr(
+    throughput,
+    "torch_runners",
+    lambda family, config, args, dtype: (
+      {v: None for v in args.peers},
+      {"torch_compile_setup_s": 42.0} if "compile" in args.peers else {},
+    ),
+  )
+  times = dict(jax=[0.010, 0.008, 0.012], torch_eager=[0.02] * 3)
+  times["torch_compile"] = [0.016, 0.015, 0.020]
+  monkeypatch.setattr(
+    throughput, "interleaved", lambda runners, r, s: {k: times[k] for k in runners}
+  )
+  peak = lambda dtype, size: dict(
+    matmul_size=8, matmul_peak_gflops=100.0, matmul_peak_load=timing.watched(lambda: None)[1]
+  )
+  monkeypatch.setattr(throughput, "matmul_peak_gflops", peak)
+
+
+BENCH = ["--families", "vae", "--batch_sizes", "8", "--peers", "eager,compile", "--quiet"]
+
+
+def test_rows_show_each_peer_variant_and_jaxgen_over_the_best(tmp_path, monkeypatch, capsys):
+  _fake_bench(monkeypatch, other_cores=0.1)
+  result = throughput.main([*BENCH, "--json", str(tmp_path / "t.json")])
+  (row,) = result["rows"]
+  assert row["images_per_s_spread"] == pytest.approx(dict(min=8 / 0.012, median=800, max=1000))
+  assert row["ms_per_step_spread"] == pytest.approx(dict(min=8, median=10, max=12))
+  assert row["torch_eager_images_per_s"] == pytest.approx(400)
+  assert row["torch_compile_images_per_s"] == pytest.approx(500)
+  assert row["torch_best"] == "compile" and row["ratio"] == pytest.approx(1.6)
+  assert row["ratio_eager"] == pytest.approx(2.0) and row["ratio_compile"] == pytest.approx(1.6)
+  assert row["loaded"] is False and set(row["load"]) == {"before", "during", "after"}
+  assert json.loads((tmp_path / "t.json").read_text())["rows"][0]["load"]["during"] == _sample(0.1)
+  out, err = capsys.readouterr()
+  lines = out.splitlines()
+  head = next(i for i, x in enumerate(lines) if "jax/best torch" in x)
+  assert lines[head - 1] == throughput.TABLE_NOTE
+  for column in ("torch eager img/s", "torch compile img/s", "torch compile s", "other cores"):
+    assert column in lines[head]
+  assert "800 (667-1000)" in lines[head + 1] and "400 (400-400)" in lines[head + 1]
+  assert lines[head + 1].split()[-2:] == ["compile", "0.1"] and "1.60x" in lines[head + 1]
+  assert "42.0" in lines[head + 1]  # the compile time, in its own column
+  assert "warning" not in err and "(loaded)" not in out
+
+
+def test_rows_taken_under_load_are_marked_and_warned(tmp_path, monkeypatch, capsys):
+  _fake_bench(monkeypatch, other_cores=1.7)
+  result = throughput.main([*BENCH, "--json", str(tmp_path / "t.json")])
+  (row,) = result["rows"]
+  assert row["loaded"] is True and row["other_cores"] == 1.7
+  assert result["machine"]["matmul_peak_loaded"] is True
+  assert result["load_at_start"]["other_cores"] == 1.7
+  out, err = capsys.readouterr()
+  assert "1.7 (loaded)" in out and "matmul peak float32 100 (loaded) GFLOP/s" in out
+  assert "warning: starting under load (1.70 other busy cores" in err
+  assert "warning: vae 28x28x1 float32 batch 8 (1 device) was measured under load (1.70" in err
+  assert "busiest: stress 1.70" in err
+
+
+def test_require_quiet_refuses_a_busy_machine_unless_forced(tmp_path, monkeypatch):
+  _fake_bench(monkeypatch, other_cores=1.7)
+  argv = [*BENCH, "--json", str(tmp_path / "t.json"), "--require_quiet"]
+  with pytest.raises(SystemExit) as refused:
+    throughput.main(argv)
+  message = str(refused.value)
+  assert "\n" not in message and message.startswith("the machine is busy: 1.70 other busy cores")
+  assert "over the 0.5 allowed by --require_quiet" in message and "--force" in message
+  assert not (tmp_path / "t.json").exists()
+  assert throughput.main([*argv, "--force"])["rows"][0]["loaded"] is True
+  _fake_bench(monkeypatch, other_cores=0.2)  # a quiet machine starts
+  assert throughput.main(argv)["rows"][0]["loaded"] is False
 
 
 # ------------------------------------------------------------------ the accelerator check
@@ -216,9 +452,12 @@ def test_table_shows_status_rows_and_unreported_memory():
   measured.update(ms_per_step=10.0, device_peak_mib=None, torch_peak_mib=12.0)
   waiting = dict(measured, dtype="bfloat16", status="not supported yet")
   del waiting["ms_per_step"]
-  head, row, status = throughput.format_table([measured, waiting]).splitlines()
-  assert "dtype" in head and "torch MiB" in head
-  assert row.split()[-5:] == ["-", "n/a", "-", "12", "-"]  # XLA MiB, dev peak, torch img/s, ...
+  table = throughput.format_table([measured, waiting], peers=("eager",))
+  note, head, row, status = table.splitlines()
+  assert note == throughput.TABLE_NOTE and "python -m benchmarks.loop" in note
+  assert "fixed batch" in note and "dtype" in head and "torch MiB" in head
+  # XLA MiB, dev peak, torch eager img/s, torch MiB, jax/best torch, other cores
+  assert row.split()[-6:] == ["-", "n/a", "-", "12", "-", "-"]
   assert status.split()[2:] == ["bfloat16", "8", "1", "not", "supported", "yet"]
 
 
