@@ -6,6 +6,8 @@ resolution until it reaches the image size: 28x28 starts at 7x7, 32x32 and 64x64
 start at 4x4. The discriminator mirrors it with strided convolutions.
 Models know nothing of training: `train` only switches BatchNorm statistics. With their
 defaults they are plain flax; `fast_ops=True` swaps in `jaxgen.ops`' reverse-mode-only passes.
+`spectral_norm=True` divides every weight matrix by its largest singular value (Miyato et al.
+2018); the power-iteration vectors live in "batch_stats" beside BatchNorm's statistics.
 """
 
 from collections.abc import Sequence
@@ -25,6 +27,7 @@ class Generator(nn.Module):
   kernel_size: int = 5
   num_classes: int = 0
   fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
+  spectral_norm: bool = False
 
   @nn.compact
   def __call__(
@@ -39,15 +42,16 @@ class Generator(nn.Module):
     x = z_BxZ
     if self.num_classes:
       x = jnp.concatenate([x, common.one_hot(labels_B, self.num_classes, x.dtype)], axis=-1)
-    x = nn.Dense(start * start * widths[0], use_bias=False, name="dense")(x)
+    sn = lambda layer: common.spectral_norm(layer, self.spectral_norm, train)
+    x = sn(nn.Dense(start * start * widths[0], use_bias=False, name="dense"))(x)
     x = x.reshape(x.shape[0], start, start, widths[0])
     x = norm("bn_dense")(x)
     k = (self.kernel_size, self.kernel_size)
     deconv = ops.ConvTranspose if self.fast_ops else nn.ConvTranspose
     for i, w in enumerate(widths[1:]):
-      x = deconv(w, k, strides=(2, 2), use_bias=False, name=f"deconv{i}")(x)
+      x = sn(deconv(w, k, strides=(2, 2), use_bias=False, name=f"deconv{i}"))(x)
       x = norm(f"bn{i}")(x)
-    x = deconv(channels, k, strides=(2, 2), name="to_image")(x)
+    x = sn(deconv(channels, k, strides=(2, 2), name="to_image"))(x)
     return jnp.tanh(x)
 
 
@@ -59,6 +63,7 @@ class Discriminator(nn.Module):
   kernel_size: int = 5
   num_classes: int = 0
   fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
+  spectral_norm: bool = False
 
   @nn.compact
   def __call__(
@@ -68,8 +73,9 @@ class Discriminator(nn.Module):
     k = (self.kernel_size, self.kernel_size)
     x = x_BxHxWxC
     conv = ops.Conv if self.fast_ops else nn.Conv
+    sn = lambda layer: common.spectral_norm(layer, self.spectral_norm, train)
     for i, w in enumerate(reversed(widths)):
-      x = conv(w, k, strides=(2, 2), use_bias=i == 0, name=f"conv{i}")(x)
+      x = sn(conv(w, k, strides=(2, 2), use_bias=i == 0, name=f"conv{i}"))(x)
       if i > 0:  # BatchNorm then leaky ReLU; DCGAN has no BatchNorm on the input layer
         x = ops.BatchNormAct(
           use_running_average=not train,
@@ -81,7 +87,7 @@ class Discriminator(nn.Module):
       else:
         x = nn.leaky_relu(x, 0.2)
     h_BxF = x.reshape(x.shape[0], -1)
-    logits_B = nn.Dense(1, name="logit")(h_BxF)[:, 0]
+    logits_B = sn(nn.Dense(1, name="logit"))(h_BxF)[:, 0]
     if self.num_classes:  # projection discriminator (Miyato & Koyama 2018)
       embed_BxF = nn.Embed(self.num_classes, h_BxF.shape[-1], name="class_embed")(labels_B)
       logits_B = logits_B + jnp.sum(embed_BxF * h_BxF, axis=-1)
