@@ -111,10 +111,12 @@ def plot(curves: dict[str, list[dict]], path: Path, keys=("fd", "coverage")) -> 
     xs, ys = np.array(pts).T
     x0, x1 = 0.0, max(xs.max(), 1e-9)
     y0, y1 = min(ys.min(), 0.0), max(ys.max(), 1e-9)
-    to_px = lambda x, y: (  # noqa: B023 (used within this panel)
-      p * w + margin + (x - x0) / (x1 - x0) * (w - 2 * margin),
-      h - margin - (y - y0) / (y1 - y0) * (h - 2 * margin),
-    )
+    left, right, top, bottom = p * w + margin, (p + 1) * w - margin, margin, h - margin
+    scale = np.array([(right - left) / (x1 - x0), (bottom - top) / (y1 - y0)])
+
+    def to_px(x, y, left=left, bottom=bottom, scale=scale, x0=x0, y0=y0):
+      return (left + (x - x0) * scale[0], bottom - (y - y0) * scale[1])
+
     draw.rectangle([p * w + margin, margin, (p + 1) * w - margin, h - margin], outline="black")
     draw.text((p * w + margin, 10), f"{key} vs training minutes", fill="black")
     draw.text((p * w + margin, h - margin + 5), f"0 .. {x1:.1f} min", fill="black")
