@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import gan_config, random_batch
+from conftest import gan_config, num_params, random_batch
 
 from jaxgen import augment, losses, trainer
 from jaxgen.errors import ConfigError
@@ -14,6 +14,7 @@ from jaxgen.models import gan as gan_models
 from jaxgen.steps import common, gan
 
 ALL_ON = dict(
+  arch="resnet",
   spectral_norm="dg",
   r1_gamma=1.0,
   r1_every=2,
@@ -117,6 +118,33 @@ def test_spectral_norm_largest_singular_value_is_one_after_power_iterations():
   assert jax.tree.map(jnp.shape, plain["params"]) == jax.tree.map(jnp.shape, v["params"])
 
 
+# ------------------------------------------------------------------ ResNet G/D
+
+
+def test_resnet_shapes_and_parameter_counts():
+  shape, w, z_dim = (28, 28, 1), 8, 16  # plan: 7x7, widths (4w, 2w) = (32, 16)
+  g = gan_models.ResNetGenerator(shape, width=w)
+  d = gan_models.ResNetDiscriminator(shape, width=w, num_classes=10)
+  z = jnp.zeros((3, z_dim))
+  gv = g.init(jax.random.key(0), z, train=False)
+  x = g.apply(gv, z, train=False)
+  assert x.shape == (3, *shape)
+  labels = jnp.zeros((3,), jnp.int32)
+  dv = d.init(jax.random.key(1), x, labels, train=False)
+  assert d.apply(dv, x, labels, train=False).shape == (3,)
+  assert set(dv) == {"params"}  # no BatchNorm in D
+  conv = lambda k, i, o: k * k * i * o + o
+  # G: dense 16*7*7*32; block 32->16: BN 2*32, conv 3x3, BN 2*16, conv 3x3, 1x1 shortcut;
+  # block 16->16: no shortcut; BN 2*16 + conv 3x3 to 1 channel
+  g_want = (z_dim * 49 * 32) + (64 + conv(3, 32, 16) + 32 + conv(3, 16, 16) + conv(1, 32, 16))
+  g_want += (32 + conv(3, 16, 16) + 32 + conv(3, 16, 16)) + (32 + conv(3, 16, 1))
+  # D: block 1->16, block 16->32 (two 3x3 convs and a 1x1 shortcut each), logit, projection
+  d_want = conv(3, 1, 16) + conv(3, 16, 16) + conv(1, 1, 16)
+  d_want += conv(3, 16, 32) + conv(3, 32, 32) + conv(1, 16, 32) + 33 + 10 * 32
+  assert (g_want, d_want) == (37_537, 17_297)
+  assert (num_params(gv["params"]), num_params(dv["params"])) == (g_want, d_want)
+
+
 # ------------------------------------------------------------------ the step
 
 
@@ -131,6 +159,7 @@ def test_defaults_keep_the_state_as_before_and_bad_values_fail():
     (dict(spectral_norm="g"), "config.model.spectral_norm"),
     (dict(ema_bn="ema"), "config.model.ema_bn"),
     (dict(r1_every=0), "r1_every"),
+    (dict(arch="stylegan"), "config.model.arch"),
   ):
     with pytest.raises(ConfigError, match=match):
       _state(**bad)

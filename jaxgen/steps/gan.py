@@ -33,20 +33,23 @@ def _models(hp: ml_collections.FrozenConfigDict):
     fast_ops=hp.fast_ops,
   )
   sn = hp.get("spectral_norm", "none")
-  return (
-    gan_models.Generator(**kw, spectral_norm=sn == "dg"),
-    gan_models.Discriminator(**kw, spectral_norm=sn in ("d", "dg")),
-  )
+  g_cls, d_cls = ARCHS[hp.get("arch", "dcgan")]
+  return g_cls(**kw, spectral_norm=sn == "dg"), d_cls(**kw, spectral_norm=sn in ("d", "dg"))
 
 
 # ---- GAN recipes (config.model switches, all off by default; README "GAN recipes")
 SPECTRAL_NORM = ("none", "d", "dg")
+ARCHS = {
+  "dcgan": (gan_models.Generator, gan_models.Discriminator),
+  "resnet": (gan_models.ResNetGenerator, gan_models.ResNetDiscriminator),
+}
 EMA_BN = ("online", "standing")
 
 
 def _recipe_hp(m: ml_collections.ConfigDict) -> dict:
   """The recipe switches of config.model, checked; empty when all are off (state as before)."""
   hp = dict(
+    arch=m.get("arch", "dcgan"),
     spectral_norm=m.get("spectral_norm", "none"),
     r1_gamma=float(m.get("r1_gamma", 0.0)),
     r1_every=int(m.get("r1_every", 1)),
@@ -55,6 +58,10 @@ def _recipe_hp(m: ml_collections.ConfigDict) -> dict:
     standing_batches=int(m.get("standing_batches", 8)),
     fresh_real_batches=bool(m.get("fresh_real_batches", False)),
   )
+  if hp["arch"] not in ARCHS:
+    raise ConfigError(
+      f"unknown arch {hp['arch']!r}; set config.model.arch to one of {tuple(ARCHS)}"
+    )
   if hp["spectral_norm"] not in SPECTRAL_NORM:
     raise ConfigError(
       f"unknown spectral_norm {hp['spectral_norm']!r}; set config.model.spectral_norm to one of "
@@ -70,6 +77,7 @@ def _recipe_hp(m: ml_collections.ConfigDict) -> dict:
     )
   augment.parse_policy(hp["augment"])
   defaults = dict(
+    arch="dcgan",
     spectral_norm="none",
     r1_gamma=0.0,
     r1_every=1,
