@@ -4,6 +4,8 @@ Nothing here knows a model's internals; every function maps arrays to arrays.
 Logits are pre-sigmoid discriminator outputs (real > 0).
 """
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -33,6 +35,17 @@ def d_loss_hinge(real_logits_B: jnp.ndarray, fake_logits_B: jnp.ndarray) -> jnp.
 def g_loss_hinge(fake_logits_B: jnp.ndarray) -> jnp.ndarray:
   """-E[D(G(z))] (scalar)."""
   return -jnp.mean(fake_logits_B)
+
+
+def r1_penalty(
+  d_fn: Callable[[jnp.ndarray], jnp.ndarray], real_BxHxWxC: jnp.ndarray, gamma: float
+) -> jnp.ndarray:
+  """gamma/2 * E_x ||grad_x D(x)||^2 on real images, the zero-centred gradient penalty R1
+  (Mescheder et al. 2018; scalar). `d_fn`: images [B, H, W, C] -> logits [B]. The gradient is
+  that of sum_b D(x_b), i.e. each image's own gradient when D treats examples independently
+  (a discriminator without BatchNorm in training mode)."""
+  grad = jax.grad(lambda x: jnp.sum(d_fn(x)))(real_BxHxWxC)
+  return 0.5 * gamma * jnp.mean(jnp.sum(jnp.square(grad), axis=tuple(range(1, grad.ndim))))
 
 
 GAN_LOSSES = {

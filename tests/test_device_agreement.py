@@ -53,6 +53,19 @@ CASES = {
     lambda: _config("dcgan_fashion.py", width=8, latent_dim=16, loss="hinge", d_steps=2),
     {},
   ),
+  "gan_recipes": (  # spectral norm's u in batch_stats, R1, augmentation, a real batch per D step
+    lambda: _config(
+      "dcgan_fashion.py",
+      width=8,
+      latent_dim=16,
+      d_steps=2,
+      spectral_norm="dg",
+      r1_gamma=1.0,
+      augment="translation,cutout,color",
+      fresh_real_batches=True,
+    ),
+    {},
+  ),
   "vae_bernoulli": (lambda: _config("vae_fashion.py", width=8, latent_dim=8), {}),
   "vae_logistic_conditional": (
     lambda: _config("vae_fashion.py", width=8, latent_dim=8, likelihood="logistic", num_classes=10),

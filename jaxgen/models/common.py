@@ -1,5 +1,7 @@
 """Pieces more than one model family uses: the resolution plan of the convolutional families,
-one-hot class conditioning and the reparameterised Gaussian sample."""
+one-hot class conditioning, spectral normalisation and the reparameterised Gaussian sample."""
+
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -42,3 +44,15 @@ def reparameterize(
 ) -> jnp.ndarray:
   """z = mean + exp(logvar / 2) * eps, with eps ~ N(0, I) supplied by the caller (any shape)."""
   return mean_BxZ + jnp.exp(0.5 * logvar_BxZ) * eps_BxZ
+
+
+def spectral_norm(layer: nn.Module, on: bool, train: bool) -> Callable[..., jnp.ndarray]:
+  """`layer` with its weight divided by its largest singular value (Miyato et al. 2018) when `on`.
+
+  One power iteration per call from the stored vector u (collection "batch_stats", advanced only
+  when `train`); the estimate always uses the weights it is called with, so an EMA copy of the
+  weights is normalised by its own sigma. Off: `layer` itself (same params, same outputs)."""
+  if not on:
+    return layer
+  wrapped = nn.SpectralNorm(layer, name=f"sn_{layer.name}")
+  return lambda *args: wrapped(*args, update_stats=train)

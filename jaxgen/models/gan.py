@@ -6,6 +6,8 @@ resolution until it reaches the image size: 28x28 starts at 7x7, 32x32 and 64x64
 start at 4x4. The discriminator mirrors it with strided convolutions.
 Models know nothing of training: `train` only switches BatchNorm statistics. With their
 defaults they are plain flax; `fast_ops=True` swaps in `jaxgen.ops`' reverse-mode-only passes.
+`spectral_norm=True` divides every weight matrix by its largest singular value (Miyato et al.
+2018); the power-iteration vectors live in "batch_stats" beside BatchNorm's statistics.
 """
 
 from collections.abc import Sequence
@@ -27,6 +29,7 @@ class Generator(nn.Module):
   num_classes: int = 0
   fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
   dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
+  spectral_norm: bool = False
 
   @nn.compact
   def __call__(
@@ -45,15 +48,16 @@ class Generator(nn.Module):
     x = z_BxZ
     if self.num_classes:
       x = jnp.concatenate([x, common.one_hot(labels_B, self.num_classes, x.dtype)], axis=-1)
-    x = nn.Dense(start * start * widths[0], use_bias=False, dtype=self.dtype, name="dense")(x)
+    sn = lambda layer: common.spectral_norm(layer, self.spectral_norm, train)
+    x = sn(nn.Dense(start * start * widths[0], use_bias=False, dtype=self.dtype, name="dense"))(x)
     x = x.reshape(x.shape[0], start, start, widths[0])
     x = norm("bn_dense")(x)
     k = (self.kernel_size, self.kernel_size)
     deconv = ops.ConvTranspose if self.fast_ops else nn.ConvTranspose
     for i, w in enumerate(widths[1:]):
-      x = deconv(w, k, strides=(2, 2), use_bias=False, dtype=self.dtype, name=f"deconv{i}")(x)
+      x = sn(deconv(w, k, strides=(2, 2), use_bias=False, dtype=self.dtype, name=f"deconv{i}"))(x)
       x = norm(f"bn{i}")(x)
-    x = deconv(channels, k, strides=(2, 2), dtype=self.dtype, name="to_image")(x)
+    x = sn(deconv(channels, k, strides=(2, 2), dtype=self.dtype, name="to_image"))(x)
     return jnp.tanh(x)
 
 
@@ -66,6 +70,7 @@ class Discriminator(nn.Module):
   num_classes: int = 0
   fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
   dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
+  spectral_norm: bool = False
 
   @nn.compact
   def __call__(
@@ -75,8 +80,9 @@ class Discriminator(nn.Module):
     k = (self.kernel_size, self.kernel_size)
     x = x_BxHxWxC
     conv = ops.Conv if self.fast_ops else nn.Conv
+    sn = lambda layer: common.spectral_norm(layer, self.spectral_norm, train)
     for i, w in enumerate(reversed(widths)):
-      x = conv(w, k, strides=(2, 2), use_bias=i == 0, dtype=self.dtype, name=f"conv{i}")(x)
+      x = sn(conv(w, k, strides=(2, 2), use_bias=i == 0, dtype=self.dtype, name=f"conv{i}"))(x)
       if i > 0:  # BatchNorm then leaky ReLU; DCGAN has no BatchNorm on the input layer
         x = ops.BatchNormAct(
           use_running_average=not train,
@@ -89,7 +95,96 @@ class Discriminator(nn.Module):
       else:
         x = nn.leaky_relu(x, 0.2)
     h_BxF = x.reshape(x.shape[0], -1)
-    logits_B = nn.Dense(1, dtype=self.dtype, name="logit")(h_BxF)[:, 0]
+    logits_B = sn(nn.Dense(1, dtype=self.dtype, name="logit"))(h_BxF)[:, 0]
+    if self.num_classes:  # projection discriminator (Miyato & Koyama 2018)
+      embed_BxF = nn.Embed(self.num_classes, h_BxF.shape[-1], dtype=self.dtype, name="class_embed")(
+        labels_B
+      )
+      logits_B = logits_B + jnp.sum(embed_BxF * h_BxF, axis=-1)
+    return logits_B
+
+
+# ------------------------------------------------------------------ ResNet G/D (model.arch)
+
+
+def _upsample(x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
+  """Nearest-neighbour x2: [B, H, W, C] -> [B, 2H, 2W, C]."""
+  return jnp.repeat(jnp.repeat(x_BxHxWxC, 2, axis=1), 2, axis=2)
+
+
+class ResNetGenerator(nn.Module):
+  """z_BxZ (+ labels_B) -> images_BxHxWxC in [-1, 1], residual blocks (Miyato et al. 2018's
+  SNGAN generator): dense to the plan's start size, then per doubling BN-ReLU-upsample-conv3x3-
+  BN-ReLU-conv3x3 plus an upsampled shortcut (1x1 conv where the width changes), then BN-ReLU-
+  conv3x3 to the image channels and tanh. Widths from `common.resolution_plan`; the last block
+  keeps its input width. Plain flax layers (`fast_ops` is accepted and ignored)."""
+
+  image_shape: Sequence[int]
+  width: int = 64
+  kernel_size: int = 3  # accepted for a shared config; the blocks use 3x3
+  num_classes: int = 0
+  fast_ops: bool = False
+  spectral_norm: bool = False
+  dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
+
+  @nn.compact
+  def __call__(
+    self, z_BxZ: jnp.ndarray, labels_B: jnp.ndarray | None = None, *, train: bool = True
+  ) -> jnp.ndarray:
+    height, _, channels = self.image_shape
+    start, widths = common.resolution_plan(height, self.width, "ResNet GAN")
+    sn = lambda layer: common.spectral_norm(layer, self.spectral_norm, train)
+    bn_relu = lambda name: ops.BatchNormAct(
+      use_running_average=not train, momentum=0.9, dtype=self.dtype, name=name
+    )
+    x = z_BxZ
+    if self.num_classes:
+      x = jnp.concatenate([x, common.one_hot(labels_B, self.num_classes, x.dtype)], axis=-1)
+    x = sn(nn.Dense(start * start * widths[0], use_bias=False, dtype=self.dtype, name="dense"))(x)
+    x = x.reshape(x.shape[0], start, start, widths[0])
+    for i, w in enumerate(widths[1:] + widths[-1:]):
+      h = _upsample(bn_relu(f"block{i}_bn1")(x))
+      h = sn(nn.Conv(w, (3, 3), dtype=self.dtype, name=f"block{i}_conv1"))(h)
+      h = sn(nn.Conv(w, (3, 3), dtype=self.dtype, name=f"block{i}_conv2"))(
+        bn_relu(f"block{i}_bn2")(h)
+      )
+      skip = _upsample(x)
+      if x.shape[-1] != w:
+        skip = sn(nn.Conv(w, (1, 1), dtype=self.dtype, name=f"block{i}_shortcut"))(skip)
+      x = h + skip
+    x = sn(nn.Conv(channels, (3, 3), dtype=self.dtype, name="to_image"))(bn_relu("bn_out")(x))
+    return jnp.tanh(x)
+
+
+class ResNetDiscriminator(nn.Module):
+  """images_BxHxWxC (+ labels_B) -> logits_B (real > 0), residual blocks without BatchNorm
+  (SNGAN's discriminator): per halving (ReLU-)conv3x3-ReLU-conv3x3-avgpool plus a 1x1-conv,
+  avgpooled shortcut (the first block has no leading ReLU), then ReLU, a sum over positions and a
+  dense logit (+ a projection term with labels). `batch_stats` holds only spectral norm's vectors."""
+
+  image_shape: Sequence[int]
+  width: int = 64
+  kernel_size: int = 3  # accepted for a shared config; the blocks use 3x3
+  num_classes: int = 0
+  fast_ops: bool = False
+  spectral_norm: bool = False
+  dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
+
+  @nn.compact
+  def __call__(
+    self, x_BxHxWxC: jnp.ndarray, labels_B: jnp.ndarray | None = None, *, train: bool = True
+  ) -> jnp.ndarray:
+    _, widths = common.resolution_plan(self.image_shape[0], self.width, "ResNet GAN")
+    sn = lambda layer: common.spectral_norm(layer, self.spectral_norm, train)
+    pool = lambda x: nn.avg_pool(x, (2, 2), strides=(2, 2))
+    x = x_BxHxWxC
+    for i, w in enumerate(reversed(widths)):
+      h = x if i == 0 else nn.relu(x)
+      h = sn(nn.Conv(w, (3, 3), dtype=self.dtype, name=f"block{i}_conv1"))(h)
+      h = pool(sn(nn.Conv(w, (3, 3), dtype=self.dtype, name=f"block{i}_conv2"))(nn.relu(h)))
+      x = h + pool(sn(nn.Conv(w, (1, 1), dtype=self.dtype, name=f"block{i}_shortcut"))(x))
+    h_BxF = jnp.sum(nn.relu(x), axis=(1, 2))
+    logits_B = sn(nn.Dense(1, dtype=self.dtype, name="logit"))(h_BxF)[:, 0]
     if self.num_classes:  # projection discriminator (Miyato & Koyama 2018)
       embed_BxF = nn.Embed(self.num_classes, h_BxF.shape[-1], dtype=self.dtype, name="class_embed")(
         labels_B

@@ -9,8 +9,8 @@ import ml_collections
 import optax
 from flax import struct
 
+from jaxgen import augment, losses, ops
 from jaxgen import config as config_lib
-from jaxgen import losses, ops
 from jaxgen.errors import ConfigError
 from jaxgen.models import gan as gan_models
 from jaxgen.steps import common
@@ -34,7 +34,114 @@ def _models(hp: ml_collections.FrozenConfigDict):
     fast_ops=hp.fast_ops,
     dtype=common.compute_dtype(hp),
   )
-  return gan_models.Generator(**kw), gan_models.Discriminator(**kw)
+  sn = hp.get("spectral_norm", "none")
+  g_cls, d_cls = ARCHS[hp.get("arch", "dcgan")]
+  return g_cls(**kw, spectral_norm=sn == "dg"), d_cls(**kw, spectral_norm=sn in ("d", "dg"))
+
+
+# ---- GAN recipes (config.model switches, all off by default; README "GAN recipes")
+SPECTRAL_NORM = ("none", "d", "dg")
+ARCHS = {
+  "dcgan": (gan_models.Generator, gan_models.Discriminator),
+  "resnet": (gan_models.ResNetGenerator, gan_models.ResNetDiscriminator),
+}
+EMA_BN = ("online", "standing")
+
+
+def _recipe_hp(m: ml_collections.ConfigDict) -> dict:
+  """The recipe switches of config.model, checked; empty when all are off (state as before)."""
+  hp = dict(
+    arch=m.get("arch", "dcgan"),
+    spectral_norm=m.get("spectral_norm", "none"),
+    r1_gamma=float(m.get("r1_gamma", 0.0)),
+    r1_every=int(m.get("r1_every", 1)),
+    augment=m.get("augment", ""),
+    ema_bn=m.get("ema_bn", "online"),
+    standing_batches=int(m.get("standing_batches", 8)),
+    fresh_real_batches=bool(m.get("fresh_real_batches", False)),
+  )
+  if hp["arch"] not in ARCHS:
+    raise ConfigError(
+      f"unknown arch {hp['arch']!r}; set config.model.arch to one of {tuple(ARCHS)}"
+    )
+  if hp["spectral_norm"] not in SPECTRAL_NORM:
+    raise ConfigError(
+      f"unknown spectral_norm {hp['spectral_norm']!r}; set config.model.spectral_norm to one of "
+      f"{SPECTRAL_NORM}"
+    )
+  if hp["ema_bn"] not in EMA_BN:
+    raise ConfigError(
+      f"unknown ema_bn {hp['ema_bn']!r}; set config.model.ema_bn to one of {EMA_BN}"
+    )
+  if hp["r1_every"] < 1:
+    raise ConfigError(
+      f"model.r1_every={hp['r1_every']}; set it to 1 or more (lazy R1 every k D steps)"
+    )
+  augment.parse_policy(hp["augment"])
+  defaults = dict(
+    arch="dcgan",
+    spectral_norm="none",
+    r1_gamma=0.0,
+    r1_every=1,
+    augment="",
+    ema_bn="online",
+    standing_batches=8,
+    fresh_real_batches=False,
+  )
+  return hp if hp != defaults else {}
+
+
+def _r1(d_fn, real, d_step, hp) -> jax.Array:
+  """Lazy R1: gamma * r1_every / 2 * E||grad D(real)||^2 on D updates with step % r1_every == 0."""
+  if not hp.get("r1_gamma", 0.0):
+    return jnp.zeros((), real.dtype)
+  gamma = hp.r1_gamma * hp.r1_every
+  if hp.r1_every == 1:
+    return losses.r1_penalty(d_fn, real, gamma)
+  return jax.lax.cond(
+    d_step % hp.r1_every == 0,
+    lambda: losses.r1_penalty(d_fn, real, gamma),
+    lambda: jnp.zeros((), real.dtype),
+  )
+
+
+def _augment(key, x, hp) -> jax.Array:
+  return augment.augment(key, x, hp.get("augment", ""))
+
+
+def _standing_stats(generator, params, stats, hp) -> Any:
+  """BatchNorm statistics of G with weights `params`: the mean over `standing_batches` batches of
+  256 fixed latents of each batch's mean and variance (BigGAN's standing statistics).
+  Other "batch_stats" entries (spectral norm's u, sigma) are kept."""
+  momentum = 0.9  # the models' BatchNorm momentum: one update from 0 leaves (1 - m) * batch stat
+  is_bn = lambda path: path[-1].key in ("mean", "var")
+  zeroed = jax.tree_util.tree_map_with_path(
+    lambda p, x: jnp.zeros_like(x) if is_bn(p) else x, stats
+  )
+
+  def one(k):
+    z = jax.random.normal(k, (256, hp.latent_dim))
+    labels = common.labels_for(256, hp.num_classes)
+    _, new = common.apply(generator, params, zeroed, z, labels, train=True)
+    return new
+
+  keys = jax.random.split(jax.random.key(0), hp.standing_batches)
+  runs = jax.lax.map(one, keys)
+  return jax.tree_util.tree_map_with_path(
+    lambda p, old, new: jnp.mean(new, axis=0) / (1.0 - momentum) if is_bn(p) else old, stats, runs
+  )
+
+
+def ema_batch_stats(state: "GANState") -> Any:
+  """The BatchNorm statistics sampled with the EMA weights: the online G's ("online", the default;
+  they belong to other weights) or recomputed for the EMA weights (model.ema_bn = "standing")."""
+  if state.hp.get("ema_bn", "online") == "online" or not state.g.batch_stats:
+    return state.g.batch_stats
+  generator, _ = _models(state.hp)
+  return _standing_stats(generator, state.ema_params, state.g.batch_stats, state.hp)
+
+
+# ---- end of GAN recipes
 
 
 def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: dict) -> GANState:
@@ -53,6 +160,7 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
       fast_ops=ops.use_fast_ops(config.get("fast_ops", "auto")),
       accum_steps=config.get("accum_steps", 1),
       dtype=config_lib.check_dtype(config.get("dtype", "float32")),
+      **_recipe_hp(m),
     )
   )
   if hp.loss not in losses.GAN_LOSSES:
@@ -93,46 +201,65 @@ def train_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, 
   real = batch["image"]
   labels = batch["label"] if hp.num_classes else None
   keys = jax.random.split(jax.random.fold_in(key, state.step), hp.d_steps + 1)
-  latent = lambda k: common.shard_batch_axis(
-    jax.random.normal(k, (real.shape[0], hp.latent_dim), real.dtype)
-  )
+  # fresh_real_batches: the batch holds d_steps real batches, one per D update (rows split as
+  # common.micro_batches does); G's update uses a latent batch of that smaller size.
+  if hp.get("fresh_real_batches", False):
+    real_i = lambda i: common.shard_batch_axis(common.micro_batches(real, hp.d_steps)[i])
+    labels_i = lambda i: (
+      None
+      if labels is None
+      else common.shard_batch_axis(common.micro_batches(labels, hp.d_steps)[i])
+    )
+    num = real.shape[0] // hp.d_steps
+  else:
+    real_i, labels_i, num = (lambda i: real), (lambda i: labels), real.shape[0]
+  latent = lambda k: common.shard_batch_axis(jax.random.normal(k, (num, hp.latent_dim), real.dtype))
 
   # ---- discriminator: G's BatchNorm runs on batch statistics but its running
   # averages are updated only in the generator's own step.
   g, d = state.g, state.d
 
-  def d_grads_fn(d_params, d_stats, inputs, _):
+  def d_grads_fn(d_params, d_stats, inputs, key):
     real, labels, z = inputs
     fake, _ = common.apply(generator, g.params, g.batch_stats, z, labels, train=True)
     fake = jax.lax.stop_gradient(fake)
+    # recipes: the same augmentation policy on real and fake (own draws), R1 on what D sees
+    real = _augment(jax.random.fold_in(key, 101), real, hp)
+    fake = _augment(jax.random.fold_in(key, 102), fake, hp)
 
     def d_objective(d_params):
       real_logits, stats = common.apply(discriminator, d_params, d_stats, real, labels, train=True)
       fake_logits, stats = common.apply(discriminator, d_params, stats, fake, labels, train=True)
-      return d_loss_fn(real_logits, fake_logits), (stats, real_logits, fake_logits)
+      d_fn = lambda x: common.apply(discriminator, d_params, d_stats, x, labels, train=True)[0]
+      r1 = _r1(d_fn, real, d.step, hp)
+      return d_loss_fn(real_logits, fake_logits) + r1, (stats, real_logits, fake_logits, r1)
 
-    (loss, (stats, real_logits, fake_logits)), grads = jax.value_and_grad(
+    (loss, (stats, real_logits, fake_logits, r1)), grads = jax.value_and_grad(
       d_objective, has_aux=True
     )(d_params)
     d_real, d_fake = (jnp.mean(jax.nn.sigmoid(x)) for x in (real_logits, fake_logits))
-    return grads, stats, dict(d_loss=loss, d_real=d_real, d_fake=d_fake)
+    metrics = dict(d_loss=loss, d_real=d_real, d_fake=d_fake)
+    if hp.get("r1_gamma", 0.0):
+      metrics["d_r1"] = r1
+    return grads, stats, metrics
 
   for i in range(hp.d_steps):
     d_grads, d_stats, d_metrics = common.accumulate(
       functools.partial(d_grads_fn, d.params),
       d.batch_stats,
-      (real, labels, latent(keys[i])),
+      (real_i(i), labels_i(i), latent(keys[i])),
       keys[i],
       hp.accum_steps,
     )
     d, d_logged = common.apply_gradients(d, d_grads, "d_", batch_stats=d_stats)
 
   # ---- generator
-  def g_grads_fn(g_stats, inputs, _):
+  def g_grads_fn(g_stats, inputs, key):
     labels, z = inputs
 
     def g_objective(g_params):
       fake, stats = common.apply(generator, g_params, g_stats, z, labels, train=True)
+      fake = _augment(jax.random.fold_in(key, 102), fake, hp)
       logits, _ = common.apply(discriminator, d.params, d.batch_stats, fake, labels, train=True)
       return g_loss_fn(logits), stats
 
@@ -140,7 +267,11 @@ def train_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, 
     return grads, stats, dict(g_loss=loss)
 
   g_grads, g_stats, g_metrics = common.accumulate(
-    g_grads_fn, g.batch_stats, (labels, latent(keys[-1])), keys[-1], hp.accum_steps
+    g_grads_fn,
+    g.batch_stats,
+    (labels_i(hp.d_steps - 1), latent(keys[-1])),
+    keys[-1],
+    hp.accum_steps,
   )
   g, g_logged = common.apply_gradients(g, g_grads, "g_", batch_stats=g_stats)
   # Warm-up (as tf.train.ExponentialMovingAverage's num_updates): early on the average
@@ -159,7 +290,9 @@ def eval_step(state: GANState, batch: dict, key: jax.Array) -> dict:
   d_loss_fn, g_loss_fn = losses.GAN_LOSSES[hp.loss]
   labels = batch["label"] if hp.num_classes else None
   z = jax.random.normal(key, (batch["image"].shape[0], hp.latent_dim))
-  fake, _ = common.apply(generator, state.ema_params, state.g.batch_stats, z, labels, train=False)
+  fake, _ = common.apply(
+    generator, state.ema_params, ema_batch_stats(state), z, labels, train=False
+  )
   d_apply = lambda x: common.apply(
     discriminator, state.d.params, state.d.batch_stats, x, labels, train=False
   )[0]
@@ -171,7 +304,7 @@ def generate(state: GANState, z_NxZ: jax.Array, labels_N: jax.Array | None = Non
   """Images [N, H, W, C] in [-1, 1] from given latents (and labels), EMA generator."""
   generator, _ = _models(state.hp)
   return common.apply(
-    generator, state.ema_params, state.g.batch_stats, z_NxZ, labels_N, train=False
+    generator, state.ema_params, ema_batch_stats(state), z_NxZ, labels_N, train=False
   )[0]
 
 

@@ -1,0 +1,176 @@
+"""The GAN-recipes study: each recipe trained for the same wall time, FD and coverage vs minutes.
+
+    python experiments/gan_recipes.py --budget_minutes 180 --recipes dcgan,sn_hinge,diffaug,all
+
+Each recipe (RECIPES: config.model / config.optim overrides of experiments/configs/dcgan_fashion.py)
+runs through jaxgen.trainer.train_and_evaluate in runs/gan_recipes/<recipe> for budget/len(recipes)
+minutes (then SIGTERM: the loop saves and stops), with the in-training evaluation every
+--eval_every steps (FD, coverage, recall in the feature space of a trained classifier:
+runs/classifier_fashion_mnist from the README's command, or --extractor). Each evaluation is logged
+with `train_minutes`, the wall time spent outside evaluation. Writes runs/gan_recipes/curves.png
+(FD and coverage against minutes per recipe) and table.md (the last evaluation of each).
+Sized for 2 CPU cores: the default 180 minutes over the 10 recipes gives 18 minutes each.
+"""
+
+import argparse
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from jaxgen import config as config_lib
+from jaxgen import evaluation, trainer
+from jaxgen.errors import Preempted
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = REPO / "experiments/configs/dcgan_fashion.py"
+SN_HINGE = dict(spectral_norm="d", loss="hinge")
+RECIPES = {
+  # name: ({model overrides}, {optim overrides}, {top-level overrides})
+  "dcgan": ({}, {}, {}),
+  "hinge": (dict(loss="hinge"), {}, {}),
+  "sn_hinge": (SN_HINGE, {}, {}),
+  "r1": (dict(r1_gamma=0.1, r1_every=16), {}, {}),
+  "diffaug": (dict(augment="translation,cutout,color"), {}, {}),
+  "ttur": ({}, dict(g_lr=1e-4, d_lr=4e-4), {}),
+  "ema_standing": (dict(ema_bn="standing"), {}, {}),
+  "resnet_sn_hinge": (dict(arch="resnet", **SN_HINGE), {}, {}),
+  "fresh_d2": (dict(d_steps=2, fresh_real_batches=True), {}, dict(batch_size=128)),
+  "all": (
+    dict(
+      **SN_HINGE,
+      r1_gamma=0.1,
+      r1_every=16,
+      augment="translation,cutout,color",
+      ema_bn="standing",
+      d_steps=2,
+      fresh_real_batches=True,
+    ),
+    dict(g_lr=1e-4, d_lr=4e-4),
+    dict(batch_size=128),
+  ),
+}
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+COLOURS += [(140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def recipe_config(name: str, args: argparse.Namespace):
+  """dcgan_fashion.py with the recipe's overrides and the study's cadence."""
+  model, optim, top = RECIPES[name]
+  c = config_lib.load(BASE)
+  c.model.update(model)
+  c.optim.update(optim)
+  c.update(top)
+  c.num_steps = 10**7  # stopped by the time budget
+  c.eval_every, c.eval_num_samples = args.eval_every, args.eval_samples
+  c.sample_every, c.checkpoint_every, c.log_every = args.eval_every, args.eval_every, 50
+  if args.width:
+    c.model.width = args.width
+  return c
+
+
+def run_recipe(name: str, args: argparse.Namespace, out: Path) -> list[dict]:
+  """Trains one recipe for its share of the budget; its evaluation rows from metrics.jsonl."""
+  config = recipe_config(name, args)
+  workdir = out / name
+  eval_fn = evaluation.make_eval_fn(config, extractor=args.extractor, cache_dir=out / "cache")
+  start, in_eval = time.monotonic(), [0.0]
+
+  def timed_eval(state, step):
+    t = time.monotonic()
+    results = dict(eval_fn(state, step), train_minutes=(t - start - in_eval[0]) / 60)
+    in_eval[0] += time.monotonic() - t
+    return results
+
+  minutes = args.budget_minutes / len(args.recipes)
+  timer = threading.Timer(minutes * 60, os.kill, (os.getpid(), signal.SIGTERM))
+  timer.start()
+  try:
+    trainer.train_and_evaluate(config, workdir, eval_fn=timed_eval)
+  except Preempted:
+    pass  # the budget ran out: the loop saved the step it reached
+  finally:
+    timer.cancel()
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [dict(step=r["step"], **r["eval"]) for r in rows if "eval" in r]
+
+
+def plot(curves: dict[str, list[dict]], path: Path, keys=("fd", "coverage")) -> None:
+  """One panel per metric: the metric against train_minutes, a coloured line per recipe."""
+  w, h, margin = 480, 320, 50
+  img = Image.new("RGB", (w * len(keys), h + 20 * len(curves)), "white")
+  draw = ImageDraw.Draw(img)
+  for p, key in enumerate(keys):
+    pts = [(r["train_minutes"], r[key]) for rows in curves.values() for r in rows if key in r]
+    if not pts:
+      continue
+    xs, ys = np.array(pts).T
+    x0, x1 = 0.0, max(xs.max(), 1e-9)
+    y0, y1 = min(ys.min(), 0.0), max(ys.max(), 1e-9)
+    left, right, top, bottom = p * w + margin, (p + 1) * w - margin, margin, h - margin
+    scale = np.array([(right - left) / (x1 - x0), (bottom - top) / (y1 - y0)])
+
+    def to_px(x, y, left=left, bottom=bottom, scale=scale, x0=x0, y0=y0):
+      return (left + (x - x0) * scale[0], bottom - (y - y0) * scale[1])
+
+    draw.rectangle([p * w + margin, margin, (p + 1) * w - margin, h - margin], outline="black")
+    draw.text((p * w + margin, 10), f"{key} vs training minutes", fill="black")
+    draw.text((p * w + margin, h - margin + 5), f"0 .. {x1:.1f} min", fill="black")
+    draw.text((p * w + 2, margin), f"{y1:.3g}", fill="black")
+    draw.text((p * w + 2, h - margin - 10), f"{y0:.3g}", fill="black")
+    for i, rows in enumerate(curves.values()):
+      line = [to_px(r["train_minutes"], r[key]) for r in rows if key in r]
+      colour = COLOURS[i % len(COLOURS)]
+      if len(line) > 1:
+        draw.line(line, fill=colour, width=2)
+      for x, y in line:
+        draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+  for i, name in enumerate(curves):
+    draw.text((margin, h + 20 * i), name, fill=COLOURS[i % len(COLOURS)])
+  img.save(path)
+
+
+def table(curves: dict[str, list[dict]], keys=("fd", "coverage", "recall")) -> str:
+  """Markdown: each recipe's last evaluation (step, minutes, metrics)."""
+  lines = ["| recipe | step | train minutes | " + " | ".join(keys) + " |"]
+  lines.append("|" + "---|" * (3 + len(keys)))
+  for name, rows in curves.items():
+    if not rows:
+      lines.append(f"| {name} | - | - | " + " | ".join("-" for _ in keys) + " |")
+      continue
+    last = rows[-1]
+    values = " | ".join(f"{last[k]:.4g}" if k in last else "-" for k in keys)
+    lines.append(f"| {name} | {last['step']} | {last['train_minutes']:.1f} | {values} |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--budget_minutes", type=float, default=180.0, help="total, all recipes")
+  parser.add_argument("--recipes", default=",".join(RECIPES), help=f"from {','.join(RECIPES)}")
+  parser.add_argument("--out", default="runs/gan_recipes")
+  parser.add_argument("--eval_every", type=int, default=500)
+  parser.add_argument("--eval_samples", type=int, default=2000)
+  parser.add_argument("--width", type=int, default=0, help="model.width override (0: config's)")
+  parser.add_argument("--extractor", default=None, help="classifier run (default: evaluation's)")
+  args = parser.parse_args(argv)
+  args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+  unknown = [r for r in args.recipes if r not in RECIPES]
+  if unknown:
+    parser.error(f"unknown recipes {unknown}; choose from {','.join(RECIPES)}")
+  out = Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  curves = {name: run_recipe(name, args, out) for name in args.recipes}
+  (out / "curves.json").write_text(json.dumps(curves, indent=1))
+  plot(curves, out / "curves.png")
+  (out / "table.md").write_text(table(curves))
+  print(table(curves))
+
+
+if __name__ == "__main__":
+  main()

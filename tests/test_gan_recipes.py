@@ -1,0 +1,209 @@
+"""GAN recipes (README "GAN recipes"): each switch's definition, and one run with all of them on."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import gan_config, num_params, random_batch
+
+from jaxgen import augment, losses, trainer
+from jaxgen.errors import ConfigError
+from jaxgen.models import gan as gan_models
+from jaxgen.steps import common, gan
+
+ALL_ON = dict(
+  arch="resnet",
+  spectral_norm="dg",
+  r1_gamma=1.0,
+  r1_every=2,
+  augment="translation,cutout,color",
+  ema_bn="standing",
+  standing_batches=2,
+  fresh_real_batches=True,
+  d_steps=2,
+)
+
+# ------------------------------------------------------------------ augmentation
+
+
+@pytest.mark.parametrize("policy", ["color", "translation", "cutout", "translation,cutout,color"])
+def test_augment_same_key_same_result_and_differentiable(policy):
+  x = random_batch(n=4, shape=(8, 8, 3))["image"]
+  a = augment.augment(jax.random.key(3), x, policy)
+  np.testing.assert_array_equal(a, augment.augment(jax.random.key(3), x, policy))
+  assert float(jnp.abs(a - augment.augment(jax.random.key(4), x, policy)).max()) > 1e-3
+  # d/dx of a random projection vs a central difference, in float64 so that the difference
+  # quotient has no float32 rounding (every op is piecewise linear in x for a fixed key)
+  with jax.enable_x64():
+    x64 = jnp.asarray(np.asarray(x), jnp.float64)
+    w = jax.random.normal(jax.random.key(5), x64.shape, jnp.float64)
+    v = jax.random.normal(jax.random.key(6), x64.shape, jnp.float64)
+    f = lambda x: jnp.sum(w * augment.augment(jax.random.key(3), x, policy))
+    eps = 1e-6
+    fd = (f(x64 + eps * v) - f(x64 - eps * v)) / (2 * eps)
+    np.testing.assert_allclose(jnp.sum(jax.grad(f)(x64) * v), fd, rtol=1e-7)
+
+
+def test_translation_moves_content_by_integers_with_zero_padding():
+  x = jnp.arange(1.0, 65.0).reshape(1, 8, 8, 1)
+  y = augment.translation(jax.random.key(0), x)
+  moved = [
+    (dh, dw)
+    for dh in range(-1, 2)
+    for dw in range(-1, 2)
+    if np.array_equal(
+      y, np.roll(np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), (dh, dw), (1, 2))[:, 1:9, 1:9]
+    )
+  ]
+  assert len(moved) == 1  # ratio 1/8 of 8 pixels: a shift in [-1, 1]^2, zeros shifted in
+
+
+def test_cutout_zeroes_one_half_size_square():
+  x = jnp.ones((16, 8, 8, 1))
+  y = np.asarray(augment.cutout(jax.random.key(0), x))
+  for img in y[..., 0]:
+    rows, cols = np.nonzero(img == 0)
+    assert rows.max() - rows.min() < 4 and cols.max() - cols.min() < 4
+    assert (img[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] == 0).all()
+  assert (y == 0).sum(axis=(1, 2, 3)).max() == 16  # a full 4x4 square where not clipped
+
+
+def test_unknown_policy_is_a_config_error():
+  with pytest.raises(ConfigError, match="config.model.augment"):
+    augment.parse_policy("translation,flip")
+
+
+# ------------------------------------------------------------------ R1
+
+
+def test_r1_equals_finite_differences():
+  with jax.enable_x64():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4, 4, 2)))
+    w = jnp.asarray(np.random.default_rng(1).normal(size=(4, 4, 2)))
+    d_fn = lambda x: jnp.tanh(jnp.sum(w * x, axis=(1, 2, 3))) + jnp.sum(x**2, axis=(1, 2, 3))
+    gamma = 10.0
+    eps = 1e-6
+    sq = []
+    for b in range(3):  # each example's gradient by central differences, coordinate by coordinate
+      g = np.zeros(x.shape[1:])
+      for idx in np.ndindex(*x.shape[1:]):
+        e = np.zeros(x.shape)
+        e[(b, *idx)] = eps
+        g[idx] = (d_fn(x + e)[b] - d_fn(x - e)[b]) / (2 * eps)
+      sq.append(np.sum(g**2))
+    np.testing.assert_allclose(
+      losses.r1_penalty(d_fn, x, gamma), gamma / 2 * np.mean(sq), rtol=1e-7
+    )
+
+
+# ------------------------------------------------------------------ spectral norm
+
+
+def test_spectral_norm_largest_singular_value_is_one_after_power_iterations():
+  d = gan_models.Discriminator((28, 28, 1), width=8, spectral_norm=True)
+  x = random_batch(n=4)["image"]
+  v = d.init(jax.random.key(0), x, train=False)
+  stats = v["batch_stats"]
+  for _ in range(50):  # power iterations advance once per training call
+    _, stats = common.apply(d, v["params"], stats, x, train=True)
+  for name in ("conv0", "conv1", "logit"):
+    kernel = np.asarray(v["params"][name]["kernel"])
+    sigma = float(stats[f"sn_{name}"][f"{name}/kernel/sigma"])
+    top = np.linalg.svd(kernel.reshape(-1, kernel.shape[-1]), compute_uv=False)[0]
+    assert abs(top / sigma - 1.0) < 1e-3, name
+  # off: the plain model, same parameters
+  plain = gan_models.Discriminator((28, 28, 1), width=8).init(jax.random.key(0), x, train=False)
+  assert jax.tree.map(jnp.shape, plain["params"]) == jax.tree.map(jnp.shape, v["params"])
+
+
+# ------------------------------------------------------------------ ResNet G/D
+
+
+def test_resnet_shapes_and_parameter_counts():
+  shape, w, z_dim = (28, 28, 1), 8, 16  # plan: 7x7, widths (4w, 2w) = (32, 16)
+  g = gan_models.ResNetGenerator(shape, width=w)
+  d = gan_models.ResNetDiscriminator(shape, width=w, num_classes=10)
+  z = jnp.zeros((3, z_dim))
+  gv = g.init(jax.random.key(0), z, train=False)
+  x = g.apply(gv, z, train=False)
+  assert x.shape == (3, *shape)
+  labels = jnp.zeros((3,), jnp.int32)
+  dv = d.init(jax.random.key(1), x, labels, train=False)
+  assert d.apply(dv, x, labels, train=False).shape == (3,)
+  assert set(dv) == {"params"}  # no BatchNorm in D
+  conv = lambda k, i, o: k * k * i * o + o
+  # G: dense 16*7*7*32; block 32->16: BN 2*32, conv 3x3, BN 2*16, conv 3x3, 1x1 shortcut;
+  # block 16->16: no shortcut; BN 2*16 + conv 3x3 to 1 channel
+  g_want = (z_dim * 49 * 32) + (64 + conv(3, 32, 16) + 32 + conv(3, 16, 16) + conv(1, 32, 16))
+  g_want += (32 + conv(3, 16, 16) + 32 + conv(3, 16, 16)) + (32 + conv(3, 16, 1))
+  # D: block 1->16, block 16->32 (two 3x3 convs and a 1x1 shortcut each), logit, projection
+  d_want = conv(3, 1, 16) + conv(3, 16, 16) + conv(1, 1, 16)
+  d_want += conv(3, 16, 32) + conv(3, 32, 32) + conv(1, 16, 32) + 33 + 10 * 32
+  assert (g_want, d_want) == (37_537, 17_297)
+  assert (num_params(gv["params"]), num_params(dv["params"])) == (g_want, d_want)
+
+
+# ------------------------------------------------------------------ the step
+
+
+def _state(**model):
+  c = gan_config(width=8, latent_dim=8, **model)
+  return gan.init_state(c, jax.random.key(0), random_batch(n=8))
+
+
+def test_defaults_keep_the_state_as_before_and_bad_values_fail():
+  assert "spectral_norm" not in _state().hp
+  for bad, match in (
+    (dict(spectral_norm="g"), "config.model.spectral_norm"),
+    (dict(ema_bn="ema"), "config.model.ema_bn"),
+    (dict(r1_every=0), "r1_every"),
+    (dict(arch="stylegan"), "config.model.arch"),
+  ):
+    with pytest.raises(ConfigError, match=match):
+      _state(**bad)
+
+
+def test_fresh_real_batches_with_one_d_step_is_the_plain_step():
+  batch = random_batch(n=8)
+  a, _ = gan.train_step(_state(), batch, jax.random.key(1))
+  b, _ = gan.train_step(_state(fresh_real_batches=True), batch, jax.random.key(1))
+  jax.tree.map(np.testing.assert_array_equal, a.g.params, b.g.params)
+  jax.tree.map(np.testing.assert_array_equal, a.d.params, b.d.params)
+
+
+def test_standing_statistics_are_the_ema_generators_batch_statistics():
+  state = _state(ema_bn="standing", standing_batches=1)
+  state = state.replace(ema_params=jax.tree.map(lambda p: 1.1 * p, state.ema_params))
+  generator, _ = gan._models(state.hp)
+  z = jax.random.normal(jax.random.split(jax.random.key(0), 1)[0], (256, 8))
+  # one flax update from the online statistics: new = 0.9 old + 0.1 batch
+  _, new = common.apply(generator, state.ema_params, state.g.batch_stats, z, None, train=True)
+  want = jax.tree.map(lambda n, o: (n - 0.9 * o) / 0.1, new, state.g.batch_stats)
+  got = gan.ema_batch_stats(state)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5), got, want)
+  online = _state()
+  assert gan.ema_batch_stats(online) is online.g.batch_stats
+
+
+def test_step_with_all_recipes_is_finite_and_logs_r1():
+  state = _state(**ALL_ON)
+  state, metrics = gan.train_step(state, random_batch(n=8), jax.random.key(1))
+  assert set(metrics) >= {"d_loss", "g_loss", "d_r1"}
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+  assert np.isfinite(np.asarray(gan.sample(state, jax.random.key(2), 3))).all()
+
+
+# ------------------------------------------------------------------ a trained run
+
+
+def test_training_run_with_all_recipes_ends_finite(fashion_slice, tmp_path):
+  c = gan_config(width=8, latent_dim=16, **ALL_ON)
+  c.data.name, c.data.source_dir = "idx", str(fashion_slice)
+  c.batch_size, c.num_steps, c.log_every, c.checkpoint_every = 16, 4, 1, 4
+  c.sample_every, c.num_grid_samples = 0, 0
+  trainer.train_and_evaluate(c, tmp_path)
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  last = [r for r in rows if "g_loss" in r][-1]
+  assert last["step"] == 4 and np.isfinite(last["g_loss"]) and np.isfinite(last["d_loss"])
