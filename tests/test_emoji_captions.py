@@ -12,7 +12,7 @@ import pytest
 from conftest import DRAW_TINY, REPO, draw_config
 from PIL import Image
 
-from jaxgen import cli, evaluation, trainer
+from jaxgen import cli, evaluation, pictures, trainer
 from jaxgen import config as config_lib
 from jaxgen import data as data_lib
 from jaxgen.data import captions, emoji
@@ -105,7 +105,7 @@ def test_tiny_run_stores_its_vocabulary_and_samples_from_a_caption(tiny_run):
     [info.vocabulary.index("red"), info.vocabulary.index("heart"), 0],
   )
   batch = evaluation.splits.read_batch(trainer.load_run_config(tiny_run), "test", np.arange(8))
-  paths = draw.pictures(state, batch, jax.random.key(0), tiny_run / "pictures")
+  paths = pictures.draw_pictures(state, batch, jax.random.key(0), tiny_run / "pictures")
   assert {p.name for p in paths} >= {"example_captions.png", "test_captions.png"}
   with pytest.raises(SystemExit) as e:  # one line, exit status 1
     cli.main(["sample", "--workdir", str(tiny_run), "--caption", "crimson heart"])

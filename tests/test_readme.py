@@ -69,6 +69,11 @@ SKIPPED = (  # (how the command starts, why it is not run)
   ),
   ("source .venv/bin/activate", "the test already runs in .venv's environment"),
   (
+    "python experiments/gan_recipes.py",
+    "the GAN recipes study: minutes to hours of training (tests/test_gan_recipes.py runs "
+    "every recipe's switches through the loop)",
+  ),
+  (
     "gcloud compute tpus",
     "a TPU pod slice launch: needs Cloud TPUs; each worker runs the jaxgen train command "
     "run above, with JAXGEN_DISTRIBUTED=1 (tests/test_trainer.py runs the multi-process path)",
@@ -225,8 +230,11 @@ def test_readme_is_parsed_into_the_commands_it_shows():
     ["source", ".venv/bin/activate"],
     ["jaxgen", "train"],  # indented block
     ["gcloud", "compute"],
+    ["python", "experiments/gan_recipes.py"],
+    ["python", "experiments/gan_recipes.py"],
     ["make", "bench"],
     ["python", "-m"],
+    ["python", "-m"],  # --peers eager,compile --require_quiet
     ["python", "-m"],  # benchmarks.loop
     ["make", "device-check"],
   ]
