@@ -97,7 +97,7 @@ demo: setup data
 	@echo "sample grids: runs/demo/samples/   metrics: runs/demo/metrics.jsonl   checkpoints: runs/demo/checkpoints/"
 
 test: setup setup-bench data data-emoji browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-all: setup setup-bench data data-emoji browser
 	$(PY) -m pytest -q -m ""
