@@ -34,8 +34,9 @@ matmul peak; over QUIET_CORES (0.5) cores the row is marked "(loaded)" and a war
 printed. `--require_quiet` refuses to start on a busy machine (`--force` measures anyway).
 
 Precision. `--dtypes float32,bfloat16` sets each config's `dtype` (jaxgen's computation
-dtype, see README "Mixed precision"; a dtype jaxgen does not support, float16 for now, or a
-config without that key runs float32 only, and its other rows say "not supported yet") and runs the PyTorch peer under bfloat16 autocast. `--matmul_precision` sets float32
+dtype, see README "Mixed precision"; float16 with its dynamic loss scaling; a config without
+that key runs float32 only, and its other rows say "not supported yet") and runs the PyTorch
+peer under bfloat16 autocast (the peer has no float16 variant: its cells say so). `--matmul_precision` sets float32
 matmuls and convolutions on both sides alike: "highest" (the default) is IEEE float32 (JAX's
 `jax_default_matmul_precision=highest`; PyTorch's TF32 off for matmuls and cuDNN), "tf32"
 lets both use TF32 tensor cores. The two libraries' own defaults differ on GPU (XLA may use
@@ -163,7 +164,7 @@ def load_config(
   dtype: str = "float32",
 ):
   """The family's config at this size and dtype; None where `dtype` is not float32 and the config
-  has no `dtype` key or jaxgen does not support it (config.DTYPES: float16 is not yet)."""
+  has no `dtype` key or jaxgen does not support it (config.DTYPES)."""
   from jaxgen import config as config_lib
 
   config = config_lib.load(path, overrides)

@@ -37,7 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.fast_ops = config_dict.FieldReference("auto", field_type=object)
   # Computation dtype (README "Mixed precision"): "float32" | "bfloat16" (activations and
   # matmuls/convolutions in bfloat16; params, optimizer state, BatchNorm statistics and losses
-  # in float32). "float16" is not supported yet (it needs loss scaling).
+  # in float32) | "float16" (the same, with dynamic loss scaling: steps/common.LossScale).
   c.dtype = "float32"
   c.data = ml_collections.ConfigDict()
   c.data.name = "fashion_mnist"  # or "idx" (MNIST-format files in source_dir) or a TFDS name
@@ -178,16 +178,11 @@ def _require(
     raise ConfigError(f"config.{key}={value}: must be {bound}; set --config.{key}=...")
 
 
-DTYPES = ("float32", "bfloat16")  # config.dtype; "float16" is refused until loss scaling exists
+DTYPES = ("float32", "bfloat16", "float16")  # config.dtype; float16 with dynamic loss scaling
 
 
 def check_dtype(name: object) -> str:
   """`name` if it is a supported computation dtype (DTYPES); else a one-line ConfigError."""
-  if name == "float16":
-    raise ConfigError(
-      "config.dtype=float16 is not supported yet (it needs dynamic loss scaling); "
-      "set --config.dtype=bfloat16 (same speed-ups, float32's range) or float32"
-    )
   if name not in DTYPES:
     raise ConfigError(f"config.dtype={name!r}: set --config.dtype to one of {DTYPES}")
   return name

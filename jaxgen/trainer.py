@@ -508,7 +508,8 @@ def _train_locked(
       f"{compile_stats['flops_per_step'] / 1e9:.2f} GFLOP/step; jaxgen.ops fast paths "
       f"{'on' if ops.use_fast_ops(config.get('fast_ops', 'auto')) else 'off'} "
       f"(fast_ops={config.get('fast_ops', 'auto')}); compute dtype "
-      f"{config.get('dtype', 'float32')} (params, optimizer state and losses float32)"
+      f"{config.get('dtype', 'float32')} (params, optimizer state and losses float32"
+      f"{'; dynamic loss scaling' if config.get('dtype') == 'float16' else ''})"
     )
 
     # ---- loop

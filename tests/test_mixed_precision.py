@@ -1,4 +1,5 @@
-"""Mixed precision (config.dtype=bfloat16): low-precision compute, float32 everything else.
+"""Mixed precision (config.dtype=bfloat16 or float16): low-precision compute, float32 everything
+else; float16 with dynamic loss scaling.
 
 Tolerance. bfloat16 keeps 8 significant bits: rounding to it moves a value by at most
 u = 2^-8 (3.9e-3) of itself. A layer rounds its input, its weights and its output, so a path
@@ -28,6 +29,7 @@ from jaxgen import config as config_lib
 from jaxgen import ops, steps
 from jaxgen.errors import ConfigError
 from jaxgen.models import gan as gan_models
+from jaxgen.steps import common
 
 U_BF16 = 2.0**-8
 
@@ -179,6 +181,80 @@ def test_bfloat16_step_matches_float32_within_the_derived_bound(case):
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(net.opt_state) if x.ndim)
 
 
+U_F16 = 2.0**-11  # float16 keeps 11 significant bits: the same derivation as U_BF16's bound
+
+
+@pytest.mark.parametrize("case", ["gan", "vae", "draw", "classifier"])
+def test_float16_step_scales_the_loss_and_skips_overflowing_updates(case):
+  """float16 compute: the first step's losses within the bfloat16 bound's derivation at float16's
+  u; the state float32, each network with a float32 loss scale; each network's first update
+  either applied (all gradients finite: params moved, one good step at the same scale) or
+  skipped (params, optimizer state and step as before, the scale halved), as its metrics say."""
+  _, before, after, m16 = _run(case, "float16")
+  _, _, _, m32 = _run(case, "float32")
+  tol = 4.0 * U_F16 * math.sqrt(3 * CASES[case][3])
+  for k in [k for k in LOSSES if k in m32]:
+    got, want = float(m16[k]), float(m32[k])
+    assert abs(got - want) <= tol * abs(want), (k, got, want, tol)
+  for name, x in _float_leaves(after):
+    assert x.dtype == np.float32 and np.all(np.isfinite(x)), name
+  skipped = 0
+  for old, new in zip(_network_states(before), _network_states(after)):
+    assert old.loss_scale is not None and float(old.loss_scale.scale) == 2.0**15
+    moved = [
+      not np.array_equal(a, b)
+      for a, b in zip(jax.tree.leaves(old.params), jax.tree.leaves(new.params))
+    ]
+    if float(new.loss_scale.scale) == 2.0**14:  # skipped
+      skipped += 1
+      assert not any(moved) and int(new.step) == 0 and int(new.loss_scale.good_steps) == 0
+      jax.tree.map(np.testing.assert_array_equal, old.opt_state, new.opt_state)
+    else:
+      assert float(new.loss_scale.scale) == 2.0**15 and int(new.loss_scale.good_steps) == 1
+      assert any(moved) and int(new.step) == 1
+  assert skipped == sum(float(v) for k, v in m16.items() if k.endswith("skipped"))
+
+
+def test_loss_scaling_is_exact_and_its_scale_moves_as_documented():
+  """Multiplying by a power of two is exact in binary floating point (barring overflow), so the
+  gradients taken through the scale equal the plain ones bit for bit. A non-finite gradient skips
+  the update (logged with grad_norm 0) and halves the scale; `period` finite updates double it;
+  at the floor scale of 1 a non-finite gradient is logged as is, which stops a run."""
+  model = nn.Dense(3)
+  x = jnp.linspace(-1.0, 1.0, 8).reshape(2, 4)
+  params = model.init(jax.random.key(0), x)["params"]
+  fn = lambda p: (jnp.sum(model.apply({"params": p}, x) ** 2), None)
+  optim = config_lib.base_config().optim
+  plain = common.create_model_state(model, params, {}, optim, 1e-3)
+  assert plain.loss_scale is None
+  scaled = plain.replace(loss_scale=common.LossScale.initial(2.0**10).replace(period=2))
+  (loss, _), g_plain = common.value_and_grad(fn, plain)(params)
+  (loss_s, _), g_scaled = common.value_and_grad(fn, scaled)(params)
+  assert float(loss_s) == float(loss)
+  jax.tree.map(np.testing.assert_array_equal, g_plain, g_scaled)
+
+  s1, log1 = common.apply_gradients(scaled, g_scaled)
+  s2, _ = common.apply_gradients(s1, g_scaled)
+  assert (float(s1.loss_scale.scale), int(s1.loss_scale.good_steps)) == (2.0**10, 1)
+  assert (float(s2.loss_scale.scale), int(s2.loss_scale.good_steps)) == (2.0**11, 0)
+  assert int(s2.step) == 2 and float(log1["skipped"]) == 0.0
+  bad = jax.tree.map(lambda g: g.at[0].set(jnp.inf), g_scaled)
+  s3, log3 = common.apply_gradients(s2, bad)
+  assert float(s3.loss_scale.scale) == 2.0**10 and int(s3.step) == 2
+  jax.tree.map(np.testing.assert_array_equal, (s2.params, s2.opt_state), (s3.params, s3.opt_state))
+  assert (float(log3["skipped"]), float(log3["grad_norm"])) == (1.0, 0.0)
+  floor = s2.replace(loss_scale=s2.loss_scale.replace(scale=jnp.float32(1.0)))
+  _, log_floor = common.apply_gradients(floor, bad)
+  assert not np.isfinite(float(log_floor["grad_norm"]))
+
+
+def test_float16_models_get_loss_scaling_and_others_do_not():
+  optim = config_lib.base_config().optim
+  make = lambda dtype: common.create_model_state(nn.Dense(3, dtype=dtype), {}, {}, optim, 1e-3)
+  assert make(jnp.float16).loss_scale is not None
+  assert make(None).loss_scale is None and make(jnp.bfloat16).loss_scale is None
+
+
 def _op_dtypes(fn, *args) -> dict[str, set[str]]:
   """{primitive: dtypes of its results} of every convolution and matmul in fn's jaxpr, nested
   jaxprs (custom VJPs, scans, jits) included."""
@@ -291,7 +367,7 @@ def test_default_dense_is_flax_default():
 
 @pytest.mark.parametrize(
   "value, message",
-  [("float16", "not supported yet"), ("float8", "one of"), ("bf16", "one of")],
+  [("float64", "one of"), ("float8", "one of"), ("bf16", "one of")],
 )
 def test_unsupported_dtype_is_a_one_line_config_error(value, message):
   config = _config("gan", "float32")

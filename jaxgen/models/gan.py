@@ -20,8 +20,8 @@ from jaxgen import ops
 from jaxgen.models import common
 
 
-class Generator(nn.Module):
-  """z_BxZ (+ labels_B) -> images_BxHxWxC in [-1, 1]."""
+class _Net(nn.Module):
+  """The fields every generator and discriminator here takes, so one config builds any arch."""
 
   image_shape: Sequence[int]
   width: int = 64
@@ -30,6 +30,21 @@ class Generator(nn.Module):
   fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
   dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
   spectral_norm: bool = False
+
+
+def _logit(h_BxF: jnp.ndarray, labels_B: jnp.ndarray | None, num_classes: int, dtype, sn):
+  """A dense logit of features h_BxF, plus with labels the projection term <embed(y), h>
+  (Miyato & Koyama 2018); called inside a discriminator, whose "logit" and "class_embed" they
+  become."""
+  logits_B = sn(nn.Dense(1, dtype=dtype, name="logit"))(h_BxF)[:, 0]
+  if num_classes:
+    embed_BxF = nn.Embed(num_classes, h_BxF.shape[-1], dtype=dtype, name="class_embed")(labels_B)
+    logits_B = logits_B + jnp.sum(embed_BxF * h_BxF, axis=-1)
+  return logits_B
+
+
+class Generator(_Net):
+  """z_BxZ (+ labels_B) -> images_BxHxWxC in [-1, 1]."""
 
   @nn.compact
   def __call__(
@@ -61,16 +76,8 @@ class Generator(nn.Module):
     return jnp.tanh(x)
 
 
-class Discriminator(nn.Module):
+class Discriminator(_Net):
   """images_BxHxWxC (+ labels_B) -> logits_B (real > 0)."""
-
-  image_shape: Sequence[int]
-  width: int = 64
-  kernel_size: int = 5
-  num_classes: int = 0
-  fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
-  dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
-  spectral_norm: bool = False
 
   @nn.compact
   def __call__(
@@ -95,13 +102,7 @@ class Discriminator(nn.Module):
       else:
         x = nn.leaky_relu(x, 0.2)
     h_BxF = x.reshape(x.shape[0], -1)
-    logits_B = sn(nn.Dense(1, dtype=self.dtype, name="logit"))(h_BxF)[:, 0]
-    if self.num_classes:  # projection discriminator (Miyato & Koyama 2018)
-      embed_BxF = nn.Embed(self.num_classes, h_BxF.shape[-1], dtype=self.dtype, name="class_embed")(
-        labels_B
-      )
-      logits_B = logits_B + jnp.sum(embed_BxF * h_BxF, axis=-1)
-    return logits_B
+    return _logit(h_BxF, labels_B, self.num_classes, self.dtype, sn)
 
 
 # ------------------------------------------------------------------ ResNet G/D (model.arch)
@@ -112,20 +113,14 @@ def _upsample(x_BxHxWxC: jnp.ndarray) -> jnp.ndarray:
   return jnp.repeat(jnp.repeat(x_BxHxWxC, 2, axis=1), 2, axis=2)
 
 
-class ResNetGenerator(nn.Module):
+class ResNetGenerator(_Net):
   """z_BxZ (+ labels_B) -> images_BxHxWxC in [-1, 1], residual blocks (Miyato et al. 2018's
   SNGAN generator): dense to the plan's start size, then per doubling BN-ReLU-upsample-conv3x3-
   BN-ReLU-conv3x3 plus an upsampled shortcut (1x1 conv where the width changes), then BN-ReLU-
   conv3x3 to the image channels and tanh. Widths from `common.resolution_plan`; the last block
   keeps its input width. Plain flax layers (`fast_ops` is accepted and ignored)."""
 
-  image_shape: Sequence[int]
-  width: int = 64
   kernel_size: int = 3  # accepted for a shared config; the blocks use 3x3
-  num_classes: int = 0
-  fast_ops: bool = False
-  spectral_norm: bool = False
-  dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
 
   @nn.compact
   def __call__(
@@ -156,19 +151,13 @@ class ResNetGenerator(nn.Module):
     return jnp.tanh(x)
 
 
-class ResNetDiscriminator(nn.Module):
+class ResNetDiscriminator(_Net):
   """images_BxHxWxC (+ labels_B) -> logits_B (real > 0), residual blocks without BatchNorm
   (SNGAN's discriminator): per halving (ReLU-)conv3x3-ReLU-conv3x3-avgpool plus a 1x1-conv,
   avgpooled shortcut (the first block has no leading ReLU), then ReLU, a sum over positions and a
   dense logit (+ a projection term with labels). `batch_stats` holds only spectral norm's vectors."""
 
-  image_shape: Sequence[int]
-  width: int = 64
   kernel_size: int = 3  # accepted for a shared config; the blocks use 3x3
-  num_classes: int = 0
-  fast_ops: bool = False
-  spectral_norm: bool = False
-  dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
 
   @nn.compact
   def __call__(
@@ -184,10 +173,4 @@ class ResNetDiscriminator(nn.Module):
       h = pool(sn(nn.Conv(w, (3, 3), dtype=self.dtype, name=f"block{i}_conv2"))(nn.relu(h)))
       x = h + pool(sn(nn.Conv(w, (1, 1), dtype=self.dtype, name=f"block{i}_shortcut"))(x))
     h_BxF = jnp.sum(nn.relu(x), axis=(1, 2))
-    logits_B = sn(nn.Dense(1, dtype=self.dtype, name="logit"))(h_BxF)[:, 0]
-    if self.num_classes:  # projection discriminator (Miyato & Koyama 2018)
-      embed_BxF = nn.Embed(self.num_classes, h_BxF.shape[-1], dtype=self.dtype, name="class_embed")(
-        labels_B
-      )
-      logits_B = logits_B + jnp.sum(embed_BxF * h_BxF, axis=-1)
-    return logits_B
+    return _logit(h_BxF, labels_B, self.num_classes, self.dtype, sn)

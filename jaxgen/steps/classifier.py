@@ -90,7 +90,7 @@ def train_step(state: ClassifierState, batch: dict, key: jax.Array) -> tuple[Cla
       )
       return losses.softmax_cross_entropy(logits, labels), (new_stats, logits)
 
-    (loss, (stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(net.params)
+    (loss, (stats, logits)), grads = common.value_and_grad(loss_fn, net)(net.params)
     return grads, stats, dict(loss=loss, accuracy=_accuracy(logits, labels))
 
   grads, stats, metrics = common.accumulate(

@@ -16,12 +16,38 @@ from jaxgen.config import check_dtype
 from jaxgen.errors import ConfigError
 
 
+@struct.dataclass
+class LossScale:
+  """Dynamic loss scaling for float16 compute (as NVIDIA's AMP and jmp do): the loss is
+  multiplied by `scale` before differentiation so small activation gradients do not underflow
+  float16, and the gradients are divided by it after. An update with a non-finite gradient is
+  skipped and halves the scale; `period` finite updates in a row double it."""
+
+  scale: jax.Array  # float32 scalar
+  good_steps: jax.Array  # int32 scalar: finite updates since the scale last changed
+  period: int = struct.field(pytree_node=False, default=2000)
+
+  @classmethod
+  def initial(cls, scale: float = 2.0**15) -> "LossScale":
+    return cls(scale=jnp.asarray(scale, jnp.float32), good_steps=jnp.zeros((), jnp.int32))
+
+  def adjust(self, finite: jax.Array) -> "LossScale":
+    """The scale after an update whose gradients were all finite (`finite`) or not."""
+    grow = finite & (self.good_steps + 1 >= self.period)
+    scale = jnp.where(finite, jnp.where(grow, self.scale * 2.0, self.scale), self.scale / 2.0)
+    good_steps = jnp.where(finite & ~grow, self.good_steps + 1, 0)
+    # float16's largest value is 65504: a scale past float32's range would be inf.
+    return self.replace(scale=jnp.clip(scale, 1.0, 2.0**64), good_steps=good_steps)
+
+
 class ModelState(train_state.TrainState):
   """One network's params, BatchNorm statistics (or an empty dict) and optimizer state;
-  `lr_fn(step)` is the learning rate its optimizer uses at a step (static, for logging)."""
+  `lr_fn(step)` is the learning rate its optimizer uses at a step (static, for logging);
+  `loss_scale` a LossScale when the network computes in float16, else None (no leaf)."""
 
   batch_stats: Any = struct.field(default_factory=dict)
   lr_fn: Callable[[jax.Array], jax.Array] | None = struct.field(pytree_node=False, default=None)
+  loss_scale: LossScale | None = None
 
 
 def create_model_state(
@@ -31,25 +57,66 @@ def create_model_state(
   optim: ml_collections.ConfigDict,
   lr: float | optax.Schedule,
 ) -> ModelState:
-  """A ModelState optimised by `optimizer(optim, lr)`; `lr` a constant or an optax schedule."""
+  """A ModelState optimised by `optimizer(optim, lr)`; `lr` a constant or an optax schedule.
+  A model computing in float16 (its `dtype`) gets dynamic loss scaling."""
+  float16 = getattr(model, "dtype", None) == jnp.float16
   return ModelState.create(
     apply_fn=model.apply,
     params=params,
     batch_stats=batch_stats,
     tx=optimizer(optim, lr),
     lr_fn=lr if callable(lr) else optax.constant_schedule(lr),
+    loss_scale=LossScale.initial() if float16 else None,
   )
+
+
+def value_and_grad(fn: Callable[..., tuple[jax.Array, Any]], state: ModelState) -> Callable:
+  """jax.value_and_grad(fn, has_aux=True) for the network of `state`: fn(params, ...) returns
+  (loss, aux); the result returns ((loss, aux), grads). With `state.loss_scale` the gradients
+  are taken of loss * scale and divided by it (float32, like the params), so they may be
+  non-finite when float16 overflowed; apply_gradients then skips the update."""
+  if state.loss_scale is None:
+    return jax.value_and_grad(fn, has_aux=True)
+  scale = state.loss_scale.scale
+
+  def scaled(*args, **kwargs):
+    loss, aux = fn(*args, **kwargs)
+    return loss * scale.astype(loss.dtype), (loss, aux)
+
+  def wrapped(*args, **kwargs):
+    grads, out = jax.grad(scaled, has_aux=True)(*args, **kwargs)
+    return out, jax.tree.map(lambda g: g / scale.astype(g.dtype), grads)
+
+  return wrapped
 
 
 def apply_gradients(
   state: ModelState, grads: Any, prefix: str = "", **kwargs: Any
 ) -> tuple[ModelState, dict]:
   """(state after one optimizer update, numbers to log): `{prefix}lr`, the learning rate of
-  this update, and `{prefix}grad_norm`, the gradients' global norm before any clipping."""
+  this update, and `{prefix}grad_norm`, the gradients' global norm before any clipping.
+
+  With loss scaling (float16), an update whose gradients are not all finite is skipped (params,
+  optimizer state, step and `kwargs` such as batch_stats stay as they were) and the scale
+  adjusted; `{prefix}loss_scale` (the scale these gradients were taken with) and
+  `{prefix}skipped` (1.0 for a skipped update) are logged."""
   logged = {f"{prefix}grad_norm": optax.global_norm(grads)}
   if state.lr_fn is not None:
     logged[f"{prefix}lr"] = jnp.asarray(state.lr_fn(state.step), jnp.float32)
-  return state.apply_gradients(grads=grads, **kwargs), logged
+  new = state.apply_gradients(grads=grads, **kwargs)
+  if state.loss_scale is None:
+    return new, logged
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  scale = state.loss_scale.scale
+  # A skipped update is routine (the trainer stops a run on a non-finite metric), so its norm is
+  # logged as 0, unless the scale is already at its floor of 1: then float16 overflows without
+  # any scaling, the run has diverged, and the non-finite norm stops it.
+  norm = logged[f"{prefix}grad_norm"]
+  logged[f"{prefix}grad_norm"] = jnp.where(finite | (scale <= 1.0), norm, 0.0)
+  logged[f"{prefix}loss_scale"] = scale
+  logged[f"{prefix}skipped"] = jnp.where(finite, 0.0, 1.0)
+  new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+  return new.replace(loss_scale=state.loss_scale.adjust(finite)), logged
 
 
 def compute_dtype(config: ml_collections.ConfigDict) -> Any:

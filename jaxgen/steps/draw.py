@@ -153,7 +153,7 @@ def train_step(state: DRAWState, batch: dict, key: jax.Array) -> tuple[DRAWState
   step_key = jax.random.fold_in(key, state.step)
 
   def grads_fn(stats, micro_batch, micro_key):
-    grads, metrics = jax.grad(_negative_elbo, has_aux=True)(
+    (_, metrics), grads = common.value_and_grad(_negative_elbo, state.draw)(
       state.draw.params, state, micro_batch, micro_key
     )
     return grads, stats, metrics

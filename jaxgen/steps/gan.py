@@ -234,9 +234,9 @@ def train_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, 
       r1 = _r1(d_fn, real, d.step, hp)
       return d_loss_fn(real_logits, fake_logits) + r1, (stats, real_logits, fake_logits, r1)
 
-    (loss, (stats, real_logits, fake_logits, r1)), grads = jax.value_and_grad(
-      d_objective, has_aux=True
-    )(d_params)
+    (loss, (stats, real_logits, fake_logits, r1)), grads = common.value_and_grad(d_objective, d)(
+      d_params
+    )
     d_real, d_fake = (jnp.mean(jax.nn.sigmoid(x)) for x in (real_logits, fake_logits))
     metrics = dict(d_loss=loss, d_real=d_real, d_fake=d_fake)
     if hp.get("r1_gamma", 0.0):
@@ -263,7 +263,7 @@ def train_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, 
       logits, _ = common.apply(discriminator, d.params, d.batch_stats, fake, labels, train=True)
       return g_loss_fn(logits), stats
 
-    (loss, stats), grads = jax.value_and_grad(g_objective, has_aux=True)(g.params)
+    (loss, stats), grads = common.value_and_grad(g_objective, g)(g.params)
     return grads, stats, dict(g_loss=loss)
 
   g_grads, g_stats, g_metrics = common.accumulate(

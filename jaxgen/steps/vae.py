@@ -160,7 +160,9 @@ def train_step(state: VAEState, batch: dict, key: jax.Array) -> tuple[VAEState, 
   noise = elbo_noise(state.hp, batch["image"], step_key)
 
   def grads_fn(stats, inputs, _):
-    grads, metrics = jax.grad(_negative_elbo, has_aux=True)(state.vae.params, state, *inputs)
+    (_, metrics), grads = common.value_and_grad(_negative_elbo, state.vae)(
+      state.vae.params, state, *inputs
+    )
     return grads, stats, metrics
 
   grads, _, metrics = common.accumulate(
