@@ -110,6 +110,7 @@ def test_batchnorm_family_accumulates_micro_batches_as_documented():
   assert max(jax.tree.leaves(diff)) > 1e-6
 
 
+@pytest.mark.slow  # 1 and 8 devices of a GAN (~35 s); the default set keeps the BatchNorm case
 def test_gan_with_accumulation_agrees_across_devices_and_counts_updates():
   """Two micro-batches, two D updates per step: one step is one G update and d_steps D updates,
   the EMA moves once, and 1 device and all devices give the same step (float64)."""

@@ -42,6 +42,7 @@ def test_throughput_smoke(tmp_path, capsys):
   assert "img/s" in table and "GFLOP/s" in table and "matmul peak" in table
 
 
+@pytest.mark.slow  # a subprocess per device count, each compiling every family (~1 min)
 def test_device_counts_run_in_their_own_processes(tmp_path):
   result = throughput.main(
     [
@@ -135,6 +136,7 @@ def _flax_param_shapes(state) -> list[tuple[int, ...]]:
   )
 
 
+@pytest.mark.slow  # the benchmark's fairness, not jaxgen's behaviour (~1 min for the four)
 @pytest.mark.parametrize("family", ["gan", "vae", "classifier", "draw"])
 def test_torch_peers_train_the_same_architecture(family):
   pytest.importorskip("torch")

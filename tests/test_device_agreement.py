@@ -110,7 +110,13 @@ def _steps(case: str, num_devices: int):
     return jax.device_get(state), jax.device_get(after), jax.device_get(metrics)
 
 
-@pytest.mark.parametrize("case", CASES)
+# aligndraw (draw's recurrence plus text) and gan_recipes (switches gan covers off) run with -m slow
+SLOW_CASES = ("aligndraw", "gan_recipes")
+
+
+@pytest.mark.parametrize(
+  "case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c for c in CASES]
+)
 def test_one_and_all_devices_agree_in_float64(case):
   n = jax.device_count()
   assert n > 1, "conftest sets several simulated devices"

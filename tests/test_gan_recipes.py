@@ -165,6 +165,7 @@ def test_defaults_keep_the_state_as_before_and_bad_values_fail():
       _state(**bad)
 
 
+@pytest.mark.slow  # two eager steps (~30 s on 2 cores); bit equality needs the same eager ops
 def test_fresh_real_batches_with_one_d_step_is_the_plain_step():
   batch = random_batch(n=8)
   a, _ = gan.train_step(_state(), batch, jax.random.key(1))
@@ -189,7 +190,7 @@ def test_standing_statistics_are_the_ema_generators_batch_statistics():
 
 def test_step_with_all_recipes_is_finite_and_logs_r1():
   state = _state(**ALL_ON)
-  state, metrics = gan.train_step(state, random_batch(n=8), jax.random.key(1))
+  state, metrics = jax.jit(gan.train_step)(state, random_batch(n=8), jax.random.key(1))
   assert set(metrics) >= {"d_loss", "g_loss", "d_r1"}
   assert all(np.isfinite(float(v)) for v in metrics.values())
   assert np.isfinite(np.asarray(gan.sample(state, jax.random.key(2), 3))).all()

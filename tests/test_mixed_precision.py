@@ -227,7 +227,13 @@ def test_loss_scaling_is_exact_and_its_scale_moves_as_documented():
   optim = config_lib.base_config().optim
   plain = common.create_model_state(model, params, {}, optim, 1e-3)
   assert plain.loss_scale is None
-  scaled = plain.replace(loss_scale=common.LossScale.initial(2.0**10).replace(period=2))
+  scaled = common.ScaledModelState.create(
+    apply_fn=plain.apply_fn,
+    params=params,
+    tx=plain.tx,
+    lr_fn=plain.lr_fn,
+    loss_scale=common.LossScale.initial(2.0**10).replace(period=2),
+  )
   (loss, _), g_plain = common.value_and_grad(fn, plain)(params)
   (loss_s, _), g_scaled = common.value_and_grad(fn, scaled)(params)
   assert float(loss_s) == float(loss)
@@ -248,11 +254,24 @@ def test_loss_scaling_is_exact_and_its_scale_moves_as_documented():
   assert not np.isfinite(float(log_floor["grad_norm"]))
 
 
-def test_float16_models_get_loss_scaling_and_others_do_not():
+def test_float16_models_get_loss_scaling_and_others_keep_their_checkpoint_tree():
+  """Only float16 networks carry a LossScale; every other ModelState has exactly the pytree it
+  had before loss scaling existed (step, params, opt_state, batch_stats), so Orbax restores the
+  checkpoints of earlier runs (a None field would add a node their metadata lacks)."""
   optim = config_lib.base_config().optim
-  make = lambda dtype: common.create_model_state(nn.Dense(3, dtype=dtype), {}, {}, optim, 1e-3)
+  params = {"w": jnp.ones(2)}
+  make = lambda dtype: common.create_model_state(nn.Dense(3, dtype=dtype), params, {}, optim, 1.0)
   assert make(jnp.float16).loss_scale is not None
-  assert make(None).loss_scale is None and make(jnp.bfloat16).loss_scale is None
+  for dtype in (None, jnp.bfloat16):
+    paths = [
+      jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(make(dtype))[0]
+    ]
+    assert make(dtype).loss_scale is None
+    assert [p.split("[")[0].split(".")[1] for p in paths] == ["step", "params"] + ["opt_state"] * 3
+  paths16 = [
+    jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(make(jnp.float16))[0]
+  ]
+  assert paths16[-2:] == [".loss_scale.scale", ".loss_scale.good_steps"]
 
 
 def _op_dtypes(fn, *args) -> dict[str, set[str]]:

@@ -42,12 +42,21 @@ class LossScale:
 
 class ModelState(train_state.TrainState):
   """One network's params, BatchNorm statistics (or an empty dict) and optimizer state;
-  `lr_fn(step)` is the learning rate its optimizer uses at a step (static, for logging);
-  `loss_scale` a LossScale when the network computes in float16, else None (no leaf)."""
+  `lr_fn(step)` is the learning rate its optimizer uses at a step (static, for logging)."""
 
   batch_stats: Any = struct.field(default_factory=dict)
   lr_fn: Callable[[jax.Array], jax.Array] | None = struct.field(pytree_node=False, default=None)
-  loss_scale: LossScale | None = None
+
+  @property
+  def loss_scale(self) -> "LossScale | None":
+    return None
+
+
+class ScaledModelState(ModelState):
+  """A ModelState with the LossScale of a network computing in float16. A subclass, not a
+  None-by-default field, so the checkpoints of every other state keep their tree."""
+
+  loss_scale: LossScale = None  # type: ignore[assignment]
 
 
 def create_model_state(
@@ -59,15 +68,16 @@ def create_model_state(
 ) -> ModelState:
   """A ModelState optimised by `optimizer(optim, lr)`; `lr` a constant or an optax schedule.
   A model computing in float16 (its `dtype`) gets dynamic loss scaling."""
-  float16 = getattr(model, "dtype", None) == jnp.float16
-  return ModelState.create(
+  kwargs = dict(
     apply_fn=model.apply,
     params=params,
     batch_stats=batch_stats,
     tx=optimizer(optim, lr),
     lr_fn=lr if callable(lr) else optax.constant_schedule(lr),
-    loss_scale=LossScale.initial() if float16 else None,
   )
+  if getattr(model, "dtype", None) == jnp.float16:
+    return ScaledModelState.create(**kwargs, loss_scale=LossScale.initial())
+  return ModelState.create(**kwargs)
 
 
 def value_and_grad(fn: Callable[..., tuple[jax.Array, Any]], state: ModelState) -> Callable:
