@@ -86,20 +86,13 @@ def step_rate(config, repeats: int, steps: int) -> dict:
   """{compile_s, seconds per step}: the config's train step alone on its first real batch."""
   import jax
 
-  from jaxgen import data, parallel, trainer
+  from jaxgen import parallel, trainer
   from jaxgen import steps as families
 
   source, info = trainer.load_data(config, "train")
   config.data.image_shape, config.data.num_classes = tuple(info.image_shape), info.num_classes
-  loader = data.make_loader(
-    source,
-    batch_size=config.batch_size,
-    seed=config.seed,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
   mesh = parallel.make_mesh()
-  batch = parallel.global_batch(next(loader), mesh)
+  batch = parallel.global_batch(next(trainer.train_loader(config, source)), mesh)
   state, shardings = trainer.create_state(config, mesh, jax.random.key(0))
   step, stats = trainer.compile_train_step(
     families.get_family(config.model.family),

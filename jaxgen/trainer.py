@@ -56,6 +56,20 @@ def load_data(config: ml_collections.ConfigDict, split: str) -> tuple[Any, data.
   return source, info
 
 
+def train_loader(config: ml_collections.ConfigDict, source: Any) -> data.Loader:
+  """The loader `jaxgen train` reads: this process's slice of each shuffled global batch, with
+  config.data's worker threads and prefetch depth."""
+  return data.make_loader(
+    source,
+    batch_size=config.batch_size,
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    num_workers=config.data.get("num_workers", 2),
+    prefetch=config.data.get("prefetch", 4),
+  )
+
+
 def example_batch(config: ml_collections.ConfigDict) -> dict:
   """A one-example batch of the right shapes, to initialise models without data."""
   return {
@@ -438,15 +452,7 @@ def _train_locked(
 ) -> Any:
   is_main = jax.process_index() == 0
   say = functools.partial(print, flush=True) if is_main else (lambda *a, **k: None)
-  loader = data.make_loader(
-    source,
-    batch_size=config.batch_size,
-    seed=config.seed,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-    num_workers=config.data.get("num_workers", 2),
-    prefetch=config.data.get("prefetch", 4),
-  )
+  loader = train_loader(config, source)
 
   # ---- state, resumed from the newest good checkpoint if there is one
   mesh = parallel.make_mesh()

@@ -1,5 +1,6 @@
 """alignDRAW text-to-image on colour emoji (emoji/base32, 32x32x3): the caption is the emoji's
-CLDR name, e.g. "red heart". Meant to train in about 20-30 minutes on 2 CPU cores (not timed).
+CLDR name, e.g. "red heart". 15,000 steps took 37 minutes on 2 CPU cores shared with other jobs
+(README "Colour pictures").
 
     jaxgen train --config experiments/configs/aligndraw_emoji.py --workdir runs/aligndraw_emoji
     jaxgen sample --workdir runs/aligndraw_emoji --caption "red heart"
