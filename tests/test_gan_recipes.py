@@ -188,6 +188,7 @@ def test_standing_statistics_are_the_ema_generators_batch_statistics():
   assert gan.ema_batch_stats(online) is online.g.batch_stats
 
 
+@pytest.mark.slow  # ~30 s of compiling; the all-recipes training run below stays in the default set
 def test_step_with_all_recipes_is_finite_and_logs_r1():
   state = _state(**ALL_ON)
   state, metrics = jax.jit(gan.train_step)(state, random_batch(n=8), jax.random.key(1))

@@ -144,7 +144,14 @@ def _network_states(state) -> list:
   return [v for v in vars(state).values() if hasattr(v, "params")]
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# The default set runs one case per family; these variants (a conditional GAN, the logistic VAE,
+# alignDRAW's text) run with -m slow.
+SLOW_CASES = ("gan_conditional", "vae_logistic", "aligndraw")
+
+
+@pytest.mark.parametrize(
+  "case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c for c in CASES]
+)
 def test_bfloat16_step_matches_float32_within_the_derived_bound(case):
   """Same params at init, losses within tolerance(L), gradients within tolerance(2L) of their
   norm, everything finite, and the state (params, optimizer, BatchNorm statistics, EMA) float32."""
@@ -284,7 +291,7 @@ def _op_dtypes(fn, *args) -> dict[str, set[str]]:
   return found
 
 
-@pytest.mark.parametrize("fast_ops", [True, False])
+@pytest.mark.parametrize("fast_ops", [True, pytest.param(False, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("case", ["gan_conditional", "vae", "classifier", "draw", "aligndraw"])
 def test_convolutions_and_matmuls_run_in_bfloat16(case, fast_ops):
   """The train step's convolutions all run in bfloat16 (flax's and jaxgen.ops' passes, forward
