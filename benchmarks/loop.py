@@ -7,13 +7,15 @@ For each config in experiments/configs/ (or those named by --configs) it runs th
 jaxgen.trainer.train_and_evaluate, in a fresh workdir with the config's own batch size and
 cadences (logging, checkpoints, sample grids; in-training evaluation is not part of it): a
 warm-up session of log_every steps (it compiles what a run compiles once: the step, the health
-checks, the sampler of a grid), then a resumed one to step 2 * log_every + --steps, timed from
-its first log point (its compile and first steps before that) to its last step. The timing is
-the run's own (provenance.json's "loop"), so data loading, the step, logging and any
-checkpoints and grids due in those --steps are all in it. Then it compiles the same train step the same way
-(trainer.compile_train_step) on the run's first real batch, kept on the device, and times
---repeats runs of --steps steps of it alone (the median is reported). The ratio loop/step is the
-share of the step's throughput the loop keeps; the goal is >= 95% (GOAL).
+checks, the sampler of a grid), then --repeats resumed sessions of log_every + --steps steps,
+each timed from its first log point (its compile and first steps before that) to its last step.
+The timing is the run's own (provenance.json's "loop"), so data loading, the step, logging and
+any checkpoints and grids due in those steps are all in it. Beside it, the same train step,
+compiled the same way (trainer.compile_train_step), runs alone on the run's first real batch
+kept on the device for --steps steps; each round times one loop session and one step run, in
+alternating order, so a change in the machine's speed touches both. The table gives the
+medians of both and loop/step, the median of the rounds' ratios (the share of the step's
+throughput the loop keeps; the goal is >= 95%, GOAL), with the lowest and highest of them.
 
 Devices come from jax: all of them, as `jaxgen train` uses them, on CPU, GPU or TPU alike.
 `--set key=value` overrides every config (e.g. --set data.num_workers=0 to compare). The table
@@ -29,6 +31,7 @@ import platform
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.throughput import CONFIGS
@@ -43,6 +46,8 @@ COLUMNS = (  # (key, header, format)
   ("loop_images_per_s", "loop img/s", "{:.0f}"),
   ("step_images_per_s", "step img/s", "{:.0f}"),
   ("ratio", "loop/step", "{:.1%}"),
+  ("ratio_min", "min", "{:.1%}"),
+  ("ratio_max", "max", "{:.1%}"),
   ("meets_goal", f">={GOAL:.0%}", "{}"),
 )
 
@@ -61,29 +66,35 @@ def config_paths(names: list[str] | None) -> list[Path]:
   return paths
 
 
-def loop_rate(config, workdir: Path, steps: int, quiet: bool) -> dict:
-  """{steps, seconds} of the training loop's steady state in `workdir` (from provenance.json).
+def loop_session(config, workdir: Path, steps: int, quiet: bool) -> dict:
+  """{steps, seconds} of one timed session of the training loop in `workdir`.
 
-  A first session of log_every steps compiles what the loop compiles once per process (the
-  step, the health checks, the sampler of its end-of-run grid) and saves; the second resumes it
-  and is timed from its own first log point (its step's compile and warm-up before that) to
-  step 2 * log_every + `steps`.
+  The first call runs an untimed session of log_every steps first: it compiles what the loop
+  compiles once per process (the step, the health checks, the sampler of its end-of-run grid)
+  and saves. Each call then resumes the run for log_every + `steps` more steps and returns the
+  session's own timing (provenance.json's "loop": from its first log point, after its step's
+  compile and warm-up, to its last step).
   """
   from jaxgen import runlog, trainer
 
   out = io.StringIO() if quiet else sys.stdout
+  sessions = runlog.read_provenance(workdir) if workdir.exists() else []
   with contextlib.redirect_stdout(out):
-    for num_steps in (config.log_every, 2 * config.log_every + steps):
-      config.num_steps = num_steps
+    if not sessions:
+      config.num_steps = config.log_every
       trainer.train_and_evaluate(config, workdir)
+      sessions = runlog.read_provenance(workdir)
+    config.num_steps = sessions[-1]["end_step"] + config.log_every + steps
+    trainer.train_and_evaluate(config, workdir)
   loop = runlog.read_provenance(workdir)[-1].get("loop")
   if not loop:
     raise RuntimeError("the loop logged no two points to time between; raise --steps")
   return dict(steps=loop["to_step"] - loop["from_step"], seconds=loop["seconds"])
 
 
-def step_rate(config, repeats: int, steps: int) -> dict:
-  """{compile_s, seconds per step}: the config's train step alone on its first real batch."""
+def step_alone(config) -> tuple[Callable[[int], None], float]:
+  """(`run(k)`: k calls of the config's train step on its first real batch, kept on the device,
+  then a block; the step's compile seconds), compiled as the loop compiles it."""
   import jax
 
   from jaxgen import parallel, trainer
@@ -104,13 +115,13 @@ def step_rate(config, repeats: int, steps: int) -> dict:
   )
   run = step_runner(step, state, batch, jax.random.key(1))
   run(2)  # warm-up
-  return dict(
-    compile_s=stats["compile_s"], seconds=statistics.median(timed_runs(run, repeats, steps))
-  )
+  return run, stats["compile_s"]
 
 
 def measure(path: Path, args) -> dict:
-  """One row: the loop's and the step's images/s for the config at `path`."""
+  """One row: the loop's and the step's images/s for the config at `path`, from --repeats
+  rounds that each time one loop session and one run of the step alone, in alternating order
+  (so a change in the machine's speed touches both alike); medians, and each round's ratio."""
   import jax
 
   from jaxgen import config as config_lib
@@ -127,25 +138,46 @@ def measure(path: Path, args) -> dict:
     sample_every=config.sample_every,
     num_workers=config.data.get("num_workers"),
     device_prefetch=config.data.get("device_prefetch"),
+    in_memory=config.data.get("in_memory"),
   )
+  run_step, row["step_compile_s"] = step_alone(config_lib.load(path, args.overrides))
+  rounds = []
   with tempfile.TemporaryDirectory(prefix="jaxgen_loop_") as tmp:
     workdir = Path(args.workdir) / path.stem if args.workdir else Path(tmp) / path.stem
     if workdir.exists():
       raise RuntimeError(
         f"{workdir} exists (a resumed run would not be timed); use a new --workdir"
       )
-    loop = loop_rate(config, workdir, args.steps, args.quiet)
-  step = step_rate(config, args.repeats, args.steps)
-  loop_s = loop["seconds"] / loop["steps"]
+    for i in range(args.repeats):
+      times = {}
+      for what in ("loop", "step") if i % 2 == 0 else ("step", "loop"):
+        if what == "loop":
+          loop = loop_session(config, workdir, args.steps, args.quiet)
+          times["loop"] = loop["seconds"] / loop["steps"]
+        else:
+          times["step"] = timed_runs(run_step, 1, args.steps)[0]
+      rounds.append(
+        dict(
+          steps=loop["steps"],
+          loop_ms_per_step=1e3 * times["loop"],
+          step_ms_per_step=1e3 * times["step"],
+          ratio=times["step"] / times["loop"],
+        )
+      )
+  median = lambda key: statistics.median(r[key] for r in rounds)
   row.update(
-    steps=loop["steps"],
-    loop_ms_per_step=1e3 * loop_s,
-    loop_images_per_s=config.batch_size / loop_s,
-    step_ms_per_step=1e3 * step["seconds"],
-    step_images_per_s=config.batch_size / step["seconds"],
-    step_compile_s=step["compile_s"],
+    steps=rounds[0]["steps"],
+    rounds=rounds,
+    loop_ms_per_step=median("loop_ms_per_step"),
+    step_ms_per_step=median("step_ms_per_step"),
+    ratio_min=min(r["ratio"] for r in rounds),
+    ratio_max=max(r["ratio"] for r in rounds),
   )
-  row["ratio"] = row["loop_images_per_s"] / row["step_images_per_s"]
+  row["loop_images_per_s"] = 1e3 * config.batch_size / row["loop_ms_per_step"]
+  row["step_images_per_s"] = 1e3 * config.batch_size / row["step_ms_per_step"]
+  # The median of the rounds' own ratios: each pairs two measurements taken minutes apart at
+  # most, where the machine's speed (which moved by a quarter between rounds here) is alike.
+  row["ratio"] = median("ratio")
   row["meets_goal"] = "yes" if row["ratio"] >= GOAL else "no"
   return row
 
@@ -188,7 +220,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     help="comma-separated config names or paths (default: every experiments/configs/*.py)",
   )
   p.add_argument("--steps", type=int, default=500, help="timed steps, loop and step alike")
-  p.add_argument("--repeats", type=int, default=3, help="timed runs of the step; the median")
+  p.add_argument(
+    "--repeats", type=int, default=3, help="rounds of one loop session and one step run; medians"
+  )
   p.add_argument(
     "--set",
     dest="overrides",

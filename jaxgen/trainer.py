@@ -58,14 +58,17 @@ def load_data(config: ml_collections.ConfigDict, split: str) -> tuple[Any, data.
 
 def train_loader(config: ml_collections.ConfigDict, source: Any) -> data.Loader:
   """The loader `jaxgen train` reads: this process's slice of each shuffled global batch, with
-  config.data's worker threads and prefetch depth."""
+  config.data's worker threads and prefetch depth, cut from the split in memory unless
+  config.data.in_memory is False."""
+  if config.data.get("in_memory", True):
+    source = data.in_memory(source)
   return data.make_loader(
     source,
     batch_size=config.batch_size,
     seed=config.seed,
     process_index=jax.process_index(),
     process_count=jax.process_count(),
-    num_workers=config.data.get("num_workers", 2),
+    num_workers=config.data.get("num_workers", 0),
     prefetch=config.data.get("prefetch", 4),
   )
 

@@ -159,7 +159,7 @@ def test_a_run_saved_before_this_waves_fields_resumes_as_it_ran():
     del old[key]
   for key in ("schedule", "warmup_steps", "final_lr_fraction"):
     del old["optim"][key]
-  for key in ("num_workers", "prefetch", "device_prefetch"):
+  for key in ("num_workers", "prefetch", "device_prefetch", "in_memory"):
     del old["data"][key]
   old["optim"]["name"] = "adam"
   up = config_lib.upgrade(old)

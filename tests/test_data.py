@@ -284,21 +284,54 @@ class _BatchedSource(list):
     return [self[i] for i in indices]
 
 
-def test_batched_reads_give_the_batches_of_shuffling_the_items():
-  # the reference: grain shuffling and batching the items themselves, one read per item
-  import grain
-
+def test_batched_reads_give_the_batches_of_the_epoch_orders():
+  # the definition: batch b of epoch e holds items epoch_order(n, seed, True, e)[b*B:(b+1)*B]
   src = _BatchedSource(synthetic())
-  seed = int(np.random.SeedSequence(7).generate_state(1)[0])  # make_loader's hashed seed 7
-  items = grain.MapDataset.source(list(src)).shuffle(seed=seed)
-  items = items.batch(8, drop_remainder=True, batch_fn=data.pipeline.to_batch).repeat()
-  want = iter(items.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
   loader = data.make_loader(src, batch_size=8, seed=7, num_workers=0, prefetch=0)
-  for _ in range(13):  # 5 batches per epoch: three epoch boundaries
-    got, ref = next(loader), next(want)
-    for k in ref:
-      np.testing.assert_array_equal(got[k], ref[k])
+  for i in range(13):  # 5 batches per epoch: three epoch boundaries
+    epoch, b = divmod(i, 5)
+    order = data.pipeline.epoch_order(N_TRAIN, 7, True, epoch)
+    want = data.pipeline.to_batch([src[j] for j in order[8 * b : 8 * (b + 1)]])
+    got = next(loader)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
   assert src.batched_reads == 13  # one read per batch
+  orders = [data.pipeline.epoch_order(N_TRAIN, s, True, e) for s in (7, 8) for e in (0, 1)]
+  assert len({o.tobytes() for o in orders}) == 4  # seeds s, s+1 and epochs all differ
+
+
+def _caption_items(n: int = N_TRAIN) -> list[dict]:
+  """Items with an image, a label, integer tokens and a string name (which batches drop)."""
+  return [
+    dict(
+      image=np.full((28, 28, 1), i, np.uint8), label=i % 10, tokens=np.arange(3) + i, name=f"n{i}"
+    )
+    for i in range(n)
+  ]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_in_memory_source_gives_the_same_batches(num_workers):
+  src = _caption_items()
+  mem = data.in_memory(_BatchedSource(src), chunk=7)  # chunks that do not divide the split
+  assert sorted(mem.columns) == ["image", "label", "tokens"] and len(mem) == N_TRAIN
+  assert mem.columns["image"].dtype == np.uint8  # stored as read, scaled per batch
+  streamed = data.make_loader(src, batch_size=8, seed=3, num_workers=0, prefetch=0)
+  cut = data.make_loader(mem, batch_size=8, seed=3, num_workers=num_workers)
+  for _ in range(13):
+    want, got = next(streamed), next(cut)
+    assert want.keys() == got.keys() == {"image", "label", "tokens"}
+    for k in want:
+      assert got[k].dtype == want[k].dtype
+      np.testing.assert_array_equal(got[k], want[k])
+  assert data.in_memory(mem) is mem
+
+
+def test_in_memory_refuses_a_split_larger_than_allowed():
+  # 40 items of 784 + 8 bytes (image, int64 label) = 31,680 bytes
+  with pytest.raises(data.DataError, match=r"set --config.data.in_memory=false to stream them"):
+    data.in_memory(synthetic(), max_bytes=31_679)
+  assert len(data.in_memory(synthetic(), max_bytes=31_680)) == N_TRAIN
 
 
 class _Counted:

@@ -8,9 +8,18 @@ from jaxgen.data.idx import (
   idx_config,
   read_idx,
 )
-from jaxgen.data.pipeline import DatasetInfo, Loader, load, make_loader, num_batches_per_epoch
+from jaxgen.data.pipeline import (
+  ArraySource,
+  DatasetInfo,
+  Loader,
+  in_memory,
+  load,
+  make_loader,
+  num_batches_per_epoch,
+)
 
 __all__ = [
+  "ArraySource",
   "DataError",
   "DatasetInfo",
   "IdxConfig",
@@ -18,6 +27,7 @@ __all__ = [
   "Loader",
   "default_data_dir",
   "idx_config",
+  "in_memory",
   "load",
   "make_loader",
   "num_batches_per_epoch",

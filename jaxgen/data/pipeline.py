@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -112,28 +114,92 @@ def num_batches_per_epoch(num_examples: int, batch_size: int, drop_remainder: bo
   return num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
 
 
-def to_batch(items: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-  """Stacks items into {"image": float32 [L, H, W, C] in [-1, 1], "label": int32 [L], ...}."""
-  images = np.stack([it["image"] for it in items])
+def _keep(name: str, value: Any) -> bool:
+  """Features a batch carries: image, label and other integer features (caption tokens, ...)."""
+  return name in ("image", "label") or np.issubdtype(np.asarray(value).dtype, np.integer)
+
+
+def _converted(columns: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+  """Stacked features [n, ...] as a batch: image float32 in [-1, 1] with a channel axis, label
+  int32 (0 where the data has none) and the other integer features int32."""
+  images = columns["image"]
   if images.ndim == 3:  # sources without a channel axis
     images = images[..., None]
   images = images.astype(np.float32)
   images *= 1 / 127.5
   images -= 1.0
-  labels = np.array([it.get("label", 0) for it in items], np.int32)
-  # Other integer features (e.g. caption tokens) pass through, stacked, as int32.
-  extra = {
-    k: np.stack([it[k] for it in items]).astype(np.int32)
-    for k in items[0]
-    if k not in ("image", "label") and np.issubdtype(np.asarray(items[0][k]).dtype, np.integer)
-  }
+  labels = columns["label"].astype(np.int32) if "label" in columns else np.zeros(n, np.int32)
+  extra = {k: v.astype(np.int32) for k, v in columns.items() if k not in ("image", "label")}
   return {"image": images, "label": labels, **extra}
+
+
+def to_batch(items: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+  """Stacks items into {"image": float32 [L, H, W, C] in [-1, 1], "label": int32 [L], ...}."""
+  first = items[0]
+  columns = {k: np.stack([it[k] for it in items]) for k in first if _keep(k, first[k])}
+  return _converted(columns, len(items))
 
 
 def read_items(source: Sequence[dict[str, Any]], indices: list[int]) -> list[dict[str, Any]]:
   """source[i] for each index, through the source's batched read where it has one."""
   getitems = getattr(source, "__getitems__", None)
   return list(getitems(indices)) if getitems else [source[i] for i in indices]
+
+
+class ArraySource(Sequence):
+  """A split held in host memory as stacked features {name: [N, ...]} (as stored: uint8 images).
+
+  A batch is one fancy index per feature, microseconds where decoding a TFDS record costs tens
+  of them per example; `read_batch` gives the same batches as from the source it was read from.
+  """
+
+  def __init__(self, columns: dict[str, np.ndarray]):
+    self.columns = columns
+
+  def __len__(self) -> int:
+    return len(next(iter(self.columns.values())))
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    return {k: v[i] for k, v in self.columns.items()}
+
+
+def read_batch(
+  source: Sequence[dict[str, Any]], indices: Sequence[int] | np.ndarray
+) -> dict[str, np.ndarray]:
+  """The items at `indices` as one batch (`to_batch`)."""
+  if isinstance(source, ArraySource):
+    idx = np.asarray(indices)
+    return _converted({k: v[idx] for k, v in source.columns.items()}, len(idx))
+  return to_batch(read_items(source, [int(i) for i in indices]))
+
+
+def in_memory(
+  source: Sequence[dict[str, Any]], max_bytes: int | None = None, chunk: int = 1024
+) -> ArraySource:
+  """Every item of `source`, read once into an ArraySource (the features batches carry).
+
+  Refuses (DataError) a split whose features would take more than `max_bytes` (default: a
+  quarter of this host's memory).
+  """
+  if isinstance(source, ArraySource):
+    return source
+  n = len(source)
+  first = source[0]
+  first = {k: np.asarray(v) for k, v in first.items() if _keep(k, v)}
+  need = n * sum(v.nbytes for v in first.values())
+  if max_bytes is None:
+    max_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+  if need > max_bytes:
+    raise DataError(
+      f"the split's {n} examples take {need / 2**30:.1f} GiB, more than the {max_bytes / 2**30:.1f}"
+      f" GiB allowed in memory; set --config.data.in_memory=false to stream them from disk"
+    )
+  columns = {k: np.empty((n, *v.shape), v.dtype) for k, v in first.items()}
+  for start in range(0, n, chunk):
+    items = read_items(source, list(range(start, min(n, start + chunk))))
+    for k, column in columns.items():
+      column[start : start + len(items)] = np.stack([it[k] for it in items])
+  return ArraySource(columns)
 
 
 class Loader:
@@ -164,6 +230,14 @@ class Loader:
     self._it.set_state(dict(state))
 
 
+def epoch_order(n: int, seed: int, shuffle: bool, epoch: int) -> np.ndarray:
+  """The order [n] in which epoch `epoch` visits a data set of n examples: a permutation drawn
+  from (seed, epoch), so every epoch and every seed has its own; 0..n-1 without shuffle."""
+  if not shuffle:
+    return np.arange(n)
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
 def make_loader(
   source: Sequence[dict[str, Any]],
   *,
@@ -181,7 +255,7 @@ def make_loader(
 
   Global batch b of an epoch holds the examples at permuted positions [b*B, (b+1)*B); process p
   gets rows [p*L, (p+1)*L) with L = B // P, so the processes' batches concatenated equal the
-  single-process batch. Each epoch is a fresh permutation, deterministic in seed; shuffle=False
+  single-process batch. Epoch e's permutation is epoch_order(n, seed, shuffle, e); shuffle=False
   keeps source order. num_epochs=None repeats forever.
 
   num_workers threads (grain's read threads) build whole batches ahead of the caller, keeping up
@@ -207,20 +281,18 @@ def make_loader(
     raise ValueError(f"batch_size {batch_size} exceeds the {n} examples of the data set")
   local = batch_size // process_count
 
-  # The permutation is of the source's indices: each batch then reads its items with one
-  # batched read (array_record reads many records at once several times faster than one by one)
-  # and holds the same items, in the same order, as shuffling the items themselves.
-  ds = grain.MapDataset.range(n)
-  if shuffle:
-    # Hash the seed: grain reseeds epoch e with seed + e, so seeds s and s+1 would share epochs.
-    ds = ds.shuffle(seed=int(np.random.SeedSequence(seed).generate_state(1)[0]))
-  # Batching a MapDataset keeps epoch boundaries, and slicing maps epoch e of the slice to
-  # epoch e of its parent, so the per-epoch reshuffle survives the steps below.
-  ds = ds.batch(local, drop_remainder=drop_remainder, batch_fn=list)
-  ds = ds.map(lambda indices: to_batch(read_items(source, indices)))
-  if process_count > 1:
-    ds = ds[: steps * process_count][process_index::process_count]
-  ds = ds.repeat(num_epochs)
+  # Each batch is a slice of its epoch's permutation, read with one batched read (array_record
+  # reads many records at once several times faster than one by one) or one fancy index (in
+  # memory); the permutation is one numpy call per epoch, not a Python call per example.
+  order = functools.lru_cache(maxsize=2)(functools.partial(epoch_order, n, seed, shuffle))
+
+  def batch(i: int) -> dict[str, np.ndarray]:
+    epoch, b = divmod(i, steps)
+    start = b * batch_size + process_index * local
+    return read_batch(source, order(epoch)[start : start + local])
+
+  total = sys.maxsize if num_epochs is None else steps * num_epochs
+  ds = grain.MapDataset.range(total).map(batch)
   return Loader(
     ds, steps, local, grain.ReadOptions(num_threads=num_workers, prefetch_buffer_size=prefetch)
   )
