@@ -133,11 +133,15 @@ def _converted(columns: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
   return {"image": images, "label": labels, **extra}
 
 
+def _stacked(items: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+  """The features a batch carries, each stacked as stored [L, ...]."""
+  first = items[0]
+  return {k: np.stack([it[k] for it in items]) for k in first if _keep(k, first[k])}
+
+
 def to_batch(items: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
   """Stacks items into {"image": float32 [L, H, W, C] in [-1, 1], "label": int32 [L], ...}."""
-  first = items[0]
-  columns = {k: np.stack([it[k] for it in items]) for k in first if _keep(k, first[k])}
-  return _converted(columns, len(items))
+  return _converted(_stacked(items), len(items))
 
 
 def read_items(source: Sequence[dict[str, Any]], indices: list[int]) -> list[dict[str, Any]]:
@@ -184,8 +188,7 @@ def in_memory(
   if isinstance(source, ArraySource):
     return source
   n = len(source)
-  first = source[0]
-  first = {k: np.asarray(v) for k, v in first.items() if _keep(k, v)}
+  first = _stacked([source[0]])
   need = n * sum(v.nbytes for v in first.values())
   if max_bytes is None:
     max_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
@@ -194,11 +197,11 @@ def in_memory(
       f"the split's {n} examples take {need / 2**30:.1f} GiB, more than the {max_bytes / 2**30:.1f}"
       f" GiB allowed in memory; set --config.data.in_memory=false to stream them from disk"
     )
-  columns = {k: np.empty((n, *v.shape), v.dtype) for k, v in first.items()}
+  columns = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in first.items()}
   for start in range(0, n, chunk):
-    items = read_items(source, list(range(start, min(n, start + chunk))))
+    part = _stacked(read_items(source, list(range(start, min(n, start + chunk)))))
     for k, column in columns.items():
-      column[start : start + len(items)] = np.stack([it[k] for it in items])
+      column[start : start + len(part[k])] = part[k]
   return ArraySource(columns)
 
 

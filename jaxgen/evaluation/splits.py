@@ -20,8 +20,7 @@ def read_batch(
   integer feature (caption tokens, ...)."""
   source, _ = trainer.load_data(config, split)
   indices = np.arange(len(source)) if indices is None else np.asarray(indices)
-  getitems = getattr(source, "__getitems__", None) or (lambda ii: [source[i] for i in ii])
-  return pipeline.to_batch(getitems([int(i) for i in indices]))
+  return pipeline.read_batch(source, indices)
 
 
 def read_split(
