@@ -72,6 +72,7 @@ from benchmarks.timing import (
   machine_load,
   matmul_peak_gflops,
   spread,
+  step_runner,
   watched,
 )
 
@@ -212,15 +213,7 @@ def jax_runner(family_name: str, config, num_devices: int, warmup: int) -> tuple
   step, stats = trainer.compile_train_step(
     family, state, shardings, batch, mesh, config.xla_cpu_eigen_convs
   )
-  key = jax.random.key(1)
-  holder = [state]
-
-  def run(k):
-    s = holder[0]
-    for _ in range(k):
-      s, _ = step(s, batch, key)
-    holder[0] = jax.block_until_ready(s)
-
+  run = step_runner(step, state, batch, jax.random.key(1))
   run(warmup)
   # cost_analysis describes one device's program of a data-parallel step
   row = dict(

@@ -1,10 +1,11 @@
-"""The GAN-recipes study: each recipe trained for the same wall time, FD and coverage vs minutes.
+"""The GAN-recipes study: each recipe trained for the same training time, FD and coverage vs minutes.
 
     python experiments/gan_recipes.py --budget_minutes 180 --recipes dcgan,sn_hinge,diffaug,all
 
 Each recipe (RECIPES: config.model / config.optim overrides of experiments/configs/dcgan_fashion.py)
 runs through jaxgen.trainer.train_and_evaluate in runs/gan_recipes/<recipe> for budget/len(recipes)
-minutes (then SIGTERM: the loop saves and stops), with the in-training evaluation every
+minutes of training (then SIGTERM: the loop saves and stops; time spent evaluating is not
+counted, the deadline moves by it), with the in-training evaluation every
 --eval_every steps (FD, coverage, recall in the feature space of a trained classifier:
 runs/classifier_fashion_mnist from the README's command, or --extractor). Each evaluation is logged
 with `train_minutes`, the wall time spent outside evaluation. Writes runs/gan_recipes/curves.png
@@ -79,23 +80,40 @@ def run_recipe(name: str, args: argparse.Namespace, out: Path) -> list[dict]:
   config = recipe_config(name, args)
   workdir = out / name
   eval_fn = evaluation.make_eval_fn(config, extractor=args.extractor, cache_dir=out / "cache")
-  start, in_eval = time.monotonic(), [0.0]
+  budget_s = 60 * args.budget_minutes / len(args.recipes)
+  start, in_eval, fired = time.monotonic(), [0.0], [False]
+
+  def stop() -> None:  # one SIGTERM per recipe: the loop saves and raises Preempted
+    fired[0] = True
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  timer = [threading.Timer(budget_s, stop)]
 
   def timed_eval(state, step):
+    # The budget is training time: the timer is re-armed after each evaluation for what is left
+    # (unless it already fired: a second SIGTERM would make the loop exit without saving).
+    timer[0].cancel()
     t = time.monotonic()
     results = dict(eval_fn(state, step), train_minutes=(t - start - in_eval[0]) / 60)
     in_eval[0] += time.monotonic() - t
+    if not fired[0]:
+      left = budget_s - (time.monotonic() - start - in_eval[0])
+      timer[0] = threading.Timer(max(left, 0.0), stop)
+      timer[0].start()
     return results
 
-  minutes = args.budget_minutes / len(args.recipes)
-  timer = threading.Timer(minutes * 60, os.kill, (os.getpid(), signal.SIGTERM))
-  timer.start()
+  timer[0].start()
   try:
     trainer.train_and_evaluate(config, workdir, eval_fn=timed_eval)
   except Preempted:
     pass  # the budget ran out: the loop saved the step it reached
   finally:
-    timer.cancel()
+    timer[0].cancel()
+  return read_curve(workdir)
+
+
+def read_curve(workdir: Path) -> list[dict]:
+  """The evaluation rows of a recipe's run (its metrics.jsonl), oldest first."""
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   return [dict(step=r["step"], **r["eval"]) for r in rows if "eval" in r]
 
@@ -158,6 +176,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--eval_samples", type=int, default=2000)
   parser.add_argument("--width", type=int, default=0, help="model.width override (0: config's)")
   parser.add_argument("--extractor", default=None, help="classifier run (default: evaluation's)")
+  parser.add_argument(
+    "--replot", action="store_true", help="no training: curves and table of the runs in --out"
+  )
   args = parser.parse_args(argv)
   args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
   unknown = [r for r in args.recipes if r not in RECIPES]
@@ -165,7 +186,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.error(f"unknown recipes {unknown}; choose from {','.join(RECIPES)}")
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  curves = {name: run_recipe(name, args, out) for name in args.recipes}
+  if args.replot:  # the figure and table of runs already in --out
+    curves = {name: read_curve(out / name) for name in args.recipes if (out / name).is_dir()}
+  else:
+    curves = {name: run_recipe(name, args, out) for name in args.recipes}
   (out / "curves.json").write_text(json.dumps(curves, indent=1))
   plot(curves, out / "curves.png")
   (out / "table.md").write_text(table(curves))

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import gan_config, num_params, random_batch
+from conftest import REPO, gan_config, num_params, random_batch
 
 from jaxgen import augment, losses, trainer
 from jaxgen.errors import ConfigError
@@ -209,3 +209,41 @@ def test_training_run_with_all_recipes_ends_finite(fashion_slice, tmp_path):
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   last = [r for r in rows if "g_loss" in r][-1]
   assert last["step"] == 4 and np.isfinite(last["g_loss"]) and np.isfinite(last["d_loss"])
+
+
+# ------------------------------------------------------------------ the study's outputs
+
+
+def _study():
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("gan_recipes", REPO / "experiments/gan_recipes.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_study_table_and_figure_show_each_recipes_curve(tmp_path):
+  study = _study()
+  curves = {
+    "dcgan": [
+      dict(step=500, train_minutes=1.0, fd=300.0, coverage=0.3, recall=0.4),
+      dict(step=1000, train_minutes=2.0, fd=200.0, coverage=0.5, recall=0.5),
+    ],
+    "ttur": [dict(step=500, train_minutes=1.1, fd=250.0, coverage=0.4, recall=0.45)],
+    "failed": [],
+  }
+  lines = study.table(curves).splitlines()
+  assert lines[0] == "| recipe | step | train minutes | fd | coverage | recall |"
+  assert lines[2] == "| dcgan | 1000 | 2.0 | 200 | 0.5 | 0.5 |"  # the last evaluation
+  assert lines[4] == "| failed | - | - | - | - | - |"
+  study.plot(curves, tmp_path / "curves.png")
+  from PIL import Image
+
+  with Image.open(tmp_path / "curves.png") as img:
+    assert img.size == (2 * 480, 320 + 20 * 3)  # two panels, a legend line per recipe
+    pixels = np.asarray(img.convert("RGB")).reshape(-1, 3)
+  colours = {tuple(c) for c in pixels}
+  assert set(study.COLOURS[:2]) <= colours  # dcgan's and ttur's lines are drawn
+  with pytest.raises(SystemExit):
+    study.main(["--recipes", "dcgan,stylegan"])  # an unknown recipe: a usage error
