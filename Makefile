@@ -12,6 +12,7 @@ EMOJI_TABLE := /usr/share/unicode/emoji/emoji-test.txt
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 LINT_STAMP := $(VENV)/.installed-lint
+TEST_WORKERS ?= 2
 
 .PHONY: setup setup-bench data data-emoji browser demo test test-all bench device-check lint format lock clean
 
@@ -96,11 +97,14 @@ demo: setup data
 	$(VENV)/bin/jaxgen train --config experiments/configs/dcgan_fashion.py --workdir runs/demo
 	@echo "sample grids: runs/demo/samples/   metrics: runs/demo/metrics.jsonl   checkpoints: runs/demo/checkpoints/"
 
+# Two pytest-xdist workers (TEST_WORKERS=1 for one process): compiling is single-threaded, so
+# two workers keep both cores busy; --dist loadfile keeps a file's module fixtures (trained runs)
+# in one worker.
 test: setup setup-bench data data-emoji browser
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-all: setup setup-bench data data-emoji browser
-	$(PY) -m pytest -q -m ""
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m ""
 
 bench: setup setup-bench
 	$(PY) -m benchmarks.throughput

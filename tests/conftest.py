@@ -18,6 +18,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault(
   "JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax")
 )
+# pytest-xdist workers (make test runs two) inherit the controller's environment: each gets its
+# own folder, since JAX writes entries without a lock and a worker could read another's half-
+# written entry (a warning and a recompile, but noise in the CLI tests' output).
+if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["JAX_COMPILATION_CACHE_DIR"].rstrip("/") + (
+    f"-{worker}"
+  )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import chex  # noqa: E402
