@@ -566,7 +566,9 @@ class BatchNormAct(nn.Module):
   update, so checkpoints interchange. Training runs `batch_norm_act` (`fused`) or flax's
   arithmetic through plain autodiff (`fused=False`, the reference tests hold it to); inference
   is plain jnp, pooled by `max_pool`. With `fused` it is reverse-mode only (custom VJPs).
-  `dtype` (e.g. bfloat16) is the output's dtype; the arithmetic stays float32."""
+  `dtype` (e.g. bfloat16) is the output's dtype; the arithmetic stays float32.
+  `gain_BxC`/`shift_BxC`, per-example offsets added to scale and bias (class-conditional
+  BatchNorm), run flax's arithmetic also where `fused` (the fused pass takes per-channel ones)."""
 
   use_running_average: bool | None = None
   momentum: float = 0.99
@@ -579,7 +581,13 @@ class BatchNormAct(nn.Module):
   dtype: Any = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    use_running_average: bool | None = None,
+    gain_BxC: jax.Array | None = None,
+    shift_BxC: jax.Array | None = None,
+  ) -> jax.Array:
     use_running_average = nn.merge_param(
       "use_running_average", self.use_running_average, use_running_average
     )
@@ -588,7 +596,13 @@ class BatchNormAct(nn.Module):
     ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
     scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
-    if self.fused and not use_running_average:
+    conditional = gain_BxC is not None or shift_BxC is not None
+    if conditional:  # [B, C] offsets broadcast over the positions: [B, 1, ..., 1, C]
+      spread = lambda v: (
+        0.0 if v is None else v.reshape((v.shape[0],) + (1,) * (x.ndim - 2) + (-1,))
+      )
+      scale, bias = scale + spread(gain_BxC), bias + spread(shift_BxC)
+    if self.fused and not use_running_average and not conditional:
       y, mean, var = batch_norm_act(
         x, scale, bias, epsilon=self.epsilon, negative_slope=self.negative_slope, window=self.window
       )

@@ -279,6 +279,7 @@ def test_dcgan_emoji_is_the_reference_architecture():
     + conv(k, 256, 128, False) + bn(128)
     + conv(k, 128, 64, False) + bn(64)
     + conv(k, 64, 3, True)  # to the image, tanh
+    + ncls * (bn(512) + bn(256) + bn(128) + bn(64))  # class_bn: per-group scale and bias offsets
   )  # fmt: skip
   d = (
     conv(k, 3, 64, True)  # no BatchNorm on the first layer
@@ -288,7 +289,7 @@ def test_dcgan_emoji_is_the_reference_architecture():
     + 4 * 4 * 512 + 1  # logit
     + ncls * 4 * 4 * 512  # projection of the group
   )  # fmt: skip
-  assert (g, d) == (3_650_435, 2_839_361)
+  assert (g, d) == (3_667_715, 2_839_361)
   assert num_params(state.g.params) == g
   assert num_params(state.d.params) == d
   shapes = jax.tree.map(lambda x: x.shape, state.g.params)

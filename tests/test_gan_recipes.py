@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, gan_config, num_params, random_batch
+from conftest import REPO, assert_close_to_scale, gan_config, num_params, random_batch
 
-from jaxgen import augment, losses, trainer
+from jaxgen import augment, losses, ops, trainer
 from jaxgen.errors import ConfigError
 from jaxgen.models import gan as gan_models
 from jaxgen.steps import common, gan
@@ -23,6 +23,8 @@ ALL_ON = dict(
   standing_batches=2,
   fresh_real_batches=True,
   d_steps=2,
+  class_bn=True,
+  num_classes=10,
 )
 
 # ------------------------------------------------------------------ augmentation
@@ -145,6 +147,57 @@ def test_resnet_shapes_and_parameter_counts():
   assert (num_params(gv["params"]), num_params(dv["params"])) == (g_want, d_want)
 
 
+# ------------------------------------------------------------------ class-conditional BatchNorm
+
+
+def test_batch_norm_offsets_are_each_examples_scale_and_bias():
+  rng = np.random.default_rng(0)
+  x, gain, shift = (rng.normal(size=s).astype(np.float32) for s in ((4, 3, 3, 5), (4, 5), (4, 5)))
+  bn = ops.BatchNormAct(use_running_average=False)  # fused: offsets take flax's arithmetic
+  v = bn.init(jax.random.key(0), x)
+  y, _ = bn.apply(v, x, gain_BxC=gain, shift_BxC=shift, mutable=["batch_stats"])
+  x64 = x.astype(np.float64)
+  xhat = (x64 - x64.mean((0, 1, 2))) / np.sqrt(x64.var((0, 1, 2)) + 1e-5)
+  want = np.maximum(xhat * (1 + gain[:, None, None]) + shift[:, None, None], 0)
+  # float32 normalisation of 36 values is off by a few roundings (eps 6e-8) of its magnitude
+  assert_close_to_scale(y, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+def test_class_bn_starts_as_the_plain_generator_then_follows_each_label(arch):
+  g_cls, _ = gan.ARCHS[arch]
+  kw = dict(image_shape=(28, 28, 1), width=8, num_classes=10)
+  z, labels = jax.random.normal(jax.random.key(0), (4, 8)), jnp.array([0, 1, 2, 3])
+  cond = g_cls(**kw, class_bn=True)
+  v = cond.init(jax.random.key(1), z, labels, train=False)
+  stats = v["batch_stats"]
+  added = {k for k in v["params"] if k.endswith("_class")}
+  assert added == {f"{name}_class" for name in stats}  # one per BatchNorm
+  for name in stats:  # one-hot -> (gain, shift) per channel, zero at init
+    kernel = v["params"][f"{name}_class"]["kernel"]
+    assert kernel.shape == (10, 2 * stats[name]["mean"].shape[0]) and not kernel.any()
+  plain = {"params": {k: p for k, p in v["params"].items() if k not in added}, "batch_stats": stats}
+  for train in (False, True):  # zero offsets add exact zeros: the same bits as without class_bn
+    run = lambda m, variables, t=train: m.apply(
+      variables, z, labels, train=t, mutable=["batch_stats"]
+    )
+    np.testing.assert_array_equal(run(cond, v)[0], run(g_cls(**kw), plain)[0])
+  # with offsets, at inference each image follows its own label only
+  rng = np.random.default_rng(2)
+  params = {
+    k: ({"kernel": rng.normal(size=p["kernel"].shape)} if k in added else p)
+    for k, p in v["params"].items()
+  }
+  gen = lambda y: np.asarray(
+    cond.apply({"params": params, "batch_stats": stats}, z, y, train=False)
+  )
+  a, b = gen(labels), gen(labels.at[0].set(5))
+  assert np.abs(a[0] - b[0]).max() > 1e-2
+  np.testing.assert_array_equal(a[1:], b[1:])
+  tangent = jax.jvp(lambda z: cond.apply(v, z, labels, train=False), (z,), (z,))[1]
+  assert tangent.shape == (4, 28, 28, 1)  # forward mode: plain flax at defaults
+
+
 # ------------------------------------------------------------------ the step
 
 
@@ -160,6 +213,7 @@ def test_defaults_keep_the_state_as_before_and_bad_values_fail():
     (dict(ema_bn="ema"), "config.model.ema_bn"),
     (dict(r1_every=0), "r1_every"),
     (dict(arch="stylegan"), "config.model.arch"),
+    (dict(class_bn=True), "model.class_bn=True .* model.num_classes is 0"),
   ):
     with pytest.raises(ConfigError, match=match):
       _state(**bad)

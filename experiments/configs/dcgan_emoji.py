@@ -6,9 +6,10 @@ The reference DCGAN (Radford et al. 2016) at width 64 with 4x4 kernels. Generato
 group) -> dense -> 4x4x512 -> 8x8x256 -> 16x16x128 -> 32x32x64 -> 64x64x3, stride-2 transposed
 convolutions with BatchNorm and ReLU, tanh output. Discriminator: stride-2 convolutions 64 ->
 128 -> 256 -> 512 with LeakyReLU(0.2) and BatchNorm on all but the first, a dense logit and a
-projection term for the group. 1,858 base emoji (1,659 train). On 2 CPU cores: 59 images/s,
-1,651 steps in 30 minutes, where flags are recognisable and most other groups are not yet (README
-"Colour pictures"); the 20,000 steps are a GPU run.
+projection term for the group; conditional BatchNorm in G (model.class_bn). 1,858 base emoji
+(1,659 train). On 2 CPU cores, before class_bn: 59 images/s, 1,651 steps in 30 minutes, where
+flags are recognisable and most other groups are not yet (README "Colour pictures"); the 20,000
+steps are a GPU run.
 """
 
 from jaxgen.config import base_config
@@ -31,6 +32,9 @@ def get_config():
   c.model.loss = "nonsaturating"
   c.model.d_steps = 1
   c.model.ema_decay = 0.999
+  # Conditional BatchNorm: every layer of G depends on the group, not only the latent's one-hot
+  # (at 32x32 in 30 minutes: group accuracy 0.729 against 0.667 without; README "Colour pictures").
+  c.model.class_bn = True
 
   c.optim.name = "adam"
   c.optim.g_lr = 2e-4

@@ -8,6 +8,8 @@ Models know nothing of training: `train` only switches BatchNorm statistics. Wit
 defaults they are plain flax; `fast_ops=True` swaps in `jaxgen.ops`' reverse-mode-only passes.
 `spectral_norm=True` divides every weight matrix by its largest singular value (Miyato et al.
 2018); the power-iteration vectors live in "batch_stats" beside BatchNorm's statistics.
+`class_bn=True` (generators, with `num_classes`) makes every BatchNorm's scale and bias depend on
+the label (conditional BatchNorm, de Vries et al. 2017; Miyato & Koyama 2018).
 """
 
 from collections.abc import Sequence
@@ -30,6 +32,19 @@ class _Net(nn.Module):
   fast_ops: bool = False  # jaxgen.ops layers: same params and outputs, reverse mode only
   dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
   spectral_norm: bool = False
+  class_bn: bool = False  # generators: per-class BatchNorm scale and bias (needs num_classes)
+
+  def norm_act(self, bn: nn.Module, x: jnp.ndarray, labels_B: jnp.ndarray | None) -> jnp.ndarray:
+    """bn(x), with `class_bn` plus per-class offsets of its scale and bias: a bias-free dense
+    layer of the one-hot label (soft rows interpolate), zero at init, so the generator starts
+    where the unconditional-BatchNorm one does. Its params are "<bn's name>_class"."""
+    if not (self.class_bn and self.num_classes):
+      return bn(x)
+    offsets = nn.Dense(
+      2 * x.shape[-1], use_bias=False, kernel_init=nn.initializers.zeros, name=f"{bn.name}_class"
+    )(common.one_hot(labels_B, self.num_classes, jnp.float32))
+    gain_BxC, shift_BxC = jnp.split(offsets, 2, axis=-1)
+    return bn(x, gain_BxC=gain_BxC, shift_BxC=shift_BxC)
 
 
 def _logit(h_BxF: jnp.ndarray, labels_B: jnp.ndarray | None, num_classes: int, dtype, sn):
@@ -66,12 +81,12 @@ class Generator(_Net):
     sn = lambda layer: common.spectral_norm(layer, self.spectral_norm, train)
     x = sn(nn.Dense(start * start * widths[0], use_bias=False, dtype=self.dtype, name="dense"))(x)
     x = x.reshape(x.shape[0], start, start, widths[0])
-    x = norm("bn_dense")(x)
+    x = self.norm_act(norm("bn_dense"), x, labels_B)
     k = (self.kernel_size, self.kernel_size)
     deconv = ops.ConvTranspose if self.fast_ops else nn.ConvTranspose
     for i, w in enumerate(widths[1:]):
       x = sn(deconv(w, k, strides=(2, 2), use_bias=False, dtype=self.dtype, name=f"deconv{i}"))(x)
-      x = norm(f"bn{i}")(x)
+      x = self.norm_act(norm(f"bn{i}"), x, labels_B)
     x = sn(deconv(channels, k, strides=(2, 2), dtype=self.dtype, name="to_image"))(x)
     return jnp.tanh(x)
 
@@ -138,16 +153,17 @@ class ResNetGenerator(_Net):
     x = sn(nn.Dense(start * start * widths[0], use_bias=False, dtype=self.dtype, name="dense"))(x)
     x = x.reshape(x.shape[0], start, start, widths[0])
     for i, w in enumerate(widths[1:] + widths[-1:]):
-      h = _upsample(bn_relu(f"block{i}_bn1")(x))
+      h = _upsample(self.norm_act(bn_relu(f"block{i}_bn1"), x, labels_B))
       h = sn(nn.Conv(w, (3, 3), dtype=self.dtype, name=f"block{i}_conv1"))(h)
       h = sn(nn.Conv(w, (3, 3), dtype=self.dtype, name=f"block{i}_conv2"))(
-        bn_relu(f"block{i}_bn2")(h)
+        self.norm_act(bn_relu(f"block{i}_bn2"), h, labels_B)
       )
       skip = _upsample(x)
       if x.shape[-1] != w:
         skip = sn(nn.Conv(w, (1, 1), dtype=self.dtype, name=f"block{i}_shortcut"))(skip)
       x = h + skip
-    x = sn(nn.Conv(channels, (3, 3), dtype=self.dtype, name="to_image"))(bn_relu("bn_out")(x))
+    x = self.norm_act(bn_relu("bn_out"), x, labels_B)
+    x = sn(nn.Conv(channels, (3, 3), dtype=self.dtype, name="to_image"))(x)
     return jnp.tanh(x)
 
 

@@ -36,7 +36,8 @@ def _models(hp: ml_collections.FrozenConfigDict):
   )
   sn = hp.get("spectral_norm", "none")
   g_cls, d_cls = ARCHS[hp.get("arch", "dcgan")]
-  return g_cls(**kw, spectral_norm=sn == "dg"), d_cls(**kw, spectral_norm=sn in ("d", "dg"))
+  g = g_cls(**kw, spectral_norm=sn == "dg", class_bn=hp.get("class_bn", False))
+  return g, d_cls(**kw, spectral_norm=sn in ("d", "dg"))
 
 
 # ---- GAN recipes (config.model switches, all off by default; README "GAN recipes")
@@ -59,6 +60,7 @@ def _recipe_hp(m: ml_collections.ConfigDict) -> dict:
     ema_bn=m.get("ema_bn", "online"),
     standing_batches=int(m.get("standing_batches", 8)),
     fresh_real_batches=bool(m.get("fresh_real_batches", False)),
+    class_bn=bool(m.get("class_bn", False)),
   )
   if hp["arch"] not in ARCHS:
     raise ConfigError(
@@ -77,6 +79,11 @@ def _recipe_hp(m: ml_collections.ConfigDict) -> dict:
     raise ConfigError(
       f"model.r1_every={hp['r1_every']}; set it to 1 or more (lazy R1 every k D steps)"
     )
+  if hp["class_bn"] and not m.get("num_classes", 0):
+    raise ConfigError(
+      "model.class_bn=True conditions BatchNorm on the label, but model.num_classes is 0; set "
+      "model.num_classes to the data's class count or class_bn to False"
+    )
   augment.parse_policy(hp["augment"])
   defaults = dict(
     arch="dcgan",
@@ -87,6 +94,7 @@ def _recipe_hp(m: ml_collections.ConfigDict) -> dict:
     ema_bn="online",
     standing_batches=8,
     fresh_real_batches=False,
+    class_bn=False,
   )
   return hp if hp != defaults else {}
 
