@@ -196,6 +196,9 @@ def test_class_bn_starts_as_the_plain_generator_then_follows_each_label(arch):
   np.testing.assert_array_equal(a[1:], b[1:])
   tangent = jax.jvp(lambda z: cond.apply(v, z, labels, train=False), (z,), (z,))[1]
   assert tangent.shape == (4, 28, 28, 1)  # forward mode: plain flax at defaults
+  # a hand-built model asking for class_bn without classes fails instead of ignoring it
+  with pytest.raises(ValueError, match=r"class_bn=True\) needs num_classes > 0"):
+    g_cls(image_shape=(28, 28, 1), width=8, class_bn=True).init(jax.random.key(1), z)
 
 
 # ------------------------------------------------------------------ the step

@@ -38,8 +38,13 @@ class _Net(nn.Module):
     """bn(x), with `class_bn` plus per-class offsets of its scale and bias: a bias-free dense
     layer of the one-hot label (soft rows interpolate), zero at init, so the generator starts
     where the unconditional-BatchNorm one does. Its params are "<bn's name>_class"."""
-    if not (self.class_bn and self.num_classes):
+    if not self.class_bn:
       return bn(x)
+    if not self.num_classes:
+      raise ValueError(
+        f"{type(self).__name__}(class_bn=True) needs num_classes > 0 (the labels it conditions "
+        "BatchNorm on); pass num_classes or class_bn=False"
+      )
     offsets = nn.Dense(
       2 * x.shape[-1], use_bias=False, kernel_init=nn.initializers.zeros, name=f"{bn.name}_class"
     )(common.one_hot(labels_B, self.num_classes, jnp.float32))

@@ -49,19 +49,23 @@ ARCHS = {
 EMA_BN = ("online", "standing")
 
 
+# The recipe switches of config.model and their defaults (all off: the plain DCGAN recipe).
+RECIPE_DEFAULTS = dict(
+  arch="dcgan",
+  spectral_norm="none",
+  r1_gamma=0.0,
+  r1_every=1,
+  augment="",
+  ema_bn="online",
+  standing_batches=8,
+  fresh_real_batches=False,
+  class_bn=False,
+)
+
+
 def _recipe_hp(m: ml_collections.ConfigDict) -> dict:
   """The recipe switches of config.model, checked; empty when all are off (state as before)."""
-  hp = dict(
-    arch=m.get("arch", "dcgan"),
-    spectral_norm=m.get("spectral_norm", "none"),
-    r1_gamma=float(m.get("r1_gamma", 0.0)),
-    r1_every=int(m.get("r1_every", 1)),
-    augment=m.get("augment", ""),
-    ema_bn=m.get("ema_bn", "online"),
-    standing_batches=int(m.get("standing_batches", 8)),
-    fresh_real_batches=bool(m.get("fresh_real_batches", False)),
-    class_bn=bool(m.get("class_bn", False)),
-  )
+  hp = {k: type(v)(m.get(k, v)) for k, v in RECIPE_DEFAULTS.items()}
   if hp["arch"] not in ARCHS:
     raise ConfigError(
       f"unknown arch {hp['arch']!r}; set config.model.arch to one of {tuple(ARCHS)}"
@@ -85,18 +89,7 @@ def _recipe_hp(m: ml_collections.ConfigDict) -> dict:
       "model.num_classes to the data's class count or class_bn to False"
     )
   augment.parse_policy(hp["augment"])
-  defaults = dict(
-    arch="dcgan",
-    spectral_norm="none",
-    r1_gamma=0.0,
-    r1_every=1,
-    augment="",
-    ema_bn="online",
-    standing_batches=8,
-    fresh_real_batches=False,
-    class_bn=False,
-  )
-  return hp if hp != defaults else {}
+  return hp if hp != RECIPE_DEFAULTS else {}
 
 
 def _r1(d_fn, real, d_step, hp) -> jax.Array:
