@@ -237,6 +237,8 @@ def test_readme_is_parsed_into_the_commands_it_shows():
     ["python", "-m"],
     ["python", "-m"],  # --peers eager,compile --require_quiet
     ["python", "-m"],  # benchmarks.loop
+    ["python", "-m"],  # benchmarks.loop, the measured run
+    ["python", "-m"],  # benchmarks.layers
     ["make", "device-check"],
   ]
   assert readme_commands(sections(markdown)[VAE_SECTION])[0].startswith("jaxgen train")
