@@ -17,7 +17,7 @@ alternating order, so a change in the machine's speed touches both. The table gi
 medians of both and loop/step, the median of the rounds' ratios (the share of the step's
 throughput the loop keeps; the goal is >= 95%, GOAL), with the lowest and highest of them.
 Many short rounds (default 9 x 100 steps) rather than a few long ones: on a shared 2-core VM
-single rounds' ratios ranged from 76% to 111% while the loop's true cost is a few percent,
+single rounds' ratios ranged from 65% to 111% while the loop's true cost is a few percent,
 and the median of nine rounds stays within a few percent of it where three could not (3 x 300
 steps gave 94.3% for the VAE, 9 x 100 steps 98.0%).
 

@@ -238,6 +238,9 @@ def test_readme_is_parsed_into_the_commands_it_shows():
     ["python", "-m"],  # --peers eager,compile --require_quiet
     ["python", "-m"],  # benchmarks.loop
     ["python", "-m"],  # benchmarks.loop, the measured run
+    ["python", "-m"],  # the measured throughput table: three commands
+    ["python", "-m"],
+    ["python", "-m"],
     ["python", "-m"],  # benchmarks.layers
     ["make", "device-check"],
   ]
