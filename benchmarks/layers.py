@@ -16,7 +16,9 @@ nn.ConvTranspose2d with the same weights, channels_last as the peer's fused vari
 torch_peer.CHANNELS_LAST; forward under no_grad). The whole train step of both (jaxgen's as
 benchmarks.throughput times it, PyTorch's in the `--peer` variant) is timed in the same rounds,
 all in turn, so the table's last lines compare the convolutions' share of each step with the
-rest (activations, normalisation, losses, noise, the optimizer).
+rest (activations, normalisation, losses, noise, the optimizer). As in benchmarks.throughput,
+the machine's load is measured around the timings, and a warning printed (and `loaded` set in
+the JSON) when other processes used more than timing.QUIET_CORES.
 
 "calls x fwd" and "calls x fwd+bwd" bound the step's convolution time: every call runs
 forward, and not every call needs its backward (a generator's forward in the discriminator's
@@ -33,7 +35,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import throughput
-from benchmarks.timing import interleaved
+from benchmarks.timing import interleaved, watched
 
 COLUMNS = (  # (key, header, format)
   ("layer", "layer", "{}"),
@@ -296,7 +298,9 @@ def measure(args) -> dict:
     runners[("step", "torch", "step")] = torch_peer.runner(
       args.family, config, config.batch_size, args.warmup, variant=args.peer
     )
-  times = interleaved(runners, args.repeats, args.steps)
+  times, samples = watched(lambda: interleaved(runners, args.repeats, args.steps))
+  load: dict = {}
+  throughput.mark_load(load, samples, "the layers and steps")  # warns when other work ran
   ms = {key: 1e3 * sorted(t)[len(t) // 2] for key, t in times.items()}  # medians
   rows = []
   for i, layer in enumerate(layers):
@@ -328,6 +332,7 @@ def measure(args) -> dict:
     steps=args.steps,
     rows=rows,
     totals=totals,
+    **load,
   )
 
 

@@ -120,6 +120,7 @@ def test_table_smoke(capsys):
   )
   for row in result["rows"]:
     assert row["jax_fwd_ms"] > 0 and row["jax_fwd_bwd_ms"] > 0
+  assert set(result["load"]) == {"before", "during", "after"} and "loaded" in result
 
 
 @pytest.mark.parametrize("kind,size", [("conv", 8), ("conv_transpose", 4)])
