@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import throughput
-from benchmarks.timing import interleaved, watched
+from benchmarks.timing import interleaved, spread, watched
 
 COLUMNS = (  # (key, header, format)
   ("layer", "layer", "{}"),
@@ -259,9 +259,6 @@ def torch_runners(module, arrays: dict, channels_last: bool) -> dict:
 
 def measure(args) -> dict:
   """The table's rows and totals for args.family at args.image_shape."""
-  import importlib.util
-
-  import jax
 
   from jaxgen import ops
 
@@ -274,12 +271,9 @@ def measure(args) -> dict:
     raise SystemExit(f"the {args.family} step calls no convolution")
   fast = ops.use_fast_ops(config.get("fast_ops", "auto"))
   eigen = config.get("xla_cpu_eigen_convs", True)
-  use_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+  use_torch = not args.no_torch and throughput.peer_unavailable(args.family) is None
   if use_torch:
     from benchmarks import torch_peer
-
-    jax_kind = {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
-    use_torch = torch_peer.device().type == jax_kind and args.family in torch_peer.PEERS
   channels_last = use_torch and torch_peer.CHANNELS_LAST[args.family]
   runners, exact = {}, {}
   for i, layer in enumerate(layers):
@@ -301,7 +295,7 @@ def measure(args) -> dict:
   times, samples = watched(lambda: interleaved(runners, args.repeats, args.steps))
   load: dict = {}
   throughput.mark_load(load, samples, "the layers and steps")  # warns when other work ran
-  ms = {key: 1e3 * sorted(t)[len(t) // 2] for key, t in times.items()}  # medians
+  ms = {key: 1e3 * spread(t)["median"] for key, t in times.items()}
   rows = []
   for i, layer in enumerate(layers):
     mark = "" if exact.get(i, True) else " *"

@@ -227,22 +227,33 @@ def jax_runner(family_name: str, config, num_devices: int, warmup: int) -> tuple
   return run, row
 
 
-def torch_runners(family: str, config, args, dtype: str = "float32") -> tuple[dict, dict]:
-  """({variant: `run(k)`} of the PyTorch peer's train step in each of `args.peers`, {torch_*
-  facts and notes}). The peer runs only on the kind of device JAX runs on (CUDA for "gpu",
-  the CPU for "cpu"); a variant that cannot run here gets a `torch_<variant>_note`."""
+def peer_unavailable(family: str) -> str | None:
+  """Why the family's PyTorch peer cannot run here (None when it can): torch missing, no peer
+  for the family, or PyTorch on another kind of device than JAX (CUDA for "gpu", the CPU for
+  "cpu")."""
   if importlib.util.find_spec("torch") is None:
-    return {}, dict(torch_note='torch not installed (pip install -e ".[bench]")')
+    return 'torch not installed (pip install -e ".[bench]")'
   import jax
 
   from benchmarks import torch_peer
 
   if family not in torch_peer.PEERS:
-    return {}, dict(torch_note=f"no PyTorch peer for {family}")
+    return f"no PyTorch peer for {family}"
   jax_kind = {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
   if torch_peer.device().type != jax_kind:
-    return {}, dict(torch_note=f"PyTorch sees {torch_peer.device()}, not JAX's {jax_kind}")
+    return f"PyTorch sees {torch_peer.device()}, not JAX's {jax_kind}"
+  return None
+
+
+def torch_runners(family: str, config, args, dtype: str = "float32") -> tuple[dict, dict]:
+  """({variant: `run(k)`} of the PyTorch peer's train step in each of `args.peers`, {torch_*
+  facts and notes}). The peer runs only on the kind of device JAX runs on (CUDA for "gpu",
+  the CPU for "cpu"); a variant that cannot run here gets a `torch_<variant>_note`."""
+  if why := peer_unavailable(family):
+    return {}, dict(torch_note=why)
   import torch
+
+  from benchmarks import torch_peer
 
   torch_peer.reset_peak_memory()
   runs, facts = (
