@@ -71,8 +71,9 @@ def test_torch_layer_computes_the_jax_layer(kind, shape, features, kernel, paddi
   module = layers.torch_layer(layer, a["kernel"], channels_last)
   with torch.no_grad():
     got = module(layers.nchw(a["x"], channels_last)).permute(0, 2, 3, 1).numpy()
-  # sums of at most 3*3*6 float32 products of O(1) values, in different orders: a few float32
-  # roundings (eps 6e-8) of their size, far below 1e-5, on any host
+  # each output sums at most 4*4*6 = 96 float32 products (unit inputs, kernel scaled by
+  # 1/sqrt(fan-in), so outputs and their terms are O(1)) in different orders: the difference is
+  # bounded by 96 roundings (eps 6e-8), 6e-6 of the terms' size, under 1e-5 on any host
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
