@@ -250,6 +250,9 @@ ADDED = {
   "data.device_prefetch": 2,
   "data.in_memory": True,
 }
+# Fields one family's configs gained since, with the value runs saved before them ran with; every
+# config file of that family sets them, so a resumed run compares like with like.
+ADDED_FOR_FAMILY = {"draw": {"model.binarization": "dynamic", "model.kl_warmup_steps": 0}}
 RENAMED = {"model.num_steps": "model.draw_steps"}  # DRAW's T, before training steps shared its name
 
 
@@ -271,11 +274,12 @@ def upgrade(stored: dict) -> dict:
     if src is not None and a in src and dst is not None and b not in dst:
       dst[b] = src.pop(a)
   model, optim = tree.get("model") or {}, tree.get("optim")
-  for key, value in ADDED.items():
+  family = model.get("family") if isinstance(model, dict) else None
+  for key, value in {**ADDED, **ADDED_FOR_FAMILY.get(family, {})}.items():
     d, leaf = node(key)
     if d is not None and leaf not in d:
       # The classifier's learning rate was always cosine-decayed over num_steps.
-      cosine = key == "optim.schedule" and model.get("family") == "classifier"
+      cosine = key == "optim.schedule" and family == "classifier"
       d[leaf] = "cosine" if cosine else value
   if isinstance(optim, dict) and optim.get("name") == "adam" and optim.get("weight_decay"):
     optim["name"] = "adamw"

@@ -7,14 +7,17 @@ import json
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from conftest import (
   DRAW_TINY,
   GOLDEN_RTOL,
   REPO,
+  X64_RTOL,
   draw_config,
   random_batch,
+  to_float64,
   train_steps_traced_once,
 )
 from PIL import Image
@@ -302,3 +305,62 @@ def test_old_name_of_draw_steps_is_one_line_in_a_config_file_and_read_in_a_saved
   assert trainer.load_run_config(tmp_path).model.draw_steps == c.model.draw_steps
   stored = config_lib.flatten(config_lib.upgrade(json.loads(old.to_json_best_effort())))
   assert config_lib.drift(stored, c) == []
+
+
+# ------------------------------------------------------------------ binarisation
+
+
+def test_expected_binarisation_is_the_mean_over_all_binarisations():
+  """bernoulli_log_prob of pixel probabilities equals the exact expectation of the binarised
+  image's log-likelihood: all 2^4 binarisations of a 2x2 image enumerated, in float64 (the
+  identity is exact, so only rounding separates the two)."""
+  with jax.enable_x64():
+    p = jnp.array([0.1, 0.5, 0.75, 1.0], jnp.float64)
+    logits = jnp.array([-2.0, 0.3, 1.5, 4.0], jnp.float64).reshape(1, 2, 2, 1)
+    bits = jnp.array(np.indices((2,) * 4).reshape(4, -1).T, jnp.float64)  # [16, 4]
+    prob = jnp.prod(jnp.where(bits == 1, p, 1 - p), axis=1)
+    each = jax.vmap(lambda x: losses.bernoulli_log_prob(logits, x.reshape(1, 2, 2, 1))[0])(bits)
+    expect = jnp.sum(prob * each)
+    got = losses.bernoulli_log_prob(logits, p.reshape(1, 2, 2, 1))[0]
+    np.testing.assert_allclose(got, expect, rtol=1e-12)
+
+
+def test_binarization_modes(states):
+  image = random_batch(n=4)["image"]
+  hp = states[False].hp
+  assert hp.binarization == "dynamic"
+  x = draw.observed(hp, jax.random.key(0), image)
+  assert set(np.unique(np.asarray(x))) <= {0.0, 1.0}
+  assert not np.array_equal(x, draw.observed(hp, jax.random.key(1), image))
+  expected = ml_collections.FrozenConfigDict({**hp.as_configdict(), "binarization": "expected"})
+  p = draw.observed(expected, jax.random.key(0), image)
+  np.testing.assert_array_equal(p, (image + 1.0) / 2.0)  # no noise: the key is not used
+  c = draw_config()
+  c.model.binarization = "sampled"
+  with pytest.raises(ConfigError, match="binarization='sampled' is not one of"):
+    jax.eval_shape(lambda k: draw.init_state(c, k, random_batch(2)), jax.random.key(0))
+
+
+def test_runs_saved_before_binarization_read_it_as_dynamic():
+  old = json.loads(draw_config().to_json_best_effort())
+  del old["model"]["binarization"]
+  assert config_lib.upgrade(old)["model"]["binarization"] == "dynamic"
+  gan = {"model": {"family": "gan"}}
+  assert "binarization" not in config_lib.upgrade(gan)["model"]
+
+
+def test_kl_warmup_weighs_the_kl_in_the_loss_and_not_in_the_bound(states):
+  state = states[False]
+  hp = ml_collections.FrozenConfigDict({**state.hp.as_configdict(), "kl_warmup_steps": 4})
+  at = lambda step: state.replace(hp=hp, step=jnp.asarray(step, jnp.int32))
+  assert [float(draw.kl_weight(at(i))) for i in (0, 1, 3, 10)] == [0.25, 0.5, 1.0, 1.0]
+  assert float(draw.kl_weight(state)) == 1.0  # kl_warmup_steps 0: no warm-up
+  # float64: XLA may sum the 784 pixels of `recon` in another order inside the loss than for the
+  # metric (float32: ~1e-6 apart); in float64 the same sums agree to ~1e-13 of their size
+  with jax.enable_x64(True):
+    m = jax.jit(draw.eval_step)(to_float64(at(0)), to_float64(random_batch(n=4)), jax.random.key(5))
+    m = jax.tree.map(np.asarray, m)  # numpy float64: the sums below stay in float64
+  assert m["loss"].dtype == np.float64
+  assert float(m["kl"]) > 1.0  # so that a weight of 0.25 moves the loss
+  np.testing.assert_allclose(m["loss"], m["recon"] + 0.25 * m["kl"], rtol=X64_RTOL)
+  np.testing.assert_allclose(-m["elbo"], m["recon"] + m["kl"], rtol=X64_RTOL)

@@ -21,6 +21,8 @@ def get_config():
   c.model.latent_dim = 16
   c.model.cell = "tanh"  # | "lstm" | "gru"
   c.model.learned_prior = True  # p(z_t | h^dec_{t-1}): the prior depends on the caption
+  c.model.binarization = "dynamic"  # | "expected": train on the pixel probabilities
+  c.model.kl_warmup_steps = 0  # N > 0: the KL weight rises linearly to 1 over N steps
   c.model.captions = True  # bidirectional caption encoder + alignment attention
   c.model.embed_dim = 64  # word embedding
   c.model.lang_features = 128  # caption RNN hidden units per direction

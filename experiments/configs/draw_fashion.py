@@ -19,6 +19,8 @@ def get_config():
   c.model.latent_dim = 10  # z_t per step
   c.model.cell = "tanh"  # h_t = tanh(W_hh h_{t-1} + W_xh x_t + b_h) | "lstm" | "gru"
   c.model.learned_prior = False  # N(0, I) per step | alignDRAW's prior from h^dec_{t-1}
+  c.model.binarization = "dynamic"  # | "expected": train on the pixel probabilities
+  c.model.kl_warmup_steps = 0  # N > 0: the KL weight rises linearly to 1 over N steps
   c.model.captions = False
 
   c.optim.name = "adam"

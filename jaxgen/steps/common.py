@@ -315,14 +315,18 @@ def binarize_with(u_BxHxWxC: jax.Array, image_BxHxWxC: jax.Array) -> jax.Array:
   return (u_BxHxWxC < (image_BxHxWxC + 1.0) / 2.0).astype(image_BxHxWxC.dtype)
 
 
-def elbo_metrics(recon_B: jax.Array, kl_B: jax.Array, num_dims: int) -> tuple[jax.Array, dict]:
-  """(-ELBO averaged over the batch, metrics): `loss`, `elbo`, `recon`, `kl` in nats per image
-  from the per-image reconstruction and KL terms [B], and `bpd` over `num_dims` = H*W*C."""
-  loss = jnp.mean(recon_B + kl_B)
+def elbo_metrics(
+  recon_B: jax.Array, kl_B: jax.Array, num_dims: int, kl_weight: jax.Array | float = 1.0
+) -> tuple[jax.Array, dict]:
+  """(loss, metrics): the loss is mean(recon + kl_weight * kl), which is -ELBO averaged over the
+  batch at kl_weight 1; metrics `loss`, `elbo`, `recon`, `kl` in nats per image from the
+  per-image reconstruction and KL terms [B], and `bpd` (of -ELBO) over `num_dims` = H*W*C."""
+  neg_elbo = jnp.mean(recon_B + kl_B)
+  loss = jnp.mean(recon_B + kl_weight * kl_B)
   return loss, dict(
     loss=loss,
-    elbo=-loss,
+    elbo=-neg_elbo,
     recon=jnp.mean(recon_B),
     kl=jnp.mean(kl_B),
-    bpd=losses.bits_per_dim(loss, num_dims),
+    bpd=losses.bits_per_dim(neg_elbo, num_dims),
   )

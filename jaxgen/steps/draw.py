@@ -1,8 +1,17 @@
 """DRAW / alignDRAW family: the ELBO with a KL per step, IWAE bounds and the canvas over time.
 
-Images are binarised afresh every time they are seen (dynamic binarisation, as the VAE family)
-and modelled as independent Bernoulli(sigmoid(final canvas)) pixels. Every likelihood number is
-in nats per image; `bpd` is the same number in bits per dimension.
+Images are modelled as independent Bernoulli(sigmoid(final canvas)) pixels of the binarised
+image, x ~ Bernoulli((image + 1) / 2). Training sees them as config.model.binarization says:
+  "dynamic" (default): binarised afresh every time they are seen (as the VAE family);
+  "expected": the pixel probabilities p = (image + 1) / 2 themselves, for the encoder and as the
+    target. p log q + (1 - p) log(1 - q) is the exact expectation over binarisations of the
+    Bernoulli log-likelihood, so the loss is the expected -ELBO of the binarised image (q(z|.)
+    reads p) without the binarisation's sampling noise.
+Evaluation always scores test images binarised once. config.model.kl_warmup_steps = N > 0
+weighs the KL term by min(1, (step + 1) / N) in the loss (KL warm-up, Sonderby et al. 2016), so
+the encoder learns to pass information through z before the KL prices it; from step N on the
+loss is -ELBO. The `elbo` and `bpd` metrics are always the true bound. Every likelihood number is in nats per
+image; `bpd` is the same number in bits per dimension.
 
     -ELBO = -log p(x | z_1..T) + sum_t KL(q(z_t | x, z_<t) || p(z_t | z_<t [, caption]))
 
@@ -77,6 +86,8 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
       write_n=m.write_n,
       cell=m.cell,
       learned_prior=m.learned_prior,
+      binarization=_check_binarization(m.get("binarization", "dynamic")),
+      kl_warmup_steps=int(m.get("kl_warmup_steps", 0)),
       # the data's caption words where the trainer filled them in (emoji: the training split's),
       # else captioned Fashion-MNIST's fixed template vocabulary
       vocabulary=tuple(config.data.get("vocabulary") or captions.VOCABULARY) if text else (),
@@ -100,6 +111,25 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
 
 
 # ------------------------------------------------------------------ the objective
+
+BINARIZATIONS = ("dynamic", "expected")
+
+
+def _check_binarization(name: str) -> str:
+  if name not in BINARIZATIONS:
+    raise ConfigError(
+      f"config.model.binarization={name!r} is not one of {BINARIZATIONS}: 'dynamic' binarises "
+      "each batch afresh, 'expected' trains on the pixel probabilities"
+    )
+  return name
+
+
+def observed(hp: ml_collections.FrozenConfigDict, key: jax.Array, image: jax.Array) -> jax.Array:
+  """What training reads and scores, [B, H, W, C] in [0, 1], from [-1, 1] images: a fresh binary
+  image ("dynamic", drawn from `key`) or the pixel probabilities ("expected")."""
+  if hp.binarization == "expected":
+    return (image + 1.0) / 2.0
+  return common.binarize(key, image)
 
 
 def _tokens(hp: ml_collections.FrozenConfigDict, batch: dict) -> jax.Array | None:
@@ -140,11 +170,17 @@ def _negative_elbo(
   """(-ELBO averaged over the batch, metrics): one sample of z_1..T, each KL in closed form."""
   hp = state.hp
   bin_key, z_key = jax.random.split(key)
-  x = common.binarize(bin_key, batch["image"])
+  x = observed(hp, bin_key, batch["image"])
   out = _infer(hp, params, x, _tokens(hp, batch), z_key)
   recon_B = -losses.bernoulli_log_prob(out["canvas"], x)
   kl_B = jnp.sum(kl_per_step(hp, out), axis=0)
-  return common.elbo_metrics(recon_B, kl_B, int(np.prod(hp.image_shape)))
+  return common.elbo_metrics(recon_B, kl_B, int(np.prod(hp.image_shape)), kl_weight(state))
+
+
+def kl_weight(state: DRAWState) -> jax.Array:
+  """The KL term's weight in the loss at this step: 1, or min(1, (step + 1) / kl_warmup_steps)."""
+  n = state.hp.kl_warmup_steps
+  return jnp.minimum(1.0, (state.step + 1) / n) if n > 0 else jnp.ones(())
 
 
 def train_step(state: DRAWState, batch: dict, key: jax.Array) -> tuple[DRAWState, dict]:
