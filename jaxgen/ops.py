@@ -498,24 +498,37 @@ def _batch_norm_act_fwd(x, scale, bias, epsilon, negative_slope, window):
   return (y, mean, var), (x, picked, mean, rstd, scale, bias)
 
 
+def _sum_to(v: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """v summed over the axes where `shape` (right-aligned, as broadcasting) has size 1 or none."""
+  lead = v.ndim - len(shape)
+  axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape) if d == 1)
+  return jnp.sum(v, axes).reshape(shape) if axes else v
+
+
 def _batch_norm_act_bwd(epsilon, negative_slope, window, residuals, cotangents):
   x, picked, mean, rstd, scale, bias = residuals
   dy, dmean, dvar = cotangents
   axes = tuple(range(x.ndim - 1))
   n = x.size // x.shape[-1]
-  a = scale * rstd
   picked_centred = picked - mean
-  u = picked_centred * a + bias
+  u = picked_centred * (scale * rstd) + bias
   du = dy * jnp.where(u > 0 if negative_slope == 0.0 else u >= 0, 1.0, negative_slope)
-  dbias = jnp.sum(du, axes)
-  dscale = jnp.sum(du * picked_centred, axes) * rstd
-  g = du
+  dbias = _sum_to(du, jnp.shape(bias))
+  dscale = _sum_to(du * picked_centred, jnp.shape(scale)) * rstd
+  # With u = (x - mean) * rstd * scale + bias, d(loss)/dx = rstd * (g - sum(g) / n - centred *
+  # rstd^2 * sum(g * centred) / n) for g = du * scale routed to x's positions; the sums run over
+  # every axis but channels, so scale and bias may also be per example ([B, 1, 1, C]).
+  g_scaled = du * scale
+  sum_g = jnp.sum(g_scaled, axes)
+  sum_g_centred = jnp.sum(g_scaled * picked_centred, axes)
+  g = g_scaled
   if window:
-    g = _route_to_first(_trim(x, window), picked, du, window)
+    g = _route_to_first(_trim(x, window), picked, g_scaled, window)
     g = jnp.pad(g, [(0, full - part) for full, part in zip(x.shape, g.shape)])
   centred = x - mean
   # BatchNorm's gradient through the batch statistics, plus any cotangent of the statistics.
-  dx = a * (g - dbias / n - centred * (rstd * dscale / n)) + (dmean + 2.0 * dvar * centred) / n
+  dx = rstd * (g - sum_g / n - centred * (rstd * rstd * sum_g_centred / n))
+  dx = dx + (dmean + 2.0 * dvar * centred) / n
   return dx, dscale, dbias
 
 
@@ -538,6 +551,8 @@ def batch_norm_act(
   bias), then `nn.relu` (`negative_slope` 0) or `nn.leaky_relu(., negative_slope)`, then
   `nn.max_pool(., window, strides=window)`, values and gradients up to float32 rounding.
   Statistics are over all axes but the last, so x may have any rank without `window`.
+  scale_C and bias_C are [C], or per example with x's rank ([B, 1, 1, C]: conditional
+  BatchNorm); their gradients come back in their own shapes.
   The custom VJP makes a few passes over x instead of autodiff's dozen over full-size
   intermediates, and pools before normalising. The gradient goes to the first position of
   each window that holds the selected x, as flax's; it can differ only where two x in a
@@ -567,8 +582,8 @@ class BatchNormAct(nn.Module):
   arithmetic through plain autodiff (`fused=False`, the reference tests hold it to); inference
   is plain jnp, pooled by `max_pool`. With `fused` it is reverse-mode only (custom VJPs).
   `dtype` (e.g. bfloat16) is the output's dtype; the arithmetic stays float32.
-  `gain_BxC`/`shift_BxC`, per-example offsets added to scale and bias (class-conditional
-  BatchNorm), run flax's arithmetic also where `fused` (the fused pass takes per-channel ones)."""
+  `gain_BxC`/`shift_BxC` are per-example offsets added to scale and bias (class-conditional
+  BatchNorm); the fused pass takes them as [B, 1, 1, C] scale and bias."""
 
   use_running_average: bool | None = None
   momentum: float = 0.99
@@ -602,7 +617,7 @@ class BatchNormAct(nn.Module):
         0.0 if v is None else v.reshape((v.shape[0],) + (1,) * (x.ndim - 2) + (-1,))
       )
       scale, bias = scale + spread(gain_BxC), bias + spread(shift_BxC)
-    if self.fused and not use_running_average and not conditional:
+    if self.fused and not use_running_average:
       y, mean, var = batch_norm_act(
         x, scale, bias, epsilon=self.epsilon, negative_slope=self.negative_slope, window=self.window
       )

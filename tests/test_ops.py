@@ -352,6 +352,30 @@ def test_batch_norm_act_gradient_includes_the_statistics_cotangents(ties):
   _assert_close(got_vjp(cotangents), want_vjp(cotangents))
 
 
+@pytest.mark.parametrize("window", [(2, 2), None], ids=["pooled", "unpooled"])
+def test_batch_norm_act_takes_per_example_scale_and_bias(window):
+  """Conditional BatchNorm's [B, 1, 1, C] scale and bias (signs differ between examples, so the
+  pool takes the largest x in some and the smallest in others): values and the gradients of x,
+  scale and bias equal flax's arithmetic through autodiff."""
+  x = jax.random.normal(jax.random.key(0), (4, 6, 6, 5))
+  scale = _SCALE * jnp.array([1.0, -0.5, 2.0, 0.0])[:, None, None, None]
+  bias = _BIAS + 0.1 * jax.random.normal(jax.random.key(2), (4, 1, 1, 5))
+
+  def reference(x, s, b):
+    mean = jnp.mean(x, (0, 1, 2))
+    var = jnp.maximum(0.0, jnp.mean(x * x, (0, 1, 2)) - mean**2)
+    y = nn.relu((x - mean) * (lax.rsqrt(var + 1e-5) * s) + b)
+    return (nn.max_pool(y, window, strides=window) if window else y), mean, var
+
+  want, want_vjp = jax.vjp(reference, x, scale, bias)
+  got, got_vjp = jax.vjp(lambda x, s, b: ops.batch_norm_act(x, s, b, window=window), x, scale, bias)
+  _assert_close(got, want)
+  cotangents = (jax.random.normal(jax.random.key(1), want[0].shape), jnp.arange(5.0), jnp.ones(5))
+  grads = got_vjp(cotangents)
+  assert grads[1].shape == scale.shape and grads[2].shape == bias.shape
+  _assert_close(grads, want_vjp(cotangents))
+
+
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
 def test_batch_norm_act_relu_at_zero_and_bfloat16_are_flax(fused):
   """scale = bias = 0 puts every value at the ReLU's kink (flax's gradient there is 0), and a

@@ -138,7 +138,7 @@ class ResNetGenerator(_Net):
   SNGAN generator): dense to the plan's start size, then per doubling BN-ReLU-upsample-conv3x3-
   BN-ReLU-conv3x3 plus an upsampled shortcut (1x1 conv where the width changes), then BN-ReLU-
   conv3x3 to the image channels and tanh. Widths from `common.resolution_plan`; the last block
-  keeps its input width. Plain flax layers (`fast_ops` is accepted and ignored)."""
+  keeps its input width. Plain flax convolutions; `fast_ops` fuses only the BatchNorms."""
 
   kernel_size: int = 3  # accepted for a shared config; the blocks use 3x3
 
@@ -150,7 +150,11 @@ class ResNetGenerator(_Net):
     start, widths = common.resolution_plan(height, self.width, "ResNet GAN")
     sn = lambda layer: common.spectral_norm(layer, self.spectral_norm, train)
     bn_relu = lambda name: ops.BatchNormAct(
-      use_running_average=not train, momentum=0.9, dtype=self.dtype, name=name
+      use_running_average=not train,
+      momentum=0.9,
+      fused=self.fast_ops,
+      dtype=self.dtype,
+      name=name,
     )
     x = z_BxZ
     if self.num_classes:
