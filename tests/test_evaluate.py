@@ -526,6 +526,34 @@ def test_tiny_aligndraw_gets_caption_rows_a_real_canvas_floor_and_bounds(canvase
   assert "FD" not in table and "-IWAE nats/image" in table and f"({held} held out)" in table
 
 
+def test_aligndraw_diagnosis_scores_real_reconstructed_and_sampled_canvases(canvases):
+  """experiments/aligndraw_diagnosis.py: the three rows, with blocks of 20 so the last of the 48
+  canvases' blocks is padded. The level items read back exactly (real canvases 1.0); a classifier
+  that always says class 0 gives every row the share of captions naming class 0 alone."""
+  import importlib.util
+
+  path = REPO / "experiments/aligndraw_diagnosis.py"
+  spec = importlib.util.spec_from_file_location("aligndraw_diagnosis", path)
+  diagnosis = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(diagnosis)
+  config = config_lib.load(REPO / "experiments/configs/aligndraw_captions.py")
+  config.model.update({**DRAW_TINY, "draw_steps": 2})
+  example = {"image": jnp.zeros((1, 60, 60, 1)), "tokens": jnp.asarray(canvases["tokens"][:1])}
+  state = jax.jit(lambda key: draw.init_state(config, key, example))(jax.random.key(0))
+  batch, key = as_batch(canvases), jax.random.key(1)
+  reader = projection_extractor().features_fn
+  rows = diagnosis.diagnose(state, batch, lambda crops: reader(crops)[1], key, batch_size=20)
+  assert tuple(rows) == diagnosis.ROWS
+  assert set(rows["real canvases"].values()) == {1.0}
+  always_0 = lambda crops: jnp.tile(jnp.eye(10)[0], (len(crops), 1))
+  rows = diagnosis.diagnose(state, batch, always_0, key, batch_size=20)
+  right = (batch["classes"][:, 0] == 0) & (batch["classes"][:, 1] == captions.NONE)
+  held = batch["held_out"] == 1
+  want = [right.mean(), right[held].mean(), right[~held].mean()]
+  for row in diagnosis.ROWS:
+    assert list(rows[row].values()) == pytest.approx(want), row
+
+
 def test_captioned_runs_use_their_items_classifier(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   monkeypatch.delenv(evaluation.EXTRACTOR_ENV, raising=False)

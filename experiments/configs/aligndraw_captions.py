@@ -1,5 +1,9 @@
-"""alignDRAW text-to-image on 60x60 captioned Fashion-MNIST canvases: about 10 minutes on 2 CPU
-cores. `jaxgen sample --workdir RUN --caption "the sneaker is on the left of the trouser"`."""
+"""alignDRAW text-to-image on 60x60 captioned Fashion-MNIST canvases: about 19 minutes on 2 CPU
+cores. `jaxgen sample --workdir RUN --caption "the sneaker is on the left of the trouser"`.
+
+A 16x16 write window (8x8 before) raised the share of captions drawn right at 2000 steps from
+0.13 to 0.22; an LSTM cell (`--config.model.cell=lstm`) about doubles the share of
+reconstructions drawn right (README "DRAW and alignDRAW" has the measurements)."""
 
 from jaxgen.config import base_config
 
@@ -7,7 +11,7 @@ from jaxgen.config import base_config
 def get_config():
   c = base_config()
   c.batch_size = 32
-  c.num_steps = 8000
+  c.num_steps = 11000
   c.sample_every = 2000
   c.checkpoint_every = 2000
   c.data.name = "captioned_fashion_mnist"  # 20000 train / 2000 test canvases (/small: 2000 / 500)
@@ -15,7 +19,7 @@ def get_config():
   c.model.family = "draw"
   c.model.draw_steps = 16  # T
   c.model.read_n = 6  # N x N read window
-  c.model.write_n = 8  # N x N write window
+  c.model.write_n = 16  # N x N write window
   c.model.enc_features = 256
   c.model.dec_features = 256
   c.model.latent_dim = 16

@@ -253,6 +253,17 @@ def sample_frames(
   return 2.0 * jax.nn.sigmoid(out["canvas"]) - 1.0
 
 
+def reconstruct(state: DRAWState, batch: dict, key: jax.Array) -> jax.Array:
+  """Reconstructions [B, H, W, C] in [-1, 1] of batch["image"] (with its "tokens" for alignDRAW):
+  z_1..T drawn from the posterior, the final canvas's Bernoulli means; the images are seen as
+  training sees them (`observed`, binarised from `key`)."""
+  hp = state.hp
+  bin_key, z_key = jax.random.split(key)
+  x = observed(hp, bin_key, batch["image"])
+  out = _infer(hp, state.draw.params, x, _tokens(hp, batch), z_key)
+  return 2.0 * jax.nn.sigmoid(out["canvas"]) - 1.0
+
+
 def sample(state: DRAWState, key: jax.Array, num: int, conditioning: Any = None) -> jax.Array:
   """`num` images [num, H, W, C] in [-1, 1]: the final canvas's Bernoulli means."""
   return sample_frames(state, key, num, conditioning)[-1]
