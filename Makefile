@@ -94,7 +94,7 @@ browser:
 	fi
 
 demo: setup data
-	$(VENV)/bin/jaxgen train --config experiments/configs/dcgan_fashion.py --workdir runs/demo
+	$(VENV)/bin/jaxgen train --config experiments/configs/dcgan_fashion_cond.py --workdir runs/demo
 	@echo "sample grids: runs/demo/samples/   metrics: runs/demo/metrics.jsonl   checkpoints: runs/demo/checkpoints/"
 
 # Two pytest-xdist workers (TEST_WORKERS=1 for one process): compiling is single-threaded, so

@@ -74,6 +74,11 @@ SKIPPED = (  # (how the command starts, why it is not run)
     "every recipe's switches through the loop)",
   ),
   (
+    "python experiments/aligndraw_diagnosis.py",
+    "needs a trained alignDRAW run and the classifier the Evaluation section trains later "
+    "(tests/test_evaluate.py runs its scoring on a tiny model)",
+  ),
+  (
     "gcloud compute tpus",
     "a TPU pod slice launch: needs Cloud TPUs; each worker runs the jaxgen train command "
     "run above, with JAXGEN_DISTRIBUTED=1 (tests/test_trainer.py runs the multi-process path)",
@@ -215,7 +220,9 @@ def newcomer(tmp_path, monkeypatch):
 def test_readme_is_parsed_into_the_commands_it_shows():
   markdown = README.read_text()
   run, skipped = plan(markdown, MAKEFILE.read_text())
-  assert run[0] == "jaxgen train --config experiments/configs/dcgan_fashion.py --workdir runs/demo"
+  assert run[0] == (
+    "jaxgen train --config experiments/configs/dcgan_fashion_cond.py --workdir runs/demo"
+  )
   # continuation lines joined, comments dropped, quoted captions kept whole
   assert (
     "jaxgen train --config experiments/configs/dcgan_fashion.py --workdir runs/dcgan_cond "
@@ -233,6 +240,7 @@ def test_readme_is_parsed_into_the_commands_it_shows():
     ["python", "experiments/gan_recipes.py"],
     ["python", "experiments/gan_recipes.py"],
     ["python", "experiments/gan_recipes.py"],  # the study's measured budget
+    ["python", "experiments/aligndraw_diagnosis.py"],
     ["make", "bench"],
     ["python", "-m"],
     ["python", "-m"],  # --peers eager,compile --require_quiet
