@@ -86,7 +86,8 @@ def bernoulli_log_prob(logits_BxHxWxC: jnp.ndarray, x_BxHxWxC: jnp.ndarray) -> j
   """log p(x) of binary images x in {0, 1} under independent Bernoulli(sigmoid(logits)), nats [B].
 
   Given pixel probabilities x in [0, 1] in place of a binary image, the same expression is the
-  exact expectation of log p over x's binarisations (it is linear in x). Any real logit is a valid distribution, so the decoder cannot leave the support.
+  exact expectation of log p over x's binarisations (it is linear in x). Any real logit is a
+  valid distribution, so the decoder cannot leave the support.
   """
   lp = x_BxHxWxC * logits_BxHxWxC - jax.nn.softplus(logits_BxHxWxC)
   return jnp.sum(lp, axis=_IMAGE_AXES)

@@ -10,8 +10,8 @@ image, x ~ Bernoulli((image + 1) / 2). Training sees them as config.model.binari
 Evaluation always scores test images binarised once. config.model.kl_warmup_steps = N > 0
 weighs the KL term by min(1, (step + 1) / N) in the loss (KL warm-up, Sonderby et al. 2016), so
 the encoder learns to pass information through z before the KL prices it; from step N on the
-loss is -ELBO. The `elbo` and `bpd` metrics are always the true bound. Every likelihood number is in nats per
-image; `bpd` is the same number in bits per dimension.
+loss is -ELBO. The `elbo` and `bpd` metrics are always the true bound. Every likelihood number
+is in nats per image; `bpd` is the same number in bits per dimension.
 
     -ELBO = -log p(x | z_1..T) + sum_t KL(q(z_t | x, z_<t) || p(z_t | z_<t [, caption]))
 
@@ -164,14 +164,22 @@ def kl_per_step(hp: ml_collections.FrozenConfigDict, out: dict) -> jax.Array:
   return jnp.sum(kl, axis=-1)
 
 
+def _posterior_pass(
+  hp: ml_collections.FrozenConfigDict, params: Any, batch: dict, key: jax.Array
+) -> tuple[jax.Array, dict]:
+  """(x as training sees it, the inference network's outputs) for batch["image"], with z_1..T
+  from the posterior; the binarisation and z drawn from `key`."""
+  bin_key, z_key = jax.random.split(key)
+  x = observed(hp, bin_key, batch["image"])
+  return x, _infer(hp, params, x, _tokens(hp, batch), z_key)
+
+
 def _negative_elbo(
   params: Any, state: DRAWState, batch: dict, key: jax.Array
 ) -> tuple[jax.Array, dict]:
   """(-ELBO averaged over the batch, metrics): one sample of z_1..T, each KL in closed form."""
   hp = state.hp
-  bin_key, z_key = jax.random.split(key)
-  x = observed(hp, bin_key, batch["image"])
-  out = _infer(hp, params, x, _tokens(hp, batch), z_key)
+  x, out = _posterior_pass(hp, params, batch, key)
   recon_B = -losses.bernoulli_log_prob(out["canvas"], x)
   kl_B = jnp.sum(kl_per_step(hp, out), axis=0)
   return common.elbo_metrics(recon_B, kl_B, int(np.prod(hp.image_shape)), kl_weight(state))
@@ -257,10 +265,7 @@ def reconstruct(state: DRAWState, batch: dict, key: jax.Array) -> jax.Array:
   """Reconstructions [B, H, W, C] in [-1, 1] of batch["image"] (with its "tokens" for alignDRAW):
   z_1..T drawn from the posterior, the final canvas's Bernoulli means; the images are seen as
   training sees them (`observed`, binarised from `key`)."""
-  hp = state.hp
-  bin_key, z_key = jax.random.split(key)
-  x = observed(hp, bin_key, batch["image"])
-  out = _infer(hp, state.draw.params, x, _tokens(hp, batch), z_key)
+  _, out = _posterior_pass(state.hp, state.draw.params, batch, key)
   return 2.0 * jax.nn.sigmoid(out["canvas"]) - 1.0
 
 
