@@ -115,10 +115,10 @@ def test_table_smoke(capsys):
   out = capsys.readouterr().out
   assert len(result["rows"]) == 4 and "rest: step - upper bound" in out and "train step" in out
   jax_totals = result["totals"]["jax"]
-  assert (
-    jax_totals["step_ms"] > 0
-    and 0 < jax_totals["convolutions_lower_ms"] < jax_totals["convolutions_upper_ms"]
-  )
+  # Each bound is a sum of separately timed layers (one repeat here), so their order is a timing,
+  # not a property: under load a forward pass can time longer than another forward + backward.
+  assert jax_totals["step_ms"] > 0
+  assert jax_totals["convolutions_lower_ms"] > 0 and jax_totals["convolutions_upper_ms"] > 0
   for row in result["rows"]:
     assert row["jax_fwd_ms"] > 0 and row["jax_fwd_bwd_ms"] > 0
   assert set(result["load"]) == {"before", "during", "after"} and "loaded" in result
