@@ -1,6 +1,7 @@
 """The GAN-recipes study: each recipe trained for the same training time, FD and coverage vs minutes.
 
     python experiments/gan_recipes.py --budget_minutes 180 --recipes dcgan,sn_hinge,diffaug,all
+    python experiments/gan_recipes.py --budget_minutes 30 --base cond_lr2e3_k3 --recipes dcgan,r1
 
 Each recipe (RECIPES: config.model / config.optim overrides of experiments/configs/dcgan_fashion.py)
 runs through jaxgen.trainer.train_and_evaluate in runs/gan_recipes/<recipe> for budget/len(recipes)
@@ -10,7 +11,9 @@ counted, the deadline moves by it), with the in-training evaluation every
 runs/classifier_fashion_mnist from the README's command, or --extractor). Each evaluation is logged
 with `train_minutes`, the wall time spent outside evaluation. Writes runs/gan_recipes/curves.png
 (FD and coverage against minutes per recipe) and table.md (the last evaluation of each).
-Sized for 2 CPU cores: the default 180 minutes over the 11 recipes gives about 16 minutes each.
+With --base RECIPE every recipe is applied on top of that one (runs/gan_recipes/<base>+<recipe>),
+e.g. each switch on top of the demo's recipe. Sized for 2 CPU cores: the default 180 minutes
+over the 17 recipes gives about 10.6 minutes each.
 """
 
 import argparse
@@ -31,6 +34,7 @@ from jaxgen.errors import Preempted
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "experiments/configs/dcgan_fashion.py"
 SN_HINGE = dict(spectral_norm="d", loss="hinge")
+COND = dict(num_classes=10, class_bn=True)
 RECIPES = {
   # name: ({model overrides}, {optim overrides}, {top-level overrides})
   "dcgan": ({}, {}, {}),
@@ -42,9 +46,17 @@ RECIPES = {
   "ema_standing": (dict(ema_bn="standing"), {}, {}),
   "resnet_sn_hinge": (dict(arch="resnet", **SN_HINGE), {}, {}),
   "fresh_d2": (dict(d_steps=2, fresh_real_batches=True), {}, dict(batch_size=128)),
-  # dcgan_fashion_cond.py: the label in G (conditional BatchNorm) and D (projection); sampled
-  # with labels 0..9 in turn, so the evaluation scores the same balanced mixture of classes
-  "cond": (dict(num_classes=10, class_bn=True), {}, {}),
+  # cond: the label in G (conditional BatchNorm) and D (projection), as in dcgan_fashion_cond.py;
+  # sampled with labels 0..9 in turn, so the evaluation scores the same balanced mixture of classes
+  "cond": (COND, {}, {}),
+  # its learning rate (both players), kernel size and EMA decay; cond_lr2e3_k3 is the model and
+  # optimiser of dcgan_fashion_cond.py (`make demo`)
+  "cond_lr5e4": (COND, dict(g_lr=5e-4, d_lr=5e-4), {}),
+  "cond_lr1e3": (COND, dict(g_lr=1e-3, d_lr=1e-3), {}),
+  "cond_k3": (dict(**COND, kernel_size=3), {}, {}),
+  "cond_ema99": (dict(**COND, ema_decay=0.99), {}, {}),
+  "cond_lr1e3_k3": (dict(**COND, kernel_size=3), dict(g_lr=1e-3, d_lr=1e-3), {}),
+  "cond_lr2e3_k3": (dict(**COND, kernel_size=3), dict(g_lr=2e-3, d_lr=2e-3), {}),
   "all": (
     dict(
       **SN_HINGE,
@@ -63,13 +75,20 @@ COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 COLOURS += [(140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
+def run_name(name: str, args: argparse.Namespace) -> str:
+  """The recipe's folder and label: `base+name` on top of a --base recipe, else the name."""
+  return f"{args.base}+{name}" if getattr(args, "base", "") else name
+
+
 def recipe_config(name: str, args: argparse.Namespace):
-  """dcgan_fashion.py with the recipe's overrides and the study's cadence."""
-  model, optim, top = RECIPES[name]
+  """dcgan_fashion.py with the --base recipe's overrides (if any), then the recipe's, and the
+  study's cadence."""
   c = config_lib.load(BASE)
-  c.model.update(model)
-  c.optim.update(optim)
-  c.update(top)
+  for part in filter(None, (getattr(args, "base", ""), name)):
+    model, optim, top = RECIPES[part]
+    c.model.update(model)
+    c.optim.update(optim)
+    c.update(top)
   c.num_steps = 10**7  # stopped by the time budget
   c.eval_every, c.eval_num_samples = args.eval_every, args.eval_samples
   c.sample_every, c.checkpoint_every, c.log_every = args.eval_every, args.eval_every, 50
@@ -81,7 +100,7 @@ def recipe_config(name: str, args: argparse.Namespace):
 def run_recipe(name: str, args: argparse.Namespace, out: Path) -> list[dict]:
   """Trains one recipe for its share of the budget; its evaluation rows from metrics.jsonl."""
   config = recipe_config(name, args)
-  workdir = out / name
+  workdir = out / run_name(name, args)
   eval_fn = evaluation.make_eval_fn(config, extractor=args.extractor, cache_dir=out / "cache")
   budget_s = 60 * args.budget_minutes / len(args.recipes)
   start, in_eval, fired = time.monotonic(), [0.0], [False]
@@ -121,18 +140,29 @@ def read_curve(workdir: Path) -> list[dict]:
   return [dict(step=r["step"], **r["eval"]) for r in rows if "eval" in r]
 
 
-def plot(curves: dict[str, list[dict]], path: Path, keys=("fd", "coverage")) -> None:
-  """One panel per metric: the metric against train_minutes, a coloured line per recipe."""
+def plot(
+  curves: dict[str, list[dict]], path: Path, keys=("fd", "coverage"), log_keys=("fd",)
+) -> None:
+  """One panel per metric: the metric against train_minutes, a coloured line per recipe (FD on a
+  log scale: it spans 1000 to 10 over a study)."""
   w, h, margin = 480, 320, 50
   img = Image.new("RGB", (w * len(keys), h + 20 * len(curves)), "white")
   draw = ImageDraw.Draw(img)
   for p, key in enumerate(keys):
-    pts = [(r["train_minutes"], r[key]) for rows in curves.values() for r in rows if key in r]
+    log = key in log_keys
+
+    def value(r, key=key, log=log):
+      return float(np.log10(max(r[key], 1e-9))) if log else r[key]
+
+    pts = [(r["train_minutes"], value(r)) for rows in curves.values() for r in rows if key in r]
     if not pts:
       continue
     xs, ys = np.array(pts).T
     x0, x1 = 0.0, max(xs.max(), 1e-9)
-    y0, y1 = min(ys.min(), 0.0), max(ys.max(), 1e-9)
+    if log:  # whole decades
+      y0, y1 = np.floor(ys.min()), max(np.ceil(ys.max()), np.floor(ys.min()) + 1)
+    else:
+      y0, y1 = min(ys.min(), 0.0), max(ys.max(), 1e-9)
     left, right, top, bottom = p * w + margin, (p + 1) * w - margin, margin, h - margin
     scale = np.array([(right - left) / (x1 - x0), (bottom - top) / (y1 - y0)])
 
@@ -140,12 +170,16 @@ def plot(curves: dict[str, list[dict]], path: Path, keys=("fd", "coverage")) -> 
       return (left + (x - x0) * scale[0], bottom - (y - y0) * scale[1])
 
     draw.rectangle([p * w + margin, margin, (p + 1) * w - margin, h - margin], outline="black")
-    draw.text((p * w + margin, 10), f"{key} vs training minutes", fill="black")
+    scale_name = " (log scale)" if log else ""
+    draw.text((p * w + margin, 10), f"{key}{scale_name} vs training minutes", fill="black")
     draw.text((p * w + margin, h - margin + 5), f"0 .. {x1:.1f} min", fill="black")
-    draw.text((p * w + 2, margin), f"{y1:.3g}", fill="black")
-    draw.text((p * w + 2, h - margin - 10), f"{y0:.3g}", fill="black")
+    for tick in np.arange(y0, y1 + 0.5) if log else (y0, y1):
+      _, y = to_px(x0, tick)
+      draw.text((p * w + 2, y - 5), f"{10**tick if log else tick:.3g}", fill="black")
+      if log:
+        draw.line([(left, y), (right, y)], fill=(220, 220, 220))
     for i, rows in enumerate(curves.values()):
-      line = [to_px(r["train_minutes"], r[key]) for r in rows if key in r]
+      line = [to_px(r["train_minutes"], value(r)) for r in rows if key in r]
       colour = COLOURS[i % len(COLOURS)]
       if len(line) > 1:
         draw.line(line, fill=colour, width=2)
@@ -175,6 +209,12 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--budget_minutes", type=float, default=180.0, help="total, all recipes")
   parser.add_argument("--recipes", default=",".join(RECIPES), help=f"from {','.join(RECIPES)}")
   parser.add_argument("--out", default="runs/gan_recipes")
+  parser.add_argument(
+    "--base",
+    default="",
+    help="a recipe under every other (e.g. cond_lr2e3_k3: each switch on top of the demo's "
+    "recipe; the recipe dcgan is then the base alone); runs are named base+recipe",
+  )
   parser.add_argument("--eval_every", type=int, default=500)
   parser.add_argument("--eval_samples", type=int, default=2000)
   parser.add_argument("--width", type=int, default=0, help="model.width override (0: config's)")
@@ -184,15 +224,16 @@ def main(argv: list[str] | None = None) -> None:
   )
   args = parser.parse_args(argv)
   args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
-  unknown = [r for r in args.recipes if r not in RECIPES]
+  unknown = [r for r in args.recipes + [args.base] if r and r not in RECIPES]
   if unknown:
     parser.error(f"unknown recipes {unknown}; choose from {','.join(RECIPES)}")
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
+  names = [run_name(name, args) for name in args.recipes]
   if args.replot:  # the figure and table of runs already in --out
-    curves = {name: read_curve(out / name) for name in args.recipes if (out / name).is_dir()}
+    curves = {n: read_curve(out / n) for n in names if (out / n).is_dir()}
   else:
-    curves = {name: run_recipe(name, args, out) for name in args.recipes}
+    curves = {n: run_recipe(name, args, out) for n, name in zip(names, args.recipes)}
   (out / "curves.json").write_text(json.dumps(curves, indent=1))
   plot(curves, out / "curves.png")
   (out / "table.md").write_text(table(curves))

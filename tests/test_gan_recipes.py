@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO, assert_close_to_scale, gan_config, num_params, random_batch
 
 from jaxgen import augment, losses, ops, trainer
+from jaxgen import config as config_lib
 from jaxgen.errors import ConfigError
 from jaxgen.models import gan as gan_models
 from jaxgen.steps import common, gan
@@ -304,3 +305,26 @@ def test_study_table_and_figure_show_each_recipes_curve(tmp_path):
   assert set(study.COLOURS[:2]) <= colours  # dcgan's and ttur's lines are drawn
   with pytest.raises(SystemExit):
     study.main(["--recipes", "dcgan,stylegan"])  # an unknown recipe: a usage error
+
+
+def test_every_recipe_is_a_valid_config_and_the_demo_is_the_studys_fastest():
+  study = _study()
+  args = study.argparse.Namespace(eval_every=500, eval_samples=2000, width=0)
+  for name in study.RECIPES:
+    c = study.recipe_config(name, args)
+    config_lib.validate(c)
+    gan._recipe_hp(c.model)  # the switches' own checks
+  # `make demo` trains the recipe the study picked (README "GAN recipes"): the same model and
+  # optimiser, only the step count and output cadence differ.
+  demo = config_lib.load(REPO / "experiments/configs/dcgan_fashion_cond.py")
+  picked = study.recipe_config("cond_lr2e3_k3", args)
+  assert demo.model.to_dict() == picked.model.to_dict()
+  assert demo.optim.to_dict() == picked.optim.to_dict()
+  assert (demo.batch_size, demo.seed) == (picked.batch_size, picked.seed)
+  # --base: the base recipe's overrides first, then the recipe's (which win where both set one)
+  args.base = "cond_lr2e3_k3"
+  assert study.run_name("r1", args) == "cond_lr2e3_k3+r1"
+  on_demo = study.recipe_config("r1", args)
+  assert (on_demo.model.r1_gamma, on_demo.model.kernel_size, on_demo.optim.d_lr) == (0.1, 3, 2e-3)
+  assert study.recipe_config("dcgan", args).model.to_dict() == picked.model.to_dict()
+  assert study.recipe_config("ttur", args).optim.g_lr == 1e-4

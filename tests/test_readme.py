@@ -240,6 +240,10 @@ def test_readme_is_parsed_into_the_commands_it_shows():
     ["python", "experiments/gan_recipes.py"],
     ["python", "experiments/gan_recipes.py"],
     ["python", "experiments/gan_recipes.py"],  # the study's measured budget
+    ["python", "experiments/gan_recipes.py"],  # second round: the conditional recipe, 5 min each
+    ["python", "experiments/gan_recipes.py"],  # ... the two combinations, 8 min each
+    ["python", "experiments/gan_recipes.py"],  # ... replotted together
+    ["python", "experiments/gan_recipes.py"],  # third round: switches on top of the demo
     ["python", "experiments/aligndraw_diagnosis.py"],
     ["make", "bench"],
     ["python", "-m"],
