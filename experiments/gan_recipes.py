@@ -77,14 +77,14 @@ COLOURS += [(140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23
 
 def run_name(name: str, args: argparse.Namespace) -> str:
   """The recipe's folder and label: `base+name` on top of a --base recipe, else the name."""
-  return f"{args.base}+{name}" if getattr(args, "base", "") else name
+  return f"{args.base}+{name}" if args.base else name
 
 
 def recipe_config(name: str, args: argparse.Namespace):
   """dcgan_fashion.py with the --base recipe's overrides (if any), then the recipe's, and the
   study's cadence."""
   c = config_lib.load(BASE)
-  for part in filter(None, (getattr(args, "base", ""), name)):
+  for part in filter(None, (args.base, name)):
     model, optim, top = RECIPES[part]
     c.model.update(model)
     c.optim.update(optim)

@@ -309,7 +309,7 @@ def test_study_table_and_figure_show_each_recipes_curve(tmp_path):
 
 def test_every_recipe_is_a_valid_config_and_the_demo_is_the_studys_fastest():
   study = _study()
-  args = study.argparse.Namespace(eval_every=500, eval_samples=2000, width=0)
+  args = study.argparse.Namespace(eval_every=500, eval_samples=2000, width=0, base="")
   for name in study.RECIPES:
     c = study.recipe_config(name, args)
     config_lib.validate(c)
