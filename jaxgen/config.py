@@ -252,7 +252,9 @@ ADDED = {
 }
 # Fields one family's configs gained since, with the value runs saved before them ran with; every
 # config file of that family sets them, so a resumed run compares like with like.
-ADDED_FOR_FAMILY = {"draw": {"model.binarization": "dynamic", "model.kl_warmup_steps": 0}}
+ADDED_FOR_FAMILY = {
+  "draw": {"model.binarization": "dynamic", "model.kl_warmup_steps": 0, "model.free_bits": 0.0}
+}
 RENAMED = {"model.num_steps": "model.draw_steps"}  # DRAW's T, before training steps shared its name
 
 

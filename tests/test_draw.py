@@ -276,7 +276,10 @@ def test_trained_caption_run_samples_from_the_cli(fashion_slice, tfds_dir, tmp_p
 # ------------------------------------------------------------------ config keys
 
 
-@pytest.mark.parametrize("name", ["draw_fashion.py", "aligndraw_captions.py", "aligndraw_emoji.py"])
+@pytest.mark.parametrize(
+  "name",
+  ["draw_fashion.py", "aligndraw_captions.py", "aligndraw_captions_lstm.py", "aligndraw_emoji.py"],
+)
 def test_configs_call_t_draw_steps_and_hold_no_dead_keys(name):
   model = config_lib.load(REPO / "experiments/configs" / name).model
   assert model.draw_steps in (10, 16)
@@ -364,3 +367,26 @@ def test_kl_warmup_weighs_the_kl_in_the_loss_and_not_in_the_bound(states):
   assert float(m["kl"]) > 1.0  # so that a weight of 0.25 moves the loss
   np.testing.assert_allclose(m["loss"], m["recon"] + 0.25 * m["kl"], rtol=X64_RTOL)
   np.testing.assert_allclose(-m["elbo"], m["recon"] + m["kl"], rtol=X64_RTOL)
+
+
+def test_free_bits_price_only_the_kl_above_the_allowance(states):
+  kl_TxB = jnp.array([[0.5, 1.0], [4.0, 6.0], [0.0, 0.2]])  # step means 0.75, 5.0, 0.1
+  assert float(draw.free_bits_kl(kl_TxB, 1.0)) == 1.0 + 5.0 + 1.0
+  assert float(draw.free_bits_kl(kl_TxB, 0.01)) == pytest.approx(0.75 + 5.0 + 0.1, rel=1e-6)
+  state = states[False]
+  with_bits = lambda bits: state.replace(
+    hp=ml_collections.FrozenConfigDict({**state.hp.as_configdict(), "free_bits": bits})
+  )
+  # float64, as in the warm-up test: the same sums in another order agree to ~1e-13
+  with jax.enable_x64(True):
+    batch = to_float64(random_batch(n=4))
+    plain, free = (
+      jax.tree.map(np.asarray, jax.jit(draw.eval_step)(to_float64(s), batch, jax.random.key(5)))
+      for s in (state, with_bits(1e3))
+    )
+  # an allowance far above every step's KL: the loss prices T * allowance, the bound is unchanged
+  t = state.hp.draw_steps
+  np.testing.assert_allclose(free["loss"], free["recon"] + t * 1e3, rtol=X64_RTOL)
+  for k in ("elbo", "recon", "kl"):
+    np.testing.assert_allclose(free[k], plain[k], rtol=X64_RTOL)
+  np.testing.assert_allclose(plain["loss"], plain["recon"] + plain["kl"], rtol=X64_RTOL)

@@ -27,6 +27,7 @@ def get_config():
   c.model.learned_prior = True  # p(z_t | h^dec_{t-1}): the prior depends on the caption
   c.model.binarization = "dynamic"  # | "expected": train on the pixel probabilities
   c.model.kl_warmup_steps = 0  # N > 0: the KL weight rises linearly to 1 over N steps
+  c.model.free_bits = 0.0  # > 0: nats per step of KL the loss does not price (free bits)
   c.model.captions = True  # bidirectional caption encoder + alignment attention
   c.model.embed_dim = 64  # word embedding
   c.model.lang_features = 128  # caption RNN hidden units per direction

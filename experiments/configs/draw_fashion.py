@@ -21,6 +21,7 @@ def get_config():
   c.model.learned_prior = False  # N(0, I) per step | alignDRAW's prior from h^dec_{t-1}
   c.model.binarization = "dynamic"  # | "expected": train on the pixel probabilities
   c.model.kl_warmup_steps = 0  # N > 0: the KL weight rises linearly to 1 over N steps
+  c.model.free_bits = 0.0  # > 0: nats per step of KL the loss does not price (free bits)
   c.model.captions = False
 
   c.optim.name = "adam"

@@ -316,13 +316,21 @@ def binarize_with(u_BxHxWxC: jax.Array, image_BxHxWxC: jax.Array) -> jax.Array:
 
 
 def elbo_metrics(
-  recon_B: jax.Array, kl_B: jax.Array, num_dims: int, kl_weight: jax.Array | float = 1.0
+  recon_B: jax.Array,
+  kl_B: jax.Array,
+  num_dims: int,
+  kl_weight: jax.Array | float = 1.0,
+  loss_kl: jax.Array | None = None,
 ) -> tuple[jax.Array, dict]:
   """(loss, metrics): the loss is mean(recon + kl_weight * kl), which is -ELBO averaged over the
   batch at kl_weight 1; metrics `loss`, `elbo`, `recon`, `kl` in nats per image from the
-  per-image reconstruction and KL terms [B], and `bpd` (of -ELBO) over `num_dims` = H*W*C."""
+  per-image reconstruction and KL terms [B], and `bpd` (of -ELBO) over `num_dims` = H*W*C.
+  `loss_kl` (a scalar, e.g. free bits' KL) replaces mean(kl) in the loss, not in the metrics."""
   neg_elbo = jnp.mean(recon_B + kl_B)
-  loss = jnp.mean(recon_B + kl_weight * kl_B)
+  if loss_kl is None:
+    loss = jnp.mean(recon_B + kl_weight * kl_B)
+  else:
+    loss = jnp.mean(recon_B) + kl_weight * loss_kl
   return loss, dict(
     loss=loss,
     elbo=-neg_elbo,

@@ -10,8 +10,10 @@ image, x ~ Bernoulli((image + 1) / 2). Training sees them as config.model.binari
 Evaluation always scores test images binarised once. config.model.kl_warmup_steps = N > 0
 weighs the KL term by min(1, (step + 1) / N) in the loss (KL warm-up, Sonderby et al. 2016), so
 the encoder learns to pass information through z before the KL prices it; from step N on the
-loss is -ELBO. The `elbo` and `bpd` metrics are always the true bound. Every likelihood number
-is in nats per image; `bpd` is the same number in bits per dimension.
+loss is -ELBO. config.model.free_bits = lambda > 0 prices each step's batch-mean KL only above
+lambda nats, sum_t max(lambda, mean_B KL_t) (free bits, Kingma et al. 2016), so z_t may carry
+that much information at no cost. The `elbo` and `bpd` metrics are always the true bound.
+Every likelihood number is in nats per image; `bpd` is the same number in bits per dimension.
 
     -ELBO = -log p(x | z_1..T) + sum_t KL(q(z_t | x, z_<t) || p(z_t | z_<t [, caption]))
 
@@ -88,6 +90,7 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
       learned_prior=m.learned_prior,
       binarization=_check_binarization(m.get("binarization", "dynamic")),
       kl_warmup_steps=int(m.get("kl_warmup_steps", 0)),
+      free_bits=float(m.get("free_bits", 0.0)),
       # the data's caption words where the trainer filled them in (emoji: the training split's),
       # else captioned Fashion-MNIST's fixed template vocabulary
       vocabulary=tuple(config.data.get("vocabulary") or captions.VOCABULARY) if text else (),
@@ -181,8 +184,19 @@ def _negative_elbo(
   hp = state.hp
   x, out = _posterior_pass(hp, params, batch, key)
   recon_B = -losses.bernoulli_log_prob(out["canvas"], x)
-  kl_B = jnp.sum(kl_per_step(hp, out), axis=0)
-  return common.elbo_metrics(recon_B, kl_B, int(np.prod(hp.image_shape)), kl_weight(state))
+  kl_TxB = kl_per_step(hp, out)
+  kl_B = jnp.sum(kl_TxB, axis=0)
+  loss_kl = free_bits_kl(kl_TxB, hp.free_bits) if hp.free_bits > 0 else None
+  return common.elbo_metrics(
+    recon_B, kl_B, int(np.prod(hp.image_shape)), kl_weight(state), loss_kl=loss_kl
+  )
+
+
+def free_bits_kl(kl_TxB: jax.Array, free_bits: float) -> jax.Array:
+  """The KL term the loss prices under free bits (Kingma et al. 2016): sum_t max(free_bits,
+  mean_B KL_t), nats per image. Steps whose batch-mean KL is below the allowance cost nothing
+  more, so the encoder can put that much information into each z_t for free."""
+  return jnp.sum(jnp.maximum(free_bits, jnp.mean(kl_TxB, axis=1)))
 
 
 def kl_weight(state: DRAWState) -> jax.Array:
