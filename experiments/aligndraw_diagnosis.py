@@ -8,6 +8,9 @@ the real canvases (the ceiling), reconstructions (z_1..T from the posterior give
 and its caption, `jaxgen.steps.draw.reconstruct`) and prior samples (`jaxgen evaluate`'s row).
 Reconstructions bound samples: when they are wrong too, what is short is the drawing (cell, write
 window, steps, training time), not the prior; when only samples are wrong, it is the prior.
+Then, per named class, the share of items recognised and the class they are most often taken for:
+which items a model draws as the blurred mean of their class (a mean sandal reads as an ankle
+boot, a mean coat or shirt as a pullover).
 The extractor is the items' classifier, as for `jaxgen evaluate` (--extractor to choose one).
 """
 
@@ -18,6 +21,7 @@ import jax
 import numpy as np
 
 from jaxgen import parallel, trainer
+from jaxgen.data import captions as caption_data
 from jaxgen.evaluation import captions, sharded, splits
 from jaxgen.evaluation.extractor import load_extractor
 from jaxgen.steps import draw
@@ -33,28 +37,55 @@ def diagnose(
   mesh: jax.sharding.Mesh | None = None,
   batch_size: int = 250,
 ) -> dict[str, dict]:
-  """{row: captions.caption_summary} for ROWS. batch: test canvases as `captions.caption_correct`
-  takes them, with held_out [N]; sample i and reconstruction i use fold_in(key, block)."""
+  """{row: {"caption": captions.caption_summary, "items": item_summary}} for ROWS. batch: test
+  canvases with tokens, image, classes, positions and held_out [N]; sample i and reconstruction
+  i use fold_in(key, block)."""
   mesh = mesh or parallel.make_mesh()
   n = len(batch["tokens"])
   recon_fn = jax.jit(draw.reconstruct)
-  recon = sharded.map_batches(
-    lambda i, block, size: recon_fn(state, block, jax.random.fold_in(key, i)),
-    {"image": batch["image"], "tokens": batch["tokens"]},
-    n,
-    mesh,
-    batch_size,
-  )
-  sample = jax.jit(draw.sample, static_argnums=2)
-  sample_fn = lambda i, tokens: sample(state, jax.random.fold_in(key, i), len(tokens), tokens)
-  correct = {
-    "real canvases": captions.caption_correct(batch, classify_fn, None, mesh, batch_size),
-    "reconstructions": captions.caption_correct(
-      dict(batch, image=recon), classify_fn, None, mesh, batch_size
+  sample_fn = jax.jit(draw.sample, static_argnums=2)
+  images = {
+    "real canvases": lambda i, block: block["image"],
+    "reconstructions": lambda i, block: recon_fn(state, block, jax.random.fold_in(key, i)),
+    "samples": lambda i, block: sample_fn(
+      state, jax.random.fold_in(key, i), len(block["tokens"]), block["tokens"]
     ),
-    "samples": captions.caption_correct(batch, classify_fn, sample_fn, mesh, batch_size),
   }
-  return {row: captions.caption_summary(c, batch["held_out"]) for row, c in correct.items()}
+  inputs = {k: batch[k] for k in ("image", "tokens", "positions")}
+  rows = {}
+  for row, images_fn in images.items():
+    predicted_Nx2 = sharded.map_batches(
+      lambda i, block, size, f=images_fn: caption_data.item_predictions(
+        f(i, block), block["positions"], classify_fn
+      ),
+      inputs,
+      n,
+      mesh,
+      batch_size,
+    )
+    classes_Nx2 = np.asarray(batch["classes"])
+    correct_N = np.asarray(caption_data.all_named_right(predicted_Nx2, classes_Nx2))
+    rows[row] = {
+      "caption": captions.caption_summary(correct_N, batch["held_out"]),
+      "items": item_summary(predicted_Nx2, classes_Nx2),
+    }
+  return rows
+
+
+def item_summary(predicted_Nx2: np.ndarray, classes_Nx2: np.ndarray) -> dict[str, np.ndarray]:
+  """Per named class k [K]: "accuracy", the share of its items seen as k (NaN where none), and
+  "mistaken_for", the class its items are most often seen as instead (-1 where never wrong)."""
+  named = classes_Nx2 != caption_data.NONE
+  true_M, seen_M = classes_Nx2[named], predicted_Nx2[named]
+  k = len(caption_data.ITEMS)
+  confusion_KxK = np.zeros((k, k), np.int64)
+  np.add.at(confusion_KxK, (true_M, seen_M), 1)
+  total_K = confusion_KxK.sum(axis=1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    accuracy_K = np.diag(confusion_KxK) / total_K
+  wrong_KxK = confusion_KxK - np.diag(np.diag(confusion_KxK))
+  mistaken_K = np.where(wrong_KxK.sum(axis=1) > 0, np.argmax(wrong_KxK, axis=1), -1)
+  return {"accuracy": accuracy_K, "mistaken_for": mistaken_K}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,10 +106,20 @@ def main(argv: list[str] | None = None) -> None:
   held = int(np.sum(batch["held_out"]))
   print(f"{args.workdir} step {int(state.step)}: caption accuracy on {n} test captions")
   print(f"{'':18s} {'all':>6s} {'held-out (' + str(held) + ')':>16s} {'seen':>6s}")
-  for row, s in rows.items():
+  for row, r in rows.items():
+    s = r["caption"]
     acc = [s["caption_accuracy"], s["caption_accuracy_held_out"], s["caption_accuracy_seen"]]
     cells = ["-" if v is None else f"{v:.3f}" for v in acc]
     print(f"{row:18s} {cells[0]:>6s} {cells[1]:>16s} {cells[2]:>6s}")
+  print("\nitems recognised, per named class (most often mistaken for)")
+  for row, r in rows.items():
+    acc, mistaken = r["items"]["accuracy"], r["items"]["mistaken_for"]
+    cells = [
+      f"{caption_data.ITEMS[k]} {a:.2f}" + (f" ({caption_data.ITEMS[m]})" if m >= 0 else "")
+      for k, (a, m) in enumerate(zip(acc, mistaken))
+      if not np.isnan(a)
+    ]
+    print(f"{row}: " + ", ".join(cells))
 
 
 if __name__ == "__main__":

@@ -544,14 +544,24 @@ def test_aligndraw_diagnosis_scores_real_reconstructed_and_sampled_canvases(canv
   reader = projection_extractor().features_fn
   rows = diagnosis.diagnose(state, batch, lambda crops: reader(crops)[1], key, batch_size=20)
   assert tuple(rows) == diagnosis.ROWS
-  assert set(rows["real canvases"].values()) == {1.0}
+  assert set(rows["real canvases"]["caption"].values()) == {1.0}
+  named = np.unique(batch["classes"][batch["classes"] != captions.NONE])
+  items = rows["real canvases"]["items"]
+  np.testing.assert_array_equal(items["accuracy"][named], 1.0)
+  np.testing.assert_array_equal(items["mistaken_for"][named], -1)
   always_0 = lambda crops: jnp.tile(jnp.eye(10)[0], (len(crops), 1))
   rows = diagnosis.diagnose(state, batch, always_0, key, batch_size=20)
   right = (batch["classes"][:, 0] == 0) & (batch["classes"][:, 1] == captions.NONE)
   held = batch["held_out"] == 1
   want = [right.mean(), right[held].mean(), right[~held].mean()]
+  others = named[named != 0]
+  assert len(others) and 0 in named  # the fixture names class 0 and others
   for row in diagnosis.ROWS:
-    assert list(rows[row].values()) == pytest.approx(want), row
+    assert list(rows[row]["caption"].values()) == pytest.approx(want), row
+    items = rows[row]["items"]
+    assert items["accuracy"][0] == 1.0 and items["mistaken_for"][0] == -1
+    np.testing.assert_array_equal(items["accuracy"][others], 0.0)
+    np.testing.assert_array_equal(items["mistaken_for"][others], 0)
 
 
 def test_captioned_runs_use_their_items_classifier(tmp_path, monkeypatch):

@@ -265,12 +265,27 @@ def caption_accuracy(
   class logits [M, K]; a crop counts when its argmax is the named class. Entries NONE in
   item_classes (one-item captions) are not checked.
   """
+  predicted_Bx2 = item_predictions(images_BxSxSxC, positions_Bx2, classify_fn)
+  return all_named_right(predicted_Bx2, item_classes_Bx2)
+
+
+def all_named_right(predicted_Bx2: jnp.ndarray, item_classes_Bx2: jnp.ndarray) -> jnp.ndarray:
+  """1.0 where every named item (classes not NONE) was seen as its class, else 0.0, [B]."""
+  ok_Bx2 = (predicted_Bx2 == item_classes_Bx2) | (item_classes_Bx2 == NONE)
+  return jnp.all(ok_Bx2, axis=-1).astype(jnp.float32)
+
+
+def item_predictions(
+  images_BxSxSxC: jnp.ndarray,
+  positions_Bx2: jnp.ndarray,
+  classify_fn: Callable[[jnp.ndarray], jnp.ndarray],
+) -> jnp.ndarray:
+  """The class `classify_fn` sees in the 28 x 28 crop at each of the two places, int [B, 2]
+  (place NONE: the crop at place 0, to be ignored)."""
   crops = item_crops(images_BxSxSxC, positions_Bx2)
   b = crops.shape[0]
   logits = classify_fn(crops.reshape(b * 2, *crops.shape[2:]))
-  predicted_Bx2 = jnp.argmax(logits, axis=-1).reshape(b, 2)
-  ok_Bx2 = (predicted_Bx2 == item_classes_Bx2) | (item_classes_Bx2 == NONE)
-  return jnp.all(ok_Bx2, axis=-1).astype(jnp.float32)
+  return jnp.argmax(logits, axis=-1).reshape(b, 2)
 
 
 # ------------------------------------------------------------------ TFDS builder
