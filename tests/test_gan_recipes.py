@@ -328,3 +328,14 @@ def test_every_recipe_is_a_valid_config_and_the_demo_is_the_studys_fastest():
   assert (on_demo.model.r1_gamma, on_demo.model.kernel_size, on_demo.optim.d_lr) == (0.1, 3, 2e-3)
   assert study.recipe_config("dcgan", args).model.to_dict() == picked.model.to_dict()
   assert study.recipe_config("ttur", args).optim.g_lr == 1e-4
+
+
+def test_the_long_run_is_the_demo_twice_as_wide_with_a_cosine_decay():
+  """dcgan_fashion_cond_long.py is what README's 60-minute row measured: the demo's config with
+  width 64, 24,000 steps and the cosine schedule, nothing else changed but the output cadence."""
+  demo = config_lib.load(REPO / "experiments/configs/dcgan_fashion_cond.py")
+  long = config_lib.load(REPO / "experiments/configs/dcgan_fashion_cond_long.py")
+  config_lib.validate(long)
+  assert long.model.to_dict() == {**demo.model.to_dict(), "width": 64}
+  assert long.optim.to_dict() == {**demo.optim.to_dict(), "schedule": "cosine"}
+  assert (long.num_steps, long.batch_size, long.eval_every) == (24000, demo.batch_size, 0)
