@@ -390,3 +390,62 @@ def test_free_bits_price_only_the_kl_above_the_allowance(states):
   for k in ("elbo", "recon", "kl"):
     np.testing.assert_allclose(free[k], plain[k], rtol=X64_RTOL)
   np.testing.assert_allclose(plain["loss"], plain["recon"] + plain["kl"], rtol=X64_RTOL)
+
+
+def _with(state, **hp):
+  return state.replace(hp=ml_collections.FrozenConfigDict({**state.hp.as_configdict(), **hp}))
+
+
+def test_free_bits_leave_the_learned_prior_its_whole_kl_gradient(states):
+  # float64 (see X64_RTOL): the gradients below are the same sums taken two ways
+  with jax.enable_x64(True):
+    state, batch = to_float64(states[True]), to_float64(random_batch(n=4, text=True))
+    key = jax.random.key(5)
+    loss_and_metrics = lambda s: lambda p: draw._negative_elbo(p, s, batch, key)
+    grad = lambda s: jax.grad(lambda p: loss_and_metrics(s)(p)[0])(s.draw.params)
+    _, out = draw._posterior_pass(state.hp, state.draw.params, batch, key)
+    means = np.sort(np.asarray(jnp.mean(draw.kl_per_step(state.hp, out), axis=1)))
+    middle = float(means[len(means) // 2])  # some steps below the allowance, some above
+    loss, m = loss_and_metrics(_with(state, free_bits=middle))(state.draw.params)
+    priced = draw.free_bits_kl(draw.kl_per_step(state.hp, out), middle)
+    plain, huge = grad(state), grad(_with(state, free_bits=1e3))
+    recon_only = jax.grad(lambda p: loss_and_metrics(state)(p)[1]["recon"])(state.draw.params)
+  assert float(jnp.min(means)) < middle < float(jnp.max(means))
+  np.testing.assert_allclose(loss, m["recon"] + priced, rtol=X64_RTOL)
+  assert float(priced) > float(m["kl"])  # the steps under the allowance are priced up to it
+  heads = lambda g: [
+    np.asarray(g["step"][head][w])
+    for head in ("prior_mean", "prior_log_std")
+    for w in ("kernel", "bias")
+  ]
+  # the prior's heads feed only the KL: an allowance above every step leaves their gradient as
+  # the whole KL gives it (without the split it would be 0), and reconstruction gives them none
+  for with_bits, without, from_recon in zip(heads(huge), heads(plain), heads(recon_only)):
+    assert np.abs(without).max() > 1e-6
+    np.testing.assert_allclose(with_bits, without, rtol=X64_RTOL, atol=1e-12)
+    np.testing.assert_array_equal(from_recon, 0.0)
+
+
+def test_free_bits_above_every_step_leave_draw_only_the_reconstruction_gradient(states):
+  with jax.enable_x64(True):
+    state, batch = to_float64(_with(states[False], free_bits=1e3)), to_float64(random_batch(n=4))
+    fn = lambda p: draw._negative_elbo(p, state, batch, jax.random.key(5))
+    loss_grad = jax.grad(lambda p: fn(p)[0])(state.draw.params)
+    recon_grad = jax.grad(lambda p: fn(p)[1]["recon"])(state.draw.params)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=X64_RTOL, atol=1e-12), loss_grad, recon_grad
+  )
+
+
+def test_free_bits_must_not_be_negative():
+  with pytest.raises(ConfigError, match="free_bits=-1.0 must be >= 0"):
+    jax.eval_shape(
+      lambda k: draw.init_state(draw_config(free_bits=-1.0), k, random_batch(2)),
+      jax.random.key(0),
+    )
+
+
+def test_runs_saved_before_free_bits_read_it_as_off():
+  old = json.loads(draw_config().to_json_best_effort())
+  del old["model"]["free_bits"]
+  assert config_lib.upgrade(old)["model"]["free_bits"] == 0.0

@@ -12,7 +12,9 @@ weighs the KL term by min(1, (step + 1) / N) in the loss (KL warm-up, Sonderby e
 the encoder learns to pass information through z before the KL prices it; from step N on the
 loss is -ELBO. config.model.free_bits = lambda > 0 prices each step's batch-mean KL only above
 lambda nats, sum_t max(lambda, mean_B KL_t) (free bits, Kingma et al. 2016), so z_t may carry
-that much information at no cost. The `elbo` and `bpd` metrics are always the true bound.
+that much information at no cost; a learned prior is still fitted to the posterior by the whole
+KL (`priced_kl`). The mean is over the (micro-)batch the loss sees: with accum_steps > 1 the
+allowance applies to each micro-batch. The `elbo` and `bpd` metrics are always the true bound.
 Every likelihood number is in nats per image; `bpd` is the same number in bits per dimension.
 
     -ELBO = -log p(x | z_1..T) + sum_t KL(q(z_t | x, z_<t) || p(z_t | z_<t [, caption]))
@@ -90,7 +92,7 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
       learned_prior=m.learned_prior,
       binarization=_check_binarization(m.get("binarization", "dynamic")),
       kl_warmup_steps=int(m.get("kl_warmup_steps", 0)),
-      free_bits=float(m.get("free_bits", 0.0)),
+      free_bits=_check_free_bits(m.get("free_bits", 0.0)),
       # the data's caption words where the trainer filled them in (emoji: the training split's),
       # else captioned Fashion-MNIST's fixed template vocabulary
       vocabulary=tuple(config.data.get("vocabulary") or captions.VOCABULARY) if text else (),
@@ -125,6 +127,14 @@ def _check_binarization(name: str) -> str:
       "each batch afresh, 'expected' trains on the pixel probabilities"
     )
   return name
+
+
+def _check_free_bits(free_bits: float) -> float:
+  if not free_bits >= 0:  # also NaN
+    raise ConfigError(
+      f"config.model.free_bits={free_bits!r} must be >= 0 (nats per step; 0 turns free bits off)"
+    )
+  return float(free_bits)
 
 
 def observed(hp: ml_collections.FrozenConfigDict, key: jax.Array, image: jax.Array) -> jax.Array:
@@ -184,19 +194,36 @@ def _negative_elbo(
   hp = state.hp
   x, out = _posterior_pass(hp, params, batch, key)
   recon_B = -losses.bernoulli_log_prob(out["canvas"], x)
-  kl_TxB = kl_per_step(hp, out)
-  kl_B = jnp.sum(kl_TxB, axis=0)
-  loss_kl = free_bits_kl(kl_TxB, hp.free_bits) if hp.free_bits > 0 else None
+  kl_B = jnp.sum(kl_per_step(hp, out), axis=0)
   return common.elbo_metrics(
-    recon_B, kl_B, int(np.prod(hp.image_shape)), kl_weight(state), loss_kl=loss_kl
+    recon_B, kl_B, int(np.prod(hp.image_shape)), kl_weight(state), loss_kl=priced_kl(hp, out)
   )
 
 
 def free_bits_kl(kl_TxB: jax.Array, free_bits: float) -> jax.Array:
-  """The KL term the loss prices under free bits (Kingma et al. 2016): sum_t max(free_bits,
-  mean_B KL_t), nats per image. Steps whose batch-mean KL is below the allowance cost nothing
-  more, so the encoder can put that much information into each z_t for free."""
+  """The KL term the loss prices under free bits (Kingma et al. 2016): a scalar, nats per image,
+  sum_t max(free_bits, mean_B KL_t) of the per-step KLs [T, B]. Steps whose batch-mean KL is
+  below the allowance cost nothing more, so the encoder can put that much information into each
+  z_t for free."""
   return jnp.sum(jnp.maximum(free_bits, jnp.mean(kl_TxB, axis=1)))
+
+
+def priced_kl(hp: ml_collections.FrozenConfigDict, out: dict) -> jax.Array | None:
+  """The KL term of the loss under free bits (a scalar, nats per image), or None when
+  hp.free_bits is 0 (the loss prices the whole KL). Its value is `free_bits_kl`'s. With a learned
+  prior the allowance holds for the posterior only: the posterior's gradient comes from
+  free_bits_kl(KL(q || stop_gradient(p))), the prior's from the whole KL(stop_gradient(q) || p),
+  so a step below the allowance still teaches the prior where the posterior is (without this,
+  the prior would get no gradient at all there)."""
+  if hp.free_bits <= 0:
+    return None
+  if not hp.learned_prior:
+    return free_bits_kl(kl_per_step(hp, out), hp.free_bits)
+  sg = jax.lax.stop_gradient
+  fixed = lambda *names: {**out, **{k: sg(out[k]) for k in names}}
+  posterior = free_bits_kl(kl_per_step(hp, fixed("p_mean", "p_logvar")), hp.free_bits)
+  prior = jnp.mean(jnp.sum(kl_per_step(hp, fixed("q_mean", "q_logvar")), axis=0))
+  return posterior + (prior - sg(prior))  # + 0 in value; the prior's gradient
 
 
 def kl_weight(state: DRAWState) -> jax.Array:
@@ -206,7 +233,8 @@ def kl_weight(state: DRAWState) -> jax.Array:
 
 
 def train_step(state: DRAWState, batch: dict, key: jax.Array) -> tuple[DRAWState, dict]:
-  """One optimizer step on -ELBO; metrics in nats/image (`loss`, `elbo`, `recon`, `kl`), `bpd`,
+  """One optimizer step on `_negative_elbo`'s loss (-ELBO, or with KL warm-up or free bits the
+  KL priced as they say); metrics in nats/image (`loss`, `elbo`, `recon`, `kl`), `bpd`,
   the learning rate `lr` and the gradients' global norm `grad_norm` (before clipping)."""
   step_key = jax.random.fold_in(key, state.step)
 
