@@ -15,6 +15,7 @@ The extractor is the items' classifier, as for `jaxgen evaluate` (--extractor to
 """
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -22,7 +23,7 @@ import numpy as np
 
 from jaxgen import parallel, trainer
 from jaxgen.data import captions as caption_data
-from jaxgen.evaluation import captions, sharded, splits
+from jaxgen.evaluation import captions, splits
 from jaxgen.evaluation.extractor import load_extractor
 from jaxgen.steps import draw
 
@@ -32,38 +33,33 @@ ROWS = ("real canvases", "reconstructions", "samples")
 def diagnose(
   state: Any,
   batch: dict,
-  classify_fn: Any,
+  classify_fn: Callable[[jax.Array], jax.Array],
   key: jax.Array,
   mesh: jax.sharding.Mesh | None = None,
   batch_size: int = 250,
 ) -> dict[str, dict]:
-  """{row: {"caption": captions.caption_summary, "items": item_summary}} for ROWS. batch: test
-  canvases with tokens, image, classes, positions and held_out [N]; sample i and reconstruction
-  i use fold_in(key, block)."""
+  """{row: {"caption": captions.caption_summary, "items": item_summary}} for ROWS.
+
+  batch: test canvases, tokens [N, L], image [N, S, S, C], classes and positions [N, 2],
+  held_out [N]; classify_fn: 28 x 28 crops [M, 28, 28, C] -> logits [M, K]. Samples and
+  reconstructions of block i (batch_size rows) use fold_in(key, i).
+  """
   mesh = mesh or parallel.make_mesh()
-  n = len(batch["tokens"])
   recon_fn = jax.jit(draw.reconstruct)
   sample_fn = jax.jit(draw.sample, static_argnums=2)
   images = {
-    "real canvases": lambda i, block: block["image"],
+    "real canvases": None,
     "reconstructions": lambda i, block: recon_fn(state, block, jax.random.fold_in(key, i)),
     "samples": lambda i, block: sample_fn(
       state, jax.random.fold_in(key, i), len(block["tokens"]), block["tokens"]
     ),
   }
-  inputs = {k: batch[k] for k in ("image", "tokens", "positions")}
+  classes_Nx2 = np.asarray(batch["classes"])
   rows = {}
   for row, images_fn in images.items():
-    predicted_Nx2 = sharded.map_batches(
-      lambda i, block, size, f=images_fn: caption_data.item_predictions(
-        f(i, block), block["positions"], classify_fn
-      ),
-      inputs,
-      n,
-      mesh,
-      batch_size,
+    predicted_Nx2 = captions.canvas_item_predictions(
+      batch, classify_fn, images_fn, mesh, batch_size
     )
-    classes_Nx2 = np.asarray(batch["classes"])
     correct_N = np.asarray(caption_data.all_named_right(predicted_Nx2, classes_Nx2))
     rows[row] = {
       "caption": captions.caption_summary(correct_N, batch["held_out"]),
@@ -73,11 +69,15 @@ def diagnose(
 
 
 def item_summary(predicted_Nx2: np.ndarray, classes_Nx2: np.ndarray) -> dict[str, np.ndarray]:
-  """Per named class k [K]: "accuracy", the share of its items seen as k (NaN where none), and
-  "mistaken_for", the class its items are most often seen as instead (-1 where never wrong)."""
+  """Per named class k [K] (K = len(ITEMS)): "accuracy", the share of its items seen as k (NaN
+  where none are named), and "mistaken_for", the class its items are most often seen as instead
+  (-1 where never wrong; a tie goes to the lower class). predicted, classes: int [N, 2], classes
+  NONE where the caption names no second item."""
   named = classes_Nx2 != caption_data.NONE
   true_M, seen_M = classes_Nx2[named], predicted_Nx2[named]
   k = len(caption_data.ITEMS)
+  if seen_M.size and seen_M.max() >= k:
+    raise ValueError(f"the classifier predicts class {seen_M.max()}; Fashion-MNIST has {k}")
   confusion_KxK = np.zeros((k, k), np.int64)
   np.add.at(confusion_KxK, (true_M, seen_M), 1)
   total_K = confusion_KxK.sum(axis=1)

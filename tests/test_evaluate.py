@@ -526,16 +526,43 @@ def test_tiny_aligndraw_gets_caption_rows_a_real_canvas_floor_and_bounds(canvase
   assert "FD" not in table and "-IWAE nats/image" in table and f"({held} held out)" in table
 
 
-def test_aligndraw_diagnosis_scores_real_reconstructed_and_sampled_canvases(canvases):
-  """experiments/aligndraw_diagnosis.py: the three rows, with blocks of 20 so the last of the 48
-  canvases' blocks is padded. The level items read back exactly (real canvases 1.0); a classifier
-  that always says class 0 gives every row the share of captions naming class 0 alone."""
+def _diagnosis_module():
   import importlib.util
 
   path = REPO / "experiments/aligndraw_diagnosis.py"
   spec = importlib.util.spec_from_file_location("aligndraw_diagnosis", path)
   diagnosis = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(diagnosis)
+  return diagnosis
+
+
+def test_item_summary_counts_each_named_class_and_its_commonest_confusion():
+  none = captions.NONE
+  classes = np.array([[5, 9], [5, none], [5, 7], [3, 5], [1, none], [7, 1]])
+  predicted = np.array([[9, 9], [9, 0], [7, 7], [3, 5], [2, 4], [7, 2]])
+  # class 5: rows 0, 1, 2 (seen 9, 9, 7) and row 3 (seen 5): accuracy 1/4, mistaken for 9
+  # class 9: row 0 (seen 9): 1.0, never wrong; class 7: row 2 (seen 7), row 5 (seen 7): 1.0
+  # class 3: 1.0; class 1: rows 4 and 5, seen 2 both times: 0.0, mistaken for 2
+  # the second place of rows 1 and 4 names nothing: its predictions 0 and 4 are not counted
+  summary = _diagnosis_module().item_summary(predicted, classes)
+  acc, mistaken = summary["accuracy"], summary["mistaken_for"]
+  assert acc.shape == mistaken.shape == (10,)
+  assert [acc[k] for k in (5, 9, 7, 3, 1)] == [0.25, 1.0, 1.0, 1.0, 0.0]
+  assert [mistaken[k] for k in (5, 9, 7, 3, 1)] == [9, -1, -1, -1, 2]
+  for k in (0, 2, 4, 6, 8):  # never named
+    assert np.isnan(acc[k]) and mistaken[k] == -1
+  # a tie between two wrong classes goes to the lower
+  tie = _diagnosis_module().item_summary(
+    np.array([[4, none], [2, none]]), np.array([[6, none]] * 2)
+  )
+  assert tie["accuracy"][6] == 0.0 and tie["mistaken_for"][6] == 2
+
+
+def test_aligndraw_diagnosis_scores_real_reconstructed_and_sampled_canvases(canvases):
+  """experiments/aligndraw_diagnosis.py: the three rows, with blocks of 20 so the last of the 48
+  canvases' blocks is padded. The level items read back exactly (real canvases 1.0); a classifier
+  that always says class 0 gives every row the share of captions naming class 0 alone."""
+  diagnosis = _diagnosis_module()
   config = config_lib.load(REPO / "experiments/configs/aligndraw_captions.py")
   config.model.update({**DRAW_TINY, "draw_steps": 2})
   example = {"image": jnp.zeros((1, 60, 60, 1)), "tokens": jnp.asarray(canvases["tokens"][:1])}

@@ -45,17 +45,42 @@ def caption_correct(
   `sample_fn(i, tokens_BxL) -> images [B, S, S, C]`, samples drawn for the captions, B at a time
   (block i). classify_fn: crops [M, 28, 28, C] or images [M, S, S, C] -> logits [M, K].
   """
+  if "positions" in batch:
+    images_fn = None if sample_fn is None else lambda i, block: sample_fn(i, block["tokens"])
+    predicted_Nx2 = canvas_item_predictions(batch, classify_fn, images_fn, mesh, batch_size)
+    return np.asarray(caption_data.all_named_right(predicted_Nx2, batch["classes"]))
   n = len(batch["tokens"])
-  canvases = "positions" in batch
-  keys = ("image", "tokens", "classes", "positions") if canvases else ("image", "tokens", "label")
 
   def fn(i: int, block: dict, size: int) -> jax.Array:
     images = block["image"] if sample_fn is None else sample_fn(i, block["tokens"])
-    if not canvases:
-      return (jnp.argmax(classify_fn(images), axis=-1) == block["label"]).astype(jnp.float32)
-    return caption_data.caption_accuracy(images, block["classes"], block["positions"], classify_fn)
+    return (jnp.argmax(classify_fn(images), axis=-1) == block["label"]).astype(jnp.float32)
 
+  keys = ("image", "tokens", "label")
   return sharded.map_batches(fn, {k: batch[k] for k in keys}, n, mesh, min(batch_size, n))
+
+
+def canvas_item_predictions(
+  batch: dict,
+  classify_fn: Callable[[jax.Array], jax.Array],
+  images_fn: Callable[[int, dict], jax.Array] | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+  batch_size: int = sharded.BATCH_SIZE,
+) -> np.ndarray:
+  """The class `classify_fn` sees at each of the two places of every canvas, int [N, 2]
+  (jaxgen.data.captions.item_predictions; place NONE: ignore it).
+
+  batch: tokens [N, L], image [N, S, S, C] and positions [N, 2]. The canvases classified are the
+  batch's own, or `images_fn(i, block) -> images [B, S, S, C]` for block i (the batch's rows
+  i*B..(i+1)*B, zero-padded), e.g. samples drawn for block["tokens"].
+  """
+  n = len(batch["tokens"])
+
+  def fn(i: int, block: dict, size: int) -> jax.Array:
+    images = block["image"] if images_fn is None else images_fn(i, block)
+    return caption_data.item_predictions(images, block["positions"], classify_fn)
+
+  inputs = {k: batch[k] for k in ("image", "tokens", "positions")}
+  return sharded.map_batches(fn, inputs, n, mesh, min(batch_size, n))
 
 
 def caption_summary(
