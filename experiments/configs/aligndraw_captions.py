@@ -2,7 +2,7 @@
 cores. `jaxgen sample --workdir RUN --caption "the sneaker is on the left of the trouser"`.
 
 A 16x16 write window (8x8 before) raised the share of captions drawn right at 2000 steps from
-0.13 to 0.22; an LSTM cell (`--config.model.cell=lstm`) about doubles the share of
+0.13 to 0.22; an LSTM cell (`aligndraw_captions_lstm.py`) about doubles the share of
 reconstructions drawn right (README "DRAW and alignDRAW" has the measurements)."""
 
 from jaxgen.config import base_config
