@@ -238,6 +238,20 @@ def _resumable(key: str) -> bool:
   return any(key == f or (f.endswith(".") and key.startswith(f)) for f in RESUMABLE)
 
 
+# The GAN recipe switches (jaxgen.steps.gan, README "GAN recipes"), all off: the plain DCGAN.
+# Every GAN config declares them (`c.model.update(GAN_RECIPES)`), so `--config.model.augment=...`
+# works on any of them, and a run saved before one existed resumes with it off.
+GAN_RECIPES = dict(
+  arch="dcgan",  # | "resnet"
+  spectral_norm="none",  # | "d" | "dg"
+  r1_gamma=0.0,  # zero-centred gradient penalty on reals (0: off)
+  r1_every=1,  # lazy R1: every k-th D update, scaled by k
+  augment="",  # DiffAugment policy, e.g. "translation,cutout,color"
+  ema_bn="online",  # | "standing": BatchNorm statistics recomputed for the EMA generator
+  standing_batches=8,  # batches those statistics average
+  fresh_real_batches=False,  # d_steps > 1: a new real batch for each D update
+  class_bn=False,  # conditional BatchNorm in G (needs num_classes > 0)
+)
 # Fields added after runs were saved, with the values that reproduce what those runs did.
 ADDED = {
   "accum_steps": 1,
@@ -253,7 +267,8 @@ ADDED = {
 # Fields one family's configs gained since, with the value runs saved before them ran with; every
 # config file of that family sets them, so a resumed run compares like with like.
 ADDED_FOR_FAMILY = {
-  "draw": {"model.binarization": "dynamic", "model.kl_warmup_steps": 0, "model.free_bits": 0.0}
+  "draw": {"model.binarization": "dynamic", "model.kl_warmup_steps": 0, "model.free_bits": 0.0},
+  "gan": {f"model.{k}": v for k, v in GAN_RECIPES.items()},
 }
 RENAMED = {"model.num_steps": "model.draw_steps"}  # DRAW's T, before training steps shared its name
 

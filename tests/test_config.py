@@ -12,7 +12,9 @@ from jaxgen.errors import ConfigError
 
 DCGAN = REPO / "experiments/configs/dcgan_fashion.py"
 MODEL_FIELDS = (
-  "['d_steps', 'ema_decay', 'family', 'kernel_size', 'latent_dim', 'loss', 'num_classes', 'width']"
+  "['arch', 'augment', 'class_bn', 'd_steps', 'ema_bn', 'ema_decay', 'family', "
+  "'fresh_real_batches', 'kernel_size', 'latent_dim', 'loss', 'num_classes', 'r1_every', "
+  "'r1_gamma', 'spectral_norm', 'standing_batches', 'width']"
 )
 
 
@@ -70,7 +72,7 @@ def test_an_object_field_keeps_its_type_and_takes_any_value():
     (
       "model",
       "{'width': 8}",
-      "--config.model is a group of fields; set one of them: --config.model.d_steps=...",
+      "--config.model is a group of fields; set one of them: --config.model.arch=...",
     ),
     ("num_steps", "abc", "--config.num_steps=abc: cannot parse as int"),
     ("num_steps", "5.5", "--config.num_steps=5.5: expected int, got float"),

@@ -344,3 +344,42 @@ def test_the_long_run_is_the_demo_twice_as_wide_with_a_cosine_decay():
     "checkpoint_every": 4000,
   }
   assert config_lib.flatten(long) == {**config_lib.flatten(demo), **changes}
+
+
+@pytest.mark.parametrize("name", ["dcgan_fashion.py", "dcgan_fashion_cond.py", "dcgan_emoji.py"])
+def test_every_gan_config_takes_each_switch_from_the_command_line_and_old_runs_resume(name):
+  """README "GAN recipes": `--config.model.augment=...` works on any GAN config (each declares
+  every switch, off), and a run saved before the switches existed resumes unchanged."""
+  path = REPO / "experiments/configs" / name
+  plain = config_lib.load(path)
+  assert {k: plain.model[k] for k in config_lib.GAN_RECIPES} == {
+    **config_lib.GAN_RECIPES,
+    "class_bn": plain.model.class_bn,  # the conditional configs turn it on
+  }
+  texts = dict(
+    arch="resnet",
+    spectral_norm="d",
+    r1_gamma="0.1",
+    r1_every="4",
+    augment="translation,color",
+    ema_bn="standing",
+    standing_batches="2",
+    fresh_real_batches="true",
+  )
+  c = config_lib.load(path, {f"model.{k}": v for k, v in texts.items()})
+  hp = gan._recipe_hp(c.model)
+  assert (hp["arch"], hp["r1_gamma"], hp["r1_every"], hp["augment"]) == (
+    "resnet",
+    0.1,
+    4,
+    "translation,color",
+  )
+  assert hp["fresh_real_batches"] is True and hp["standing_batches"] == 2
+  # A config.json from before the switches: upgrade() reads them as off, so no drift.
+  old = json.loads(plain.to_json_best_effort())
+  for k in config_lib.GAN_RECIPES:
+    if k != "class_bn" or not plain.model.class_bn:
+      del old["model"][k]
+  assert config_lib.drift(config_lib.flatten(config_lib.upgrade(old)), plain) == []
+  with pytest.raises(ConfigError, match="config.model.arch is 'dcgan' in this run's config.json"):
+    config_lib.drift(config_lib.flatten(config_lib.upgrade(old)), c)

@@ -1,7 +1,7 @@
 """DCGAN on Fashion-MNIST (28x28x1), unconditional: 5000 steps, about 7 minutes on 2 CPU cores (the
 `make demo` run before the class-conditional `dcgan_fashion_cond.py`)."""
 
-from jaxgen.config import base_config
+from jaxgen.config import GAN_RECIPES, base_config
 
 
 def get_config():
@@ -19,6 +19,7 @@ def get_config():
   c.model.loss = "nonsaturating"  # | "minimax" | "hinge"
   c.model.d_steps = 1  # discriminator updates per generator update
   c.model.ema_decay = 0.999  # EMA of generator weights, used for sampling
+  c.model.update(GAN_RECIPES)  # the recipe switches, all off (README "GAN recipes")
 
   c.optim.name = "adam"
   c.optim.g_lr = 2e-4

@@ -49,23 +49,9 @@ ARCHS = {
 EMA_BN = ("online", "standing")
 
 
-# The recipe switches of config.model and their defaults (all off: the plain DCGAN recipe).
-RECIPE_DEFAULTS = dict(
-  arch="dcgan",
-  spectral_norm="none",
-  r1_gamma=0.0,
-  r1_every=1,
-  augment="",
-  ema_bn="online",
-  standing_batches=8,
-  fresh_real_batches=False,
-  class_bn=False,
-)
-
-
 def _recipe_hp(m: ml_collections.ConfigDict) -> dict:
   """The recipe switches of config.model, checked; empty when all are off (state as before)."""
-  hp = {k: type(v)(m.get(k, v)) for k, v in RECIPE_DEFAULTS.items()}
+  hp = {k: type(v)(m.get(k, v)) for k, v in config_lib.GAN_RECIPES.items()}
   if hp["arch"] not in ARCHS:
     raise ConfigError(
       f"unknown arch {hp['arch']!r}; set config.model.arch to one of {tuple(ARCHS)}"
@@ -89,7 +75,7 @@ def _recipe_hp(m: ml_collections.ConfigDict) -> dict:
       "model.num_classes to the data's class count or class_bn to False"
     )
   augment.parse_policy(hp["augment"])
-  return hp if hp != RECIPE_DEFAULTS else {}
+  return hp if hp != config_lib.GAN_RECIPES else {}
 
 
 def _r1(d_fn, real, d_step, hp) -> jax.Array:
