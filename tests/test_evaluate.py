@@ -240,6 +240,14 @@ def test_protocol_likelihood_bounds_and_conditional_accuracy(slice_data):
   assert calls == [4]
   table = evaluation.format_table([dict(results, run="vae")])
   assert "-IWAE nats/image" in table and "89.75" in table and "k=4" in table
+  # one row per class under the overall accuracy, named by the data set's labels
+  assert results["metrics"]["conditional_accuracy_per_class"] == [1.0] * 10
+  assert p["class_names"] == list("0123456789")  # the IDX slice's labels
+  lines = table.splitlines()
+  at = next(i for i, line in enumerate(lines) if line.startswith("cond. accuracy"))
+  assert [line.split()[:2] for line in lines[at + 1 : at + 11]] == [
+    [c, "1.000"] for c in "0123456789"
+  ]
 
 
 def test_missing_extractor_names_the_command(tmp_path, monkeypatch):

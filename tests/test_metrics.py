@@ -248,6 +248,13 @@ def test_conditional_accuracy():
   assert metrics.conditional_accuracy(logits, np.array([1, 0, 0, 1])) == 0.0
 
 
+def test_conditional_accuracy_per_class_by_hand():
+  # argmax per row: 0, 1, 2, 0, 1; requested: 0, 1, 1, 0, 0 (nothing requested class 2)
+  logits = np.array([[5.0, 0, 1], [0, 2, -1], [0, 0, 3], [1, 0.5, 0], [0, 1, 0]])
+  per_class = metrics.conditional_accuracy_per_class(logits, np.array([0, 1, 1, 0, 0]))
+  assert per_class == [2 / 3, 1 / 2, None]
+
+
 # ----------------------------------------------------------------------------- duplicates
 
 

@@ -33,7 +33,8 @@ def sample_metrics(
   fake_labels_M: np.ndarray | None = None,
   seed: int = 0,
 ) -> dict[str, float]:
-  """FD, KID, IS, precision/recall, density/coverage, diversity (and conditional accuracy)."""
+  """FD, KID, IS, precision/recall, density/coverage, diversity (and conditional accuracy, overall
+  and per class of the classifier, when `fake_labels_M` are the classes the samples were drawn for)."""
   kid = metrics.kernel_inception_distance(
     real_NxD, fake_MxD, num_subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=seed
   )
@@ -51,6 +52,9 @@ def sample_metrics(
   )
   if fake_labels_M is not None:
     out["conditional_accuracy"] = metrics.conditional_accuracy(fake_logits_MxK, fake_labels_M)
+    out["conditional_accuracy_per_class"] = metrics.conditional_accuracy_per_class(
+      fake_logits_MxK, fake_labels_M
+    )
   return out
 
 

@@ -83,15 +83,39 @@ def _protocol_line(r: dict) -> str:
   return line
 
 
+PER_CLASS = "conditional_accuracy_per_class"
+
+
+def _with_classes(values: dict) -> dict:
+  """`values` with its per-class conditional accuracies also as keys PER_CLASS/k."""
+  return dict(values, **{f"{PER_CLASS}/{k}": a for k, a in enumerate(values.get(PER_CLASS) or [])})
+
+
+def _rows(results: list[dict], merged: list[dict]) -> list[tuple]:
+  """ROWS present in some run, each class's conditional accuracy below the overall one."""
+  names = results[0].get("protocol", {}).get("class_names") or []
+  most = max(len(m.get(PER_CLASS) or []) for m in merged)
+  classes = [
+    (f"{PER_CLASS}/{k}", f"  {names[k] if k < len(names) else f'class {k}'}", "{:.3f}")
+    for k in range(most)
+  ]
+  rows = []
+  for row in ROWS:
+    if any(m.get(row[0]) is not None for m in merged):
+      rows += [row] + (classes if row[0] == "conditional_accuracy" else [])
+  return rows
+
+
 def format_table(results: list[dict]) -> str:
   """Metric rows x run columns, then the floor of the first run (real train vs test, or for
-  captioned runs the real test canvases).
+  captioned runs the real test canvases). A conditional model's accuracy has a row per class
+  under it, named by the data set's labels.
 
   A value carries a "!" where a flag's evidence starts with its metric (`sample_flags`).
   """
-  floor = results[0].get("floor") or {}
-  merged = [dict(r.get("metrics", {}), **r.get("likelihood", {})) for r in results]
-  rows = [row for row in ROWS if any(m.get(row[0]) is not None for m in merged)]
+  floor = _with_classes(results[0].get("floor") or {})
+  merged = [_with_classes(dict(r.get("metrics", {}), **r.get("likelihood", {}))) for r in results]
+  rows = _rows(results, merged)
   names = [r.get("run", f"run{i}") for i, r in enumerate(results)]
   described = results[0].get("protocol", {}).get("captions")
   floor_name = "train vs test" if described is None else "real test canvases"

@@ -4,7 +4,11 @@ All functions are pure: arrays in ([N, D] features or [N, K] logits), Python
 floats (or dicts of floats) out. Pairwise work is chunked and runs on device.
 """
 
-from jaxgen.metrics.classifier import conditional_accuracy, inception_score
+from jaxgen.metrics.classifier import (
+  conditional_accuracy,
+  conditional_accuracy_per_class,
+  inception_score,
+)
 from jaxgen.metrics.distances import (
   count_in_balls,
   knn_radii,
@@ -27,6 +31,7 @@ from jaxgen.metrics.memorization import (
 
 __all__ = [
   "conditional_accuracy",
+  "conditional_accuracy_per_class",
   "count_in_balls",
   "density_coverage",
   "duplicate_rate",

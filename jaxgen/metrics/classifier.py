@@ -1,4 +1,4 @@
-"""Metrics on classifier outputs: Inception Score and conditional accuracy."""
+"""Metrics on classifier outputs: Inception Score and conditional accuracy (overall, per class)."""
 
 from __future__ import annotations
 
@@ -36,3 +36,17 @@ def inception_score(logits_NxK: ArrayLike, *, num_splits: int = 10) -> dict[str,
 def conditional_accuracy(logits_NxK: ArrayLike, labels_N: ArrayLike) -> float:
   """Fraction of samples whose classifier argmax equals the label they were generated for."""
   return float(jnp.mean(jnp.argmax(jnp.asarray(logits_NxK), -1) == jnp.asarray(labels_N)))
+
+
+def conditional_accuracy_per_class(
+  logits_NxK: ArrayLike, labels_N: ArrayLike
+) -> list[float | None]:
+  """For each class k of the classifier's K: the fraction of the samples generated for k that it
+  reads as k; None for a class no sample was generated for."""
+  pred_N = np.argmax(np.asarray(logits_NxK), -1)
+  labels_N = np.asarray(labels_N)
+  out = []
+  for k in range(np.shape(logits_NxK)[-1]):
+    mine = labels_N == k
+    out.append(float(np.mean(pred_N[mine] == k)) if mine.any() else None)
+  return out
