@@ -273,6 +273,14 @@ ADDED_FOR_FAMILY = {
 RENAMED = {"model.num_steps": "model.draw_steps"}  # DRAW's T, before training steps shared its name
 
 
+def added(family: str | None) -> dict[str, object]:
+  """Dotted fields added since runs of `family` were saved, with the values those runs ran."""
+  out = {**ADDED, **ADDED_FOR_FAMILY.get(family, {})}
+  if family == "classifier":  # its learning rate was always cosine-decayed over num_steps
+    out["optim.schedule"] = "cosine"
+  return out
+
+
 def upgrade(stored: dict) -> dict:
   """A run's config.json (nested dict) as today's code reads it: fields added since it was
   saved get the values it ran with, renamed fields their new names, and "adam" with a weight
@@ -292,12 +300,10 @@ def upgrade(stored: dict) -> dict:
       dst[b] = src.pop(a)
   model, optim = tree.get("model") or {}, tree.get("optim")
   family = model.get("family") if isinstance(model, dict) else None
-  for key, value in {**ADDED, **ADDED_FOR_FAMILY.get(family, {})}.items():
+  for key, value in added(family).items():
     d, leaf = node(key)
     if d is not None and leaf not in d:
-      # The classifier's learning rate was always cosine-decayed over num_steps.
-      cosine = key == "optim.schedule" and family == "classifier"
-      d[leaf] = "cosine" if cosine else value
+      d[leaf] = value
   if isinstance(optim, dict) and optim.get("name") == "adam" and optim.get("weight_decay"):
     optim["name"] = "adamw"
   return tree
@@ -309,6 +315,11 @@ def drift(stored: dict, requested: ml_collections.ConfigDict) -> list[str]:
   Raises ConfigError naming the first field that would change what the run computes.
   """
   want = flatten(requested)
+  # A config file that does not declare a field added since (one written before it) runs as
+  # the saved run did: compare it with that value, not "<absent>".
+  for key, value in added(want.get("model.family")).items():
+    if key in stored:
+      want.setdefault(key, value)
   changes = []
   for key in sorted(set(stored) | set(want)):
     old = stored.get(key, "<absent>")

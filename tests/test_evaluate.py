@@ -248,6 +248,15 @@ def test_protocol_likelihood_bounds_and_conditional_accuracy(slice_data):
   assert [line.split()[:2] for line in lines[at + 1 : at + 11]] == [
     [c, "1.000"] for c in "0123456789"
   ]
+  # beside a run without per-class figures (an old metrics.json) and one missing a class
+  old = dict(results, run="old", metrics={"conditional_accuracy": 0.5}, protocol={})
+  part = dict(results, run="part", metrics={"conditional_accuracy_per_class": [0.25, None]})
+  lines = evaluation.format_table([old, part]).splitlines()
+  at = next(i for i, line in enumerate(lines) if line.startswith("cond. accuracy"))
+  assert lines[at].split()[2:4] == ["0.500", "-"]
+  assert lines[at + 1].split()[:3] == ["0", "-", "0.250"]  # names from the first that has them
+  assert lines[at + 2].split()[:3] == ["1", "-", "-"]
+  assert not lines[at + 3].startswith("  2")  # the rows stop at the longest list
 
 
 def test_missing_extractor_names_the_command(tmp_path, monkeypatch):
@@ -406,7 +415,7 @@ def test_jaxgen_evaluate_caches_in_the_run_and_leaves_the_extractor_alone(
   (cache,) = (run / "eval").glob(f"extractor_{extractor.name}_*")
   files = sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file())
   assert files[0] == "extractor.json" and len(files) == 3
-  assert all(f.startswith("floor/v3_idx_") and "_real32_fake32_seed0." in f for f in files[1:])
+  assert all(f.startswith("floor/v4_idx_") and "_real32_fake32_seed0." in f for f in files[1:])
   assert folder_state(extractor) == before
   first = json.loads((run / "metrics.json").read_text())
   assert first["protocol"]["extractor"]["name"] == str(extractor) and "fd" in first["metrics"]

@@ -381,5 +381,11 @@ def test_every_gan_config_takes_each_switch_from_the_command_line_and_old_runs_r
     if k != "class_bn" or not plain.model.class_bn:
       del old["model"][k]
   assert config_lib.drift(config_lib.flatten(config_lib.upgrade(old)), plain) == []
+  # ... and a config file written before them (no switches declared) resumes a run of today's
+  without_switches = config_lib.load(path)
+  for k in config_lib.GAN_RECIPES:
+    if k != "class_bn" or not plain.model.class_bn:
+      del without_switches.model[k]
+  assert config_lib.drift(config_lib.flatten(plain), without_switches) == []
   with pytest.raises(ConfigError, match="config.model.arch is 'dcgan' in this run's config.json"):
     config_lib.drift(config_lib.flatten(config_lib.upgrade(old)), c)

@@ -253,6 +253,9 @@ def test_conditional_accuracy_per_class_by_hand():
   logits = np.array([[5.0, 0, 1], [0, 2, -1], [0, 0, 3], [1, 0.5, 0], [0, 1, 0]])
   per_class = metrics.conditional_accuracy_per_class(logits, np.array([0, 1, 1, 0, 0]))
   assert per_class == [2 / 3, 1 / 2, None]
+  # a generator class the classifier lacks (label 3 of K=3) counts, as in the overall figure
+  per_class = metrics.conditional_accuracy_per_class(logits, np.array([0, 1, 2, 3, 3]))
+  assert per_class == [1.0, 1.0, 1.0, 0.0]
 
 
 # ----------------------------------------------------------------------------- duplicates

@@ -63,7 +63,7 @@ from jaxgen.evaluation.run import (
 )
 from jaxgen.evaluation.sharded import FeaturesFn, compute_features, generate_features
 from jaxgen.evaluation.splits import read_batch, read_split, subset_indices
-from jaxgen.evaluation.table import ROWS, format_cell, format_table
+from jaxgen.evaluation.table import ROWS, format_cell, format_table, metric_rows
 
 __all__ = [
   "CACHE_DIR",
@@ -84,6 +84,7 @@ __all__ = [
   "flag_kind_and_evidence",
   "format_cell",
   "format_table",
+  "metric_rows",
   "generate_features",
   "is_captioned",
   "likelihood_bounds",

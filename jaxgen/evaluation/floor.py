@@ -35,9 +35,10 @@ def real_reference(
   Cached in extractor.cache_dir per (data set, counts, seed, extractor step).
   """
   _, source = data_key(config.data)
-  # v3: test images scaled as the loader scales them (v2 differed in the last bit)
+  # v4: the floor's conditional accuracy per class and the data set's class names (v3: test
+  # images scaled as the loader scales them; v2 differed in the last bit)
   key = (
-    f"v3_{config.data.name}_{hashlib.sha1(source.encode()).hexdigest()[:8]}_step"
+    f"v4_{config.data.name}_{hashlib.sha1(source.encode()).hexdigest()[:8]}_step"
     f"{extractor.checkpoint_step}_real{num_real}_fake{num_fake}_seed{seed}"
   )
   cache = extractor.cache_dir / key if extractor.cache_dir else None
@@ -60,6 +61,7 @@ def real_reference(
     floor_num_train=len(train_feats),
     floor=f"{len(train_feats)} real train images scored as samples",
     seed=seed,
+    class_names=list(splits.class_names(config)),  # the label names, for per-class rows
   )
   if cache and jax.process_index() == 0:
     cache.parent.mkdir(parents=True, exist_ok=True)

@@ -32,9 +32,9 @@ def sample_metrics(
   fake_logits_MxK: np.ndarray,
   fake_labels_M: np.ndarray | None = None,
   seed: int = 0,
-) -> dict[str, float]:
-  """FD, KID, IS, precision/recall, density/coverage, diversity (and conditional accuracy, overall
-  and per class of the classifier, when `fake_labels_M` are the classes the samples were drawn for)."""
+) -> dict[str, float | list[float | None]]:
+  """FD, KID, IS, precision/recall, density/coverage, diversity; with `fake_labels_M` (the
+  classes the samples were drawn for) conditional accuracy, overall and per class (a list)."""
   kid = metrics.kernel_inception_distance(
     real_NxD, fake_MxD, num_subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=seed
   )

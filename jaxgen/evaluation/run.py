@@ -66,8 +66,6 @@ def _sample_results(
       **ref.protocol,
       checkpoint_step=step,
       conditional=bool(num_classes),
-      # the per-class rows' names (the data set's label names), for a conditional model
-      class_names=list(trainer.load_data(config, "test")[1].class_names) if num_classes else [],
       kid=dict(
         subsets=KID_SUBSETS, subset_size=min(KID_SUBSET_SIZE, num_samples, ref.protocol["num_real"])
       ),

@@ -12,6 +12,11 @@ def split_size(config: ml_collections.ConfigDict, split: str) -> int:
   return len(trainer.load_data(config, split)[0])
 
 
+def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The data set's label names (label k is the k-th); () if it has no labels."""
+  return trainer.load_data(config, "test")[1].class_names
+
+
 def read_batch(
   config: ml_collections.ConfigDict, split: str, indices: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:

@@ -88,12 +88,17 @@ PER_CLASS = "conditional_accuracy_per_class"
 
 def _with_classes(values: dict) -> dict:
   """`values` with its per-class conditional accuracies also as keys PER_CLASS/k."""
-  return dict(values, **{f"{PER_CLASS}/{k}": a for k, a in enumerate(values.get(PER_CLASS) or [])})
+  per_class = values.get(PER_CLASS) or []
+  return dict(values, **{f"{PER_CLASS}/{k}": a for k, a in enumerate(per_class)})
 
 
-def _rows(results: list[dict], merged: list[dict]) -> list[tuple]:
-  """ROWS present in some run, each class's conditional accuracy below the overall one."""
-  names = results[0].get("protocol", {}).get("class_names") or []
+def metric_rows(results: list[dict]) -> tuple[list[dict], dict, list[tuple]]:
+  """Each result's values (metrics and likelihood bounds), the first result's floor, and the
+  ROWS some result has; under the overall conditional accuracy a row per class, named by the
+  first class_names a result's protocol records ("class k" where none does)."""
+  merged = [_with_classes(dict(r.get("metrics", {}), **r.get("likelihood", {}))) for r in results]
+  floor = _with_classes(results[0].get("floor") or {})
+  names = next((n for r in results if (n := r.get("protocol", {}).get("class_names"))), [])
   most = max(len(m.get(PER_CLASS) or []) for m in merged)
   classes = [
     (f"{PER_CLASS}/{k}", f"  {names[k] if k < len(names) else f'class {k}'}", "{:.3f}")
@@ -103,7 +108,7 @@ def _rows(results: list[dict], merged: list[dict]) -> list[tuple]:
   for row in ROWS:
     if any(m.get(row[0]) is not None for m in merged):
       rows += [row] + (classes if row[0] == "conditional_accuracy" else [])
-  return rows
+  return merged, floor, rows
 
 
 def format_table(results: list[dict]) -> str:
@@ -113,9 +118,7 @@ def format_table(results: list[dict]) -> str:
 
   A value carries a "!" where a flag's evidence starts with its metric (`sample_flags`).
   """
-  floor = _with_classes(results[0].get("floor") or {})
-  merged = [_with_classes(dict(r.get("metrics", {}), **r.get("likelihood", {}))) for r in results]
-  rows = _rows(results, merged)
+  merged, floor, rows = metric_rows(results)
   names = [r.get("run", f"run{i}") for i, r in enumerate(results)]
   described = results[0].get("protocol", {}).get("captions")
   floor_name = "train vs test" if described is None else "real test canvases"

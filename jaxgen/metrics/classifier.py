@@ -41,12 +41,12 @@ def conditional_accuracy(logits_NxK: ArrayLike, labels_N: ArrayLike) -> float:
 def conditional_accuracy_per_class(
   logits_NxK: ArrayLike, labels_N: ArrayLike
 ) -> list[float | None]:
-  """For each class k of the classifier's K: the fraction of the samples generated for k that it
-  reads as k; None for a class no sample was generated for."""
+  """For each class k (those of the classifier's K and of the labels): the fraction of the
+  samples generated for k that it reads as k; None for a class no sample was generated for."""
   pred_N = np.argmax(np.asarray(logits_NxK), -1)
   labels_N = np.asarray(labels_N)
   out = []
-  for k in range(np.shape(logits_NxK)[-1]):
+  for k in range(max(np.shape(logits_NxK)[-1], int(labels_N.max(initial=-1)) + 1)):
     mine = labels_N == k
     out.append(float(np.mean(pred_N[mine] == k)) if mine.any() else None)
   return out
