@@ -226,12 +226,12 @@ def evaluation_section(runs: list[dict]) -> str:
       f'<h2 id="evaluation">Evaluation</h2><p class="note">not evaluated yet '
       f"(no metrics.json): <code>{html.escape(cmd)}</code></p>"
     )
-  merged, floor, metric_rows = evaluation.metric_rows([r["results"] for r in done])
+  merged, floor, shown = evaluation.metric_rows([r["results"] for r in done])
   captioned = "captions" in done[0]["results"].get("protocol", {})
   floor_name = "floor: real test canvases" if captioned else "floor: train vs test"
   header = ["metric", *[r["name"] for r in done]] + ([floor_name] if floor else [])
   rows = []
-  for row in metric_rows:
+  for row in shown:
     cells = [
       evaluation.format_cell(row, m, r["results"].get("flags", [])) for m, r in zip(merged, done)
     ]
