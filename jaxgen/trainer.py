@@ -8,6 +8,7 @@ checkpoint. Running it again on the same workdir resumes from the last checkpoin
 data position included, so a resumed run sees the batches an uninterrupted one would.
 """
 
+import collections
 import functools
 import json
 import math
@@ -30,6 +31,12 @@ from jaxgen import checkpoint, data, ops, parallel, runlog, steps, viz
 from jaxgen import config as config_lib
 from jaxgen import lock as lock_lib
 from jaxgen.errors import ConfigError, Preempted, UserError
+
+# Steps dispatched and not yet finished when the loop moves on. Two keep the device busy while
+# the next batch is read; unbounded, the loop would queue up to log_every steps (metrics are
+# read only then) and a SIGTERM's save would wait for all of them, on a slow step for longer
+# than a preemption's grace period (30 s on Cloud TPU VMs).
+MAX_STEPS_AHEAD = 2
 
 
 class TrainingDiverged(UserError, FloatingPointError):
@@ -530,8 +537,12 @@ def _train_locked(
         f"new to save; run the same command to resume",
         stop,
       )
+    in_flight = collections.deque()
     while step < config.num_steps:
       state, metrics = train_step(state, batch, train_key)  # dispatched; runs asynchronously
+      in_flight.append(metrics)
+      if len(in_flight) > MAX_STEPS_AHEAD:
+        jax.block_until_ready(in_flight.popleft())
       consumed = position
       step += 1
       is_last = step == config.num_steps

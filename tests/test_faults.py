@@ -11,10 +11,12 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import chex
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 import pytest
 from conftest import REPO, free_port, process_flags
@@ -589,3 +591,45 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(cli_args, t
     jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))
   )
   assert [r["step"] for r in _log_rows(tmp_path / "run")] == list(range(1, N + 1))
+
+
+# -------------------------------------------------------------- stop latency
+
+
+def test_the_loop_runs_at_most_max_steps_ahead_of_the_device(make_config, tmp_path, monkeypatch):
+  """Steps are dispatched asynchronously and metrics read only every log_every steps; a loop
+  that ran ahead without bound would queue up to log_every steps, and a SIGTERM's save would
+  wait for all of them (on a slow step, past a preemption's grace period). Each step here
+  carries extra matmuls so the device lags the Python loop; the loop must wait for it."""
+  from jaxgen import steps
+
+  real = steps.get_family("gan")
+
+  def slow(state, batch, key):
+    state, metrics = real.train_step(state, batch, key)
+    x = jnp.full((256, 256), 1 / 256, jnp.float32) + metrics["d_loss"] * 1e-6
+    for _ in range(16):  # ~4 GFLOP over the 8 devices: tens of ms, the loop's own work ~1 ms
+      x = jnp.tanh(x @ x)
+    return state, {**metrics, "lag": x[0, 0]}
+
+  family = types.ModuleType("slow_gan")
+  family.__dict__.update({k: getattr(real, k) for k in steps.CONTRACT}, train_step=slow)
+  monkeypatch.setattr(steps, "get_family", lambda name: family)
+  compile_real, pending, in_flight = trainer.compile_train_step, [], []
+
+  def compile_counting(*args, **kwargs):
+    step, stats = compile_real(*args, **kwargs)
+
+    def counted(state, batch, key):
+      state, metrics = step(state, batch, key)
+      pending.append(metrics["lag"])
+      in_flight.append(sum(not m.is_ready() for m in pending))
+      return state, metrics
+
+    return counted, stats
+
+  monkeypatch.setattr(trainer, "compile_train_step", compile_counting)
+  config = make_config(num_steps=30, log_every=100, checkpoint_every=100)
+  trainer.train_and_evaluate(config, tmp_path / "run")
+  # == rather than <=: the device must have lagged, or the test would not test the bound
+  assert len(in_flight) == 30 and max(in_flight) == trainer.MAX_STEPS_AHEAD + 1, in_flight
