@@ -87,9 +87,11 @@ def _r1(d_fn, real, d_step, hp) -> jax.Array:
     return losses.r1_penalty(d_fn, real, gamma)
   on = d_step % hp.r1_every == 0
   if jax.default_backend() == "cpu":
-    # XLA:CPU runs the convolutions of a conditional's branch on a slow path: the 32x32 emoji
-    # D's R1 took about 20 s inside lax.cond against 0.35 s inline. So on CPU the penalty is
-    # computed every D step and masked: the same loss and gradients, without the saving.
+    # XLA:CPU brings convolutions to its fast (Eigen) layout only outside nested computations
+    # (jax-ml/jax#12868 shows it for loop bodies): inside lax.cond, 12 of R1's double-backward
+    # convolutions keep their autodiff layouts and run on the naive emitter, 6.8 s against 0.1 s
+    # inline for the width-64 Fashion D. So on CPU the penalty is computed every D step and
+    # masked: the same loss and gradients, without the saving.
     return jnp.where(on, losses.r1_penalty(d_fn, real, gamma), jnp.zeros((), real.dtype))
   return jax.lax.cond(
     on, lambda: losses.r1_penalty(d_fn, real, gamma), lambda: jnp.zeros((), real.dtype)
