@@ -600,17 +600,18 @@ def test_the_loop_runs_at_most_max_steps_ahead_of_the_device(make_config, tmp_pa
   """Steps are dispatched asynchronously and metrics read only every log_every steps; a loop
   that ran ahead without bound would queue up to log_every steps, and a SIGTERM's save would
   wait for all of them (on a slow step, past a preemption's grace period). Each step here
-  carries extra matmuls so the device lags the Python loop; the loop must wait for it."""
+  carries a long sequential computation so the device lags the Python loop, which must wait."""
   from jaxgen import steps
 
   real = steps.get_family("gan")
 
   def slow(state, batch, key):
     state, metrics = real.train_step(state, batch, key)
-    x = jnp.full((256, 256), 1 / 256, jnp.float32) + metrics["d_loss"] * 1e-6
-    for _ in range(16):  # ~4 GFLOP over the 8 devices: tens of ms, the loop's own work ~1 ms
-      x = jnp.tanh(x @ x)
-    return state, {**metrics, "lag": x[0, 0]}
+    # a chain of 10^6 dependent scalar steps: ~18 ns each here, so ~20 ms per device whatever the
+    # core count (no thread can share it), against ~1 ms of the loop's own work per step; a host
+    # callback would not do, since it makes XLA:CPU's dispatch synchronous
+    lag = jax.lax.fori_loop(0, 10**6, lambda i, x: jnp.sin(x), metrics["d_loss"])
+    return state, {**metrics, "lag": lag}
 
   family = types.ModuleType("slow_gan")
   family.__dict__.update({k: getattr(real, k) for k in steps.CONTRACT}, train_step=slow)

@@ -354,7 +354,7 @@ def test_every_recipe_is_a_valid_config_and_the_demo_is_the_studys_fastest():
 
 
 def test_the_long_run_is_the_demo_twice_as_wide_with_r1_and_a_cosine_decay():
-  """dcgan_fashion_cond_long.py is what README's 60-minute row measured: the demo's config with
+  """dcgan_fashion_cond_long.py is what README's long-run column measured: the demo's config with
   width 64, R1 (gamma 0.1, every D step), 11,000 steps and the cosine schedule, nothing else
   changed but the output cadence."""
   demo = config_lib.load(REPO / "experiments/configs/dcgan_fashion_cond.py")
