@@ -267,7 +267,12 @@ ADDED = {
 # Fields one family's configs gained since, with the value runs saved before them ran with; every
 # config file of that family sets them, so a resumed run compares like with like.
 ADDED_FOR_FAMILY = {
-  "draw": {"model.binarization": "dynamic", "model.kl_warmup_steps": 0, "model.free_bits": 0.0},
+  "draw": {
+    "model.binarization": "dynamic",
+    "model.kl_warmup_steps": 0,
+    "model.free_bits": 0.0,
+    "model.kl_beta": 1.0,
+  },
   "gan": {f"model.{k}": v for k, v in GAN_RECIPES.items()},
 }
 RENAMED = {"model.num_steps": "model.draw_steps"}  # DRAW's T, before training steps shared its name

@@ -134,6 +134,29 @@ def test_a_centred_unit_stride_window_reproduces_its_patch(size, n, lo):
   np.testing.assert_allclose(jnp.abs(written).sum(), jnp.abs(patch).sum(), rtol=1e-5)
 
 
+def test_a_dense_write_adds_a_whole_canvas_at_every_step():
+  # write_n=0: c_t = c_{t-1} + W h^dec_t + b over the whole canvas. With W = 0 every step adds b,
+  # so the final canvas is T * b, in samples (z from the prior) and reconstructions alike.
+  state = init(draw_config(text=True, write_n=0), random_batch(n=2, text=True))
+  write = state.draw.params["step"]["write"]
+  h, w, c = state.hp.image_shape
+  assert write["kernel"].shape == (DRAW_TINY["dec_features"], h * w * c)
+  assert not {"write_patch", "write_window"} & set(state.draw.params["step"])
+  b = jax.random.normal(jax.random.key(1), (h * w * c,)) / DRAW_TINY["draw_steps"]
+  params = jax.tree.map(lambda x: x, state.draw.params)
+  params["step"]["write"] = {"kernel": jnp.zeros_like(write["kernel"]), "bias": b}
+  state = state.replace(draw=state.draw.replace(params=params))
+  expect = 2.0 * jax.nn.sigmoid(DRAW_TINY["draw_steps"] * b.reshape(h, w, c)) - 1.0
+  batch = random_batch(n=2, text=True)
+  for images in (
+    draw.sample(state, jax.random.key(2), 2, batch["tokens"]),
+    draw.reconstruct(state, batch, jax.random.key(3)),
+  ):
+    # float32: b + b + b against 3 * b differ by a few ulps of |3b| <~ 4, i.e. <~ 2e-6 in the
+    # logit, ~5e-7 after 2 sigmoid (slope <= 1/2)
+    np.testing.assert_allclose(images, jnp.broadcast_to(expect, images.shape), atol=2e-6)
+
+
 # ------------------------------------------------------------------ the family
 
 
@@ -443,6 +466,55 @@ def test_free_bits_must_not_be_negative():
       lambda k: draw.init_state(draw_config(free_bits=-1.0), k, random_batch(2)),
       jax.random.key(0),
     )
+
+
+def test_kl_beta_weighs_the_posterior_kl_and_leaves_the_prior_all_of_it(states):
+  beta = 0.25
+  # float64 (see X64_RTOL): the same sums and gradients taken two ways
+  with jax.enable_x64(True):
+
+    def loss_grads(text):  # d(loss)/d(params) at kl_beta 1 and beta, and d(recon)/d(params)
+      state, batch = to_float64(states[text]), to_float64(random_batch(n=4, text=text))
+      fn = lambda s, term: lambda p: draw._negative_elbo(p, s, batch, jax.random.key(5))[term]
+      loss = lambda s: fn(s, 0)
+      recon = lambda p: fn(state, 1)(p)["recon"]
+      weighed = _with(state, kl_beta=beta)
+      metrics = jax.tree.map(np.asarray, fn(weighed, 1)(state.draw.params))
+      grads = [jax.grad(f)(state.draw.params) for f in (loss(state), loss(weighed), recon)]
+      return jax.tree.map(np.asarray, grads), metrics  # numpy float64: the sums below stay so
+
+    (plain, weighed, recon), m = loss_grads(text=False)
+    (plain_text, weighed_text, _), _ = loss_grads(text=True)
+  assert float(m["kl"]) > 1.0  # so that the weight moves the loss
+  np.testing.assert_allclose(m["loss"], m["recon"] + beta * m["kl"], rtol=X64_RTOL)
+  np.testing.assert_allclose(-m["elbo"], m["recon"] + m["kl"], rtol=X64_RTOL)  # the true bound
+
+  def close(a, b, scale):  # float64 sums of terms up to `scale`: rounding ~1e-16 of it
+    np.testing.assert_allclose(a, b, rtol=X64_RTOL, atol=X64_RTOL * float(np.abs(scale).max()))
+
+  # N(0, I) prior: the KL's part of every gradient is scaled by beta
+  jax.tree.map(lambda w, p, r: close(w, r + beta * (p - r), p), weighed, plain, recon)
+  # learned prior: its heads (fed only by the KL) keep the whole KL's gradient
+  for head in ("prior_mean", "prior_log_std"):
+    for w in ("kernel", "bias"):
+      a, b = (np.asarray(g["step"][head][w]) for g in (weighed_text, plain_text))
+      assert np.abs(b).max() > 1e-6
+      close(a, b, b)
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.5, float("nan")])
+def test_kl_beta_must_be_in_zero_one(beta):
+  with pytest.raises(ConfigError, match=f"kl_beta={beta!r} must be in \\(0, 1\\]"):
+    jax.eval_shape(
+      lambda k: draw.init_state(draw_config(kl_beta=beta), k, random_batch(2)),
+      jax.random.key(0),
+    )
+
+
+def test_runs_saved_before_kl_beta_read_it_as_one():
+  old = json.loads(draw_config().to_json_best_effort())
+  del old["model"]["kl_beta"]
+  assert config_lib.upgrade(old)["model"]["kl_beta"] == 1.0
 
 
 def test_runs_saved_before_free_bits_read_it_as_off():

@@ -1,9 +1,12 @@
-"""alignDRAW text-to-image on 60x60 captioned Fashion-MNIST canvases: about 19 minutes on 2 CPU
+"""alignDRAW text-to-image on 60x60 captioned Fashion-MNIST canvases: about 18 minutes on 2 CPU
 cores. `jaxgen sample --workdir RUN --caption "the sneaker is on the left of the trouser"`.
 
-A 16x16 write window (8x8 before) raised the share of captions drawn right at 2000 steps from
-0.13 to 0.22; an LSTM cell (`aligndraw_captions_lstm.py`) about doubles the share of
-reconstructions drawn right (README "DRAW and alignDRAW" has the measurements)."""
+The decoder writes the whole canvas through a dense layer at every step (`write_n = 0`). With
+a Gaussian write window (16x16 before) the learned windows shrank to span ~17 pixels with a
+~2-pixel blur, narrower than a 28-pixel item, so the items' outer columns (sleeves, sandal
+straps) were only ever drawn coarsely. Caption accuracy on the 2,000 test captions (samples,
+all / held-out / seen): 0.636 / 0.458 / 0.658 in 9,000 steps, against 0.305 / 0.200 / 0.318
+with the 16x16 window in 11,000 (README "DRAW and alignDRAW" has the measurements)."""
 
 from jaxgen.config import base_config
 
@@ -11,7 +14,7 @@ from jaxgen.config import base_config
 def get_config():
   c = base_config()
   c.batch_size = 32
-  c.num_steps = 11000
+  c.num_steps = 9000
   c.sample_every = 2000
   c.checkpoint_every = 2000
   c.data.name = "captioned_fashion_mnist"  # 20000 train / 2000 test canvases (/small: 2000 / 500)
@@ -19,7 +22,7 @@ def get_config():
   c.model.family = "draw"
   c.model.draw_steps = 16  # T
   c.model.read_n = 6  # N x N read window
-  c.model.write_n = 16  # N x N write window
+  c.model.write_n = 0  # 0: a dense layer writes the whole canvas | N: an N x N Gaussian window
   c.model.enc_features = 256
   c.model.dec_features = 256
   c.model.latent_dim = 16
@@ -28,6 +31,7 @@ def get_config():
   c.model.binarization = "dynamic"  # | "expected": train on the pixel probabilities
   c.model.kl_warmup_steps = 0  # N > 0: the KL weight rises linearly to 1 over N steps
   c.model.free_bits = 0.0  # > 0: nats per step of KL the loss does not price (free bits)
+  c.model.kl_beta = 1.0  # < 1: the posterior's KL weight (the learned prior still fits all of it)
   c.model.captions = True  # bidirectional caption encoder + alignment attention
   c.model.embed_dim = 64  # word embedding
   c.model.lang_features = 128  # caption RNN hidden units per direction

@@ -22,6 +22,7 @@ def get_config():
   c.model.binarization = "dynamic"  # | "expected": train on the pixel probabilities
   c.model.kl_warmup_steps = 0  # N > 0: the KL weight rises linearly to 1 over N steps
   c.model.free_bits = 0.0  # > 0: nats per step of KL the loss does not price (free bits)
+  c.model.kl_beta = 1.0  # < 1: the posterior's KL weight (the learned prior still fits all of it)
   c.model.captions = False
 
   c.optim.name = "adam"

@@ -14,7 +14,10 @@ loss is -ELBO. config.model.free_bits = lambda > 0 prices each step's batch-mean
 lambda nats, sum_t max(lambda, mean_B KL_t) (free bits, Kingma et al. 2016), so z_t may carry
 that much information at no cost; a learned prior is still fitted to the posterior by the whole
 KL (`priced_kl`). The mean is over the (micro-)batch the loss sees: with accum_steps > 1 the
-allowance applies to each micro-batch. The `elbo` and `bpd` metrics are always the true bound.
+allowance applies to each micro-batch. config.model.kl_beta = beta in (0, 1] weighs the
+posterior's KL by beta (beta-VAE, Higgins et al. 2017; beta < 1 lets z carry more information);
+a learned prior is again fitted by the whole KL. The `elbo` and `bpd` metrics are always the
+true bound.
 Every likelihood number is in nats per image; `bpd` is the same number in bits per dimension.
 
     -ELBO = -log p(x | z_1..T) + sum_t KL(q(z_t | x, z_<t) || p(z_t | z_<t [, caption]))
@@ -93,6 +96,7 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
       binarization=_check_binarization(m.get("binarization", "dynamic")),
       kl_warmup_steps=int(m.get("kl_warmup_steps", 0)),
       free_bits=_check_free_bits(m.get("free_bits", 0.0)),
+      kl_beta=_check_kl_beta(m.get("kl_beta", 1.0)),
       # the data's caption words where the trainer filled them in (emoji: the training split's),
       # else captioned Fashion-MNIST's fixed template vocabulary
       vocabulary=tuple(config.data.get("vocabulary") or captions.VOCABULARY) if text else (),
@@ -135,6 +139,14 @@ def _check_free_bits(free_bits: float) -> float:
       f"config.model.free_bits={free_bits!r} must be >= 0 (nats per step; 0 turns free bits off)"
     )
   return float(free_bits)
+
+
+def _check_kl_beta(beta: float) -> float:
+  if not 0 < beta <= 1:  # also NaN
+    raise ConfigError(
+      f"config.model.kl_beta={beta!r} must be in (0, 1]: the posterior's KL weight (1 is the ELBO)"
+    )
+  return float(beta)
 
 
 def observed(hp: ml_collections.FrozenConfigDict, key: jax.Array, image: jax.Array) -> jax.Array:
@@ -209,19 +221,27 @@ def free_bits_kl(kl_TxB: jax.Array, free_bits: float) -> jax.Array:
 
 
 def priced_kl(hp: ml_collections.FrozenConfigDict, out: dict) -> jax.Array | None:
-  """The KL term of the loss under free bits (a scalar, nats per image), or None when
-  hp.free_bits is 0 (the loss prices the whole KL). Its value is `free_bits_kl`'s. With a learned
-  prior the allowance holds for the posterior only: the posterior's gradient comes from
-  free_bits_kl(KL(q || stop_gradient(p))), the prior's from the whole KL(stop_gradient(q) || p),
-  so a step below the allowance still teaches the prior where the posterior is (without this,
-  the prior would get no gradient at all there)."""
-  if hp.free_bits <= 0:
+  """The KL term of the loss (a scalar, nats per image) under free bits and the posterior's
+  weight hp.kl_beta, or None when neither is on (free_bits 0, kl_beta 1: the loss prices the
+  whole KL). Its value is kl_beta * free_bits_kl (free bits) or kl_beta * mean_B sum_t KL_t.
+  With a learned prior both hold for the posterior only: the posterior's gradient comes from
+  that term with KL(q || stop_gradient(p)), the prior's from the whole KL(stop_gradient(q) || p),
+  so the prior is fitted to wherever the posterior goes (a step below the allowance, or a
+  posterior priced at kl_beta < 1, still teaches the prior all of it)."""
+  beta = hp.kl_beta
+  if hp.free_bits <= 0 and beta == 1.0:
     return None
+
+  def posterior_term(kl_TxB):
+    if hp.free_bits > 0:
+      return beta * free_bits_kl(kl_TxB, hp.free_bits)
+    return beta * jnp.mean(jnp.sum(kl_TxB, axis=0))
+
   if not hp.learned_prior:
-    return free_bits_kl(kl_per_step(hp, out), hp.free_bits)
+    return posterior_term(kl_per_step(hp, out))
   sg = jax.lax.stop_gradient
   fixed = lambda *names: {**out, **{k: sg(out[k]) for k in names}}
-  posterior = free_bits_kl(kl_per_step(hp, fixed("p_mean", "p_logvar")), hp.free_bits)
+  posterior = posterior_term(kl_per_step(hp, fixed("p_mean", "p_logvar")))
   prior = jnp.mean(jnp.sum(kl_per_step(hp, fixed("q_mean", "q_logvar")), axis=0))
   return posterior + (prior - sg(prior))  # + 0 in value; the prior's gradient
 
