@@ -15,9 +15,9 @@ lambda nats, sum_t max(lambda, mean_B KL_t) (free bits, Kingma et al. 2016), so 
 that much information at no cost; a learned prior is still fitted to the posterior by the whole
 KL (`priced_kl`). The mean is over the (micro-)batch the loss sees: with accum_steps > 1 the
 allowance applies to each micro-batch. config.model.kl_beta = beta in (0, 1] weighs the
-posterior's KL by beta (beta-VAE, Higgins et al. 2017; beta < 1 lets z carry more information);
-a learned prior is again fitted by the whole KL. The `elbo` and `bpd` metrics are always the
-true bound.
+posterior's KL by beta (beta < 1, where beta-VAE's beta > 1: z may carry more information); a
+learned prior's heads are again fitted by the whole KL. The `elbo` and `bpd` metrics are always
+the true bound.
 Every likelihood number is in nats per image; `bpd` is the same number in bits per dimension.
 
     -ELBO = -log p(x | z_1..T) + sum_t KL(q(z_t | x, z_<t) || p(z_t | z_<t [, caption]))
@@ -223,16 +223,20 @@ def free_bits_kl(kl_TxB: jax.Array, free_bits: float) -> jax.Array:
 def priced_kl(hp: ml_collections.FrozenConfigDict, out: dict) -> jax.Array | None:
   """The KL term of the loss (a scalar, nats per image) under free bits and the posterior's
   weight hp.kl_beta, or None when neither is on (free_bits 0, kl_beta 1: the loss prices the
-  whole KL). Its value is kl_beta * free_bits_kl (free bits) or kl_beta * mean_B sum_t KL_t.
+  whole KL). Its value is kl_beta * free_bits_kl (free bits) or kl_beta * mean_B sum_t KL_t,
+  from `out`'s per-step means and log-variances [T, B, Z].
   With a learned prior both hold for the posterior only: the posterior's gradient comes from
   that term with KL(q || stop_gradient(p)), the prior's from the whole KL(stop_gradient(q) || p),
   so the prior is fitted to wherever the posterior goes (a step below the allowance, or a
-  posterior priced at kl_beta < 1, still teaches the prior all of it)."""
+  posterior priced at kl_beta < 1, still teaches the prior all of it). Only q's outputs are
+  stopped there: p_t reads h^dec_{t-1}, which depends on z_<t, so the encoder still gets part
+  of its gradient from the prior's term at full weight (its effective weight lies between
+  kl_beta and 1). KL warm-up scales the whole term, the prior's part included."""
   beta = hp.kl_beta
   if hp.free_bits <= 0 and beta == 1.0:
     return None
 
-  def posterior_term(kl_TxB):
+  def posterior_term(kl_TxB: jax.Array) -> jax.Array:
     if hp.free_bits > 0:
       return beta * free_bits_kl(kl_TxB, hp.free_bits)
     return beta * jnp.mean(jnp.sum(kl_TxB, axis=0))
@@ -253,8 +257,8 @@ def kl_weight(state: DRAWState) -> jax.Array:
 
 
 def train_step(state: DRAWState, batch: dict, key: jax.Array) -> tuple[DRAWState, dict]:
-  """One optimizer step on `_negative_elbo`'s loss (-ELBO, or with KL warm-up or free bits the
-  KL priced as they say); metrics in nats/image (`loss`, `elbo`, `recon`, `kl`), `bpd`,
+  """One optimizer step on `_negative_elbo`'s loss (-ELBO, or with KL warm-up, free bits or
+  kl_beta < 1 the KL priced as they say); metrics in nats/image (`loss`, `elbo`, `recon`, `kl`), `bpd`,
   the learning rate `lr` and the gradients' global norm `grad_norm` (before clipping)."""
   step_key = jax.random.fold_in(key, state.step)
 
