@@ -10,7 +10,11 @@ Reconstructions bound samples: when they are wrong too, what is short is the dra
 window, steps, training time), not the prior; when only samples are wrong, it is the prior.
 Then, per named class, the share of items recognised and the class they are most often taken for:
 which items a model draws as the blurred mean of their class (a mean sandal reads as an ankle
-boot, a mean coat or shirt as a pullover).
+boot, a mean coat or shirt as a pullover). Then caption accuracy by kind of caption: a held-out
+one-item caption puts its item at a place the pair captions use (left, right, top, bottom: the
+item is there in training pairs) or at a corner or the centre, where training never shows that
+item at all. And the samples' variety: the mean per-pixel standard deviation of 16 samples per
+example caption. `--temperature T` draws the samples at a reduced temperature.
 The extractor is the items' classifier, as for `jaxgen evaluate` (--extractor to choose one).
 """
 
@@ -21,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxgen import parallel, trainer
+from jaxgen import parallel, steps, trainer
 from jaxgen.data import captions as caption_data
 from jaxgen.evaluation import captions, splits
 from jaxgen.evaluation.extractor import load_extractor
@@ -64,8 +68,37 @@ def diagnose(
     rows[row] = {
       "caption": captions.caption_summary(correct_N, batch["held_out"]),
       "items": item_summary(predicted_Nx2, classes_Nx2),
+      "kinds": kind_summary(correct_N, batch),
     }
   return rows
+
+
+def kind_summary(correct_N: np.ndarray, batch: dict) -> dict[str, tuple[float, int]]:
+  """{kind: (caption accuracy, captions)} over KINDS of caption (kinds without captions left
+  out); correct [N] bool, batch as for `diagnose`."""
+  classes, held = np.asarray(batch["classes"]), np.asarray(batch["held_out"]).astype(bool)
+  one = classes[:, 1] == caption_data.NONE
+  pair_places = {p for places in caption_data.RELATIONS.values() for p in places}
+  in_pairs = np.isin(np.asarray(batch["positions"])[:, 0], list(pair_places))
+  masks = {
+    "seen, one item": ~held & one,
+    "seen, two items": ~held & ~one,
+    "held-out, two items": held & ~one,
+    "held-out, one item where pairs put it": held & one & in_pairs,
+    "held-out, one item where training never has it": held & one & ~in_pairs,
+  }
+  return {k: (float(correct_N[m].mean()), int(m.sum())) for k, m in masks.items() if m.any()}
+
+
+def variety(state: Any, key: jax.Array, num: int = 16) -> float:
+  """Mean per-pixel standard deviation (pixels in [0, 1]) of `num` samples of each of the
+  run's example captions: how much samples of one caption differ."""
+  sample_fn = jax.jit(draw.sample, static_argnums=2)
+  stds = [
+    np.std((np.asarray(sample_fn(state, jax.random.fold_in(key, i), num, tokens)) + 1) / 2, 0)
+    for i, tokens in enumerate(draw.caption_tokens(state, len(state.hp.example_captions)))
+  ]
+  return float(np.mean(stds))
 
 
 def item_summary(predicted_Nx2: np.ndarray, classes_Nx2: np.ndarray) -> dict[str, np.ndarray]:
@@ -95,8 +128,10 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--extractor", default=None, help="classifier run (default: evaluation's)")
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--temperature", type=float, default=None, help="samples' (default: run's)")
   args = parser.parse_args(argv)
-  config, _, state = trainer.load_run(args.workdir, args.step)
+  config, family, state = trainer.load_run(args.workdir, args.step)
+  state = steps.at_temperature(family, state, args.temperature)
   mesh = parallel.make_mesh()
   extractor = load_extractor(config, args.extractor, mesh)
   n = min(args.num, splits.split_size(config, "test"))
@@ -104,7 +139,10 @@ def main(argv: list[str] | None = None) -> None:
   classify_fn = lambda images: extractor.features_fn(images)[1]
   rows = diagnose(state, batch, classify_fn, jax.random.key(args.seed), mesh)
   held = int(np.sum(batch["held_out"]))
-  print(f"{args.workdir} step {int(state.step)}: caption accuracy on {n} test captions")
+  print(
+    f"{args.workdir} step {int(state.step)}, sample temperature {state.hp.sample_temperature}: "
+    f"caption accuracy on {n} test captions"
+  )
   print(f"{'':18s} {'all':>6s} {'held-out (' + str(held) + ')':>16s} {'seen':>6s}")
   for row, r in rows.items():
     s = r["caption"]
@@ -120,6 +158,11 @@ def main(argv: list[str] | None = None) -> None:
       if not np.isnan(a)
     ]
     print(f"{row}: " + ", ".join(cells))
+  print("\ncaption accuracy by kind of caption (number of captions)")
+  for row, r in rows.items():
+    cells = [f"{kind} {a:.3f} ({k})" for kind, (a, k) in r["kinds"].items()]
+    print(f"{row}: " + ", ".join(cells))
+  print(f"\nsample variety: {variety(state, jax.random.key(args.seed + 1)):.4f}")
 
 
 if __name__ == "__main__":

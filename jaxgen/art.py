@@ -5,10 +5,11 @@ the key, then decoded sharded over the mesh, one image per row, so no image depe
 others or on how rows fall on devices); `--walk N` is a closed spherical walk through N key
 points per image (GIF + frame PNGs); `--label 0,3,7` / `--caption "a;b"` give one row per
 entry, the same latent down each column; `--truncation T` draws z from N(0, I) truncated to
-[-T, T]; `--upscale K` enlarges the written pictures K times (nearest neighbour).
+[-T, T]; `--temperature T` scales DRAW/alignDRAW's prior noise; `--upscale K` enlarges the written pictures K times (nearest neighbour).
 
 Walks and truncation need a family with one latent vector per image (`sample_latents`: GAN,
-VAE); DRAW/alignDRAW draws a fresh latent at every canvas step and refuses them.
+VAE); DRAW/alignDRAW draws a fresh latent at every canvas step and refuses them (its
+analogue is the temperature: z_t = prior mean + T * prior std * eps).
 """
 
 import json
@@ -20,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxgen import parallel, viz
+from jaxgen import parallel, steps, viz
 from jaxgen.errors import UserError
 from jaxgen.metrics import memorization
 
@@ -186,6 +187,7 @@ def write_samples(
   truncation: float | None = None,
   upscale: int = 2,
   mesh: jax.sharding.Mesh | None = None,
+  temperature: float | None = None,
 ) -> list[Path]:
   """Writes the pictures of `jaxgen sample` (flags as strings, see the module docstring);
   returns their paths: a grid PNG (recurrent models: and the canvas over time as GIF), or with
@@ -195,6 +197,7 @@ def write_samples(
   if upscale < 1:
     raise UserError(f"--upscale {upscale}: must be at least 1 (1: the model's own size)")
   config, family, state = trainer.load_run(workdir, step)
+  state = steps.at_temperature(family, state, temperature)
   out = Path(out) if out else Path(workdir) / "samples" / "sample.png"
   labels = parse_labels(label, config.model.get("num_classes") or 0)
   captions = parse_captions(caption)
@@ -303,14 +306,17 @@ def check_run(
   seed: int = 0,
   step: int | None = None,
   mesh: jax.sharding.Mesh | None = None,
+  temperature: float | None = None,
 ) -> tuple[dict, list[Path]]:
   """The memorisation check of a trained run against its training split (all of it) and
   `num_samples` test images: writes WORKDIR/memorization.json and WORKDIR/memorization.png
-  (never into the extractor's run); returns (results, [json path, png path])."""
+  (never into the extractor's run); returns (results, [json path, png path]). `temperature`
+  as for `write_samples`."""
   from jaxgen import evaluation, trainer
 
   mesh = mesh or parallel.make_mesh()
   config, family, state = trainer.load_run(workdir, step)
+  state = steps.at_temperature(family, state, temperature)
   if evaluation.is_captioned(config, family):
     raise UserError(
       "the memorisation check compares whole images with the training images; captioned "

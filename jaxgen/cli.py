@@ -4,6 +4,7 @@
     jaxgen sample --workdir runs/dcgan --num 64 --out grid.png [--label 3]
     jaxgen sample --workdir runs/dcgan --num 16 --walk 5 --truncation 0.8 --label 0,3 --upscale 4
     jaxgen sample --workdir runs/aligndraw --caption "the sneaker is on the left of the trouser"
+    jaxgen sample --workdir runs/aligndraw --temperature 0.5  # DRAW: the prior's noise x 0.5
     jaxgen report --workdir runs/dcgan          # report.html: curves, samples, pictures, evaluation
     jaxgen report --workdir runs/dcgan runs/vae # several runs: overlaid curves, one table
     jaxgen evaluate --workdir runs/dcgan        # metrics.json + table; --compare RUN1 RUN2 ...
@@ -28,6 +29,11 @@ import sys
 from pathlib import Path
 
 from jaxgen.errors import Preempted, UserError, find_os_error
+
+TEMPERATURE_HELP = (
+  "DRAW, alignDRAW: z_t = prior mean + T * prior std * eps (default: the run's "
+  "model.sample_temperature, 1; e.g. 0.5: more typical images, less variety)"
+)
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -87,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     "[-T, T] (GAN, VAE; smaller: more typical images, less variety)",
   )
   s.add_argument("--upscale", type=int, default=2, metavar="K", help="pixels per model pixel")
+  s.add_argument("--temperature", type=float, default=None, metavar="T", help=TEMPERATURE_HELP)
   r = sub.add_parser(
     "report",
     help="report.html (curves, samples, the family's pictures, "
@@ -139,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     help="only the memorisation check: nearest training images of samples (features, pixels), "
     "WORKDIR/memorization.json and .png",
   )
+  e.add_argument("--temperature", type=float, default=None, metavar="T", help=TEMPERATURE_HELP)
   for cmd in (t, e):  # several processes (e.g. hosts) take part in one run or evaluation
     cmd.add_argument("--coordinator", help="host:port of process 0, for multi-host runs")
     cmd.add_argument("--num_processes", type=int)
@@ -180,6 +188,7 @@ def _sample(args: argparse.Namespace) -> None:
     walk=args.walk,
     truncation=args.truncation,
     upscale=args.upscale,
+    temperature=args.temperature,
   ):
     print(f"wrote {path}")
 
@@ -220,6 +229,7 @@ def _evaluate(args: argparse.Namespace) -> None:
       num_samples=args.num_samples,
       seed=args.seed or 0,
       step=args.step,
+      temperature=args.temperature,
     )
     if jax.process_index() == 0:
       print(art.format_memorization(results))
@@ -233,11 +243,14 @@ def _evaluate(args: argparse.Namespace) -> None:
     num_importance=args.num_importance,
     step=args.step,
     cache_dir=args.cache_dir,
+    temperature=args.temperature,
   )
   if jax.process_index() == 0:
     print(evaluation.format_table([results]))
     if results["protocol"].get("sample_metrics"):
       print(f"note: {results['protocol']['sample_metrics']}")
+    if results["protocol"].get("sample_temperature", 1.0) != 1.0:
+      print(f"note: samples drawn at temperature {results['protocol']['sample_temperature']}")
     seconds = results["protocol"].get("seconds", "?")
     print(f"wrote {Path(args.workdir) / 'metrics.json'} ({seconds}s)")
 

@@ -272,6 +272,7 @@ ADDED_FOR_FAMILY = {
     "model.kl_warmup_steps": 0,
     "model.free_bits": 0.0,
     "model.kl_beta": 1.0,
+    "model.sample_temperature": 1.0,
   },
   "gan": {f"model.{k}": v for k, v in GAN_RECIPES.items()},
 }

@@ -28,7 +28,7 @@ from jaxgen.data import captions
 from jaxgen.errors import ConfigError
 from jaxgen.models import draw as draw_models
 from jaxgen.models import rnn
-from jaxgen.steps import draw
+from jaxgen.steps import common, draw
 
 SAMPLE_FRAMES = jax.jit(draw.sample_frames, static_argnums=2)
 
@@ -296,6 +296,15 @@ def test_trained_caption_run_samples_from_the_cli(fashion_slice, tfds_dir, tmp_p
   )
   assert Image.open(out).size == (2 * (2 * 62 + 2),) * 2  # 2 x 2 grid of 60 px + 2 pad, x2
   assert Image.open(out.with_suffix(".gif")).n_frames == DRAW_TINY["draw_steps"]
+  # --temperature 0 draws every z_t at the prior's mean: the seed no longer matters
+  grids = []
+  for seed in ("1", "2"):
+    path = tmp_path / f"cold{seed}.png"
+    flags = ["--num", "4", "--seed", seed, "--temperature", "0", "--out", str(path)]
+    cli.main(["sample", "--workdir", str(tmp_path), *flags])
+    grids.append(np.asarray(Image.open(path)))
+  np.testing.assert_array_equal(*grids)
+  assert np.ptp(grids[0]) > 0  # not a blank grid
 
 
 # ------------------------------------------------------------------ config keys
@@ -527,3 +536,67 @@ def test_runs_saved_before_free_bits_read_it_as_off():
   old = json.loads(draw_config().to_json_best_effort())
   del old["model"]["free_bits"]
   assert config_lib.upgrade(old)["model"]["free_bits"] == 0.0
+
+
+def _prior_pass(state, key, tokens):
+  """Generation's per-step arrays [T, B, Z] "z", "p_mean", "p_logvar" (z drawn from the prior)."""
+  model = draw._model(state.hp)
+  return common.apply(
+    model, state.draw.params, {}, None, tokens, num=len(tokens), train=False, rngs={"latent": key}
+  )[0]
+
+
+def test_temperature_scales_the_prior_noise_at_every_step(states):
+  # z_t = mean_t + T * std_t * eps_t, with eps_t the same for the same key whatever T: so
+  # (z_t - mean_t) / std_t at T equals T times that at 1, at every step although the means
+  # differ after the first. Generation runs in float32 (its canvas is float32): z carries one
+  # rounding of ~eps32 * |z| <= eps32 * (|mean| + |std eps|), and recomputing std here may
+  # differ by an ulp or two, so the recovered noise is off by a few eps32 * (|mean| / std +
+  # |eps|), with |mean| <= 1 and std >= e^-1 (tanh-bounded heads); 8 such units bound it.
+  state = states[True]
+  tokens = jnp.asarray(np.stack([draw.tokenize(state, c) for c in captions.EXAMPLE_CAPTIONS]))
+  key, noise = jax.random.key(4), {}
+  for t in (1.0, 0.5, 0.0):
+    out = _prior_pass(draw.with_temperature(state, t), key, tokens)
+    noise[t] = np.asarray((out["z"] - out["p_mean"]) / jnp.exp(0.5 * out["p_logvar"]))
+  assert np.abs(noise[1.0]).max() > 0.1  # the check below is not vacuous
+  atol = 8 * np.finfo(np.float32).eps * (np.e + np.abs(noise[1.0]).max())
+  np.testing.assert_allclose(noise[0.5], 0.5 * noise[1.0], rtol=0, atol=atol)
+  np.testing.assert_array_equal(noise[0.0], 0.0)  # T = 0: every z_t is the prior's mean
+  # at T = 0 the samples no longer depend on the key; at 1 they do
+  cold = draw.with_temperature(states[True], 0.0)
+  a, b = (SAMPLE_FRAMES(cold, jax.random.key(k), len(tokens), tokens)[-1] for k in (1, 2))
+  np.testing.assert_array_equal(a, b)
+  a, b = (SAMPLE_FRAMES(states[True], jax.random.key(k), len(tokens), tokens)[-1] for k in (1, 2))
+  assert float(jnp.abs(a - b).max()) > 1e-4
+
+
+def test_temperature_leaves_training_and_the_bounds_alone(states):
+  batch, key = random_batch(n=4), jax.random.key(5)
+  cold = draw.with_temperature(states[False], 0.25)
+  a, b = (jax.jit(draw.eval_step)(s, batch, key) for s in (states[False], cold))
+  chex.assert_trees_all_equal(a, b)  # the same program: the temperature is a generation setting
+
+
+@pytest.mark.parametrize("t", [-0.5, float("nan"), float("inf")])
+def test_temperature_must_be_finite_and_not_negative(t, states):
+  with pytest.raises(ConfigError, match=f"--temperature={t!r} must be >= 0"):
+    draw.with_temperature(states[False], t)
+  with pytest.raises(ConfigError, match=f"sample_temperature={t!r} must be >= 0"):
+    jax.eval_shape(
+      lambda k: draw.init_state(draw_config(sample_temperature=t), k, random_batch(2)),
+      jax.random.key(0),
+    )
+
+
+def test_temperature_is_refused_for_families_without_a_per_step_prior():
+  gan = steps.get_family("gan")
+  with pytest.raises(draw.UserError, match="--temperature needs .*this run is 'gan'.*--truncation"):
+    steps.at_temperature(gan, object(), 0.5)
+  assert steps.at_temperature(gan, "state", None) == "state"  # no flag: nothing to refuse
+
+
+def test_runs_saved_before_sample_temperature_read_it_as_one():
+  old = json.loads(draw_config().to_json_best_effort())
+  del old["model"]["sample_temperature"]
+  assert config_lib.upgrade(old)["model"]["sample_temperature"] == 1.0

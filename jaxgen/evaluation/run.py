@@ -139,6 +139,8 @@ def evaluate_state(
     results = _sample_results(
       config, family, state, extractor, num_samples, seed, step, mesh, reference
     )
+  if extractor is not None and hasattr(family, "with_temperature"):  # how the samples were drawn
+    results["protocol"]["sample_temperature"] = float(state.hp.sample_temperature)
   if hasattr(family, "log_likelihood_bounds"):
     results["likelihood"], results["protocol"]["likelihood"] = likelihood.likelihood_results(
       config,
@@ -164,8 +166,12 @@ def evaluate_run(
   num_importance: int | None = None,
   step: int | None = None,
   cache_dir: str | Path | None = None,
+  temperature: float | None = None,
 ) -> dict:
   """Evaluates a run's checkpoint (latest by default) and writes workdir/metrics.json.
+
+  `temperature` (DRAW, alignDRAW; default: the run's config.model.sample_temperature) scales
+  the prior's noise in the samples; the protocol records the one used.
 
   `seed` (default 0) draws the samples and real subsets; likelihood bounds use it where
   given, else config.eval.seed. The extractor's test accuracy and the floors are cached in
@@ -194,6 +200,7 @@ def evaluate_run(
     cache_dir = workdir / CACHE_DIR if cache_dir is None else cache_dir
     ext, note = extractor_lib.optional_extractor(config, extractor, mesh, cache_dir)
     config, family, state = trainer.load_run(workdir, step)
+    state = steps.at_temperature(family, state, temperature)
     results = evaluate_state(
       config,
       family,

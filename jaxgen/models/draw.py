@@ -12,7 +12,8 @@ At each of T steps, with the canvas c (logits of the image) and the decoder stat
 
 The prior is N(0, I), or alignDRAW's N(tanh(W_mu h^dec_{t-1}), exp(tanh(W_s h^dec_{t-1}))^2)
 with `learned_prior`. Generation runs the same steps with z_t drawn from the prior and no
-encoder. h^lang comes from a bidirectional RNN over the caption's tokens. Models know nothing of
+encoder; a `temperature` T < 1 draws z_t = mean + T * std * eps instead (reduced-temperature
+sampling: more typical images, less variety; T = 0 is the prior's mean). h^lang comes from a bidirectional RNN over the caption's tokens. Models know nothing of
 training: `train` is accepted for the shared `apply` but unused.
 """
 
@@ -105,6 +106,7 @@ class DrawStep(nn.Module):
   align_features: int
   learned_prior: bool
   infer: bool
+  temperature: float = 1.0  # generation: z_t = prior mean + temperature * prior std * eps
   dtype: Any = None  # computation dtype of the layers; the canvas stays float32 (or wider)
 
   def _dense(self, features: int, name: str, **kwargs: Any) -> nn.Dense:
@@ -175,7 +177,7 @@ class DrawStep(nn.Module):
       out["q_logvar"] = self._dense(z_dim, "q_logvar")(h_enc_BxE)
       z_BxZ = common.reparameterize(out["q_mean"], out["q_logvar"], eps_BxZ)
     else:
-      z_BxZ = common.reparameterize(p_mean, p_logvar, eps_BxZ)
+      z_BxZ = common.reparameterize(p_mean, p_logvar, self.temperature * eps_BxZ)
     dec_in = z_BxZ
     if lang is not None:
       s_BxF, out["alignment"] = self._align(h_dec_BxD, lang)
@@ -218,6 +220,7 @@ class DRAW(nn.Module):
   embed_dim: int = 64
   lang_features: int = 128  # per direction of the caption encoder
   align_features: int = 128
+  temperature: float = 1.0  # generation only: scales the prior's noise (< 1: more typical)
   dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); params and canvas stay float32
 
   @nn.compact
@@ -278,6 +281,7 @@ class DRAW(nn.Module):
       self.align_features,
       self.learned_prior,
       infer=x_BxHxWxC is not None,
+      temperature=self.temperature,
       dtype=self.dtype,
       name="step",
     )

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import jax
 import ml_collections
 
-from jaxgen.errors import ConfigError
+from jaxgen.errors import ConfigError, UserError
 
 FAMILIES = ("gan", "vae", "draw", "classifier")  # jaxgen's own, as modules jaxgen.steps.<name>
 
@@ -24,6 +24,7 @@ class Family(Protocol):
     sample_frames(state, key, num, conditioning=None) -> images over time [T, num, H, W, C]
     tokenize(state, caption) -> int32 tokens [L]: the family samples from captions
     log_likelihood_bounds(state, batch, key, num_samples) -> {"elbo": [B], "iwae": [B]} nats
+    with_temperature(state, temperature) -> state whose `sample` scales the prior's noise
   A family's report pictures are registered in jaxgen.pictures.
   """
 
@@ -62,3 +63,17 @@ def get_family(name: str) -> Family:
       raise ConfigError(f"unknown model family {name!r}; set config.model.family to one of {known}")
     register(name, importlib.import_module(f"jaxgen.steps.{name}"))
   return _registered[name]
+
+
+def at_temperature(family: Family, state: Any, temperature: float | None) -> Any:
+  """`state` sampling at `temperature` (None: as it is), or a UserError for a family without
+  `with_temperature` (GAN and VAE: `jaxgen sample --truncation` is the analogue)."""
+  if temperature is None:
+    return state
+  if not hasattr(family, "with_temperature"):
+    name = family.__name__.rsplit(".", 1)[-1]
+    raise UserError(
+      f"--temperature needs a model that draws its latents from a prior at every step (DRAW, "
+      f"alignDRAW); this run is {name!r} (for GAN and VAE samples use --truncation)"
+    )
+  return family.with_temperature(state, temperature)

@@ -69,6 +69,7 @@ def _model(hp: ml_collections.FrozenConfigDict) -> draw_models.DRAW:
     embed_dim=hp.embed_dim,
     lang_features=hp.lang_features,
     align_features=hp.align_features,
+    temperature=hp.sample_temperature,
     dtype=common.compute_dtype(hp),
   )
 
@@ -97,6 +98,9 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
       kl_warmup_steps=int(m.get("kl_warmup_steps", 0)),
       free_bits=_check_free_bits(m.get("free_bits", 0.0)),
       kl_beta=_check_kl_beta(m.get("kl_beta", 1.0)),
+      sample_temperature=check_temperature(
+        m.get("sample_temperature", 1.0), "config.model.sample_temperature"
+      ),
       # the data's caption words where the trainer filled them in (emoji: the training split's),
       # else captioned Fashion-MNIST's fixed template vocabulary
       vocabulary=tuple(config.data.get("vocabulary") or captions.VOCABULARY) if text else (),
@@ -147,6 +151,23 @@ def _check_kl_beta(beta: float) -> float:
       f"config.model.kl_beta={beta!r} must be in (0, 1]: the posterior's KL weight (1 is the ELBO)"
     )
   return float(beta)
+
+
+def check_temperature(temperature: float, name: str = "--temperature") -> float:
+  """`temperature` as a float, or a ConfigError naming `name` unless it is finite and >= 0."""
+  if not 0 <= temperature < float("inf"):  # also NaN
+    raise ConfigError(
+      f"{name}={temperature!r} must be >= 0: the prior's noise is scaled by it when sampling "
+      "(1: the model's own prior; e.g. 0.5: more typical images, less variety; 0: its mean)"
+    )
+  return float(temperature)
+
+
+def with_temperature(state: DRAWState, temperature: float) -> DRAWState:
+  """`state` whose samples draw z_t = prior mean + temperature * prior std * eps; training,
+  reconstructions and likelihood bounds do not use it."""
+  hp = dict(state.hp, sample_temperature=check_temperature(temperature))
+  return state.replace(hp=ml_collections.FrozenConfigDict(hp))
 
 
 def observed(hp: ml_collections.FrozenConfigDict, key: jax.Array, image: jax.Array) -> jax.Array:
@@ -312,7 +333,8 @@ def sample_frames(
   state: DRAWState, key: jax.Array, num: int, conditioning: Any = None
 ) -> jax.Array:
   """The canvas after every step, [T, num, H, W, C] in [-1, 1] (2 sigmoid(c_t) - 1), with
-  z_t drawn from the prior; `conditioning` as in `caption_tokens`."""
+  z_t drawn from the prior at the state's sample temperature (`with_temperature`);
+  `conditioning` as in `caption_tokens`."""
   hp = state.hp
   out = common.apply(
     _model(hp),
