@@ -42,7 +42,8 @@ def diagnose(
   mesh: jax.sharding.Mesh | None = None,
   batch_size: int = 250,
 ) -> dict[str, dict]:
-  """{row: {"caption": captions.caption_summary, "items": item_summary}} for ROWS.
+  """{row: {"caption": captions.caption_summary, "items": item_summary, "kinds": kind_summary}}
+  for ROWS.
 
   batch: test canvases, tokens [N, L], image [N, S, S, C], classes and positions [N, 2],
   held_out [N]; classify_fn: 28 x 28 crops [M, 28, 28, C] -> logits [M, K]. Samples and
@@ -74,8 +75,8 @@ def diagnose(
 
 
 def kind_summary(correct_N: np.ndarray, batch: dict) -> dict[str, tuple[float, int]]:
-  """{kind: (caption accuracy, captions)} over KINDS of caption (kinds without captions left
-  out); correct [N] bool, batch as for `diagnose`."""
+  """{kind: (caption accuracy, number of captions)} per kind of caption (kinds without captions
+  left out); correct [N] 1 / 0 (bool or float), batch as for `diagnose`."""
   classes, held = np.asarray(batch["classes"]), np.asarray(batch["held_out"]).astype(bool)
   one = classes[:, 1] == caption_data.NONE
   pair_places = {p for places in caption_data.RELATIONS.values() for p in places}

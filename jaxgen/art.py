@@ -5,7 +5,8 @@ the key, then decoded sharded over the mesh, one image per row, so no image depe
 others or on how rows fall on devices); `--walk N` is a closed spherical walk through N key
 points per image (GIF + frame PNGs); `--label 0,3,7` / `--caption "a;b"` give one row per
 entry, the same latent down each column; `--truncation T` draws z from N(0, I) truncated to
-[-T, T]; `--temperature T` scales DRAW/alignDRAW's prior noise; `--upscale K` enlarges the written pictures K times (nearest neighbour).
+[-T, T]; `--temperature T` scales DRAW/alignDRAW's prior noise; `--upscale K` enlarges the
+written pictures K times (nearest neighbour).
 
 Walks and truncation need a family with one latent vector per image (`sample_latents`: GAN,
 VAE); DRAW/alignDRAW draws a fresh latent at every canvas step and refuses them (its
@@ -343,6 +344,8 @@ def check_run(
   results["protocol"].update(
     extractor=ext.name, checkpoint_step=int(jax.device_get(state.step)), seed=seed
   )
+  if hasattr(family, "with_temperature"):
+    results["protocol"]["sample_temperature"] = float(state.hp.sample_temperature)
   workdir = Path(workdir)
   paths = [workdir / "memorization.json", workdir / "memorization.png"]
   if jax.process_index() == 0:

@@ -218,6 +218,11 @@ def _evaluate(args: argparse.Namespace) -> None:
   from jaxgen import evaluation
 
   if args.compare:
+    if args.temperature is not None:
+      raise UserError(
+        "--compare tabulates each run's metrics.json as evaluated; evaluate a run with "
+        "--workdir RUN --temperature T first"
+      )
     print(evaluation.format_table([evaluation.load_results(w) for w in args.compare]))
     return
   if args.memorization:  # art.check_run: samples' nearest training images, rate vs floor
@@ -249,8 +254,6 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(evaluation.format_table([results]))
     if results["protocol"].get("sample_metrics"):
       print(f"note: {results['protocol']['sample_metrics']}")
-    if results["protocol"].get("sample_temperature", 1.0) != 1.0:
-      print(f"note: samples drawn at temperature {results['protocol']['sample_temperature']}")
     seconds = results["protocol"].get("seconds", "?")
     print(f"wrote {Path(args.workdir) / 'metrics.json'} ({seconds}s)")
 

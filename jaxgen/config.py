@@ -273,6 +273,7 @@ ADDED_FOR_FAMILY = {
     "model.free_bits": 0.0,
     "model.kl_beta": 1.0,
     "model.sample_temperature": 1.0,
+    "model.write_attention": "gaussian",
   },
   "gan": {f"model.{k}": v for k, v in GAN_RECIPES.items()},
 }

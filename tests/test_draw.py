@@ -25,7 +25,7 @@ from PIL import Image
 from jaxgen import cli, losses, pictures, steps, trainer
 from jaxgen import config as config_lib
 from jaxgen.data import captions
-from jaxgen.errors import ConfigError
+from jaxgen.errors import ConfigError, UserError
 from jaxgen.models import draw as draw_models
 from jaxgen.models import rnn
 from jaxgen.steps import common, draw
@@ -157,6 +157,57 @@ def test_a_dense_write_adds_a_whole_canvas_at_every_step():
     # over 60 x 60 pixels), i.e. <~ 3e-6 in the logit; 2 sigmoid has slope <= 1/2, and sigmoid
     # itself rounds by ~1e-7: <~ 2e-6 in the image
     np.testing.assert_allclose(images, jnp.broadcast_to(expect, images.shape), atol=2e-6)
+
+
+def test_a_shift_write_moves_its_patch_by_the_offsets_drawn():
+  # one-hot offset odds put the patch at exactly (oy, ox) (products with 1 and 0: exact); odds
+  # split between two offsets give the odds-weighted sum of the two placements
+  patch = jax.random.normal(jax.random.key(0), (1, 4, 4, 1))
+  size, n = 9, 4
+  place = lambda oy, ox: jnp.zeros((1, size, size, 1)).at[:, oy : oy + n, ox : ox + n].set(patch)
+  odds = lambda *pairs: (
+    jnp.zeros((1, size - n + 1)).at[0, [o for o, _ in pairs]].set([q for _, q in pairs])
+  )
+  one = jnp.ones((1,))
+  bank = lambda p: draw_models.shift_filterbank(p, n, size)
+  written = draw_models.write_window(patch, bank(odds((1, 1.0))), bank(odds((5, 1.0))), one)
+  np.testing.assert_array_equal(written, place(1, 5))
+  fy, fx = bank(odds((0, 0.25), (3, 0.75))), bank(odds((2, 1.0)))
+  # float32: each pixel sums at most two products q * v, one rounding each, and the sum one more
+  np.testing.assert_allclose(
+    draw_models.write_window(patch, fy, fx, one),
+    0.25 * place(0, 2) + 0.75 * place(3, 2),
+    rtol=0,
+    atol=4 * np.finfo(np.float32).eps * float(jnp.abs(patch).max()),
+  )
+
+
+def test_a_shift_write_trains_and_is_checked():
+  state = init(
+    draw_config(text=True, write_attention="shift", write_n=5), random_batch(n=2, text=True)
+  )
+  h, w, _ = state.hp.image_shape
+  layer = state.draw.params["step"]["write_shift"]["kernel"]
+  assert layer.shape == (DRAW_TINY["dec_features"], (h - 5 + 1) + (w - 5 + 1))
+  assert "write_window" not in state.draw.params["step"]
+  state, m = jax.jit(draw.train_step)(state, random_batch(n=2, text=True), jax.random.key(1))
+  assert np.isfinite(float(m["loss"])) and float(m["grad_norm"]) > 0
+  for bad, match in [
+    (dict(write_attention="shift", write_n=0), "'shift' moves an N x N patch inside the 28x28"),
+    (dict(write_attention="shift", write_n=29), "set config.model.write_n to N in 1..28 .*not 29"),
+    (dict(write_attention="affine"), "write_attention='affine' is not one of"),
+  ]:
+    with pytest.raises(ConfigError, match=match):
+      jax.eval_shape(
+        lambda k, bad=bad: draw.init_state(draw_config(**bad), k, random_batch(2)),
+        jax.random.key(0),
+      )
+
+
+def test_runs_saved_before_write_attention_read_it_as_gaussian():
+  old = json.loads(draw_config().to_json_best_effort())
+  del old["model"]["write_attention"]
+  assert config_lib.upgrade(old)["model"]["write_attention"] == "gaussian"
 
 
 # ------------------------------------------------------------------ the family
@@ -296,15 +347,17 @@ def test_trained_caption_run_samples_from_the_cli(fashion_slice, tfds_dir, tmp_p
   )
   assert Image.open(out).size == (2 * (2 * 62 + 2),) * 2  # 2 x 2 grid of 60 px + 2 pad, x2
   assert Image.open(out.with_suffix(".gif")).n_frames == DRAW_TINY["draw_steps"]
-  # --temperature 0 draws every z_t at the prior's mean: the seed no longer matters
-  grids = []
-  for seed in ("1", "2"):
-    path = tmp_path / f"cold{seed}.png"
-    flags = ["--num", "4", "--seed", seed, "--temperature", "0", "--out", str(path)]
-    cli.main(["sample", "--workdir", str(tmp_path), *flags])
-    grids.append(np.asarray(Image.open(path)))
-  np.testing.assert_array_equal(*grids)
-  assert np.ptp(grids[0]) > 0  # not a blank grid
+  # --temperature 0 draws every z_t at the prior's mean: the seed no longer matters, as it
+  # does at the run's own temperature (1)
+  grids = {}
+  for temperature in ([], ["--temperature", "0"]):
+    for seed in ("1", "2"):
+      path = tmp_path / f"t{len(temperature)}_{seed}.png"
+      flags = ["--num", "4", "--seed", seed, *temperature, "--out", str(path)]
+      cli.main(["sample", "--workdir", str(tmp_path), *flags])
+      grids[bool(temperature), seed] = np.asarray(Image.open(path), np.int32)
+  np.testing.assert_array_equal(grids[True, "1"], grids[True, "2"])
+  assert np.abs(grids[False, "1"] - grids[False, "2"]).max() > 0
 
 
 # ------------------------------------------------------------------ config keys
@@ -571,18 +624,21 @@ def test_temperature_scales_the_prior_noise_at_every_step(states):
   assert float(jnp.abs(a - b).max()) > 1e-4
 
 
-def test_temperature_leaves_training_and_the_bounds_alone(states):
-  batch, key = random_batch(n=4), jax.random.key(5)
-  cold = draw.with_temperature(states[False], 0.25)
-  a, b = (jax.jit(draw.eval_step)(s, batch, key) for s in (states[False], cold))
-  chex.assert_trees_all_equal(a, b)  # the same program: the temperature is a generation setting
+def test_temperature_leaves_training_reconstructions_and_the_bounds_alone(states):
+  # the same programs, bit for bit: the temperature only enters generation's prior draw
+  batch, key = random_batch(n=4, text=True), jax.random.key(5)
+  warm, cold = states[True], draw.with_temperature(states[True], 0.25)
+  train = jax.jit(lambda s: (lambda new, m: (new.draw.params, m))(*draw.train_step(s, batch, key)))
+  bounds = jax.jit(lambda s: draw.log_likelihood_bounds(s, batch, key, 3))
+  for fn in (train, bounds, jax.jit(lambda s: draw.reconstruct(s, batch, key))):
+    chex.assert_trees_all_equal(fn(warm), fn(cold))
 
 
 @pytest.mark.parametrize("t", [-0.5, float("nan"), float("inf")])
 def test_temperature_must_be_finite_and_not_negative(t, states):
-  with pytest.raises(ConfigError, match=f"--temperature={t!r} must be >= 0"):
+  with pytest.raises(ConfigError, match=f"--temperature={t!r} must be finite and >= 0"):
     draw.with_temperature(states[False], t)
-  with pytest.raises(ConfigError, match=f"sample_temperature={t!r} must be >= 0"):
+  with pytest.raises(ConfigError, match=f"sample_temperature={t!r} must be finite and >= 0"):
     jax.eval_shape(
       lambda k: draw.init_state(draw_config(sample_temperature=t), k, random_batch(2)),
       jax.random.key(0),
@@ -591,7 +647,7 @@ def test_temperature_must_be_finite_and_not_negative(t, states):
 
 def test_temperature_is_refused_for_families_without_a_per_step_prior():
   gan = steps.get_family("gan")
-  with pytest.raises(draw.UserError, match="--temperature needs .*this run is 'gan'.*--truncation"):
+  with pytest.raises(UserError, match="--temperature needs .*this run is 'gan'.*--truncation"):
     steps.at_temperature(gan, object(), 0.5)
   assert steps.at_temperature(gan, "state", None) == "state"  # no flag: nothing to refuse
 

@@ -576,6 +576,34 @@ def test_item_summary_counts_each_named_class_and_its_commonest_confusion():
   assert tie["accuracy"][6] == 0.0 and tie["mistaken_for"][6] == 2
 
 
+def test_kind_summary_splits_held_out_single_items_by_whether_training_has_them_there():
+  none, c = captions.NONE, captions.PLACES.index("centre")
+  # (classes, positions, held out, right): two seen singles, a seen pair, a held-out pair, a
+  # held-out single at "left" (a pair place) and two at the centre (no pair puts an item there)
+  rows = [
+    ((0, none), (1, none), 0, 1),
+    ((1, none), (2, none), 0, 0),
+    ((2, 3), (3, 5), 0, 1),
+    ((4, 5), (1, 7), 1, 0),
+    ((3, none), (3, none), 1, 1),
+    ((4, none), (c, none), 1, 0),
+    ((4, none), (c, none), 1, 1),
+  ]
+  batch = {
+    "classes": np.array([r[0] for r in rows]),
+    "positions": np.array([r[1] for r in rows]),
+    "held_out": np.array([r[2] for r in rows]),
+  }
+  kinds = _diagnosis_module().kind_summary(np.array([r[3] for r in rows], np.float32), batch)
+  assert kinds == {
+    "seen, one item": (0.5, 2),
+    "seen, two items": (1.0, 1),
+    "held-out, two items": (0.0, 1),
+    "held-out, one item where pairs put it": (1.0, 1),
+    "held-out, one item where training never has it": (0.5, 2),
+  }
+
+
 def test_aligndraw_diagnosis_scores_real_reconstructed_and_sampled_canvases(canvases):
   """experiments/aligndraw_diagnosis.py: the three rows, with blocks of 20 so the last of the 48
   canvases' blocks is padded. The level items read back exactly (real canvases 1.0); a classifier

@@ -199,6 +199,10 @@ def evaluate_run(
     # likelihood bounds, leaves only them to compute).
     cache_dir = workdir / CACHE_DIR if cache_dir is None else cache_dir
     ext, note = extractor_lib.optional_extractor(config, extractor, mesh, cache_dir)
+    if ext is None and temperature is not None:
+      raise UserError(
+        f"--temperature scales the samples' prior noise, but no samples are drawn: {note}"
+      )
     config, family, state = trainer.load_run(workdir, step)
     state = steps.at_temperature(family, state, temperature)
     results = evaluate_state(

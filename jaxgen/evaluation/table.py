@@ -77,6 +77,8 @@ def _protocol_line(r: dict) -> str:
       f"{p['num_real']} {p['real_split']} images, seed {p['seed']}; extractor {e['name']} "
       f"(step {e['checkpoint_step']}, test accuracy {acc}, {e['feature_dim']}-d)"
     )
+  if p.get("sample_temperature", 1.0) != 1.0:
+    line += f"; samples at temperature {p['sample_temperature']:g}"
   if "likelihood" in p:
     lk = p["likelihood"]
     line += f"; bounds on {lk['num_images']} {lk['split']} images, k={lk['num_importance']}"
@@ -155,4 +157,5 @@ def _comparable(r: dict) -> dict:
     real=p.get("num_real"),
     seed=p.get("seed"),
     data=r.get("dataset"),
+    temperature=p.get("sample_temperature", 1.0),
   )

@@ -8,12 +8,15 @@ At each of T steps, with the canvas c (logits of the image) and the decoder stat
     z_t     ~ q(z_t | h^enc_t) = N(q_mean, exp(q_logvar))
     s_t     = sum_j alpha_tj h^lang_j,  alpha_t = softmax_j(v . tanh(U h^lang_j + W h^dec_{t-1}))
     h^dec_t = RNN^dec(h^dec_{t-1}, [z_t, s_t])            s_t only with a caption
-    c_t     = c_{t-1} + write(h^dec_t)                    Gaussian N x N window, or a dense layer
+    c_t     = c_{t-1} + write(h^dec_t)                    an N x N patch through a Gaussian
+                                                          window or moved by a learned offset
+                                                          distribution ("shift"), or a dense layer
 
 The prior is N(0, I), or alignDRAW's N(tanh(W_mu h^dec_{t-1}), exp(tanh(W_s h^dec_{t-1}))^2)
 with `learned_prior`. Generation runs the same steps with z_t drawn from the prior and no
-encoder; a `temperature` T < 1 draws z_t = mean + T * std * eps instead (reduced-temperature
-sampling: more typical images, less variety; T = 0 is the prior's mean). h^lang comes from a bidirectional RNN over the caption's tokens. Models know nothing of
+encoder; a `temperature` tau draws z_t = mean + tau * std * eps instead (tau < 1:
+reduced-temperature sampling, more typical images and less variety; tau = 0: the prior's mean).
+h^lang comes from a bidirectional RNN over the caption's tokens. Models know nothing of
 training: `train` is accepted for the shared `apply` but unused.
 """
 
@@ -69,6 +72,15 @@ def attention_window(
   )
 
 
+def shift_filterbank(p_BxO: jnp.ndarray, n: int, size: int) -> jnp.ndarray:
+  """F_BxNxA with F[b, i, a] = p[b, a - i] (0 where a - i is outside 0..O-1), O = size - n + 1:
+  spreading an N-pixel patch axis with it moves the patch by offset o with probability p[o]."""
+  diff_NxA = jnp.arange(size)[None, :] - jnp.arange(n)[:, None]
+  inside = (diff_NxA >= 0) & (diff_NxA < size - n + 1)
+  taken = jnp.take(p_BxO, jnp.clip(diff_NxA, 0, size - n), axis=1)  # [B, N, A]
+  return jnp.where(inside[None], taken, 0.0)
+
+
 def read_window(
   x_BxHxWxC: jnp.ndarray, fy_BxNxH: jnp.ndarray, fx_BxNxW: jnp.ndarray, gamma_B: jnp.ndarray
 ) -> jnp.ndarray:
@@ -106,6 +118,7 @@ class DrawStep(nn.Module):
   align_features: int
   learned_prior: bool
   infer: bool
+  write_attention: str = "gaussian"  # as DRAW.write_attention
   temperature: float = 1.0  # generation: z_t = prior mean + temperature * prior std * eps
   dtype: Any = None  # computation dtype of the layers; the canvas stays float32 (or wider)
 
@@ -143,6 +156,12 @@ class DrawStep(nn.Module):
       return self._dense(h * w * c, "write")(h_dec_BxD).reshape(b, h, w, c)
     n = self.write_n
     patch = self._dense(n * n * c, "write_patch")(h_dec_BxD).reshape(b, n, n, c)
+    if self.write_attention == "shift":  # offset odds in float32, as the window's parameters
+      hf = h_dec_BxD.astype(jnp.promote_types(h_dec_BxD.dtype, jnp.float32))
+      logits = nn.Dense(h - n + 1 + w - n + 1, name="write_shift")(hf)
+      fy = shift_filterbank(jax.nn.softmax(logits[:, : h - n + 1]), n, h)
+      fx = shift_filterbank(jax.nn.softmax(logits[:, h - n + 1 :]), n, w)
+      return jnp.einsum("bnh,bnmc,bmw->bhwc", fy, patch, fx)
     fy, fx, gamma = attention_window(self._window(h_dec_BxD, "write_window"), h, w, n)
     return write_window(patch, fy, fx, gamma)
 
@@ -220,6 +239,7 @@ class DRAW(nn.Module):
   embed_dim: int = 64
   lang_features: int = 128  # per direction of the caption encoder
   align_features: int = 128
+  write_attention: str = "gaussian"  # | "shift": the patch moved by a learned offset distribution
   temperature: float = 1.0  # generation only: scales the prior's noise (< 1: more typical)
   dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); params and canvas stay float32
 
@@ -281,6 +301,7 @@ class DRAW(nn.Module):
       self.align_features,
       self.learned_prior,
       infer=x_BxHxWxC is not None,
+      write_attention=self.write_attention,
       temperature=self.temperature,
       dtype=self.dtype,
       name="step",

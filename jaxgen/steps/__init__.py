@@ -74,6 +74,7 @@ def at_temperature(family: Family, state: Any, temperature: float | None) -> Any
     name = family.__name__.rsplit(".", 1)[-1]
     raise UserError(
       f"--temperature needs a model that draws its latents from a prior at every step (DRAW, "
-      f"alignDRAW); this run is {name!r} (for GAN and VAE samples use --truncation)"
+      f"alignDRAW); this run is {name!r} (for GAN and VAE, jaxgen sample --truncation is the "
+      "analogue)"
     )
   return family.with_temperature(state, temperature)

@@ -29,6 +29,11 @@ config.data.vocabulary, which the trainer fills from the data set (emoji: the tr
 words, jaxgen.data.emoji.training_vocabulary) and config.json keeps; without it, captioned
 Fashion-MNIST's (jaxgen.data.captions.VOCABULARY). Unconditional samples (grids) are drawn for
 config.model.example_captions (default captions.EXAMPLE_CAPTIONS).
+
+config.model.sample_temperature (default 1; `with_temperature`, `--temperature`) scales the
+prior's noise in samples only. config.model.write_attention says how an N x N write patch
+(write_n = N > 0) reaches the canvas: "gaussian", DRAW's window, or "shift", moved by a learned
+distribution over whole-pixel offsets (jaxgen.models.draw.shift_filterbank).
 """
 
 from typing import Any
@@ -69,6 +74,7 @@ def _model(hp: ml_collections.FrozenConfigDict) -> draw_models.DRAW:
     embed_dim=hp.embed_dim,
     lang_features=hp.lang_features,
     align_features=hp.align_features,
+    write_attention=hp.write_attention,
     temperature=hp.sample_temperature,
     dtype=common.compute_dtype(hp),
   )
@@ -92,6 +98,9 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
       dec_features=m.dec_features,
       read_n=m.read_n,
       write_n=m.write_n,
+      write_attention=_check_write_attention(
+        m.get("write_attention", "gaussian"), m.write_n, sample_batch["image"].shape[1:3]
+      ),
       cell=m.cell,
       learned_prior=m.learned_prior,
       binarization=_check_binarization(m.get("binarization", "dynamic")),
@@ -137,6 +146,24 @@ def _check_binarization(name: str) -> str:
   return name
 
 
+WRITE_ATTENTIONS = ("gaussian", "shift")
+
+
+def _check_write_attention(name: str, write_n: int, image_hw: tuple[int, int]) -> str:
+  if name not in WRITE_ATTENTIONS:
+    raise ConfigError(
+      f"config.model.write_attention={name!r} is not one of {WRITE_ATTENTIONS}: 'gaussian' is "
+      "DRAW's window, 'shift' moves the patch by a learned distribution over offsets"
+    )
+  if name == "shift" and not 0 < write_n <= min(image_hw):
+    raise ConfigError(
+      f"config.model.write_attention='shift' moves an N x N patch inside the {image_hw[0]}x"
+      f"{image_hw[1]} image: set config.model.write_n to N in 1..{min(image_hw)} (e.g. 28 on the "
+      f"60x60 captioned canvases), not {write_n}"
+    )
+  return name
+
+
 def _check_free_bits(free_bits: float) -> float:
   if not free_bits >= 0:  # also NaN
     raise ConfigError(
@@ -157,7 +184,7 @@ def check_temperature(temperature: float, name: str = "--temperature") -> float:
   """`temperature` as a float, or a ConfigError naming `name` unless it is finite and >= 0."""
   if not 0 <= temperature < float("inf"):  # also NaN
     raise ConfigError(
-      f"{name}={temperature!r} must be >= 0: the prior's noise is scaled by it when sampling "
+      f"{name}={temperature!r} must be finite and >= 0: samples scale the prior's noise by it "
       "(1: the model's own prior; e.g. 0.5: more typical images, less variety; 0: its mean)"
     )
   return float(temperature)
