@@ -156,14 +156,15 @@ class DrawStep(nn.Module):
       return self._dense(h * w * c, "write")(h_dec_BxD).reshape(b, h, w, c)
     n = self.write_n
     patch = self._dense(n * n * c, "write_patch")(h_dec_BxD).reshape(b, n, n, c)
-    if self.write_attention == "shift":  # offset odds in float32, as the window's parameters
-      hf = h_dec_BxD.astype(jnp.promote_types(h_dec_BxD.dtype, jnp.float32))
-      logits = nn.Dense(h - n + 1 + w - n + 1, name="write_shift")(hf)
-      fy = shift_filterbank(jax.nn.softmax(logits[:, : h - n + 1]), n, h)
-      fx = shift_filterbank(jax.nn.softmax(logits[:, h - n + 1 :]), n, w)
-      return jnp.einsum("bnh,bnmc,bmw->bhwc", fy, patch, fx)
-    fy, fx, gamma = attention_window(self._window(h_dec_BxD, "write_window"), h, w, n)
-    return write_window(patch, fy, fx, gamma)
+    if self.write_attention == "gaussian":
+      fy, fx, gamma = attention_window(self._window(h_dec_BxD, "write_window"), h, w, n)
+      return write_window(patch, fy, fx, gamma)
+    # "shift": offset odds in float32, as the window's parameters
+    hf = h_dec_BxD.astype(jnp.promote_types(h_dec_BxD.dtype, jnp.float32))
+    logits = nn.Dense(h - n + 1 + w - n + 1, name="write_shift")(hf)
+    fy = shift_filterbank(jax.nn.softmax(logits[:, : h - n + 1]), n, h)
+    fx = shift_filterbank(jax.nn.softmax(logits[:, h - n + 1 :]), n, w)
+    return jnp.einsum("bnh,bnmc,bmw->bhwc", fy, patch, fx)
 
   def _align(self, h_dec_BxD: jnp.ndarray, lang: tuple) -> tuple[jnp.ndarray, jnp.ndarray]:
     lang_BxLxF, keys_BxLxA, mask_BxL = lang
@@ -239,7 +240,9 @@ class DRAW(nn.Module):
   embed_dim: int = 64
   lang_features: int = 128  # per direction of the caption encoder
   align_features: int = 128
-  write_attention: str = "gaussian"  # | "shift": the patch moved by a learned offset distribution
+  # how the N x N patch reaches the canvas: "gaussian" (DRAW's window) | "shift" (moved by learned
+  # offset odds, `shift_filterbank`)
+  write_attention: str = "gaussian"
   temperature: float = 1.0  # generation only: scales the prior's noise (< 1: more typical)
   dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); params and canvas stay float32
 
