@@ -160,19 +160,19 @@ def test_a_dense_write_adds_a_whole_canvas_at_every_step():
 
 
 def test_a_shift_write_moves_its_patch_by_the_offsets_drawn():
-  # one-hot offset odds put the patch at exactly (oy, ox) (products with 1 and 0: exact); odds
-  # split between two offsets give the odds-weighted sum of the two placements
+  # one-hot offset probabilities put the patch at exactly (oy, ox) (products with 1 and 0:
+  # exact); probabilities split between two offsets give the weighted sum of the two placements
   patch = jax.random.normal(jax.random.key(0), (1, 4, 4, 1))
   size, n = 9, 4
   place = lambda oy, ox: jnp.zeros((1, size, size, 1)).at[:, oy : oy + n, ox : ox + n].set(patch)
-  odds = lambda *pairs: (
+  probs = lambda *pairs: (
     jnp.zeros((1, size - n + 1)).at[0, [o for o, _ in pairs]].set([q for _, q in pairs])
   )
   one = jnp.ones((1,))
   bank = lambda p: draw_models.shift_filterbank(p, n, size)
-  written = draw_models.write_window(patch, bank(odds((1, 1.0))), bank(odds((5, 1.0))), one)
+  written = draw_models.write_window(patch, bank(probs((1, 1.0))), bank(probs((5, 1.0))), one)
   np.testing.assert_array_equal(written, place(1, 5))
-  fy, fx = bank(odds((0, 0.25), (3, 0.75))), bank(odds((2, 1.0)))
+  fy, fx = bank(probs((0, 0.25), (3, 0.75))), bank(probs((2, 1.0)))
   # float32: each pixel sums at most two products q * v, one rounding each, and the sum one more
   np.testing.assert_allclose(
     draw_models.write_window(patch, fy, fx, one),
@@ -202,6 +202,13 @@ def test_a_shift_write_trains_and_is_checked():
         lambda k, bad=bad: draw.init_state(draw_config(**bad), k, random_batch(2)),
         jax.random.key(0),
       )
+
+
+def test_a_model_built_directly_refuses_an_unknown_write_attention():
+  model = draw_models.DRAW(image_shape=(8, 8, 1), draw_steps=2, write_n=3, write_attention="affine")
+  k = jax.random.key(0)
+  with pytest.raises(ConfigError, match="unknown write_attention 'affine'; use 'gaussian' or"):
+    jax.eval_shape(lambda: model.init({"params": k, "latent": k}, jnp.zeros((1, 8, 8, 1))))
 
 
 def test_runs_saved_before_write_attention_read_it_as_gaussian():

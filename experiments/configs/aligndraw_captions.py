@@ -23,7 +23,7 @@ def get_config():
   c.model.draw_steps = 16  # T
   c.model.read_n = 6  # N x N read window
   c.model.write_n = 0  # 0: a dense layer writes the whole canvas | N: an N x N patch
-  c.model.write_attention = "gaussian"  # the patch: DRAW's window | "shift": learned offset odds
+  c.model.write_attention = "gaussian"  # the patch: DRAW's window | "shift": learned offsets
   c.model.enc_features = 256
   c.model.dec_features = 256
   c.model.latent_dim = 16

@@ -31,7 +31,7 @@ def get_config():
   c.model.draw_steps = 16  # T, the canvas updates per image
   c.model.read_n = 5  # N x N read window (per colour channel)
   c.model.write_n = 6  # N x N write window
-  c.model.write_attention = "gaussian"  # the patch: DRAW's window | "shift": learned offset odds
+  c.model.write_attention = "gaussian"  # the patch: DRAW's window | "shift": learned offsets
   c.model.enc_features = 256
   c.model.dec_features = 256
   c.model.latent_dim = 16

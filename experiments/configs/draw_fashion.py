@@ -14,7 +14,7 @@ def get_config():
   c.model.draw_steps = 10  # T: glimpses / canvas updates per image
   c.model.read_n = 2  # N x N read window (0: read the whole image and error image)
   c.model.write_n = 5  # N x N write window (0: write the whole canvas)
-  c.model.write_attention = "gaussian"  # the patch: DRAW's window | "shift": learned offset odds
+  c.model.write_attention = "gaussian"  # the patch: DRAW's window | "shift": learned offsets
   c.model.enc_features = 256  # encoder RNN hidden units
   c.model.dec_features = 256  # decoder RNN hidden units
   c.model.latent_dim = 10  # z_t per step

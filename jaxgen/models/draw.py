@@ -159,7 +159,11 @@ class DrawStep(nn.Module):
     if self.write_attention == "gaussian":
       fy, fx, gamma = attention_window(self._window(h_dec_BxD, "write_window"), h, w, n)
       return write_window(patch, fy, fx, gamma)
-    # "shift": offset odds in float32, as the window's parameters
+    if self.write_attention != "shift":
+      raise ConfigError(
+        f"unknown write_attention {self.write_attention!r}; use 'gaussian' or 'shift'"
+      )
+    # offset probabilities in float32, as the window's parameters
     hf = h_dec_BxD.astype(jnp.promote_types(h_dec_BxD.dtype, jnp.float32))
     logits = nn.Dense(h - n + 1 + w - n + 1, name="write_shift")(hf)
     fy = shift_filterbank(jax.nn.softmax(logits[:, : h - n + 1]), n, h)
@@ -241,7 +245,7 @@ class DRAW(nn.Module):
   lang_features: int = 128  # per direction of the caption encoder
   align_features: int = 128
   # how the N x N patch reaches the canvas: "gaussian" (DRAW's window) | "shift" (moved by learned
-  # offset odds, `shift_filterbank`)
+  # offset probabilities, `shift_filterbank`)
   write_attention: str = "gaussian"
   temperature: float = 1.0  # generation only: scales the prior's noise (< 1: more typical)
   dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); params and canvas stay float32
