@@ -344,8 +344,8 @@ def check_run(
   results["protocol"].update(
     extractor=ext.name, checkpoint_step=int(jax.device_get(state.step)), seed=seed
   )
-  if hasattr(family, "with_temperature"):
-    results["protocol"]["sample_temperature"] = float(state.hp.sample_temperature)
+  if (t := steps.sample_temperature(family, state)) is not None:
+    results["protocol"]["sample_temperature"] = t
   workdir = Path(workdir)
   paths = [workdir / "memorization.json", workdir / "memorization.png"]
   if jax.process_index() == 0:

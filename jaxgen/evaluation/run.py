@@ -139,8 +139,8 @@ def evaluate_state(
     results = _sample_results(
       config, family, state, extractor, num_samples, seed, step, mesh, reference
     )
-  if extractor is not None and hasattr(family, "with_temperature"):  # how the samples were drawn
-    results["protocol"]["sample_temperature"] = float(state.hp.sample_temperature)
+  if extractor is not None and (t := steps.sample_temperature(family, state)) is not None:
+    results["protocol"]["sample_temperature"] = t  # how the samples were drawn
   if hasattr(family, "log_likelihood_bounds"):
     results["likelihood"], results["protocol"]["likelihood"] = likelihood.likelihood_results(
       config,

@@ -72,6 +72,9 @@ def attention_window(
   )
 
 
+WRITE_ATTENTIONS = ("gaussian", "shift")  # how an N x N write patch reaches the canvas
+
+
 def shift_filterbank(p_BxO: jnp.ndarray, n: int, size: int) -> jnp.ndarray:
   """F_BxNxA with F[b, i, a] = p[b, a - i] (0 where a - i is outside 0..O-1), O = size - n + 1:
   spreading an N-pixel patch axis with it moves the patch by offset o with probability p[o]."""
@@ -159,7 +162,7 @@ class DrawStep(nn.Module):
     if self.write_attention == "gaussian":
       fy, fx, gamma = attention_window(self._window(h_dec_BxD, "write_window"), h, w, n)
       return write_window(patch, fy, fx, gamma)
-    if self.write_attention != "shift":
+    if self.write_attention not in WRITE_ATTENTIONS:
       raise ConfigError(
         f"unknown write_attention {self.write_attention!r}; use 'gaussian' or 'shift'"
       )

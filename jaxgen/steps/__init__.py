@@ -24,7 +24,8 @@ class Family(Protocol):
     sample_frames(state, key, num, conditioning=None) -> images over time [T, num, H, W, C]
     tokenize(state, caption) -> int32 tokens [L]: the family samples from captions
     log_likelihood_bounds(state, batch, key, num_samples) -> {"elbo": [B], "iwae": [B]} nats
-    with_temperature(state, temperature) -> state whose `sample` scales the prior's noise
+    with_temperature(state, temperature) -> state whose `sample` scales the prior's noise (the
+      one it samples at is state.hp.sample_temperature)
   A family's report pictures are registered in jaxgen.pictures.
   """
 
@@ -78,3 +79,9 @@ def at_temperature(family: Family, state: Any, temperature: float | None) -> Any
       "analogue)"
     )
   return family.with_temperature(state, temperature)
+
+
+def sample_temperature(family: Family, state: Any) -> float | None:
+  """The temperature `state`'s samples are drawn at, for protocols; None for a family without
+  one."""
+  return float(state.hp.sample_temperature) if hasattr(family, "with_temperature") else None

@@ -146,14 +146,11 @@ def _check_binarization(name: str) -> str:
   return name
 
 
-WRITE_ATTENTIONS = ("gaussian", "shift")
-
-
 def _check_write_attention(name: str, write_n: int, image_hw: tuple[int, int]) -> str:
-  if name not in WRITE_ATTENTIONS:
+  if name not in draw_models.WRITE_ATTENTIONS:
     raise ConfigError(
-      f"config.model.write_attention={name!r} is not one of {WRITE_ATTENTIONS}: 'gaussian' is "
-      "DRAW's window, 'shift' moves the patch by a learned distribution over offsets"
+      f"config.model.write_attention={name!r} is not one of {draw_models.WRITE_ATTENTIONS}: "
+      "'gaussian' is DRAW's window, 'shift' moves the patch by a learned distribution over offsets"
     )
   if name == "shift" and not 0 < write_n <= min(image_hw):
     raise ConfigError(
@@ -306,8 +303,9 @@ def kl_weight(state: DRAWState) -> jax.Array:
 
 def train_step(state: DRAWState, batch: dict, key: jax.Array) -> tuple[DRAWState, dict]:
   """One optimizer step on `_negative_elbo`'s loss (-ELBO, or with KL warm-up, free bits or
-  kl_beta < 1 the KL priced as they say); metrics in nats/image (`loss`, `elbo`, `recon`, `kl`), `bpd`,
-  the learning rate `lr` and the gradients' global norm `grad_norm` (before clipping)."""
+  kl_beta < 1 the KL priced as they say); metrics in nats/image (`loss`, `elbo`, `recon`,
+  `kl`), `bpd`, the learning rate `lr` and the gradients' global norm `grad_norm` (before
+  clipping)."""
   step_key = jax.random.fold_in(key, state.step)
 
   def grads_fn(stats, micro_batch, micro_key):
