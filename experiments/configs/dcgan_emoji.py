@@ -8,8 +8,9 @@ convolutions with BatchNorm and ReLU, tanh output. Discriminator: stride-2 convo
 128 -> 256 -> 512 with LeakyReLU(0.2) and BatchNorm on all but the first, a dense logit and a
 projection term for the group; conditional BatchNorm in G (model.class_bn). 1,858 base emoji
 (1,659 train). On 2 CPU cores, before class_bn: 59 images/s, 1,651 steps in 30 minutes, where
-flags are recognisable and most other groups are not yet (README "Colour pictures"); the 20,000
-steps are a GPU run.
+flags are recognisable and most other groups are not yet (README "Colour pictures"). With
+class_bn and --config.optim.g_lr=1e-3 --config.optim.d_lr=1e-3: 1,501 steps in 30 minutes, four
+groups recognisable, group accuracy 0.733. The 20,000 steps are a GPU run.
 """
 
 from jaxgen.config import GAN_RECIPES, base_config
