@@ -117,15 +117,17 @@ def compile_train_step(
   batch: dict,
   mesh: jax.sharding.Mesh,
   eigen_convs: bool = True,
+  variant: dict | None = None,
 ) -> tuple[Callable, dict]:
   """Lowers and compiles `family.train_step` once for these shapes (AOT, state donated);
   on CPU, with convolutions on XLA's Eigen path unless `eigen_convs` is False (ops.compile).
+  `variant`: static keyword arguments of the step (one entry of `step_variants`).
 
   Returns (compiled step, stats with compile seconds, FLOPs and memory per step).
   """
   repl = parallel.replicated(mesh)
   step = jax.jit(
-    family.train_step,
+    functools.partial(family.train_step, **(variant or {})),
     in_shardings=(shardings, parallel.data_sharding(mesh), repl),
     out_shardings=(shardings, repl),
     donate_argnums=0,
@@ -145,6 +147,36 @@ def compile_train_step(
     stats["temp_bytes"] = int(memory.temp_size_in_bytes)
     stats["argument_bytes"] = int(memory.argument_size_in_bytes)
   return compiled, stats
+
+
+def step_variants(family: Any, state: Any) -> tuple[dict, ...]:
+  """The family's `step_variants(state)` (static train_step arguments over a cycle of steps,
+  e.g. the GAN's lazy R1), or ({},): one step for every step number."""
+  fn = getattr(family, "step_variants", None)
+  return tuple(fn(state)) if fn else ({},)
+
+
+def compile_train_steps(
+  family: Any, state: Any, shardings: Any, batch: dict, mesh: jax.sharding.Mesh, eigen_convs: bool
+) -> tuple[list[Callable], dict]:
+  """One compiled step per distinct entry of `step_variants`, listed over the cycle (step n runs
+  entry n % len); stats: compile seconds summed, FLOPs per step averaged over the cycle."""
+  cycle = step_variants(family, state)
+  compiled = {}
+  for variant in cycle:
+    key = repr(sorted(variant.items()))
+    if key not in compiled:
+      compiled[key] = compile_train_step(
+        family, state, shardings, batch, mesh, eigen_convs, variant=variant
+      )
+  steps = [compiled[repr(sorted(v.items()))] for v in cycle]
+  stats = {
+    "compile_s": sum(s["compile_s"] for _, s in compiled.values()),
+    "flops_per_step": sum(s["flops_per_step"] for _, s in steps) / len(steps),
+    "variants": len(compiled),
+    "cycle": len(cycle),
+  }
+  return [step for step, _ in steps], stats
 
 
 # ---------------------------------------------------------------------- logging
@@ -515,11 +547,17 @@ def _train_locked(
     # step consumed, however far ahead the loader and the device prefetch have read.
     batches = parallel.prefetch_to_device(loader, mesh, config.data.get("device_prefetch", 2))
     batch, position = next(batches)
-    train_step, compile_stats = compile_train_step(
+    train_steps, compile_stats = compile_train_steps(
       family, state, shardings, batch, mesh, config.get("xla_cpu_eigen_convs", True)
     )
+    variants = (
+      f" ({compile_stats['variants']} variants over a {compile_stats['cycle']}-step cycle, "
+      "e.g. lazy R1; FLOPs averaged over it)"
+      if compile_stats["variants"] > 1
+      else ""
+    )
     say(
-      f"compiled train_step in {compile_stats['compile_s']:.1f}s on {jax.device_count()} "
+      f"compiled train_step{variants} in {compile_stats['compile_s']:.1f}s on {jax.device_count()} "
       f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es); "
       f"{compile_stats['flops_per_step'] / 1e9:.2f} GFLOP/step; jaxgen.ops fast paths "
       f"{'on' if ops.use_fast_ops(config.get('fast_ops', 'auto')) else 'off'} "
@@ -539,6 +577,7 @@ def _train_locked(
       )
     in_flight = collections.deque()
     while step < config.num_steps:
+      train_step = train_steps[step % len(train_steps)]
       state, metrics = train_step(state, batch, train_key)  # dispatched; runs asynchronously
       in_flight.append(metrics)
       if len(in_flight) > MAX_STEPS_AHEAD:

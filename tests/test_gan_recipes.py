@@ -1,6 +1,8 @@
 """GAN recipes (README "GAN recipes"): each switch's definition, and one run with all of them on."""
 
+import functools
 import json
+import types
 
 import jax
 import jax.numpy as jnp
@@ -102,6 +104,58 @@ def test_lazy_r1_on_cpu_equals_the_conditional_form(monkeypatch):
   np.testing.assert_allclose(masked[0], cond[0], rtol=1e-10)
   assert float(masked[0][0]) > 0
   assert [float(v) for v in (*masked[1], *cond[1])] == [0.0] * 4  # off steps: nothing
+
+
+@pytest.mark.parametrize(
+  "d_steps, every, cycle",
+  [
+    (1, 1, [{}]),
+    (1, 4, [(True,), (False,), (False,), (False,)]),
+    (2, 4, [(True, False), (False, False)]),
+    # D updates 0..5 over three steps: the penalty on updates 0 and 3
+    (2, 3, [(True, False), (False, True), (False, False)]),
+  ],
+)
+def test_step_variants_put_lazy_r1_on_every_kth_d_update(d_steps, every, cycle):
+  hp = ml_collections.FrozenConfigDict(dict(r1_gamma=0.1, r1_every=every, d_steps=d_steps))
+  got = gan.step_variants(types.SimpleNamespace(hp=hp))
+  assert list(got) == [c if c == {} else {"r1_on": c} for c in cycle]
+  off = ml_collections.FrozenConfigDict(dict(r1_gamma=0.0, r1_every=every, d_steps=d_steps))
+  assert gan.step_variants(types.SimpleNamespace(hp=off)) == ({},)
+  assert trainer.step_variants(types.SimpleNamespace(), None) == ({},)  # a family without it
+
+
+def test_static_lazy_r1_is_the_traced_form_on_and_off():
+  """The variants the loop compiles (`r1_on` static) against the form that decides inside the
+  program: the same D loss and gradient norm, with and without the penalty."""
+  state = _state(r1_gamma=1.0, r1_every=2)
+  batch, key = random_batch(n=8), jax.random.key(1)
+  for step, on in ((4, True), (5, False)):
+    at = state.replace(step=jnp.int32(step))
+    _, static = jax.jit(functools.partial(gan.train_step, r1_on=(on,)))(at, batch, key)
+    _, traced = jax.jit(gan.train_step)(at, batch, key)
+    assert (float(static["d_r1"]) > 0) == on and (float(traced["d_r1"]) > 0) == on
+    # The same float32 maths in two programs that XLA may fuse differently: sums of up to
+    # ~10^4 positive terms reordered, a relative change of at most ~log2(10^4) * 2^-24 ~ 1e-6
+    # per sum on any CPU; 1e-5 leaves ten times that. (The D update's Adam step is not
+    # compared: near-zero gradients may flip sign between programs.)
+    for name in ("d_loss", "d_real", "d_fake", "d_grad_norm", "d_r1"):
+      np.testing.assert_allclose(static[name], traced[name], rtol=1e-5, err_msg=name)
+
+
+def test_the_loop_runs_lazy_r1_only_on_its_steps_and_resumes_in_phase(fashion_slice, tmp_path):
+  c = gan_config(width=8, latent_dim=16, r1_gamma=1.0, r1_every=2)
+  c.data.name, c.data.source_dir = "idx", str(fashion_slice)
+  c.batch_size, c.log_every, c.checkpoint_every = 16, 1, 3
+  c.sample_every, c.num_grid_samples = 0, 0
+  for c.num_steps in (3, 6):  # the second run resumes at step 3, an odd one: no penalty
+    trainer.train_and_evaluate(c, tmp_path)
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  r1 = {r["step"]: r["d_r1"] for r in rows if "d_r1" in r}
+  # the row of step s is the s-th step, 0-based s - 1: the penalty when s - 1 is even
+  assert sorted(r1) == [1, 2, 3, 4, 5, 6]
+  assert [r1[s] > 0 for s in sorted(r1)] == [True, False] * 3
+  assert all(r1[s] == 0.0 for s in (2, 4, 6))
 
 
 def test_r1_equals_finite_differences():

@@ -26,6 +26,9 @@ class Family(Protocol):
     log_likelihood_bounds(state, batch, key, num_samples) -> {"elbo": [B], "iwae": [B]} nats
     with_temperature(state, temperature) -> state whose `sample` scales the prior's noise (the
       one it samples at is state.hp.sample_temperature)
+    step_variants(state) -> tuple of dicts: static keyword arguments of train_step over a cycle
+      of training steps (step n runs entry n % len); the loop compiles one step per distinct
+      entry (the GAN's lazy R1: steps without the penalty compile without it)
   A family's report pictures are registered in jaxgen.pictures.
   """
 

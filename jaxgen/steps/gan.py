@@ -1,6 +1,7 @@
 """DCGAN family: alternating discriminator / generator updates and an EMA generator."""
 
 import functools
+import math
 from typing import Any
 
 import jax
@@ -78,23 +79,44 @@ def _recipe_hp(m: ml_collections.ConfigDict) -> dict:
   return hp if hp != config_lib.GAN_RECIPES else {}
 
 
-def _r1(d_fn, real, d_step, hp) -> jax.Array:
-  """Lazy R1: gamma * r1_every / 2 * E||grad D(real)||^2 on D updates with step % r1_every == 0."""
+def _r1(d_fn, real, update: jax.Array, hp, on: bool | None = None) -> jax.Array:
+  """Lazy R1: gamma * r1_every / 2 * E||grad D(real)||^2 on the D updates whose index `update`
+  (training step * d_steps + the update's place in the step) divides by r1_every.
+
+  `on` (static) says whether this update is one, as `step_variants` passes it; None decides
+  from `update` inside the program."""
   if not hp.get("r1_gamma", 0.0):
     return jnp.zeros((), real.dtype)
   gamma = hp.r1_gamma * hp.r1_every
-  if hp.r1_every == 1:
-    return losses.r1_penalty(d_fn, real, gamma)
-  on = d_step % hp.r1_every == 0
+  if on is None and hp.r1_every == 1:
+    on = True
+  if on is not None:
+    return losses.r1_penalty(d_fn, real, gamma) if on else jnp.zeros((), real.dtype)
+  on = update % hp.r1_every == 0
   if jax.default_backend() == "cpu":
     # XLA:CPU brings convolutions to its fast (Eigen) layout only outside nested computations
     # (jax-ml/jax#12868 shows it for loop bodies): inside lax.cond, 12 of R1's double-backward
     # convolutions keep their autodiff layouts and run on the naive emitter, 6.8 s against 0.1 s
     # inline for the width-64 Fashion D. So on CPU the penalty is computed every D step and
-    # masked: the same loss and gradients, without the saving.
+    # masked: the same loss and gradients, without the saving (the trainer saves it: it
+    # compiles one step per `step_variants` entry and picks it by step number).
     return jnp.where(on, losses.r1_penalty(d_fn, real, gamma), jnp.zeros((), real.dtype))
   return jax.lax.cond(
     on, lambda: losses.r1_penalty(d_fn, real, gamma), lambda: jnp.zeros((), real.dtype)
+  )
+
+
+def step_variants(state: "GANState") -> tuple[dict, ...]:
+  """train_step's static keyword arguments over a cycle of training steps: step n runs with
+  entry n % len. With lazy R1 (r1_every > 1) each says which of the step's D updates carry the
+  penalty (`r1_on`), so the steps without it compile without it; otherwise ({},)."""
+  hp = state.hp
+  k = hp.get("r1_every", 1)
+  if not hp.get("r1_gamma", 0.0) or k == 1:
+    return ({},)
+  cycle = k // math.gcd(k, hp.d_steps)
+  return tuple(
+    {"r1_on": tuple((n * hp.d_steps + i) % k == 0 for i in range(hp.d_steps))} for n in range(cycle)
   )
 
 
@@ -183,8 +205,11 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
   )
 
 
-def train_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, dict]:
+def train_step(
+  state: GANState, batch: dict, key: jax.Array, r1_on: tuple[bool, ...] | None = None
+) -> tuple[GANState, dict]:
   """`d_steps` discriminator updates then one generator update on a batch of real images.
+  `r1_on` (static; `step_variants`): per D update, whether lazy R1 is due (None: from the step).
 
   Metrics: both losses, D(x) and D(G(z)) (`d_real`, `d_fake`), each player's learning rate and
   gradient norm (`d_lr`, `d_grad_norm` of the last D update; `g_lr`, `g_grad_norm`)."""
@@ -212,7 +237,7 @@ def train_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, 
   # averages are updated only in the generator's own step.
   g, d = state.g, state.d
 
-  def d_grads_fn(d_params, d_stats, inputs, key):
+  def d_grads_fn(d_params, d_stats, inputs, key, update, on):
     real, labels, z = inputs
     fake, _ = common.apply(generator, g.params, g.batch_stats, z, labels, train=True)
     fake = jax.lax.stop_gradient(fake)
@@ -224,7 +249,7 @@ def train_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, 
       real_logits, stats = common.apply(discriminator, d_params, d_stats, real, labels, train=True)
       fake_logits, stats = common.apply(discriminator, d_params, stats, fake, labels, train=True)
       d_fn = lambda x: common.apply(discriminator, d_params, d_stats, x, labels, train=True)[0]
-      r1 = _r1(d_fn, real, d.step, hp)
+      r1 = _r1(d_fn, real, update, hp, on)
       return d_loss_fn(real_logits, fake_logits) + r1, (stats, real_logits, fake_logits, r1)
 
     (loss, (stats, real_logits, fake_logits, r1)), grads = common.value_and_grad(d_objective, d)(
@@ -238,7 +263,12 @@ def train_step(state: GANState, batch: dict, key: jax.Array) -> tuple[GANState, 
 
   for i in range(hp.d_steps):
     d_grads, d_stats, d_metrics = common.accumulate(
-      functools.partial(d_grads_fn, d.params),
+      functools.partial(
+        d_grads_fn,
+        d.params,
+        update=state.step * hp.d_steps + i,
+        on=None if r1_on is None else r1_on[i],
+      ),
       d.batch_stats,
       (real_i(i), labels_i(i), latent(keys[i])),
       keys[i],
