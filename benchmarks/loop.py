@@ -11,7 +11,8 @@ checks, the sampler of a grid), then --repeats resumed sessions of log_every + -
 each timed from its first log point (its compile and first steps before that) to its last step.
 The timing is the run's own (provenance.json's "loop"), so data loading, the step, logging and
 any checkpoints and grids due in those steps are all in it. Beside it, the same train step,
-compiled the same way (trainer.compile_train_step), runs alone on the run's first real batch
+compiled the same way (trainer.compile_train_steps: one step per step variant, e.g. lazy R1,
+run in the loop's order), runs alone on the run's first real batch
 kept on the device for --steps steps; each round times one loop session and one step run, in
 alternating order, so a change in the machine's speed touches both. The table gives the
 medians of both and loop/step, the median of the rounds' ratios (the share of the step's
@@ -109,7 +110,7 @@ def step_alone(config) -> tuple[Callable[[int], None], float]:
   mesh = parallel.make_mesh()
   batch = parallel.global_batch(next(trainer.train_loader(config, source)), mesh)
   state, shardings = trainer.create_state(config, mesh, jax.random.key(0))
-  step, stats = trainer.compile_train_step(
+  steps, stats = trainer.compile_train_steps(
     families.get_family(config.model.family),
     state,
     shardings,
@@ -117,8 +118,8 @@ def step_alone(config) -> tuple[Callable[[int], None], float]:
     mesh,
     config.get("xla_cpu_eigen_convs", True),
   )
-  run = step_runner(step, state, batch, jax.random.key(1))
-  run(2)  # warm-up
+  run = step_runner(steps, state, batch, jax.random.key(1))
+  run(max(2, len(steps)))  # warm-up, every variant (e.g. lazy R1's) included
   return run, stats["compile_s"]
 
 

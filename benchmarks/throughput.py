@@ -6,8 +6,9 @@
 
 For each family (its config in experiments/configs/, *_fashion.py first), image shape, batch
 size (default: the config's, half and double it) and device count it compiles the family's
-`train_step` once ahead of time (jaxgen.trainer's `compile_train_step`, state donated, batch
-sharded over a "data" mesh) and reports: compile seconds; ms per step and images/s (median of
+`train_step` once ahead of time (jaxgen.trainer's `compile_train_steps`, state donated, batch
+sharded over a "data" mesh; a family's step variants, e.g. lazy R1's, each compiled and run in
+turn as the loop runs them, FLOPs averaged over their cycle) and reports: compile seconds; ms per step and images/s (median of
 `--repeats` timed runs of `--steps` steps after warm-up, each ended by block_until_ready; the
 images/s cells show median (min-max) over the repeats, the JSON all three of both);
 GFLOP per step from XLA's cost analysis (all devices together); achieved GFLOP/s and its
@@ -210,11 +211,11 @@ def jax_runner(family_name: str, config, num_devices: int, warmup: int) -> tuple
   mesh = parallel.make_mesh(devices)
   state, shardings = trainer.create_state(config, mesh, jax.random.key(0))
   batch = random_batch(config, mesh)
-  step, stats = trainer.compile_train_step(
+  steps, stats = trainer.compile_train_steps(
     family, state, shardings, batch, mesh, config.xla_cpu_eigen_convs
   )
-  run = step_runner(step, state, batch, jax.random.key(1))
-  run(warmup)
+  run = step_runner(steps, state, batch, jax.random.key(1))
+  run(max(warmup, len(steps)))  # every variant (e.g. lazy R1's) runs before the timing
   # cost_analysis describes one device's program of a data-parallel step
   row = dict(
     compile_s=stats["compile_s"], gflop_per_step=stats["flops_per_step"] * num_devices / 1e9

@@ -71,16 +71,19 @@ def matmul_peak_gflops(repeats: int = 5, dtype: str = "float32", size: int | Non
 
 def step_runner(step, state, batch, key):
   """`run(k)`: k calls `state, _ = step(state, batch, key)` on the same batch, then
-  block_until_ready (the state is donated, so each call takes the previous one's)."""
+  block_until_ready (the state is donated, so each call takes the previous one's). `step` may be
+  a list of compiled steps run in turn, one per step number, as the loop runs a family's
+  `step_variants` (the phase carries over from one `run` to the next)."""
   import jax
 
-  holder = [state]
+  cycle = list(step) if isinstance(step, (list, tuple)) else [step]
+  holder = [state, 0]
 
   def run(k):
-    s = holder[0]
-    for _ in range(k):
-      s, _ = step(s, batch, key)
-    holder[0] = jax.block_until_ready(s)
+    s, n = holder
+    for i in range(n, n + k):
+      s, _ = cycle[i % len(cycle)](s, batch, key)
+    holder[:] = [jax.block_until_ready(s), n + k]
 
   return run
 

@@ -157,25 +157,34 @@ def step_variants(family: Any, state: Any) -> tuple[dict, ...]:
 
 
 def compile_train_steps(
-  family: Any, state: Any, shardings: Any, batch: dict, mesh: jax.sharding.Mesh, eigen_convs: bool
+  family: Any,
+  state: Any,
+  shardings: Any,
+  batch: dict,
+  mesh: jax.sharding.Mesh,
+  eigen_convs: bool = True,
 ) -> tuple[list[Callable], dict]:
   """One compiled step per distinct entry of `step_variants`, listed over the cycle (step n runs
-  entry n % len); stats: compile seconds summed, FLOPs per step averaged over the cycle."""
+  entry n % len); stats: compile seconds summed, FLOPs per step averaged over the cycle, memory
+  the largest variant's, and the counts of variants and of steps in the cycle."""
   cycle = step_variants(family, state)
+  key = lambda variant: tuple(sorted(variant.items()))
   compiled = {}
   for variant in cycle:
-    key = repr(sorted(variant.items()))
-    if key not in compiled:
-      compiled[key] = compile_train_step(
+    if key(variant) not in compiled:
+      compiled[key(variant)] = compile_train_step(
         family, state, shardings, batch, mesh, eigen_convs, variant=variant
       )
-  steps = [compiled[repr(sorted(v.items()))] for v in cycle]
+  steps = [compiled[key(v)] for v in cycle]
   stats = {
     "compile_s": sum(s["compile_s"] for _, s in compiled.values()),
     "flops_per_step": sum(s["flops_per_step"] for _, s in steps) / len(steps),
     "variants": len(compiled),
     "cycle": len(cycle),
   }
+  for name in ("temp_bytes", "argument_bytes"):
+    if all(name in s for _, s in steps):
+      stats[name] = max(s[name] for _, s in steps)
   return [step for step, _ in steps], stats
 
 

@@ -297,6 +297,23 @@ def test_machine_load_returns_sane_numbers():
   assert timing.is_loaded(dict(other_cores=0.6)) and not timing.is_loaded(dict(other_cores=0.4))
 
 
+def test_step_runner_runs_a_cycle_of_steps_in_turn_across_calls():
+  """As the loop runs a family's step_variants: step n is cycle[n % len], phase kept."""
+  import jax.numpy as jnp
+
+  from benchmarks import timing
+
+  calls = []
+  variant = lambda v: lambda s, b, k: (calls.append(v) or s + 1, {})
+  run = timing.step_runner([variant("r1"), variant("plain")], jnp.int32(0), None, None)
+  run(3)
+  run(2)
+  assert calls == ["r1", "plain", "r1", "plain", "r1"]
+  single = timing.step_runner(variant("one"), jnp.int32(0), None, None)
+  single(2)
+  assert calls[-2:] == ["one", "one"]
+
+
 def test_spread_is_min_median_max():
   from benchmarks import timing
 

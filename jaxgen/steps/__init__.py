@@ -36,7 +36,8 @@ class Family(Protocol):
     self, config: ml_collections.ConfigDict, key: jax.Array, sample_batch: dict
   ) -> Any: ...
 
-  def train_step(self, state: Any, batch: dict, key: jax.Array) -> tuple[Any, dict]: ...
+  def train_step(self, state: Any, batch: dict, key: jax.Array) -> tuple[Any, dict]:
+    """(new state, metrics); may take static keyword arguments, those of `step_variants`."""
 
   def eval_step(self, state: Any, batch: dict, key: jax.Array) -> dict: ...
 

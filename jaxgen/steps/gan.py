@@ -81,7 +81,8 @@ def _recipe_hp(m: ml_collections.ConfigDict) -> dict:
 
 def _r1(d_fn, real, update: jax.Array, hp, on: bool | None = None) -> jax.Array:
   """Lazy R1: gamma * r1_every / 2 * E||grad D(real)||^2 on the D updates whose index `update`
-  (training step * d_steps + the update's place in the step) divides by r1_every.
+  (training step * d_steps + the update's place in the step) divides by r1_every (a float16
+  update that is skipped for overflow loses its penalty; the next one due is r1_every later).
 
   `on` (static) says whether this update is one, as `step_variants` passes it; None decides
   from `update` inside the program."""
@@ -212,7 +213,8 @@ def train_step(
   `r1_on` (static; `step_variants`): per D update, whether lazy R1 is due (None: from the step).
 
   Metrics: both losses, D(x) and D(G(z)) (`d_real`, `d_fake`), each player's learning rate and
-  gradient norm (`d_lr`, `d_grad_norm` of the last D update; `g_lr`, `g_grad_norm`)."""
+  gradient norm (`d_lr`, `d_grad_norm` of the last D update; `g_lr`, `g_grad_norm`); with R1,
+  `d_r1`, the penalty summed over the step's D updates."""
   hp = state.hp
   generator, discriminator = _models(hp)
   d_loss_fn, g_loss_fn = losses.GAN_LOSSES[hp.loss]
@@ -261,6 +263,7 @@ def train_step(
       metrics["d_r1"] = r1
     return grads, stats, metrics
 
+  r1_sum = 0.0
   for i in range(hp.d_steps):
     d_grads, d_stats, d_metrics = common.accumulate(
       functools.partial(
@@ -275,6 +278,9 @@ def train_step(
       hp.accum_steps,
     )
     d, d_logged = common.apply_gradients(d, d_grads, "d_", batch_stats=d_stats)
+    r1_sum = r1_sum + d_metrics.get("d_r1", 0.0)
+  if "d_r1" in d_metrics:  # the penalty of every D update of the step, lazy ones included
+    d_metrics["d_r1"] = r1_sum
 
   # ---- generator
   def g_grads_fn(g_stats, inputs, key):
