@@ -328,6 +328,12 @@ def _track_losses(health: tuple, metrics: dict, step: jax.Array, max_loss: float
 
 
 @jax.jit
+def _add_metrics(sums: dict, metrics: dict) -> dict:
+  """Running float32 sums of a step's metrics (on device), for their means over a log interval."""
+  return jax.tree.map(lambda a, b: a + jnp.asarray(b, jnp.float32), sums, metrics)
+
+
+@jax.jit
 def _finite_leaves(tree: Any) -> jax.Array:
   """One flag per floating-point leaf of `tree`: all its entries are finite."""
   flags = [
@@ -448,7 +454,8 @@ def train_and_evaluate(
 ) -> Any:
   """Trains `config` in `workdir` (resuming if it has checkpoints); returns the final state.
 
-  Writes workdir/config.json, metrics.jsonl, samples/step_*.png, checkpoints/, tb/ (TensorBoard
+  Writes workdir/config.json, metrics.jsonl (a row per log_every steps and per save: each metric's
+  mean over the steps since the row before), samples/step_*.png, checkpoints/, tb/ (TensorBoard
   events) and provenance.json (versions, devices, wall time per session).
   `eval_fn(state, step)`, if given, runs every config.eval_every steps and its numbers are logged.
   SIGTERM/SIGINT save the current step and raise Preempted.
@@ -585,6 +592,7 @@ def _train_locked(
         stop,
       )
     in_flight = collections.deque()
+    sums, summed = None, 0
     while step < config.num_steps:
       train_step = train_steps[step % len(train_steps)]
       state, metrics = train_step(state, batch, train_key)  # dispatched; runs asynchronously
@@ -601,11 +609,20 @@ def _train_locked(
           metrics, state.step
         )
       health = track(health, metrics, state.step)
+      # logged rows are means over the steps since the last row: a metric that only some steps
+      # compute (lazy R1's d_r1) shows in every row whatever log_every is
+      sums = (
+        _add_metrics(sums, metrics)
+        if sums
+        else jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), metrics)
+      )
+      summed += 1
       stop = _agree_max(signals.signum)
       save_now = step % config.checkpoint_every == 0 or is_last or stop
       if step % config.log_every == 0 or save_now:
         _check_health(health, state, step, max_loss, ckpt)  # never log or keep a bad state
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        metrics = {k: float(v) / summed for k, v in jax.device_get(sums).items()}
+        sums, summed = None, 0
         now = time.perf_counter()
         ips = (step - step_last) * config.batch_size / (now - t_last)
         t_last, step_last = now, step

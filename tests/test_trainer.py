@@ -65,6 +65,26 @@ def test_resume_matches_uninterrupted_run(slice_config, tmp_path):
   assert (tmp_path / "b/samples/step_0000010.png").is_file()
 
 
+def test_logged_rows_are_means_over_the_steps_since_the_row_before(slice_config, tmp_path):
+  slice_config.num_steps, slice_config.checkpoint_every = 7, 7
+  trainer.train_and_evaluate(slice_config, tmp_path / "every")  # a row per step
+  slice_config.log_every = 3
+  trainer.train_and_evaluate(slice_config, tmp_path / "mean")  # the same steps, bit for bit
+  every, mean = read_log(tmp_path / "every"), read_log(tmp_path / "mean")
+  assert sorted(mean) == [3, 6, 7]  # 7: the last step's save starts its own row
+  for step, first in ((3, 1), (6, 4), (7, 7)):
+    assert mean[step].keys() == every[step].keys()
+    for k in set(mean[step]) - {"step", "images_per_s"}:
+      terms = [every[s][k] for s in range(first, step + 1)]
+      # the loop adds up to 3 float32 terms in float32 (2 roundings, each within 2^-24 of a sum
+      # <= 3 max|term|) and divides in float64: the mean is within 2 * 2^-24 * max|term| of the
+      # exact one on any CPU; the tolerance is the sum's bound, 3x that
+      np.testing.assert_allclose(
+        mean[step][k], np.mean(terms), rtol=0, atol=6 * 2**-24 * max(map(abs, terms)), err_msg=k
+      )
+  assert len({every[s]["d_loss"] for s in (4, 5, 6)}) == 3  # a mean of three different values
+
+
 def test_checkpoints_keep_the_consumed_position_and_input_settings_change_no_bits(
   slice_config, tmp_path
 ):
