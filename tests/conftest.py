@@ -267,7 +267,8 @@ def process_flags(port: int, process_id: int, num_processes: int = 2) -> list[st
 
 
 def sharded_train_step(family, state, batch: dict, devices: list):
-  """One train step compiled as the loop does, state replicated and batch split over `devices`.
+  """One train step compiled as the loop does, state replicated and batch split over `devices`:
+  the loop's first step, so the first of the family's step variants (e.g. lazy R1 with it on).
 
   Returns (new state, metrics, the placed batch), still on the mesh.
   """
@@ -279,7 +280,8 @@ def sharded_train_step(family, state, batch: dict, devices: list):
   # arrays must survive it.
   state = jax.device_put(jax.device_get(state), sharding)
   batch = jax.device_put(jax.device_get(batch), parallel.data_sharding(mesh))
-  step, _ = trainer.compile_train_step(family, state, sharding, batch, mesh)
+  variant = trainer.step_variants(family, state)[0]
+  step, _ = trainer.compile_train_step(family, state, sharding, batch, mesh, variant=variant)
   new_state, metrics = step(state, batch, jax.random.key(3))
   return new_state, metrics, batch
 

@@ -66,6 +66,10 @@ CASES = {
     ),
     {},
   ),
+  "gan_lazy_r1": (  # the loop's first step of a lazy-R1 cycle: its compiled variant with R1 on
+    lambda: _config("dcgan_fashion.py", width=8, latent_dim=16, r1_gamma=1.0, r1_every=2),
+    {},
+  ),
   "vae_bernoulli": (lambda: _config("vae_fashion.py", width=8, latent_dim=8), {}),
   "vae_logistic_conditional": (
     lambda: _config("vae_fashion.py", width=8, latent_dim=8, likelihood="logistic", num_classes=10),
@@ -123,6 +127,8 @@ def test_one_and_all_devices_agree_in_float64(case):
   before, a1, m1 = _steps(case, 1)
   _, an, mn = _steps(case, n)
   assert {x.dtype for x in jax.tree.leaves(_params_and_stats(a1))} == {np.dtype(np.float64)}
+  if case == "gan_lazy_r1":  # the step compared carries the penalty (the cycle starts with it)
+    assert m1["d_r1"] > 0
   for k in m1:  # losses are means of O(1) terms: a near-zero one is compared to 1e-10 absolute
     np.testing.assert_allclose(
       mn[k], m1[k], rtol=0, atol=RTOL * max(np.max(np.abs(m1[k])), 1.0), err_msg=k
