@@ -329,7 +329,8 @@ def _track_losses(health: tuple, metrics: dict, step: jax.Array, max_loss: float
 
 @jax.jit
 def _add_metrics(sums: dict, metrics: dict) -> dict:
-  """Running float32 sums of a step's metrics (on device), for their means over a log interval."""
+  """Running sums (float32 at least) of a step's metrics on device, for their means over a log
+  interval; the first step's metrics start the sums."""
   return jax.tree.map(lambda a, b: a + jnp.asarray(b, jnp.float32), sums, metrics)
 
 
@@ -611,11 +612,7 @@ def _train_locked(
       health = track(health, metrics, state.step)
       # logged rows are means over the steps since the last row: a metric that only some steps
       # compute (lazy R1's d_r1) shows in every row whatever log_every is
-      sums = (
-        _add_metrics(sums, metrics)
-        if sums
-        else jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), metrics)
-      )
+      sums = metrics if sums is None else _add_metrics(sums, metrics)
       summed += 1
       stop = _agree_max(signals.signum)
       save_now = step % config.checkpoint_every == 0 or is_last or stop
