@@ -274,6 +274,9 @@ ADDED_FOR_FAMILY = {
     "model.kl_beta": 1.0,
     "model.sample_temperature": 1.0,
     "model.write_attention": "gaussian",
+    "model.write_offsets": "soft",
+    "model.write_patches": 1,
+    "model.write_coarse": 0,
   },
   "gan": {f"model.{k}": v for k, v in GAN_RECIPES.items()},
 }

@@ -5,6 +5,7 @@ test_device_agreement)."""
 import json
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -196,6 +197,86 @@ def test_a_shift_write_trains_and_is_checked():
     (dict(write_attention="shift", write_n=0), "'shift' moves an N x N patch inside the 28x28"),
     (dict(write_attention="shift", write_n=29), "set config.model.write_n to N in 1..28 .*not 29"),
     (dict(write_attention="affine"), "write_attention='affine' is not one of"),
+  ]:
+    with pytest.raises(ConfigError, match=match):
+      jax.eval_shape(
+        lambda k, bad=bad: draw.init_state(draw_config(**bad), k, random_batch(2)),
+        jax.random.key(0),
+      )
+
+
+def test_hard_offsets_are_the_mode_forward_and_the_softmax_gradient_backward():
+  logits = jnp.array([[0.3, 2.0, -1.0, 1.5], [4.0, 0.0, 0.0, 0.0]])
+  np.testing.assert_array_equal(
+    draw_models.offset_probabilities(logits, hard=True), jax.nn.one_hot(jnp.array([1, 0]), 4)
+  )
+  cot = jnp.arange(8.0).reshape(2, 4)
+  grad = lambda hard: jax.grad(
+    lambda x: jnp.sum(cot * draw_models.offset_probabilities(x, hard=hard))
+  )(logits)
+  # straight-through: mode + p - stop_gradient(p) has p's gradient; float32, each element one
+  # product and a sum of four: a few units of eps in the largest term
+  np.testing.assert_allclose(grad(True), grad(False), rtol=0, atol=16 * np.finfo(np.float32).eps)
+  assert float(jnp.abs(grad(False)).max()) > 0.1  # the offsets do learn
+
+
+def test_hard_offsets_patches_and_a_coarse_canvas_write_what_they_say():
+  # write_patches=2, hard offsets, write_coarse=2 on an 8x8 canvas: the canvas is the two
+  # patches placed whole at the modes of their own offsets plus the coarse 4x4 canvas upsampled
+  n, size, d = 3, 8, 4
+
+  class Write(draw_models.DrawStep):  # the step's write alone
+    @nn.compact
+    def __call__(self, h_BxD):
+      return self._write(h_BxD)
+
+  step = Write(
+    image_shape=(size, size, 1), latent_dim=2, enc_features=d, dec_features=d, read_n=0,
+    write_n=n, cell="tanh", align_features=4, learned_prior=False, infer=False,
+    write_attention="shift", write_offsets="hard", write_patches=2, write_coarse=2,
+  )  # fmt: skip
+  h = jax.random.normal(jax.random.key(0), (3, d))
+  params = step.init(jax.random.key(1), h)
+  written = step.apply(params, h)
+  p = params["params"]
+  patches = (h @ p["write_patch"]["kernel"] + p["write_patch"]["bias"]).reshape(3, 2, n, n, 1)
+  logits = (h @ p["write_shift"]["kernel"] + p["write_shift"]["bias"]).reshape(3, 2, 12)
+  oy, ox = jnp.argmax(logits[..., :6], -1), jnp.argmax(logits[..., 6:], -1)
+  coarse = (h @ p["write_coarse"]["kernel"] + p["write_coarse"]["bias"]).reshape(3, 4, 4, 1)
+  want = jax.image.resize(coarse, (3, size, size, 1), "linear")
+  for b in range(3):
+    for k in range(2):
+      y, x = int(oy[b, k]), int(ox[b, k])
+      want = want.at[b, y : y + n, x : x + n].add(patches[b, k])
+  # float32: the dense outputs are recomputed here in another order (d = 4 products), and each
+  # pixel adds at most two patch values and one upsampled value
+  scale = float(jnp.abs(want).max())
+  np.testing.assert_allclose(written, want, rtol=0, atol=32 * np.finfo(np.float32).eps * scale)
+
+
+def test_the_shift_write_options_train_resume_old_runs_and_are_checked():
+  options = dict(write_attention="shift", write_n=5, write_offsets="hard", write_patches=2)
+  state0 = init(draw_config(text=True, write_coarse=4, **options), random_batch(n=2, text=True))
+  step = state0.draw.params["step"]
+  assert step["write_patch"]["kernel"].shape == (DRAW_TINY["dec_features"], 2 * 5 * 5)
+  assert step["write_coarse"]["kernel"].shape == (DRAW_TINY["dec_features"], 15 * 15)
+  state, m = jax.jit(draw.train_step)(state0, random_batch(n=2, text=True), jax.random.key(1))
+  assert np.isfinite(float(m["loss"])) and float(m["grad_norm"]) > 0
+  moved = state.draw.params["step"]["write_shift"]["kernel"] - step["write_shift"]["kernel"]
+  assert float(jnp.abs(moved).max()) > 0  # hard offsets still learn (straight-through)
+  old = json.loads(draw_config().to_json_best_effort())
+  for k in ("write_offsets", "write_patches", "write_coarse"):
+    del old["model"][k]
+  assert {k: config_lib.upgrade(old)["model"][k] for k in draw.SHIFT_WRITE_DEFAULTS} == (
+    draw.SHIFT_WRITE_DEFAULTS
+  )
+  for bad, match in [
+    (dict(write_offsets="hard"), r"write_offsets='hard' applies to the shift write only"),
+    (dict(write_coarse=4, write_n=0), r"write_coarse=4 applies to the shift write only"),
+    (dict(options, write_offsets="round"), r"write_offsets='round' is not one of"),
+    (dict(options, write_patches=0), r"write_patches=0 must be an integer >= 1"),
+    (dict(options, write_coarse=5), r"write_coarse=5 must be 0 \(off\) or an integer factor"),
+    (dict(options, write_coarse=-1), r"write_coarse=-1 must be 0"),
   ]:
     with pytest.raises(ConfigError, match=match):
       jax.eval_shape(

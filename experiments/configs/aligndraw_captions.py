@@ -24,6 +24,9 @@ def get_config():
   c.model.read_n = 6  # N x N read window
   c.model.write_n = 0  # 0: a dense layer writes the whole canvas | N: an N x N patch
   c.model.write_attention = "gaussian"  # the patch: DRAW's window | "shift": learned offsets
+  c.model.write_offsets = "soft"  # shift: the offset distribution | "hard": its mode
+  c.model.write_patches = 1  # shift: patches per step, each with its own offsets
+  c.model.write_coarse = 0  # shift: f > 0 adds a dense (H/f) x (W/f) canvas, upsampled
   c.model.enc_features = 256
   c.model.dec_features = 256
   c.model.latent_dim = 16

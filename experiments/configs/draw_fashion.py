@@ -15,6 +15,9 @@ def get_config():
   c.model.read_n = 2  # N x N read window (0: read the whole image and error image)
   c.model.write_n = 5  # N x N write window (0: write the whole canvas)
   c.model.write_attention = "gaussian"  # the patch: DRAW's window | "shift": learned offsets
+  c.model.write_offsets = "soft"  # shift: the offset distribution | "hard": its mode
+  c.model.write_patches = 1  # shift: patches per step, each with its own offsets
+  c.model.write_coarse = 0  # shift: f > 0 adds a dense (H/f) x (W/f) canvas, upsampled
   c.model.enc_features = 256  # encoder RNN hidden units
   c.model.dec_features = 256  # decoder RNN hidden units
   c.model.latent_dim = 10  # z_t per step

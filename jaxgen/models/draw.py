@@ -73,6 +73,7 @@ def attention_window(
 
 
 WRITE_ATTENTIONS = ("gaussian", "shift")  # how an N x N write patch reaches the canvas
+WRITE_OFFSETS = ("soft", "hard")  # "shift": the offset distribution, or its mode (straight-through)
 
 
 def shift_filterbank(p_BxO: jnp.ndarray, n: int, size: int) -> jnp.ndarray:
@@ -82,6 +83,17 @@ def shift_filterbank(p_BxO: jnp.ndarray, n: int, size: int) -> jnp.ndarray:
   inside = (diff_NxA >= 0) & (diff_NxA < size - n + 1)
   taken = jnp.take(p_BxO, jnp.clip(diff_NxA, 0, size - n), axis=1)  # [B, N, A]
   return jnp.where(inside[None], taken, 0.0)
+
+
+def offset_probabilities(logits_BxO: jnp.ndarray, hard: bool) -> jnp.ndarray:
+  """softmax(logits) [B, O]; with `hard` the one-hot of its mode in the forward pass and the
+  softmax's gradient in the backward pass (straight-through, Bengio et al. 2013), so a patch
+  lands on whole pixels, unblurred, and its offset still learns."""
+  p = jax.nn.softmax(logits_BxO, axis=-1)
+  if not hard:
+    return p
+  mode = jax.nn.one_hot(jnp.argmax(logits_BxO, axis=-1), logits_BxO.shape[-1], dtype=p.dtype)
+  return mode + (p - jax.lax.stop_gradient(p))  # exactly the mode forward: p - p is 0
 
 
 def read_window(
@@ -122,6 +134,9 @@ class DrawStep(nn.Module):
   learned_prior: bool
   infer: bool
   write_attention: str = "gaussian"  # as DRAW.write_attention
+  write_offsets: str = "soft"  # as DRAW.write_offsets
+  write_patches: int = 1  # as DRAW.write_patches
+  write_coarse: int = 0  # as DRAW.write_coarse
   temperature: float = 1.0  # generation: z_t = prior mean + temperature * prior std * eps
   dtype: Any = None  # computation dtype of the layers; the canvas stays float32 (or wider)
 
@@ -158,20 +173,31 @@ class DrawStep(nn.Module):
     if not self.write_n:
       return self._dense(h * w * c, "write")(h_dec_BxD).reshape(b, h, w, c)
     n = self.write_n
-    patch = self._dense(n * n * c, "write_patch")(h_dec_BxD).reshape(b, n, n, c)
     if self.write_attention == "gaussian":
+      patch = self._dense(n * n * c, "write_patch")(h_dec_BxD).reshape(b, n, n, c)
       fy, fx, gamma = attention_window(self._window(h_dec_BxD, "write_window"), h, w, n)
       return write_window(patch, fy, fx, gamma)
     if self.write_attention not in WRITE_ATTENTIONS:
       raise ConfigError(
         f"unknown write_attention {self.write_attention!r}; use 'gaussian' or 'shift'"
       )
+    if self.write_offsets not in WRITE_OFFSETS:
+      raise ConfigError(f"unknown write_offsets {self.write_offsets!r}; use 'soft' or 'hard'")
+    k, oy, ox = self.write_patches, h - n + 1, w - n + 1
+    patches = self._dense(k * n * n * c, "write_patch")(h_dec_BxD).reshape(b, k, n, n, c)
     # offset probabilities in float32, as the window's parameters
     hf = h_dec_BxD.astype(jnp.promote_types(h_dec_BxD.dtype, jnp.float32))
-    logits = nn.Dense(h - n + 1 + w - n + 1, name="write_shift")(hf)
-    fy = shift_filterbank(jax.nn.softmax(logits[:, : h - n + 1]), n, h)
-    fx = shift_filterbank(jax.nn.softmax(logits[:, h - n + 1 :]), n, w)
-    return jnp.einsum("bnh,bnmc,bmw->bhwc", fy, patch, fx)
+    logits = nn.Dense(k * (oy + ox), name="write_shift")(hf).reshape(b * k, oy + ox)
+    hard = self.write_offsets == "hard"
+    fy = shift_filterbank(offset_probabilities(logits[:, :oy], hard), n, h).reshape(b, k, n, h)
+    fx = shift_filterbank(offset_probabilities(logits[:, oy:], hard), n, w).reshape(b, k, n, w)
+    out = jnp.einsum("bknh,bknmc,bkmw->bhwc", fy, patches.astype(fy.dtype), fx)
+    if self.write_coarse:  # a dense canvas at 1/f the size, bilinearly upsampled
+      f = self.write_coarse
+      coarse = self._dense((h // f) * (w // f) * c, "write_coarse")(h_dec_BxD)
+      coarse = coarse.reshape(b, h // f, w // f, c).astype(out.dtype)
+      out = out + jax.image.resize(coarse, (b, h, w, c), "linear")
+    return out
 
   def _align(self, h_dec_BxD: jnp.ndarray, lang: tuple) -> tuple[jnp.ndarray, jnp.ndarray]:
     lang_BxLxF, keys_BxLxA, mask_BxL = lang
@@ -250,6 +276,13 @@ class DRAW(nn.Module):
   # how the N x N patch reaches the canvas: "gaussian" (DRAW's window) | "shift" (moved by learned
   # offset probabilities, `shift_filterbank`)
   write_attention: str = "gaussian"
+  # "shift" only: "soft" moves the patch by the offset distribution (a mixture of shifts), "hard"
+  # by its mode with the distribution's gradient (`offset_probabilities`); `write_patches`
+  # patches per step, each with its own offsets, summed; `write_coarse` f > 0 adds a dense
+  # write of an (H/f) x (W/f) canvas, bilinearly upsampled (placement and rough shape, no detail)
+  write_offsets: str = "soft"
+  write_patches: int = 1
+  write_coarse: int = 0
   temperature: float = 1.0  # generation only: scales the prior's noise (< 1: more typical)
   dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); params and canvas stay float32
 
@@ -312,6 +345,9 @@ class DRAW(nn.Module):
       self.learned_prior,
       infer=x_BxHxWxC is not None,
       write_attention=self.write_attention,
+      write_offsets=self.write_offsets,
+      write_patches=self.write_patches,
+      write_coarse=self.write_coarse,
       temperature=self.temperature,
       dtype=self.dtype,
       name="step",

@@ -33,7 +33,10 @@ config.model.example_captions (default captions.EXAMPLE_CAPTIONS).
 config.model.sample_temperature (default 1; `with_temperature`, `--temperature`) scales the
 prior's noise in samples only. config.model.write_attention says how an N x N write patch
 (write_n = N > 0) reaches the canvas: "gaussian", DRAW's window, or "shift", moved by a learned
-distribution over whole-pixel offsets (jaxgen.models.draw.shift_filterbank).
+distribution over whole-pixel offsets (jaxgen.models.draw.shift_filterbank). The shift write's
+write_offsets ("soft": that distribution; "hard": its mode, straight-through), write_patches
+(patches per step) and write_coarse (f > 0: plus a dense (H/f) x (W/f) canvas, upsampled) are
+refused with any other write.
 """
 
 from typing import Any
@@ -75,6 +78,9 @@ def _model(hp: ml_collections.FrozenConfigDict) -> draw_models.DRAW:
     lang_features=hp.lang_features,
     align_features=hp.align_features,
     write_attention=hp.write_attention,
+    write_offsets=hp.write_offsets,
+    write_patches=hp.write_patches,
+    write_coarse=hp.write_coarse,
     temperature=hp.sample_temperature,
     dtype=common.compute_dtype(hp),
   )
@@ -101,6 +107,7 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
       write_attention=_check_write_attention(
         m.get("write_attention", "gaussian"), m.write_n, sample_batch["image"].shape[1:3]
       ),
+      **_check_shift_write(m, sample_batch["image"].shape[1:3]),
       cell=m.cell,
       learned_prior=m.learned_prior,
       binarization=_check_binarization(m.get("binarization", "dynamic")),
@@ -159,6 +166,38 @@ def _check_write_attention(name: str, write_n: int, image_hw: tuple[int, int]) -
       f"60x60 captioned canvases), not {write_n}"
     )
   return name
+
+
+SHIFT_WRITE_DEFAULTS = dict(write_offsets="soft", write_patches=1, write_coarse=0)
+
+
+def _check_shift_write(m: ml_collections.ConfigDict, image_hw: tuple[int, int]) -> dict:
+  """The shift write's settings (model.write_offsets, write_patches, write_coarse), checked."""
+  got = {k: m.get(k, v) for k, v in SHIFT_WRITE_DEFAULTS.items()}
+  changed = [k for k, v in SHIFT_WRITE_DEFAULTS.items() if got[k] != v]
+  if changed and (m.get("write_attention", "gaussian") != "shift" or not m.write_n):
+    raise ConfigError(
+      f"config.model.{changed[0]}={got[changed[0]]!r} applies to the shift write only: set "
+      "config.model.write_attention='shift' and write_n > 0, or leave it at "
+      f"{SHIFT_WRITE_DEFAULTS[changed[0]]!r}"
+    )
+  if got["write_offsets"] not in draw_models.WRITE_OFFSETS:
+    raise ConfigError(
+      f"config.model.write_offsets={got['write_offsets']!r} is not one of "
+      f"{draw_models.WRITE_OFFSETS}: 'soft' moves the patch by the offset distribution, 'hard' "
+      "by its mode (straight-through gradient)"
+    )
+  patches, f = got["write_patches"], got["write_coarse"]
+  if isinstance(patches, bool) or not isinstance(patches, int) or patches < 1:
+    raise ConfigError(
+      f"config.model.write_patches={patches!r} must be an integer >= 1 (patches per step)"
+    )
+  if isinstance(f, bool) or not isinstance(f, int) or f < 0 or (f and any(n % f for n in image_hw)):
+    raise ConfigError(
+      f"config.model.write_coarse={f!r} must be 0 (off) or an integer factor of the "
+      f"{image_hw[0]}x{image_hw[1]} image's sides (e.g. 4: a 15x15 canvas on 60x60)"
+    )
+  return got
 
 
 def _check_free_bits(free_bits: float) -> float:
