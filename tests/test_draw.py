@@ -220,10 +220,18 @@ def test_hard_offsets_are_the_mode_forward_and_the_softmax_gradient_backward():
   assert float(jnp.abs(grad(False)).max()) > 0.1  # the offsets do learn
 
 
-def test_hard_offsets_patches_and_a_coarse_canvas_write_what_they_say():
-  # write_patches=2, hard offsets, write_coarse=2 on an 8x8 canvas: the canvas is the two
-  # patches placed whole at the modes of their own offsets plus the coarse 4x4 canvas upsampled
-  n, size, d = 3, 8, 4
+def _upsample_matrix(size: int, factor: int) -> np.ndarray:
+  """[size * factor, size] bilinear weights, half-pixel centres, edges clamped."""
+  src = (np.arange(size * factor) + 0.5) / factor - 0.5
+  return np.stack([np.interp(src, np.arange(size), e) for e in np.eye(size)], axis=1)
+
+
+@pytest.mark.parametrize("offsets, patches, coarse", [("soft", 1, 0), ("hard", 2, 2)])
+def test_the_shift_write_puts_each_patch_where_its_offsets_say(offsets, patches, coarse):
+  # Rebuilt by hand in float64 on a non-square 8x10 canvas with 2 channels: every patch placed
+  # at every offset (oy, ox) weighted p_y[oy] * p_x[ox] (softmax, or the one-hot mode with
+  # "hard"), summed over the patches, plus the coarse canvas upsampled bilinearly
+  n, (hh, ww, c), d, b = 3, (8, 10, 2), 4, 3
 
   class Write(draw_models.DrawStep):  # the step's write alone
     @nn.compact
@@ -231,27 +239,44 @@ def test_hard_offsets_patches_and_a_coarse_canvas_write_what_they_say():
       return self._write(h_BxD)
 
   step = Write(
-    image_shape=(size, size, 1), latent_dim=2, enc_features=d, dec_features=d, read_n=0,
+    image_shape=(hh, ww, c), latent_dim=2, enc_features=d, dec_features=d, read_n=0,
     write_n=n, cell="tanh", align_features=4, learned_prior=False, infer=False,
-    write_attention="shift", write_offsets="hard", write_patches=2, write_coarse=2,
+    write_attention="shift", write_offsets=offsets, write_patches=patches, write_coarse=coarse,
   )  # fmt: skip
-  h = jax.random.normal(jax.random.key(0), (3, d))
+  h = jax.random.normal(jax.random.key(0), (b, d))
   params = step.init(jax.random.key(1), h)
-  written = step.apply(params, h)
-  p = params["params"]
-  patches = (h @ p["write_patch"]["kernel"] + p["write_patch"]["bias"]).reshape(3, 2, n, n, 1)
-  logits = (h @ p["write_shift"]["kernel"] + p["write_shift"]["bias"]).reshape(3, 2, 12)
-  oy, ox = jnp.argmax(logits[..., :6], -1), jnp.argmax(logits[..., 6:], -1)
-  coarse = (h @ p["write_coarse"]["kernel"] + p["write_coarse"]["bias"]).reshape(3, 4, 4, 1)
-  want = jax.image.resize(coarse, (3, size, size, 1), "linear")
-  for b in range(3):
-    for k in range(2):
-      y, x = int(oy[b, k]), int(ox[b, k])
-      want = want.at[b, y : y + n, x : x + n].add(patches[b, k])
-  # float32: the dense outputs are recomputed here in another order (d = 4 products), and each
-  # pixel adds at most two patch values and one upsampled value
-  scale = float(jnp.abs(want).max())
-  np.testing.assert_allclose(written, want, rtol=0, atol=32 * np.finfo(np.float32).eps * scale)
+  written = np.asarray(step.apply(params, h), np.float64)
+  p = jax.tree.map(lambda x: np.asarray(x, np.float64), params["params"])
+  hx = np.asarray(h, np.float64)
+  dense = lambda name: hx @ p[name]["kernel"] + p[name]["bias"]
+  oy, ox = hh - n + 1, ww - n + 1
+  tiles = dense("write_patch").reshape(b, patches, n, n, c)
+  logits = dense("write_shift").reshape(b, patches, oy + ox)
+
+  def probs(z):
+    if offsets == "hard":
+      return np.eye(z.shape[-1])[np.argmax(z, -1)]
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+  py, px = probs(logits[..., :oy]), probs(logits[..., oy:])
+  want = np.zeros((b, hh, ww, c))
+  if coarse:
+    small = dense("write_coarse").reshape(b, hh // coarse, ww // coarse, c)
+    uy, ux = _upsample_matrix(hh // coarse, coarse), _upsample_matrix(ww // coarse, coarse)
+    want += np.einsum("yi,bijc,xj->byxc", uy, small, ux)
+  else:
+    assert "write_coarse" not in p
+  for i in range(b):
+    for k in range(patches):
+      for y in range(oy):
+        for x in range(ox):
+          want[i, y : y + n, x : x + n] += py[i, k, y] * px[i, k, x] * tiles[i, k]
+  # float32 against float64: the dense layers' d = 4 products and the placement's sums over at
+  # most oy * ox * patches = 96 weighted terms, each a few roundings: 256 eps of the largest
+  # term bounds it; a misplaced patch or a missing coarse canvas is off by O(scale)
+  scale = max(float(np.abs(tiles).max()), float(np.abs(want).max()))
+  np.testing.assert_allclose(written, want, rtol=0, atol=256 * np.finfo(np.float32).eps * scale)
 
 
 def test_the_shift_write_options_train_resume_old_runs_and_are_checked():

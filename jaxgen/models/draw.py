@@ -10,7 +10,9 @@ At each of T steps, with the canvas c (logits of the image) and the decoder stat
     h^dec_t = RNN^dec(h^dec_{t-1}, [z_t, s_t])            s_t only with a caption
     c_t     = c_{t-1} + write(h^dec_t)                    an N x N patch through a Gaussian
                                                           window or moved by a learned offset
-                                                          distribution ("shift"), or a dense layer
+                                                          distribution ("shift": soft or its
+                                                          mode, K patches, plus an optional
+                                                          coarse dense canvas), or a dense layer
 
 The prior is N(0, I), or alignDRAW's N(tanh(W_mu h^dec_{t-1}), exp(tanh(W_s h^dec_{t-1}))^2)
 with `learned_prior`. Generation runs the same steps with z_t drawn from the prior and no

@@ -36,7 +36,7 @@ prior's noise in samples only. config.model.write_attention says how an N x N wr
 distribution over whole-pixel offsets (jaxgen.models.draw.shift_filterbank). The shift write's
 write_offsets ("soft": that distribution; "hard": its mode, straight-through), write_patches
 (patches per step) and write_coarse (f > 0: plus a dense (H/f) x (W/f) canvas, upsampled) are
-refused with any other write.
+refused at any value but their defaults with any other write.
 """
 
 from typing import Any
@@ -174,13 +174,6 @@ SHIFT_WRITE_DEFAULTS = dict(write_offsets="soft", write_patches=1, write_coarse=
 def _check_shift_write(m: ml_collections.ConfigDict, image_hw: tuple[int, int]) -> dict:
   """The shift write's settings (model.write_offsets, write_patches, write_coarse), checked."""
   got = {k: m.get(k, v) for k, v in SHIFT_WRITE_DEFAULTS.items()}
-  changed = [k for k, v in SHIFT_WRITE_DEFAULTS.items() if got[k] != v]
-  if changed and (m.get("write_attention", "gaussian") != "shift" or not m.write_n):
-    raise ConfigError(
-      f"config.model.{changed[0]}={got[changed[0]]!r} applies to the shift write only: set "
-      "config.model.write_attention='shift' and write_n > 0, or leave it at "
-      f"{SHIFT_WRITE_DEFAULTS[changed[0]]!r}"
-    )
   if got["write_offsets"] not in draw_models.WRITE_OFFSETS:
     raise ConfigError(
       f"config.model.write_offsets={got['write_offsets']!r} is not one of "
@@ -196,6 +189,13 @@ def _check_shift_write(m: ml_collections.ConfigDict, image_hw: tuple[int, int]) 
     raise ConfigError(
       f"config.model.write_coarse={f!r} must be 0 (off) or an integer factor of the "
       f"{image_hw[0]}x{image_hw[1]} image's sides (e.g. 4: a 15x15 canvas on 60x60)"
+    )
+  changed = [k for k, v in SHIFT_WRITE_DEFAULTS.items() if got[k] != v]
+  if changed and m.get("write_attention", "gaussian") != "shift":
+    raise ConfigError(
+      f"config.model.{changed[0]}={got[changed[0]]!r} applies to the shift write only: set "
+      "config.model.write_attention='shift' and write_n > 0, or leave it at "
+      f"{SHIFT_WRITE_DEFAULTS[changed[0]]!r}"
     )
   return got
 
