@@ -252,6 +252,9 @@ GAN_RECIPES = dict(
   fresh_real_batches=False,  # d_steps > 1: a new real batch for each D update
   class_bn=False,  # conditional BatchNorm in G (needs num_classes > 0)
 )
+# DRAW's shift-write switches (model.write_offsets, write_patches, write_coarse) and the values
+# that give the plain shift write, as runs saved before them ran it
+SHIFT_WRITE_DEFAULTS = dict(write_offsets="soft", write_patches=1, write_coarse=0)
 # Fields added after runs were saved, with the values that reproduce what those runs did.
 ADDED = {
   "accum_steps": 1,
@@ -274,9 +277,7 @@ ADDED_FOR_FAMILY = {
     "model.kl_beta": 1.0,
     "model.sample_temperature": 1.0,
     "model.write_attention": "gaussian",
-    "model.write_offsets": "soft",
-    "model.write_patches": 1,
-    "model.write_coarse": 0,
+    **{f"model.{k}": v for k, v in SHIFT_WRITE_DEFAULTS.items()},
   },
   "gan": {f"model.{k}": v for k, v in GAN_RECIPES.items()},
 }

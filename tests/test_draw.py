@@ -290,10 +290,10 @@ def test_the_shift_write_options_train_resume_old_runs_and_are_checked():
   moved = state.draw.params["step"]["write_shift"]["kernel"] - step["write_shift"]["kernel"]
   assert float(jnp.abs(moved).max()) > 0  # hard offsets still learn (straight-through)
   old = json.loads(draw_config().to_json_best_effort())
-  for k in ("write_offsets", "write_patches", "write_coarse"):
+  for k in config_lib.SHIFT_WRITE_DEFAULTS:
     del old["model"][k]
-  assert {k: config_lib.upgrade(old)["model"][k] for k in draw.SHIFT_WRITE_DEFAULTS} == (
-    draw.SHIFT_WRITE_DEFAULTS
+  assert {k: config_lib.upgrade(old)["model"][k] for k in config_lib.SHIFT_WRITE_DEFAULTS} == (
+    config_lib.SHIFT_WRITE_DEFAULTS
   )
   for bad, match in [
     (dict(write_offsets="hard"), r"write_offsets='hard' applies to the shift write only"),

@@ -168,12 +168,9 @@ def _check_write_attention(name: str, write_n: int, image_hw: tuple[int, int]) -
   return name
 
 
-SHIFT_WRITE_DEFAULTS = dict(write_offsets="soft", write_patches=1, write_coarse=0)
-
-
 def _check_shift_write(m: ml_collections.ConfigDict, image_hw: tuple[int, int]) -> dict:
   """The shift write's settings (model.write_offsets, write_patches, write_coarse), checked."""
-  got = {k: m.get(k, v) for k, v in SHIFT_WRITE_DEFAULTS.items()}
+  got = {k: m.get(k, v) for k, v in config_lib.SHIFT_WRITE_DEFAULTS.items()}
   if got["write_offsets"] not in draw_models.WRITE_OFFSETS:
     raise ConfigError(
       f"config.model.write_offsets={got['write_offsets']!r} is not one of "
@@ -190,12 +187,12 @@ def _check_shift_write(m: ml_collections.ConfigDict, image_hw: tuple[int, int]) 
       f"config.model.write_coarse={f!r} must be 0 (off) or an integer factor of the "
       f"{image_hw[0]}x{image_hw[1]} image's sides (e.g. 4: a 15x15 canvas on 60x60)"
     )
-  changed = [k for k, v in SHIFT_WRITE_DEFAULTS.items() if got[k] != v]
+  changed = [k for k, v in config_lib.SHIFT_WRITE_DEFAULTS.items() if got[k] != v]
   if changed and m.get("write_attention", "gaussian") != "shift":
     raise ConfigError(
       f"config.model.{changed[0]}={got[changed[0]]!r} applies to the shift write only: set "
       "config.model.write_attention='shift' and write_n > 0, or leave it at "
-      f"{SHIFT_WRITE_DEFAULTS[changed[0]]!r}"
+      f"{config_lib.SHIFT_WRITE_DEFAULTS[changed[0]]!r}"
     )
   return got
 
