@@ -31,13 +31,17 @@ def _plain_conv(x, kernel, strides, padding):
   )
 
 
-@pytest.fixture(params=[True, False], ids=["jaxgen_forms", "xla_forms"])
+@pytest.fixture(params=["jaxgen", "xla", "blocks"], ids=lambda p: f"{p}_forms")
 def phase_split(request, monkeypatch):
-  """Every case through both forms of a dilated convolution (phase split or XLA's) and of a
-  forward convolution (tap by tap or XLA's), whatever its channel count."""
-  monkeypatch.setattr(ops, "_MIN_PHASE_SPLIT_CHANNELS", 0 if request.param else 10**9)
-  monkeypatch.setattr(ops, "_MAX_TAPWISE", 10**9 if request.param else 0)
-  return request.param
+  """Every case through each form of a dilated convolution (phase split, XLA's, or all phases
+  in one convolution: depth-to-space) and of a strided forward convolution (tap by tap, XLA's,
+  or space-to-depth where the kernel divides by the stride), whatever its channel count."""
+  form = request.param
+  monkeypatch.setattr(ops, "_MIN_PHASE_SPLIT_CHANNELS", 0 if form == "jaxgen" else 10**9)
+  monkeypatch.setattr(ops, "_MAX_TAPWISE", 10**9 if form == "jaxgen" else 0)
+  monkeypatch.setattr(ops, "_use_depth_to_space", lambda *_: form == "blocks")
+  monkeypatch.setattr(ops, "_MAX_SPACE_TO_DEPTH_CHANNELS", 10**9 if form == "blocks" else 0)
+  return form
 
 
 @pytest.mark.parametrize(
@@ -86,6 +90,7 @@ def test_conv_transpose_matches_autodiff(x_shape, kernel_hw, cout, strides, padd
     ((2, 6, 6, 3), (3, 3), 4, (1, 1), "SAME"),  # stride 1
     ((2, 8, 7, 3), (4, 4), 2, (2, 2), ((2, 1), (0, 3))),  # explicit padding
     ((2, 8, 7, 1), (3, 3), 4, (2, 2), ((-1, 2), (1, -2))),  # negative: crops the input
+    ((2, 9, 8, 2), (4, 2), 3, (2, 2), ((-1, 2), (1, 0))),  # the same, kernel a whole stride
     ((2, 4, 4, 1), (5, 5), 3, (2, 2), "VALID"),  # kernel larger than the input: empty
   ],
 )
@@ -100,6 +105,48 @@ def test_conv_matches_autodiff(x_shape, kernel_hw, cout, strides, padding, phase
   for g, w, name in zip(got_vjp(dy), want_vjp(dy), ("dx", "dkernel")):
     assert g.shape == w.shape, name
     _assert_close(g, w)
+
+
+BLOCK_CASES = [  # (x shape, kernel hw, cout, strides, (low, high) pads per axis)
+  ((2, 8, 8, 3), (4, 4), 5, (2, 2), ((1, 1), (1, 1))),  # the VAE's 4x4 stride-2 "SAME"
+  ((2, 9, 7, 2), (5, 5), 3, (2, 2), ((1, 2), (2, 2))),  # 5x5: kernel padded to whole blocks
+  ((2, 10, 9, 1), (3, 2), 4, (3, 2), ((0, 2), (1, 0))),  # non-square kernel and strides
+  ((2, 6, 6, 3), (1, 1), 2, (2, 2), ((0, 0), (0, 0))),  # kernel smaller than the stride
+  ((2, 8, 7, 2), (3, 3), 2, (2, 2), ((-1, 2), (1, -2))),  # negative: crops the input
+  ((2, 5, 5, 3), (3, 3), 2, (3, 3), ((2, 3), (0, 1))),  # stride 3
+]
+
+
+@pytest.mark.parametrize("x_shape, kernel_hw, cout, strides, pads", BLOCK_CASES)
+def test_block_forms_equal_lax(x_shape, kernel_hw, cout, strides, pads):
+  """The space-to-depth strided convolution and the depth-to-space dilated one on their own,
+  for any kernel and padding (the dispatch uses them only where they were measured faster)."""
+  x = jax.random.normal(jax.random.key(4), x_shape)
+  kernel = jax.random.normal(jax.random.key(5), (*kernel_hw, x_shape[-1], cout))
+  dn = ("NHWC", "HWIO", "NHWC")
+  want = lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=dn)
+  got = jax.jit(ops._space_to_depth_conv, static_argnums=(2, 3))(x, kernel, strides, pads)
+  assert got.shape == want.shape
+  _assert_close(got, want)
+  want = lax.conv_general_dilated(
+    x, kernel, (1, 1), pads, lhs_dilation=strides, dimension_numbers=dn
+  )
+  got = jax.jit(ops._depth_to_space, static_argnums=(2, 3))(x, kernel, strides, pads)
+  assert got.shape == want.shape
+  _assert_close(got, want)
+
+
+def test_block_forms_are_chosen_where_measured_faster():
+  """Depth-to-space for a decoder's 3-channel image layer and its wider 4x4 layers, not for 1
+  channel, 5x5 kernels or 4x4 inputs; space-to-depth for a 3-channel image at 4x4, not 5x5."""
+  x = lambda hw, c: jnp.zeros((64, hw, hw, c))
+  k = lambda kk, cin, cout: jnp.zeros((kk, kk, cin, cout))
+  chosen = lambda hw, cin, kk, cout: ops._use_depth_to_space(x(hw, cin), k(kk, cin, cout), (2, 2))
+  assert chosen(32, 16, 4, 3) and chosen(32, 32, 5, 3) and chosen(8, 64, 4, 32)
+  assert not (chosen(14, 64, 5, 1) or chosen(16, 64, 5, 32) or chosen(4, 128, 4, 64))
+  s2d = jax.jit(lambda x, kern: ops._strided(x, kern, (2, 2), ((1, 1), (1, 1))))
+  assert "64x33x33x12" in s2d.lower(x(64, 3), k(4, 3, 16)).as_text()
+  assert "64x33x33x12" not in s2d.lower(x(64, 3), k(5, 3, 16)).as_text()
 
 
 def test_bad_padding_is_refused():
