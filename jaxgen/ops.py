@@ -135,6 +135,15 @@ def _strided(
   fits = all(n >= k for n, k in zip(padded, kernel_hw))  # a non-empty output
   if thin and whole and fits and max(strides) > 1:
     return _space_to_depth_conv(x_BxHxWxC, kernel_KxKxIxO, strides, pads)
+  if any(p < 0 for pair in pads for p in pair):
+    # XLA:CPU (jax 0.10) computes a convolution whose padding is negative at one end and
+    # positive at the other wrongly (values of 1e35), so lax.pad crops first.
+    x_BxHxWxC = lax.pad(
+      x_BxHxWxC,
+      jnp.zeros((), x_BxHxWxC.dtype),
+      ((0, 0, 0), *((min(lo, 0), min(hi, 0), 0) for lo, hi in pads), (0, 0, 0)),
+    )
+    pads = tuple((max(lo, 0), max(hi, 0)) for lo, hi in pads)
   return lax.conv_general_dilated(x_BxHxWxC, kernel_KxKxIxO, strides, pads, dimension_numbers=_DN)
 
 
@@ -301,8 +310,7 @@ def _depth_to_space(
     sel_w.astype(kernel_KxKxIxO.dtype),
     kernel_KxKxIxO,
   ).reshape(sel_h.shape[0], sel_w.shape[0], c, sh * sw * o)
-  # Padded by lax.pad, not by the convolution: a negative low padding (crop) there read
-  # outside the input on XLA:CPU (jax 0.10), values of 1e14 in the last block.
+  # Padded by lax.pad, not by the convolution (XLA:CPU's bug with negative padding, _strided).
   x = lax.pad(
     x_BxHxWxC, jnp.zeros((), x_BxHxWxC.dtype), ((0, 0, 0), (*pad_h, 0), (*pad_w, 0), (0, 0, 0))
   )

@@ -136,6 +136,19 @@ def test_block_forms_equal_lax(x_shape, kernel_hw, cout, strides, pads):
   _assert_close(got, want)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_padding_negative_at_one_end_and_positive_at_the_other(stride, phase_split):
+  """XLA:CPU's convolution with such padding returned values of 1e35 (jax 0.10); ops crops
+  with lax.pad first. The reference pads with lax.pad and convolves "VALID"."""
+  x = jax.random.normal(jax.random.key(0), (2, 4, 7, 2))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 2, 2))
+  pads = ((-2, 1), (0, 0))
+  cropped = lax.pad(x, 0.0, ((0, 0, 0), (-2, 1, 0), (0, 0, 0), (0, 0, 0)))
+  want = _plain_conv(cropped, kernel, (stride, 1), "VALID")
+  # a new function for each form: jit's cache does not see the monkeypatched dispatch
+  _assert_close(jax.jit(lambda a, b: ops.conv(a, b, (stride, 1), pads))(x, kernel), want)
+
+
 def test_block_forms_are_chosen_where_measured_faster():
   """Depth-to-space for a decoder's 3-channel image layer and its wider 4x4 layers, not for 1
   channel, 5x5 kernels or 4x4 inputs; space-to-depth for a 3-channel image at 4x4, not 5x5."""
