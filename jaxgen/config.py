@@ -278,6 +278,7 @@ ADDED_FOR_FAMILY = {
     "model.sample_temperature": 1.0,
     "model.write_attention": "gaussian",
     **{f"model.{k}": v for k, v in SHIFT_WRITE_DEFAULTS.items()},
+    "model.scan_unroll": 1,
   },
   "gan": {f"model.{k}": v for k, v in GAN_RECIPES.items()},
 }

@@ -704,6 +704,38 @@ def test_runs_saved_before_free_bits_read_it_as_off():
   assert config_lib.upgrade(old)["model"]["free_bits"] == 0.0
 
 
+@pytest.mark.parametrize("text", [False, True], ids=["draw", "aligndraw"])
+def test_an_unrolled_scan_takes_the_same_step(states, text):
+  # float64 (see X64_RTOL): one step's maths compiled as a loop over T, two steps per iteration
+  # (T = 3: a remainder) and fully unrolled; only the order of XLA's fusions may differ
+  with jax.enable_x64(True):
+    state, batch = to_float64(states[text]), to_float64(random_batch(n=4, text=text))
+    step = jax.jit(draw.train_step)
+    runs = [step(_with(state, scan_unroll=u), batch, jax.random.key(3)) for u in (1, 2, 3)]
+  assert runs[0][1]["loss"].dtype == jnp.float64
+  (want, want_m), *others = runs
+  for got, got_m in others:
+    for k in want_m:
+      np.testing.assert_allclose(got_m[k], want_m[k], rtol=X64_RTOL, err_msg=k)
+    chex.assert_trees_all_close(got.draw.params, want.draw.params, rtol=X64_RTOL, atol=0)
+  assert draw_config(text).model.scan_unroll == (1 if text else 10)  # draw_fashion.py unrolls
+
+
+@pytest.mark.parametrize("unroll", [0, -1, True])  # a float is refused by the ConfigDict
+def test_scan_unroll_must_be_a_positive_integer(unroll):
+  with pytest.raises(ConfigError, match=r"scan_unroll=.* must be an integer >= 1"):
+    jax.eval_shape(
+      lambda k: draw.init_state(draw_config(scan_unroll=unroll), k, random_batch(2)),
+      jax.random.key(0),
+    )
+
+
+def test_runs_saved_before_scan_unroll_read_it_as_a_loop():
+  old = json.loads(draw_config().to_json_best_effort())
+  del old["model"]["scan_unroll"]
+  assert config_lib.upgrade(old)["model"]["scan_unroll"] == 1
+
+
 def _prior_pass(state, key, tokens):
   """Generation's per-step arrays [T, B, Z] "z", "p_mean", "p_logvar" (z drawn from the prior)."""
   model = draw._model(state.hp)

@@ -45,6 +45,7 @@ def get_config():
   c.model.free_bits = 0.0  # > 0: nats per step of KL the loss does not price (free bits)
   c.model.kl_beta = 1.0  # < 1: the posterior's KL weight (the learned prior still fits all of it)
   c.model.sample_temperature = 1.0  # < 1: samples scale the prior's noise (more typical)
+  c.model.scan_unroll = 1  # T steps per loop iteration (T: unrolled)
   c.model.captions = True
   c.model.embed_dim = 64
   c.model.lang_features = 128

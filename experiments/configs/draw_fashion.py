@@ -28,6 +28,7 @@ def get_config():
   c.model.free_bits = 0.0  # > 0: nats per step of KL the loss does not price (free bits)
   c.model.kl_beta = 1.0  # < 1: the posterior's KL weight (the learned prior still fits all of it)
   c.model.sample_temperature = 1.0  # < 1: samples scale the prior's noise (more typical)
+  c.model.scan_unroll = 10  # = draw_steps: unrolled, 1.3x the steps/s of a loop (1) on 2 CPU cores
   c.model.captions = False
 
   c.optim.name = "adam"

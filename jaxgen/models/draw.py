@@ -287,6 +287,9 @@ class DRAW(nn.Module):
   write_coarse: int = 0
   temperature: float = 1.0  # generation only: scales the prior's noise (< 1: more typical)
   dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); params and canvas stay float32
+  # time steps per iteration of the compiled loop (nn.scan's unroll): 1 is a loop over T steps,
+  # T (or more) unrolls it, which lets XLA fuse across steps; the same maths either way
+  scan_unroll: int = 1
 
   @nn.compact
   def __call__(
@@ -334,6 +337,7 @@ class DRAW(nn.Module):
       split_rngs={"params": False, "latent": True},
       in_axes=nn.broadcast,
       length=self.draw_steps,
+      unroll=min(self.scan_unroll, self.draw_steps),
     )
     step = scan(
       self.image_shape,
