@@ -683,25 +683,30 @@ def test_kl_beta_weighs_the_posterior_kl_and_leaves_the_prior_all_of_it(states):
       close(a, b, b)
 
 
-@pytest.mark.parametrize("beta", [0.0, 1.5, float("nan")])
-def test_kl_beta_must_be_in_zero_one(beta):
-  with pytest.raises(ConfigError, match=f"kl_beta={beta!r} must be in \\(0, 1\\]"):
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
+    ("kl_beta", 0.0, r"kl_beta=0.0 must be in \(0, 1\]"),
+    ("kl_beta", 1.5, r"kl_beta=1.5 must be in \(0, 1\]"),
+    ("kl_beta", float("nan"), r"kl_beta=nan must be in \(0, 1\]"),
+    ("scan_unroll", 0, r"scan_unroll=0 must be an integer >= 1"),
+    ("scan_unroll", -1, r"scan_unroll=-1 must be an integer >= 1"),
+    ("scan_unroll", True, r"scan_unroll=True must be an integer >= 1"),  # (a float: ConfigDict)
+  ],
+)
+def test_model_fields_out_of_range_are_one_line_errors(field, value, message):
+  with pytest.raises(ConfigError, match=message):
     jax.eval_shape(
-      lambda k: draw.init_state(draw_config(kl_beta=beta), k, random_batch(2)),
+      lambda k: draw.init_state(draw_config(**{field: value}), k, random_batch(2)),
       jax.random.key(0),
     )
 
 
-def test_runs_saved_before_kl_beta_read_it_as_one():
+@pytest.mark.parametrize("field, ran", [("kl_beta", 1.0), ("free_bits", 0.0), ("scan_unroll", 1)])
+def test_runs_saved_before_a_field_read_what_they_ran(field, ran):
   old = json.loads(draw_config().to_json_best_effort())
-  del old["model"]["kl_beta"]
-  assert config_lib.upgrade(old)["model"]["kl_beta"] == 1.0
-
-
-def test_runs_saved_before_free_bits_read_it_as_off():
-  old = json.loads(draw_config().to_json_best_effort())
-  del old["model"]["free_bits"]
-  assert config_lib.upgrade(old)["model"]["free_bits"] == 0.0
+  del old["model"][field]
+  assert config_lib.upgrade(old)["model"][field] == ran
 
 
 @pytest.mark.parametrize("text", [False, True], ids=["draw", "aligndraw"])
@@ -719,21 +724,6 @@ def test_an_unrolled_scan_takes_the_same_step(states, text):
       np.testing.assert_allclose(got_m[k], want_m[k], rtol=X64_RTOL, err_msg=k)
     chex.assert_trees_all_close(got.draw.params, want.draw.params, rtol=X64_RTOL, atol=0)
   assert draw_config(text).model.scan_unroll == (1 if text else 10)  # draw_fashion.py unrolls
-
-
-@pytest.mark.parametrize("unroll", [0, -1, True])  # a float is refused by the ConfigDict
-def test_scan_unroll_must_be_a_positive_integer(unroll):
-  with pytest.raises(ConfigError, match=r"scan_unroll=.* must be an integer >= 1"):
-    jax.eval_shape(
-      lambda k: draw.init_state(draw_config(scan_unroll=unroll), k, random_batch(2)),
-      jax.random.key(0),
-    )
-
-
-def test_runs_saved_before_scan_unroll_read_it_as_a_loop():
-  old = json.loads(draw_config().to_json_best_effort())
-  del old["model"]["scan_unroll"]
-  assert config_lib.upgrade(old)["model"]["scan_unroll"] == 1
 
 
 def _prior_pass(state, key, tokens):
