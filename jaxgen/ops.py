@@ -257,10 +257,13 @@ def _use_depth_to_space(
   forward; 5x5: 7.77 -> 4.32), and wider outputs where every phase has the same number of
   kernel taps (kernel divisible by the stride) on inputs of at least 8x8 (8x8x64 -> 16x16x32,
   4x4: 3.95 -> 1.86 ms). Not where taps would be wasted (5x5 kernels: 16x16x64 -> 32x32x32
-  8.26 -> 9.22 ms), on 4x4 inputs (1.55 -> 2.01 ms), or to 1 channel (0.92 -> 1.59 ms)."""
+  8.26 -> 9.22 ms), on 4x4 inputs (1.55 -> 2.01 ms), or to 1 channel (0.92 -> 1.59 ms); nor at
+  stride 1, where there is one phase and nothing to gain."""
   cout, phases = kernel_KxKxIxO.shape[3], int(np.prod(strides))
+  if phases == 1:
+    return False
   if cout < _MIN_PHASE_SPLIT_CHANNELS:
-    return cout * phases >= _MIN_PHASE_SPLIT_CHANNELS
+    return cout >= 2 and cout * phases >= _MIN_PHASE_SPLIT_CHANNELS
   whole = all(k % s == 0 for k, s in zip(kernel_KxKxIxO.shape[:2], strides))
   return whole and min(x_BxHxWxC.shape[1:3]) >= 8
 
@@ -304,11 +307,12 @@ def _depth_to_space(
     _block_plan(n, k, s, lo, hi)
     for n, k, s, (lo, hi) in zip((h, w), kernel_KxKxIxO.shape[:2], strides, pads)
   ]
-  kernel = jnp.einsum(
+  kernel = jnp.einsum(  # each entry one kernel tap times 1: exact at HIGHEST precision
     "apj,bqk,jkco->abcpqo",
     sel_h.astype(kernel_KxKxIxO.dtype),
     sel_w.astype(kernel_KxKxIxO.dtype),
     kernel_KxKxIxO,
+    precision=lax.Precision.HIGHEST,
   ).reshape(sel_h.shape[0], sel_w.shape[0], c, sh * sw * o)
   # Padded by lax.pad, not by the convolution (XLA:CPU's bug with negative padding, _strided).
   x = lax.pad(

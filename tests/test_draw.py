@@ -717,6 +717,11 @@ def test_an_unrolled_scan_takes_the_same_step(states, text):
     state, batch = to_float64(states[text]), to_float64(random_batch(n=4, text=text))
     step = jax.jit(draw.train_step)
     runs = [step(_with(state, scan_unroll=u), batch, jax.random.key(3)) for u in (1, 2, 3)]
+    key = jax.random.key(3)
+    program = lambda u: str(
+      jax.make_jaxpr(draw.train_step)(_with(state, scan_unroll=u), batch, key)
+    )
+    assert "unroll=2" in program(2) and "unroll=2" not in program(1)  # it reaches nn.scan
   assert runs[0][1]["loss"].dtype == jnp.float64
   (want, want_m), *others = runs
   for got, got_m in others:

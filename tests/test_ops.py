@@ -157,6 +157,8 @@ def test_block_forms_are_chosen_where_measured_faster():
   chosen = lambda hw, cin, kk, cout: ops._use_depth_to_space(x(hw, cin), k(kk, cin, cout), (2, 2))
   assert chosen(32, 16, 4, 3) and chosen(32, 32, 5, 3) and chosen(8, 64, 4, 32)
   assert not (chosen(14, 64, 5, 1) or chosen(16, 64, 5, 32) or chosen(4, 128, 4, 64))
+  one_phase = ops._use_depth_to_space(x(14, 32), k(3, 32, 32), (1, 1))  # a classifier's layer
+  assert not one_phase and not ops._use_depth_to_space(x(14, 32), k(3, 32, 1), (3, 3))
   s2d = jax.jit(lambda x, kern: ops._strided(x, kern, (2, 2), ((1, 1), (1, 1))))
   assert "64x33x33x12" in s2d.lower(x(64, 3), k(4, 3, 16)).as_text()
   assert "64x33x33x12" not in s2d.lower(x(64, 3), k(5, 3, 16)).as_text()
@@ -215,6 +217,14 @@ def _metrics_close(got: dict, want: dict) -> None:
     )
 
 
+def _step_and_its_program(step, *args):
+  """(step(*args) under jit, the text of its jaxpr). A new function each time: jax caches a
+  trace on the function object, so jitting `step` itself again after a monkeypatch would reuse
+  the trace made before it, and a fast-vs-plain comparison would compare a step with itself."""
+  fresh = lambda *a: step(*a)
+  return jax.jit(fresh)(*args), str(jax.make_jaxpr(fresh)(*args))
+
+
 def test_dcgan_step_equals_plain_autodiff(monkeypatch):
   # SGD with lr 1: the parameter change is the gradient itself.
   c = gan_config(width=16, latent_dim=32)
@@ -222,10 +232,12 @@ def test_dcgan_step_equals_plain_autodiff(monkeypatch):
   with jax.enable_x64(True):
     batch = to_float64(random_batch())
     init = to_float64(gan.init_state(c, jax.random.key(0), batch))
-    fast_state, fast_m = jax.jit(gan.train_step)(init, batch, jax.random.key(42))
+    args = (init, batch, jax.random.key(42))
+    (fast_state, fast_m), fast_program = _step_and_its_program(gan.train_step, *args)
     monkeypatch.setattr(gan, "_models", _plain_models)
     assert not any(m.fast_ops for m in gan._models(init.hp))
-    plain_state, plain_m = jax.jit(gan.train_step)(init, batch, jax.random.key(42))
+    (plain_state, plain_m), plain_program = _step_and_its_program(gan.train_step, *args)
+  assert fast_program != plain_program  # the monkeypatch reached the second trace
   assert fast_m["d_loss"].dtype == jnp.float64
   _metrics_close(fast_m, plain_m)
   for name, got, want in zip(
@@ -246,10 +258,12 @@ def test_classifier_step_equals_plain_autodiff(monkeypatch):
       label=jnp.arange(16) % 10,
     )
     init = to_float64(classifier.init_state(c, jax.random.key(0), batch))
-    fast_state, fast_m = jax.jit(classifier.train_step)(init, batch, jax.random.key(42))
+    args = (init, batch, jax.random.key(42))
+    (fast_state, fast_m), fast_program = _step_and_its_program(classifier.train_step, *args)
     plain_model = classifier._model
     monkeypatch.setattr(classifier, "_model", lambda hp: plain_model(hp).clone(fast_ops=False))
-    plain_state, plain_m = jax.jit(classifier.train_step)(init, batch, jax.random.key(42))
+    (plain_state, plain_m), plain_program = _step_and_its_program(classifier.train_step, *args)
+  assert fast_program != plain_program
   assert fast_m["loss"].dtype == jnp.float64
   _metrics_close(fast_m, plain_m)
   delta = lambda s: jax.tree.map(jnp.subtract, init.net.params, s.net.params)
