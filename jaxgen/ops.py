@@ -128,12 +128,9 @@ def _strided(
   x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, strides: tuple[int, ...], pads: Pads
 ) -> jax.Array:
   """Ordinary strided convolution (XLA's fast path); thin inputs through space-to-depth."""
-  kernel_hw = kernel_KxKxIxO.shape[:2]
   thin = x_BxHxWxC.shape[3] <= _MAX_SPACE_TO_DEPTH_CHANNELS
-  whole = all(k % s == 0 for k, s in zip(kernel_hw, strides))  # no zero taps to pad in
-  padded = [n + lo + hi for n, (lo, hi) in zip(x_BxHxWxC.shape[1:3], pads)]
-  fits = all(n >= k for n, k in zip(padded, kernel_hw))  # a non-empty output
-  if thin and whole and fits and max(strides) > 1:
+  whole = _whole_strides(kernel_KxKxIxO, strides)
+  if thin and whole and not _empty_output(x_BxHxWxC, kernel_KxKxIxO, pads) and max(strides) > 1:
     return _space_to_depth_conv(x_BxHxWxC, kernel_KxKxIxO, strides, pads)
   if any(p < 0 for pair in pads for p in pair):
     # XLA:CPU (jax 0.10) computes a convolution whose padding is negative at one end and
@@ -145,6 +142,17 @@ def _strided(
     )
     pads = tuple((max(lo, 0), max(hi, 0)) for lo, hi in pads)
   return lax.conv_general_dilated(x_BxHxWxC, kernel_KxKxIxO, strides, pads, dimension_numbers=_DN)
+
+
+def _whole_strides(kernel_KxKxIxO: jax.Array, strides: tuple[int, ...]) -> bool:
+  """Whether each kernel side is a whole number of strides (block forms then waste no taps)."""
+  return all(k % s == 0 for k, s in zip(kernel_KxKxIxO.shape[:2], strides))
+
+
+def _empty_output(x_BxHxWxC: jax.Array, kernel_KxKxIxO: jax.Array, pads: Pads) -> bool:
+  """Whether the kernel is larger than the padded input on some side (no output pixels)."""
+  padded = [n + lo + hi for n, (lo, hi) in zip(x_BxHxWxC.shape[1:3], pads)]
+  return any(n < k for n, k in zip(padded, kernel_KxKxIxO.shape[:2]))
 
 
 # Strided convolutions of inputs with at most this many channels (an image's, or the
@@ -212,8 +220,7 @@ def _forward(
 ) -> jax.Array:
   """_strided's value; tap by tap (elementwise) for thin inputs."""
   kh, kw, cin, _ = kernel_KxKxIxO.shape
-  padded = [n + lo + hi for n, (lo, hi) in zip(x_BxHxWxC.shape[1:3], pads)]
-  if kh * kw * cin > _MAX_TAPWISE or padded[0] < kh or padded[1] < kw:  # or an empty output
+  if kh * kw * cin > _MAX_TAPWISE or _empty_output(x_BxHxWxC, kernel_KxKxIxO, pads):
     return _strided(x_BxHxWxC, kernel_KxKxIxO, strides, pads)
   taps = _tap_slices(x_BxHxWxC, (kh, kw), strides, pads)
   return sum(
@@ -264,8 +271,7 @@ def _use_depth_to_space(
     return False
   if cout < _MIN_PHASE_SPLIT_CHANNELS:
     return cout >= 2 and cout * phases >= _MIN_PHASE_SPLIT_CHANNELS
-  whole = all(k % s == 0 for k, s in zip(kernel_KxKxIxO.shape[:2], strides))
-  return whole and min(x_BxHxWxC.shape[1:3]) >= 8
+  return _whole_strides(kernel_KxKxIxO, strides) and min(x_BxHxWxC.shape[1:3]) >= 8
 
 
 def _block_plan(
