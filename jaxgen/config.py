@@ -251,6 +251,7 @@ GAN_RECIPES = dict(
   standing_batches=8,  # batches those statistics average
   fresh_real_batches=False,  # d_steps > 1: a new real batch for each D update
   class_bn=False,  # conditional BatchNorm in G (needs num_classes > 0)
+  mbstd_group=0,  # minibatch standard deviation in D over groups of this many images (0: off)
 )
 # DRAW's shift-write switches (model.write_offsets, write_patches, write_coarse) and the values
 # that give the plain shift write, as runs saved before them ran it

@@ -36,6 +36,7 @@ ALL_ON = dict(
   d_steps=2,
   class_bn=True,
   num_classes=10,
+  mbstd_group=2,
 )
 
 # ------------------------------------------------------------------ augmentation
@@ -220,6 +221,46 @@ def test_spectral_norm_largest_singular_value_is_one_after_power_iterations():
   assert jax.tree.map(jnp.shape, plain["params"]) == jax.tree.map(jnp.shape, v["params"])
 
 
+# ------------------------------------------------------------------ minibatch standard deviation
+
+
+def test_minibatch_stddev_is_each_groups_feature_std_averaged():
+  x = np.random.default_rng(0).normal(size=(8, 3, 3, 5)).astype(np.float32)
+  y = np.asarray(gan_models.minibatch_stddev(jnp.asarray(x), 4))
+  assert y.shape == (8, 3, 3, 6)
+  np.testing.assert_array_equal(y[..., :5], x)  # the features pass through unchanged
+  x64 = x.astype(np.float64).reshape(2, 4, 3, 3, 5)  # groups: images 0-3 and 4-7
+  want = np.sqrt(x64.var(axis=1) + 1e-8).mean(axis=(1, 2, 3))
+  # float32 variance and mean of a few dozen values: a few roundings (6e-8) of their scale
+  assert_close_to_scale(y[..., 5], np.broadcast_to(np.repeat(want, 4)[:, None, None], (8, 3, 3)))
+  # a batch smaller than the group is one group; a batch that does not divide is an error
+  whole = np.asarray(gan_models.minibatch_stddev(jnp.asarray(x[:3]), 4))[:, 0, 0, 5]
+  assert_close_to_scale(whole, np.full(3, np.sqrt(x[:3].astype(np.float64).var(0) + 1e-8).mean()))
+  with pytest.raises(ValueError, match="mbstd_group=4 needs a batch .* got 6 images"):
+    gan_models.minibatch_stddev(jnp.asarray(x[:6]), 4)
+  # identical images in a group: the channel is sqrt(1e-8), whatever they are
+  same = np.asarray(gan_models.minibatch_stddev(jnp.asarray(np.repeat(x[:1], 4, 0)), 4))
+  np.testing.assert_allclose(same[..., 5], 1e-4, rtol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+def test_mbstd_couples_the_images_of_one_group_only(arch):
+  _, d_cls = gan.ARCHS[arch]
+  x = jnp.asarray(random_batch(n=8)["image"])
+  d = d_cls((28, 28, 1), width=8, mbstd_group=4)
+  v = d.init(jax.random.key(0), x, train=False)
+  plain = d_cls((28, 28, 1), width=8).init(jax.random.key(0), x, train=False)
+  # one more input to the logit: the 7x7 channel flattened (DCGAN) or its sum (ResNet)
+  extra = {"dcgan": 7 * 7, "resnet": 1}[arch]
+  rows = lambda variables: variables["params"]["logit"]["kernel"].shape[0]
+  assert rows(v) == rows(plain) + extra
+  # inference mode (DCGAN's BatchNorm uses running statistics): only the group couples images
+  logits = lambda x: np.asarray(d.apply(v, x, train=False))
+  a, b = logits(x), logits(x.at[0].multiply(-1.0))
+  assert np.abs(a[1:4] - b[1:4]).min() > 0  # the rest of image 0's group moves
+  np.testing.assert_array_equal(a[4:], b[4:])  # the other group does not
+
+
 # ------------------------------------------------------------------ ResNet G/D
 
 
@@ -317,6 +358,8 @@ def test_defaults_keep_the_state_as_before_and_bad_values_fail():
     (dict(r1_every=0), "r1_every"),
     (dict(arch="stylegan"), "config.model.arch"),
     (dict(class_bn=True), "model.class_bn=True .* model.num_classes is 0"),
+    (dict(mbstd_group=-1), "model.mbstd_group=-1; set it to 0"),
+    (dict(mbstd_group=3), "mbstd_group=3 does not divide the 64 images .* divisor of 64"),
   ):
     with pytest.raises(ConfigError, match=match):
       _state(**bad)

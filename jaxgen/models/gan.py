@@ -10,6 +10,7 @@ defaults they are plain flax; `fast_ops=True` swaps in `jaxgen.ops`' reverse-mod
 2018); the power-iteration vectors live in "batch_stats" beside BatchNorm's statistics.
 `class_bn=True` (generators, with `num_classes`) makes every BatchNorm's scale and bias depend on
 the label (conditional BatchNorm, de Vries et al. 2017; Miyato & Koyama 2018).
+`mbstd_group=G` (discriminators) appends `minibatch_stddev`'s channel to the last feature map.
 """
 
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ class _Net(nn.Module):
   dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
   spectral_norm: bool = False
   class_bn: bool = False  # generators: per-class BatchNorm scale and bias (needs num_classes)
+  mbstd_group: int = 0  # discriminators: minibatch_stddev over groups of this many (0: off)
 
   def norm_act(self, bn: nn.Module, x: jnp.ndarray, labels_B: jnp.ndarray | None) -> jnp.ndarray:
     """bn(x), with `class_bn` plus per-class offsets of its scale and bias: a bias-free dense
@@ -50,6 +52,28 @@ class _Net(nn.Module):
     )(common.one_hot(labels_B, self.num_classes, jnp.float32))
     gain_BxC, shift_BxC = jnp.split(offsets, 2, axis=-1)
     return bn(x, gain_BxC=gain_BxC, shift_BxC=shift_BxC)
+
+
+def minibatch_stddev(x_BxHxWxC: jnp.ndarray, group: int) -> jnp.ndarray:
+  """x with one more channel: each image's group (`group` consecutive images of the batch, or the
+  whole batch if smaller) gets the standard deviation over the group of every feature, averaged
+  over features and positions: [B, H, W, C] -> [B, H, W, C + 1] (Karras et al. 2018, ProGAN).
+  A discriminator that sees how varied its batch is can penalise a generator that draws
+  too few kinds of image. Consecutive groups stay on one device when each device's share of the
+  batch divides by `group`."""
+  b = x_BxHxWxC.shape[0]
+  g = min(group, b)
+  if b % g:
+    raise ValueError(
+      f"mbstd_group={group} needs a batch that divides into groups of {g}, got {b} images; set "
+      "model.mbstd_group to a divisor of the batch size"
+    )
+  x = x_BxHxWxC.astype(jnp.float32).reshape(b // g, g, *x_BxHxWxC.shape[1:])
+  std_N = jnp.mean(jnp.sqrt(jnp.var(x, axis=1) + 1e-8), axis=(1, 2, 3))
+  std_BxHxWx1 = jnp.broadcast_to(
+    jnp.repeat(std_N, g)[:, None, None, None], (*x_BxHxWxC.shape[:3], 1)
+  )
+  return jnp.concatenate([x_BxHxWxC, std_BxHxWx1.astype(x_BxHxWxC.dtype)], axis=-1)
 
 
 def _logit(h_BxF: jnp.ndarray, labels_B: jnp.ndarray | None, num_classes: int, dtype, sn):
@@ -121,6 +145,8 @@ class Discriminator(_Net):
         )(x)
       else:
         x = nn.leaky_relu(x, 0.2)
+    if self.mbstd_group:
+      x = minibatch_stddev(x, self.mbstd_group)
     h_BxF = x.reshape(x.shape[0], -1)
     return _logit(h_BxF, labels_B, self.num_classes, self.dtype, sn)
 
@@ -197,5 +223,8 @@ class ResNetDiscriminator(_Net):
       h = sn(nn.Conv(w, (3, 3), dtype=self.dtype, name=f"block{i}_conv1"))(h)
       h = pool(sn(nn.Conv(w, (3, 3), dtype=self.dtype, name=f"block{i}_conv2"))(nn.relu(h)))
       x = h + pool(sn(nn.Conv(w, (1, 1), dtype=self.dtype, name=f"block{i}_shortcut"))(x))
-    h_BxF = jnp.sum(nn.relu(x), axis=(1, 2))
+    x = nn.relu(x)
+    if self.mbstd_group:
+      x = minibatch_stddev(x, self.mbstd_group)
+    h_BxF = jnp.sum(x, axis=(1, 2))
     return _logit(h_BxF, labels_B, self.num_classes, self.dtype, sn)

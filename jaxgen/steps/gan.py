@@ -38,7 +38,7 @@ def _models(hp: ml_collections.FrozenConfigDict):
   sn = hp.get("spectral_norm", "none")
   g_cls, d_cls = ARCHS[hp.get("arch", "dcgan")]
   g = g_cls(**kw, spectral_norm=sn == "dg", class_bn=hp.get("class_bn", False))
-  return g, d_cls(**kw, spectral_norm=sn in ("d", "dg"))
+  return g, d_cls(**kw, spectral_norm=sn in ("d", "dg"), mbstd_group=hp.get("mbstd_group", 0))
 
 
 # ---- GAN recipes (config.model switches, all off by default; README "GAN recipes")
@@ -75,6 +75,10 @@ def _recipe_hp(m: ml_collections.ConfigDict) -> dict:
       "model.class_bn=True conditions BatchNorm on the label, but model.num_classes is 0; set "
       "model.num_classes to the data's class count or class_bn to False"
     )
+  if hp["mbstd_group"] < 0:
+    raise ConfigError(
+      f"model.mbstd_group={hp['mbstd_group']}; set it to 0 (off) or a group size such as 4"
+    )
   augment.parse_policy(hp["augment"])
   return hp if hp != config_lib.GAN_RECIPES else {}
 
@@ -105,6 +109,18 @@ def _r1(d_fn, real, update: jax.Array, hp, on: bool | None = None) -> jax.Array:
   return jax.lax.cond(
     on, lambda: losses.r1_penalty(d_fn, real, gamma), lambda: jnp.zeros((), real.dtype)
   )
+
+
+def _check_mbstd_group(hp: ml_collections.FrozenConfigDict, batch_size: int) -> None:
+  """Minibatch stddev's groups must tile each batch D sees: batch_size split over fresh real
+  batches (d_steps of them) and accumulation micro-batches."""
+  group = hp.get("mbstd_group", 0)
+  per_pass = batch_size // (hp.d_steps if hp.get("fresh_real_batches") else 1) // hp.accum_steps
+  if group and per_pass and per_pass % min(group, per_pass):
+    raise ConfigError(
+      f"model.mbstd_group={group} does not divide the {per_pass} images of each discriminator "
+      f"pass (batch_size {batch_size}); set model.mbstd_group to a divisor of {per_pass}"
+    )
 
 
 def step_variants(state: "GANState") -> tuple[dict, ...]:
@@ -183,6 +199,7 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
     raise ConfigError(
       f"unknown GAN loss {hp.loss!r}; set config.model.loss to one of {tuple(losses.GAN_LOSSES)}"
     )
+  _check_mbstd_group(hp, config.batch_size)
   generator, discriminator = _models(hp)
   g_key, d_key = jax.random.split(key)
   z = jnp.zeros((1, hp.latent_dim))
