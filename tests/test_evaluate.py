@@ -248,6 +248,15 @@ def test_protocol_likelihood_bounds_and_conditional_accuracy(slice_data):
   assert [line.split()[:2] for line in lines[at + 1 : at + 11]] == [
     [c, "1.000"] for c in "0123456789"
   ]
+  # coverage too: of the real test images of each class (their labels), sample and floor
+  per_class = results["metrics"]["coverage_per_class"]
+  assert len(per_class) == 10 and len(results["floor"]["coverage_per_class"]) == 10
+  _, test_labels = evaluation.read_split(config, "test")
+  counts = np.bincount(test_labels[:N], minlength=10)  # the N test images of the protocol
+  covered = sum(c * n for c, n in zip(per_class, counts) if c is not None)
+  assert covered / N == pytest.approx(results["metrics"]["coverage"])
+  at = next(i for i, line in enumerate(lines) if line.startswith("coverage"))
+  assert [line.split()[0] for line in lines[at + 1 : at + 11]] == list("0123456789")
   # beside a run without per-class figures (an old metrics.json) and one missing a class
   old = dict(results, run="old", metrics={"conditional_accuracy": 0.5}, protocol={})
   part = dict(results, run="part", metrics={"conditional_accuracy_per_class": [0.25, None]})
@@ -415,7 +424,7 @@ def test_jaxgen_evaluate_caches_in_the_run_and_leaves_the_extractor_alone(
   (cache,) = (run / "eval").glob(f"extractor_{extractor.name}_*")
   files = sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file())
   assert files[0] == "extractor.json" and len(files) == 3
-  assert all(f.startswith("floor/v4_idx_") and "_real32_fake32_seed0." in f for f in files[1:])
+  assert all(f.startswith("floor/v5_idx_") and "_real32_fake32_seed0." in f for f in files[1:])
   assert folder_state(extractor) == before
   first = json.loads((run / "metrics.json").read_text())
   assert first["protocol"]["extractor"]["name"] == str(extractor) and "fd" in first["metrics"]

@@ -230,6 +230,18 @@ def test_manifold_metrics_ball_boundary_conventions():
   )
 
 
+def test_coverage_per_class_is_each_real_classs_covered_fraction():
+  # 1-D, k = 1. Real radii: 0 -> 1, 1 -> 1, 5 -> 4, 10 -> 5. Fakes at 0.5 and 9: inside the balls
+  # of 0, 1 (both within 1 of 0.5) and 10 (1 < 5), not of 5 (4.5 and 4 are not < 4).
+  real, fake = np.array([[0.0], [1.0], [5.0], [10.0]]), np.array([[0.5], [9.0]])
+  got = metrics.density_coverage(real, fake, k=1, real_labels_N=np.array([0, 2, 2, 0]))
+  assert got["coverage"] == 0.75
+  assert got["coverage_per_class"] == [1.0, None, 0.5]  # class 1 has no real points
+  wider = metrics.density_coverage(real, fake, k=1, real_labels_N=np.zeros(4, int), num_classes=3)
+  assert wider["coverage_per_class"] == [0.75, None, None]
+  assert "coverage_per_class" not in metrics.density_coverage(real, fake, k=1)
+
+
 def test_collapsed_generator_has_no_recall_or_coverage(real):
   collapsed = np.repeat(real[:1], len(real), axis=0)
   pr = metrics.precision_recall(real, collapsed)

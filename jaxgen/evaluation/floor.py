@@ -20,6 +20,7 @@ class Reference:
   test_features: np.ndarray  # [num_real, D]
   floor: dict
   protocol: dict
+  test_labels: np.ndarray | None = None  # [num_real]: coverage per class
 
 
 def real_reference(
@@ -35,26 +36,32 @@ def real_reference(
   Cached in extractor.cache_dir per (data set, counts, seed, extractor step).
   """
   _, source = data_key(config.data)
-  # v4: the floor's conditional accuracy per class and the data set's class names (v3: test
-  # images scaled as the loader scales them; v2 differed in the last bit)
+  # v5: the test labels and the floor's coverage per class; v4: the floor's conditional accuracy
+  # per class and the data set's class names (v3: test images scaled as the loader scales them;
+  # v2 differed in the last bit)
   key = (
-    f"v4_{config.data.name}_{hashlib.sha1(source.encode()).hexdigest()[:8]}_step"
+    f"v5_{config.data.name}_{hashlib.sha1(source.encode()).hexdigest()[:8]}_step"
     f"{extractor.checkpoint_step}_real{num_real}_fake{num_fake}_seed{seed}"
   )
   cache = extractor.cache_dir / key if extractor.cache_dir else None
   if cache and cache.with_suffix(".json").is_file() and cache.with_suffix(".npz").is_file():
     saved = json.loads(cache.with_suffix(".json").read_text())
+    arrays = np.load(cache.with_suffix(".npz"))
     return Reference(
-      np.load(cache.with_suffix(".npz"))["test_features"], saved["floor"], saved["protocol"]
+      arrays["test_features"], saved["floor"], saved["protocol"], arrays["test_labels"]
     )
   test_n, train_n = splits.split_size(config, "test"), splits.split_size(config, "train")
-  test_images, _ = splits.read_split(config, "test", splits.subset_indices(test_n, num_real, seed))
+  test_images, test_labels = splits.read_split(
+    config, "test", splits.subset_indices(test_n, num_real, seed)
+  )
   train_images, train_labels = splits.read_split(
     config, "train", splits.subset_indices(train_n, num_fake, seed)
   )
   test_feats, _ = sharded.compute_features(extractor.features_fn, test_images, mesh)
   train_feats, train_logits = sharded.compute_features(extractor.features_fn, train_images, mesh)
-  floor = quality.sample_metrics(test_feats, train_feats, train_logits, train_labels, seed)
+  floor = quality.sample_metrics(
+    test_feats, train_feats, train_logits, train_labels, seed, real_labels_N=test_labels
+  )
   protocol = dict(
     num_real=len(test_feats),
     real_split="test",
@@ -65,6 +72,6 @@ def real_reference(
   )
   if cache and jax.process_index() == 0:
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache.with_suffix(".npz"), test_features=test_feats)
+    np.savez(cache.with_suffix(".npz"), test_features=test_feats, test_labels=test_labels)
     write_json(cache.with_suffix(".json"), dict(floor=floor, protocol=protocol))
-  return Reference(test_feats, floor, protocol)
+  return Reference(test_feats, floor, protocol, np.asarray(test_labels))

@@ -32,9 +32,11 @@ def sample_metrics(
   fake_logits_MxK: np.ndarray,
   fake_labels_M: np.ndarray | None = None,
   seed: int = 0,
+  real_labels_N: np.ndarray | None = None,
 ) -> dict[str, float | list[float | None]]:
   """FD, KID, IS, precision/recall, density/coverage, diversity; with `fake_labels_M` (the
-  classes the samples were drawn for) conditional accuracy, overall and per class (a list)."""
+  classes the samples were drawn for) conditional accuracy, overall and per class (a list);
+  with `real_labels_N` (the real images' classes) coverage per class of the real images."""
   kid = metrics.kernel_inception_distance(
     real_NxD, fake_MxD, num_subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=seed
   )
@@ -46,7 +48,13 @@ def sample_metrics(
     inception_score=inception["mean"],
     inception_score_std=inception["std"],
     **metrics.precision_recall(real_NxD, fake_MxD, k=PRECISION_RECALL_K),
-    **metrics.density_coverage(real_NxD, fake_MxD, k=DENSITY_COVERAGE_K),
+    **metrics.density_coverage(
+      real_NxD,
+      fake_MxD,
+      k=DENSITY_COVERAGE_K,
+      real_labels_N=real_labels_N,
+      num_classes=np.shape(fake_logits_MxK)[-1],
+    ),
     diversity=mean_pairwise_distance(fake_MxD),
     **metrics.duplicate_rate(real_NxD, fake_MxD),
   )

@@ -53,7 +53,9 @@ def _sample_results(
   feats, logits, labels = sharded.generate_features(
     family, state, extractor.features_fn, jax.random.key(seed), num_samples, num_classes, mesh
   )
-  values = quality.sample_metrics(ref.test_features, feats, logits, labels, seed)
+  values = quality.sample_metrics(
+    ref.test_features, feats, logits, labels, seed, real_labels_N=ref.test_labels
+  )
   return dict(
     family=config.model.family,
     dataset=config.data.name,

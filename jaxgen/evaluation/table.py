@@ -85,38 +85,47 @@ def _protocol_line(r: dict) -> str:
   return line
 
 
-PER_CLASS = "conditional_accuracy_per_class"
+# per-class lists, each shown as a row per class under its overall metric's row
+PER_CLASS = {
+  "coverage": "coverage_per_class",
+  "conditional_accuracy": "conditional_accuracy_per_class",
+}
 
 
 def _with_classes(values: dict) -> dict:
-  """`values` with its per-class conditional accuracies also as keys PER_CLASS/k."""
-  per_class = values.get(PER_CLASS) or []
-  return dict(values, **{f"{PER_CLASS}/{k}": a for k, a in enumerate(per_class)})
+  """`values` with each per-class list's entries also as keys <list>/k."""
+  out = dict(values)
+  for per_class in PER_CLASS.values():
+    out.update({f"{per_class}/{k}": a for k, a in enumerate(values.get(per_class) or [])})
+  return out
 
 
 def metric_rows(results: list[dict]) -> tuple[list[dict], dict, list[tuple]]:
   """Each result's values (metrics and likelihood bounds), the first result's floor, and the
-  ROWS some result has; under the overall conditional accuracy a row per class, named by the
-  first class_names a result's protocol records ("class k" where none does)."""
+  ROWS some result has; under the overall coverage and conditional accuracy a row per class,
+  named by the first class_names a result's protocol records ("class k" where none does)."""
   merged = [_with_classes(dict(r.get("metrics", {}), **r.get("likelihood", {}))) for r in results]
   floor = _with_classes(results[0].get("floor") or {})
   names = next((n for r in results if (n := r.get("protocol", {}).get("class_names"))), [])
-  most = max(len(m.get(PER_CLASS) or []) for m in merged)
-  classes = [
-    (f"{PER_CLASS}/{k}", f"  {names[k] if k < len(names) else f'class {k}'}", "{:.3f}")
-    for k in range(most)
-  ]
+
+  def class_rows(per_class: str) -> list[tuple]:
+    most = max(len(m.get(per_class) or []) for m in merged)
+    return [
+      (f"{per_class}/{k}", f"  {names[k] if k < len(names) else f'class {k}'}", "{:.3f}")
+      for k in range(most)
+    ]
+
   rows = []
   for row in ROWS:
     if any(m.get(row[0]) is not None for m in merged):
-      rows += [row] + (classes if row[0] == "conditional_accuracy" else [])
+      rows += [row] + (class_rows(PER_CLASS[row[0]]) if row[0] in PER_CLASS else [])
   return merged, floor, rows
 
 
 def format_table(results: list[dict]) -> str:
   """Metric rows x run columns, then the floor of the first run (real train vs test, or for
-  captioned runs the real test canvases). A conditional model's accuracy has a row per class
-  under it, named by the data set's labels.
+  captioned runs the real test canvases). Coverage (of the real images of each class) and a
+  conditional model's accuracy have a row per class under them, named by the data set's labels.
 
   A value carries a "!" where a flag's evidence starts with its metric (`sample_flags`).
   """

@@ -32,18 +32,34 @@ def precision_recall(
 
 
 def density_coverage(
-  real_NxD: ArrayLike, fake_MxD: ArrayLike, *, k: int = 5, chunk_size: int = DEFAULT_CHUNK_SIZE
-) -> dict[str, float]:
+  real_NxD: ArrayLike,
+  fake_MxD: ArrayLike,
+  *,
+  k: int = 5,
+  chunk_size: int = DEFAULT_CHUNK_SIZE,
+  real_labels_N: ArrayLike | None = None,
+  num_classes: int = 0,
+) -> dict:
   """Density and coverage (Naeem et al., 2020), with real k-NN radii r_i.
 
   density = sum_j #{i: fake_j in B(real_i, r_i)} / (k M);
   coverage = fraction of real balls B(real_i, r_i) holding at least one fake point.
   Ball membership is strict (dist < r), as in the reference implementation.
+  With `real_labels_N`: also `coverage_per_class`, for each class c < max(num_classes, the
+  labels' largest + 1) the coverage of the real points labelled c (None where there are none):
+  which real classes the fakes do not reach.
   """
   real, fake = centre(real_NxD, fake_MxD)
   real_r2 = knn_radii_sq(real, k, chunk_size=chunk_size)
   counts_M = count_in_balls(fake, real, real_r2, strict=True, chunk_size=chunk_size)
   nearest_fake_sq_N = knn_sq_distances(real, fake, 1, chunk_size=chunk_size)
   density = counts_M.sum() / (k * fake.shape[0])
-  coverage = np.mean(nearest_fake_sq_N < real_r2)
-  return dict(density=float(density), coverage=float(coverage))
+  covered_N = nearest_fake_sq_N < real_r2
+  out = dict(density=float(density), coverage=float(np.mean(covered_N)))
+  if real_labels_N is not None:
+    labels_N = np.asarray(real_labels_N)
+    out["coverage_per_class"] = [
+      float(np.mean(covered_N[labels_N == c])) if np.any(labels_N == c) else None
+      for c in range(max(num_classes, int(labels_N.max(initial=-1)) + 1))
+    ]
+  return out
