@@ -248,7 +248,13 @@ def test_report_html_in_headless_chromium(evaluated_run, tmp_path):
   assert cells["FD (lower better)"] == [f"{m['fd']:.2f}", f"{floor['fd']:.2f}"]
   assert cells["precision"] == [f"{m['precision']:.3f}", f"{floor['precision']:.3f}"]
   assert cells["KID (lower)"][0] == f"{m['kid']:.4g} ±{m['kid_std']:.2g}"
-  assert len(rows) == sum(any(row[0] == k for row in evaluation.ROWS) for k in m)
+  # a row per metric of ROWS, and under coverage one per class of the real test images
+  per_class, floor_per_class = m["coverage_per_class"], floor["coverage_per_class"]
+  at = [row[0] for row in rows].index("coverage")
+  assert [row[1:] for row in rows[at + 1 : at + 11]] == [
+    [f"{a:.3f}", f"{b:.3f}"] for a, b in zip(per_class, floor_per_class)
+  ]
+  assert len(rows) == sum(any(row[0] == k for row in evaluation.ROWS) for k in m) + len(per_class)
   protocol = dict(tables.tables["protocol"][1:])
   assert protocol["num_samples"] == "128" and protocol["extractor.name"] == "random projection"
   provenance = tables.tables["provenance"]
