@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen.metrics.distances import ArrayLike, as_f32
+from jaxgen.metrics.distances import ArrayLike, as_f32, per_class_mean
 
 
 @jax.jit
@@ -45,8 +45,4 @@ def conditional_accuracy_per_class(
   samples generated for k that it reads as k; None for a class no sample was generated for."""
   pred_N = np.argmax(np.asarray(logits_NxK), -1)
   labels_N = np.asarray(labels_N)
-  out = []
-  for k in range(max(np.shape(logits_NxK)[-1], int(labels_N.max(initial=-1)) + 1)):
-    mine = labels_N == k
-    out.append(float(np.mean(pred_N[mine] == k)) if mine.any() else None)
-  return out
+  return per_class_mean(pred_N == labels_N, labels_N, np.shape(logits_NxK)[-1])

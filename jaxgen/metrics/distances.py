@@ -48,6 +48,18 @@ def map_rows(
   )
 
 
+def per_class_mean(
+  hits_N: ArrayLike, labels_N: ArrayLike, num_classes: int = 0
+) -> list[float | None]:
+  """For each class c < max(num_classes, the largest label + 1): the mean of `hits_N` over the
+  entries labelled c; None for a class with no entries."""
+  labels_N = np.asarray(labels_N)
+  n = max(num_classes, int(labels_N.max(initial=-1)) + 1)
+  counts = np.bincount(labels_N, minlength=n)
+  sums = np.bincount(labels_N, weights=np.asarray(hits_N, np.float64), minlength=n)
+  return [float(s / c) if c else None for s, c in zip(sums, counts)]
+
+
 @jax.jit
 def pairwise_sq_distances(a_NxD: ArrayLike, b_MxD: ArrayLike) -> jax.Array:
   """Squared Euclidean distances [N, M] via ||a||^2 + ||b||^2 - 2 a.b, clipped at 0.

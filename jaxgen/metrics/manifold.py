@@ -11,6 +11,7 @@ from jaxgen.metrics.distances import (
   count_in_balls,
   knn_radii_sq,
   knn_sq_distances,
+  per_class_mean,
 )
 
 
@@ -57,9 +58,5 @@ def density_coverage(
   covered_N = nearest_fake_sq_N < real_r2
   out = dict(density=float(density), coverage=float(np.mean(covered_N)))
   if real_labels_N is not None:
-    labels_N = np.asarray(real_labels_N)
-    out["coverage_per_class"] = [
-      float(np.mean(covered_N[labels_N == c])) if np.any(labels_N == c) else None
-      for c in range(max(num_classes, int(labels_N.max(initial=-1)) + 1))
-    ]
+    out["coverage_per_class"] = per_class_mean(covered_N, real_labels_N, num_classes)
   return out
