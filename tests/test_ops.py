@@ -149,6 +149,29 @@ def test_padding_negative_at_one_end_and_positive_at_the_other(stride, phase_spl
   _assert_close(jax.jit(lambda a, b: ops.conv(a, b, (stride, 1), pads))(x, kernel), want)
 
 
+@pytest.mark.parametrize("strides", [(2, 2), (3, 2)])
+def test_the_lhs_dilated_path_with_padding_negative_at_one_end(strides):
+  """`_dilated` hands outputs of fewer than 8 channels that skip depth-to-space (here 1) to
+  XLA's lhs-dilated convolution with the padding as given. Unlike the strided convolution
+  (above), XLA:CPU computes that right with padding negative at one end and positive at the
+  other: a sweep of 1440 such cases (sizes 5-14, kernels 3-5, strides 2-3, float32 and float64,
+  jitted with and without `ops.compile`'s options) found no difference. This pins two of them
+  against lax.pad's dilation and cropping followed by a "VALID" convolution."""
+  x = jax.random.normal(jax.random.key(0), (2, 7, 6, 8))
+  kernel = jax.random.normal(jax.random.key(1), (4, 3, 8, 1))
+  pads = ((-2, 1), (1, -1))
+  dilated = lax.pad(
+    x, 0.0, ((0, 0, 0), (-2, 1, strides[0] - 1), (1, -1, strides[1] - 1), (0, 0, 0))
+  )
+  want = lax.conv_general_dilated(
+    dilated, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  lowered = jax.jit(lambda a, b: ops._dilated(a, b, strides, pads)).lower(x, kernel)
+  got = ops.compile(lowered, "cpu")(x, kernel)
+  assert got.shape == want.shape
+  _assert_close(got, want)
+
+
 def test_block_forms_are_chosen_where_measured_faster():
   """Depth-to-space for a decoder's 3-channel image layer and its wider 4x4 layers, not for 1
   channel, 5x5 kernels or 4x4 inputs; space-to-depth for a 3-channel image at 4x4, not 5x5."""
