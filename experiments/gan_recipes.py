@@ -47,6 +47,7 @@ RECIPES = {
   "resnet_sn_hinge": (dict(arch="resnet", **SN_HINGE), {}, {}),
   "fresh_d2": (dict(d_steps=2, fresh_real_batches=True), {}, dict(batch_size=128)),
   "mbstd": (dict(mbstd_group=4), {}, {}),
+  "full_res": (dict(full_res_width=32), {}, {}),
   # cond: the label in G (conditional BatchNorm) and D (projection), as in dcgan_fashion_cond.py;
   # sampled with labels 0..9 in turn, so the evaluation scores the same balanced mixture of classes
   "cond": (COND, {}, {}),

@@ -252,6 +252,7 @@ GAN_RECIPES = dict(
   fresh_real_batches=False,  # d_steps > 1: a new real batch for each D update
   class_bn=False,  # conditional BatchNorm in G (needs num_classes > 0)
   mbstd_group=0,  # minibatch standard deviation in D over groups of this many images (0: off)
+  full_res_width=0,  # DCGAN: G and D get a layer of this many channels at full resolution
 )
 # DRAW's shift-write switches (model.write_offsets, write_patches, write_coarse) and the values
 # that give the plain shift write, as runs saved before them ran it

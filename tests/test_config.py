@@ -13,8 +13,8 @@ from jaxgen.errors import ConfigError
 DCGAN = REPO / "experiments/configs/dcgan_fashion.py"
 MODEL_FIELDS = (
   "['arch', 'augment', 'class_bn', 'd_steps', 'ema_bn', 'ema_decay', 'family', "
-  "'fresh_real_batches', 'kernel_size', 'latent_dim', 'loss', 'mbstd_group', 'num_classes', "
-  "'r1_every', 'r1_gamma', 'spectral_norm', 'standing_batches', 'width']"
+  "'fresh_real_batches', 'full_res_width', 'kernel_size', 'latent_dim', 'loss', 'mbstd_group', "
+  "'num_classes', 'r1_every', 'r1_gamma', 'spectral_norm', 'standing_batches', 'width']"
 )
 
 

@@ -288,6 +288,40 @@ def test_resnet_shapes_and_parameter_counts():
   assert (num_params(gv["params"]), num_params(dv["params"])) == (g_want, d_want)
 
 
+def test_full_res_layer_shapes_parameter_counts_and_fast_path():
+  """`full_res_width`: G's last transposed convolution makes F channels and a stride-1
+  convolution the image; D starts with a stride-1 convolution to F. jaxgen.ops' passes give
+  plain flax's outputs and gradients (float32 sums reordered: conftest's 1e-5 of the scale)."""
+  shape, w, z_dim, f = (28, 28, 1), 8, 16, 4  # plan: 7x7, widths (4w, 2w) = (32, 16)
+  z = jax.random.normal(jax.random.key(0), (4, z_dim))
+  kw = dict(width=w, kernel_size=3, full_res_width=f)
+  g, g_fast = (gan_models.Generator(shape, **kw, fast_ops=fast) for fast in (False, True))
+  d, d_fast = (gan_models.Discriminator(shape, **kw, fast_ops=fast) for fast in (False, True))
+  gv = g.init(jax.random.key(1), z, train=False)
+  x = g.apply(gv, z, train=False)
+  dv = d.init(jax.random.key(2), x, train=False)
+  assert x.shape == (4, *shape)
+  assert gv["params"]["to_image"]["kernel"].shape == (3, 3, f, 1)
+  assert dv["params"]["conv_full"]["kernel"].shape == (3, 3, 1, f)
+  conv = lambda i, o, bias: 9 * i * o + (o if bias else 0)
+  # G: dense 16 -> 7*7*32, BN; deconv 32 -> 16, BN; deconv_full 16 -> f, BN; conv f -> 1 + bias
+  g_want = z_dim * 49 * 32 + 64 + conv(32, 16, False) + 32 + conv(16, f, False) + 2 * f
+  g_want += conv(f, 1, True)
+  # D: conv_full 1 -> f + bias; conv0 f -> 16 + bias; conv1 16 -> 32, BN; logit of 7*7*32
+  d_want = conv(1, f, True) + conv(f, 16, True) + conv(16, 32, False) + 64 + 49 * 32 + 1
+  assert (g_want, d_want) == (30_413, 6_873)
+  assert (num_params(gv["params"]), num_params(dv["params"])) == (g_want, d_want)
+
+  def loss(net, variables, inp):
+    out, _ = net.apply(variables, inp, train=True, mutable=["batch_stats"])
+    return jnp.sum(out * jnp.cos(out))  # a loss whose gradient varies with each output
+
+  for plain, fast, variables, inp in ((g, g_fast, gv, z), (d, d_fast, dv, x)):
+    want = jax.value_and_grad(loss, argnums=1)(plain, variables, inp)
+    got = jax.value_and_grad(loss, argnums=1)(fast, variables, inp)
+    assert_close_to_scale(got, want)
+
+
 # ------------------------------------------------------------------ class-conditional BatchNorm
 
 
@@ -360,6 +394,8 @@ def test_defaults_keep_the_state_as_before_and_bad_values_fail():
     (dict(class_bn=True), "model.class_bn=True .* model.num_classes is 0"),
     (dict(mbstd_group=-1), "model.mbstd_group=-1; set it to 0"),
     (dict(mbstd_group=3), "mbstd_group=3 does not divide the 64 images .* divisor of 64"),
+    (dict(full_res_width=-1), "model.full_res_width=-1 with arch 'dcgan'; set it to 0"),
+    (dict(full_res_width=8, arch="resnet"), "full_res_width=8 with arch 'resnet'"),
   ):
     with pytest.raises(ConfigError, match=match):
       _state(**bad)
@@ -389,8 +425,10 @@ def test_standing_statistics_are_the_ema_generators_batch_statistics():
 
 
 @pytest.mark.slow  # ~30 s of compiling; the all-recipes training run below stays in the default set
-def test_step_with_all_recipes_is_finite_and_logs_r1():
-  state = _state(**ALL_ON)
+@pytest.mark.parametrize("arch", ["resnet", "dcgan"])
+def test_step_with_all_recipes_is_finite_and_logs_r1(arch):
+  extra = dict(arch="dcgan", full_res_width=4) if arch == "dcgan" else {}  # the DCGAN's switch
+  state = _state(**{**ALL_ON, **extra})
   state, metrics = jax.jit(gan.train_step)(state, random_batch(n=8), jax.random.key(1))
   assert set(metrics) >= {"d_loss", "g_loss", "d_r1"}
   assert all(np.isfinite(float(v)) for v in metrics.values())

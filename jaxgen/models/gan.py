@@ -11,6 +11,10 @@ defaults they are plain flax; `fast_ops=True` swaps in `jaxgen.ops`' reverse-mod
 `class_bn=True` (generators, with `num_classes`) makes every BatchNorm's scale and bias depend on
 the label (conditional BatchNorm, de Vries et al. 2017; Miyato & Koyama 2018).
 `mbstd_group=G` (discriminators) appends `minibatch_stddev`'s channel to the last feature map.
+`full_res_width=F` (DCGAN) adds a layer at the image's own resolution: the generator's last
+transposed convolution makes F channels (BatchNorm, ReLU) and a stride-1 convolution makes the
+image from them, so no output pixel is a linear function of half-resolution features; the
+discriminator starts with a stride-1 convolution to F channels (leaky ReLU).
 """
 
 from collections.abc import Sequence
@@ -35,6 +39,7 @@ class _Net(nn.Module):
   spectral_norm: bool = False
   class_bn: bool = False  # generators: per-class BatchNorm scale and bias (needs num_classes)
   mbstd_group: int = 0  # discriminators: minibatch_stddev over groups of this many (0: off)
+  full_res_width: int = 0  # DCGAN: channels of a layer at the image's resolution (0: none)
 
   def norm_act(self, bn: nn.Module, x: jnp.ndarray, labels_B: jnp.ndarray | None) -> jnp.ndarray:
     """bn(x), with `class_bn` plus per-class offsets of its scale and bias: a bias-free dense
@@ -116,8 +121,14 @@ class Generator(_Net):
     for i, w in enumerate(widths[1:]):
       x = sn(deconv(w, k, strides=(2, 2), use_bias=False, dtype=self.dtype, name=f"deconv{i}"))(x)
       x = self.norm_act(norm(f"bn{i}"), x, labels_B)
-    x = sn(deconv(channels, k, strides=(2, 2), dtype=self.dtype, name="to_image"))(x)
-    return jnp.tanh(x)
+    if not self.full_res_width:
+      x = sn(deconv(channels, k, strides=(2, 2), dtype=self.dtype, name="to_image"))(x)
+      return jnp.tanh(x)
+    f = self.full_res_width
+    x = sn(deconv(f, k, strides=(2, 2), use_bias=False, dtype=self.dtype, name="deconv_full"))(x)
+    x = self.norm_act(norm("bn_full"), x, labels_B)
+    conv = ops.Conv if self.fast_ops else nn.Conv
+    return jnp.tanh(sn(conv(channels, k, dtype=self.dtype, name="to_image"))(x))
 
 
 class Discriminator(_Net):
@@ -132,6 +143,9 @@ class Discriminator(_Net):
     x = x_BxHxWxC
     conv = ops.Conv if self.fast_ops else nn.Conv
     sn = lambda layer: common.spectral_norm(layer, self.spectral_norm, train)
+    if self.full_res_width:
+      x = sn(conv(self.full_res_width, k, dtype=self.dtype, name="conv_full"))(x)
+      x = nn.leaky_relu(x, 0.2)
     for i, w in enumerate(reversed(widths)):
       x = sn(conv(w, k, strides=(2, 2), use_bias=i == 0, dtype=self.dtype, name=f"conv{i}"))(x)
       if i > 0:  # BatchNorm then leaky ReLU; DCGAN has no BatchNorm on the input layer

@@ -37,6 +37,8 @@ def _models(hp: ml_collections.FrozenConfigDict):
   )
   sn = hp.get("spectral_norm", "none")
   g_cls, d_cls = ARCHS[hp.get("arch", "dcgan")]
+  if hp.get("full_res_width", 0):  # the DCGAN's only (_recipe_hp refuses it with another arch)
+    kw["full_res_width"] = hp.full_res_width
   g = g_cls(**kw, spectral_norm=sn == "dg", class_bn=hp.get("class_bn", False))
   return g, d_cls(**kw, spectral_norm=sn in ("d", "dg"), mbstd_group=hp.get("mbstd_group", 0))
 
@@ -78,6 +80,11 @@ def _recipe_hp(m: ml_collections.ConfigDict) -> dict:
   if hp["mbstd_group"] < 0:
     raise ConfigError(
       f"model.mbstd_group={hp['mbstd_group']}; set it to 0 (off) or a group size such as 4"
+    )
+  if hp["full_res_width"] < 0 or (hp["full_res_width"] and hp["arch"] != "dcgan"):
+    raise ConfigError(
+      f"model.full_res_width={hp['full_res_width']} with arch {hp['arch']!r}; set it to 0 "
+      "(off) or, with arch 'dcgan', to the channels of the full-resolution layer (e.g. 32)"
     )
   augment.parse_policy(hp["augment"])
   return hp if hp != config_lib.GAN_RECIPES else {}
