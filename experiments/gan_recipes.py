@@ -192,17 +192,29 @@ def plot(
   img.save(path)
 
 
+def lowest_class(per_class: list[float | None] | None) -> str:
+  """The lowest of an evaluation's per-class values and its class index, e.g. "0.752 (6)";
+  "-" without any (runs evaluated before per-class coverage existed)."""
+  known = [(v, k) for k, v in enumerate(per_class or []) if v is not None]
+  if not known:
+    return "-"
+  value, k = min(known)
+  return f"{value:.4g} ({k})"
+
+
 def table(curves: dict[str, list[dict]], keys=("fd", "coverage", "recall")) -> str:
-  """Markdown: each recipe's last evaluation (step, minutes, metrics)."""
-  lines = ["| recipe | step | train minutes | " + " | ".join(keys) + " |"]
-  lines.append("|" + "---|" * (3 + len(keys)))
+  """Markdown: each recipe's last evaluation (step, minutes, metrics, and the class whose real
+  images the samples cover least)."""
+  lines = ["| recipe | step | train minutes | " + " | ".join(keys) + " | coverage, lowest class |"]
+  lines.append("|" + "---|" * (4 + len(keys)))
   for name, rows in curves.items():
     if not rows:
-      lines.append(f"| {name} | - | - | " + " | ".join("-" for _ in keys) + " |")
+      lines.append(f"| {name} | - | - | " + " | ".join("-" for _ in keys) + " | - |")
       continue
     last = rows[-1]
     values = " | ".join(f"{last[k]:.4g}" if k in last else "-" for k in keys)
-    lines.append(f"| {name} | {last['step']} | {last['train_minutes']:.1f} | {values} |")
+    lowest = lowest_class(last.get("coverage_per_class"))
+    lines.append(f"| {name} | {last['step']} | {last['train_minutes']:.1f} | {values} | {lowest} |")
   return "\n".join(lines) + "\n"
 
 

@@ -320,6 +320,9 @@ def test_full_res_layer_shapes_parameter_counts_and_fast_path():
     want = jax.value_and_grad(loss, argnums=1)(plain, variables, inp)
     got = jax.value_and_grad(loss, argnums=1)(fast, variables, inp)
     assert_close_to_scale(got, want)
+  state = _state(full_res_width=f)  # the config's switch reaches both networks
+  assert state.g.params["to_image"]["kernel"].shape[2:] == (f, 1)
+  assert state.d.params["conv_full"]["kernel"].shape[2:] == (1, f)
 
 
 # ------------------------------------------------------------------ class-conditional BatchNorm
@@ -466,15 +469,20 @@ def test_study_table_and_figure_show_each_recipes_curve(tmp_path):
   curves = {
     "dcgan": [
       dict(step=500, train_minutes=1.0, fd=300.0, coverage=0.3, recall=0.4),
-      dict(step=1000, train_minutes=2.0, fd=200.0, coverage=0.5, recall=0.5),
+      dict(
+        step=1000, train_minutes=2.0, fd=200.0, coverage=0.5, recall=0.5,
+        coverage_per_class=[0.6, None, 0.25, 0.7],  # None: a class without real images
+      ),
     ],
     "ttur": [dict(step=500, train_minutes=1.1, fd=250.0, coverage=0.4, recall=0.45)],
     "failed": [],
-  }
+  }  # fmt: skip
   lines = study.table(curves).splitlines()
-  assert lines[0] == "| recipe | step | train minutes | fd | coverage | recall |"
-  assert lines[2] == "| dcgan | 1000 | 2.0 | 200 | 0.5 | 0.5 |"  # the last evaluation
-  assert lines[4] == "| failed | - | - | - | - | - |"
+  header = "| recipe | step | train minutes | fd | coverage | recall | coverage, lowest class |"
+  assert lines[0] == header
+  assert lines[2] == "| dcgan | 1000 | 2.0 | 200 | 0.5 | 0.5 | 0.25 (2) |"  # the last evaluation
+  assert lines[3] == "| ttur | 500 | 1.1 | 250 | 0.4 | 0.45 | - |"  # evaluated before per-class
+  assert lines[4] == "| failed | - | - | - | - | - | - |"
   study.plot(curves, tmp_path / "curves.png")
   from PIL import Image
 

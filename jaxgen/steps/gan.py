@@ -34,11 +34,10 @@ def _models(hp: ml_collections.FrozenConfigDict):
     num_classes=hp.num_classes,
     fast_ops=hp.fast_ops,
     dtype=common.compute_dtype(hp),
+    full_res_width=hp.get("full_res_width", 0),  # DCGAN only: _recipe_hp refuses other archs
   )
   sn = hp.get("spectral_norm", "none")
   g_cls, d_cls = ARCHS[hp.get("arch", "dcgan")]
-  if hp.get("full_res_width", 0):  # the DCGAN's only (_recipe_hp refuses it with another arch)
-    kw["full_res_width"] = hp.full_res_width
   g = g_cls(**kw, spectral_norm=sn == "dg", class_bn=hp.get("class_bn", False))
   return g, d_cls(**kw, spectral_norm=sn in ("d", "dg"), mbstd_group=hp.get("mbstd_group", 0))
 
