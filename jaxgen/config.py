@@ -46,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
     ""  # where TFDS data sets are prepared ("" = JAXGEN_DATA_DIR or ~/tensorflow_datasets)
   )
   c.data.image_shape = config_dict.placeholder(tuple)  # checked against the data when set
+  # The integer feature conditional models (and classifiers) take as the class: "label", or
+  # another of the data's, e.g. emoji's "subgroup" (99 classes within its 9 groups; README "Emoji").
+  c.data.label_feature = "label"
   # Input: the training split is decoded into host memory once (Fashion-MNIST: 47 MB, about 4 s)
   # and each batch is one index into it; in_memory=False reads and decodes every batch from disk
   # (data sets larger than memory), best with num_workers=2 or more: threads that build batches
@@ -268,6 +271,7 @@ ADDED = {
   "data.prefetch": 4,
   "data.device_prefetch": 2,
   "data.in_memory": True,
+  "data.label_feature": "label",
 }
 # Fields one family's configs gained since, with the value runs saved before them ran with; every
 # config file of that family sets them, so a resumed run compares like with like.

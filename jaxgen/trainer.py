@@ -47,7 +47,11 @@ class TrainingDiverged(UserError, FloatingPointError):
 
 
 def _data_kwargs(config: ml_collections.ConfigDict) -> dict:
-  return dict(source_dir=config.data.source_dir or None, data_dir=config.data.data_dir or None)
+  return dict(
+    source_dir=config.data.source_dir or None,
+    data_dir=config.data.data_dir or None,
+    label_feature=config.data.get("label_feature", "label"),
+  )
 
 
 def load_data(config: ml_collections.ConfigDict, split: str) -> tuple[Any, data.DatasetInfo]:
@@ -474,6 +478,8 @@ def train_and_evaluate(
   config.data.num_classes = info.num_classes
   if info.vocabulary:  # caption words of the training split: stored with the run (config.json)
     config.data.vocabulary, config.data.max_tokens = tuple(info.vocabulary), info.max_tokens
+  if info.label_feature != "label":  # evaluation maps each class to its group (data's "label")
+    config.data.class_groups = tuple(info.class_groups)
   if config.model.get("num_classes") and config.model.num_classes != info.num_classes:
     raise ConfigError(
       f"config.model.num_classes={config.model.num_classes} but "

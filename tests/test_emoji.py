@@ -11,8 +11,8 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
+from jaxgen import cli, data, steps, trainer
 from jaxgen import config as config_lib
-from jaxgen import data, steps, trainer
 from jaxgen.data import emoji
 from jaxgen.data.idx import DataError
 
@@ -205,6 +205,29 @@ def test_builder_on_a_font_free_fixture(fake_source, tmp_path, name, variant, si
   assert set(batch) == {"image", "label", "subgroup", "tokens"}
 
 
+def test_subgroups_as_labels_on_a_font_free_fixture(fake_source, tmp_path):
+  """data.label_feature="subgroup": the loader's labels are the subgroups, named, each with its
+  group; a feature that is not an integer class is a one-line error naming those that are."""
+  entries = emoji.select(emoji.parse_table(fake_source / emoji.TABLE_FILE), "base")
+  subs = emoji.subgroups(entries)
+  assert subs == ("face-smiling", "hand-fingers-open", "person", "country-flag")
+  kw = dict(source_dir=str(fake_source), data_dir=str(tmp_path / "tfds"))
+  for split in ("train", "test"):
+    plain, _ = data.load("emoji/base32", split, **kw)
+    source, info = data.load("emoji/base32", split, label_feature="subgroup", **kw)
+    assert info.label_feature == "subgroup" and info.num_classes == 4 and info.class_names == subs
+    assert info.group_names == emoji.GROUPS
+    assert info.class_groups == (0, 1, 1, 8)  # Smileys, People, People, Flags
+    for i in range(len(source)):
+      item, own = source[i], plain[i]
+      assert item["label"] == own["subgroup"] and info.class_groups[item["label"]] == own["label"]
+      np.testing.assert_array_equal(item["image"], own["image"])
+  batch = next(data.make_loader(source, batch_size=len(source), seed=0, shuffle=False))
+  np.testing.assert_array_equal(batch["label"], batch["subgroup"])
+  with pytest.raises(DataError, match=r"label_feature='caption'.*one of \['label', 'subgroup'\]$"):
+    data.load("emoji/base32", "train", label_feature="caption", **kw)
+
+
 # ------------------------------------------------------------------ the real font and table
 
 FONT, TABLE = emoji.source_paths()
@@ -334,10 +357,14 @@ def test_vae_and_classifier_emoji_parameter_counts():
 
 
 @needs_real
-def test_dcgan_emoji_trains_on_real_emoji(real_base32, tfds_dir, tmp_path):
-  """The one real-training test: a few steps of dcgan_emoji (narrowed, at 32x32) on real glyphs."""
+@pytest.mark.parametrize("label_feature", ["label", "subgroup"])
+def test_dcgan_emoji_trains_on_real_emoji(real_base32, tfds_dir, tmp_path, label_feature):
+  """The real-training test: a few steps of dcgan_emoji (narrowed, at 32x32) on real glyphs,
+  conditioned on the groups (the config) or the 99 subgroups."""
   c = config_lib.load(REPO / "experiments/configs/dcgan_emoji.py")
   c.data.name, c.data.data_dir, c.data.image_shape = "emoji/base32", str(tfds_dir), (32, 32, 3)
+  c.data.label_feature = label_feature
+  c.model.num_classes = 9 if label_feature == "label" else 99
   c.model.width, c.model.latent_dim = 8, 16
   c.batch_size, c.num_steps, c.log_every = 16, 3, 1
   c.checkpoint_every, c.sample_every, c.num_grid_samples = 3, 0, 9
@@ -348,3 +375,12 @@ def test_dcgan_emoji_trains_on_real_emoji(real_base32, tfds_dir, tmp_path):
   assert all(math.isfinite(r["d_loss"]) and math.isfinite(r["g_loss"]) for r in rows)
   grid = np.asarray(Image.open(tmp_path / "samples" / "step_0000003.png"))
   assert grid.ndim == 3 and grid.shape[-1] in (3, 4)  # colour samples
+  if label_feature == "subgroup":  # the run keeps each subgroup's group, from Unicode's table
+    entries = emoji.select(emoji.parse_table(TABLE), "base")
+    group_of = {e.subgroup: emoji.GROUPS.index(e.group) for e in entries}
+    stored = json.loads((tmp_path / "config.json").read_text())["data"]
+    assert stored["class_groups"] == [group_of[s] for s in emoji.subgroups(entries)]
+    out = tmp_path / "rows.png"  # a group's row cycles through its subgroups
+    cli.main(["sample", "--workdir", str(tmp_path), "--num", "6", "--out", str(out),
+              "--label", "Food & Drink,country-flag", "--upscale", "1"])  # fmt: skip
+    assert np.asarray(Image.open(out)).shape[:2] == (2 * 34 + 2, 3 * 34 + 2)

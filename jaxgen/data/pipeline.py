@@ -28,6 +28,12 @@ class DatasetInfo:
   num_examples: dict[str, int]
   vocabulary: tuple[str, ...] = ()  # caption words the items' "tokens" index (emoji's names)
   max_tokens: int = 0
+  # With a label_feature other than "label" (`relabel`): the class names above are that
+  # feature's, and class_groups[k] is the data's own "label" of class k (named group_names);
+  # () where a class's items carry more than one "label".
+  label_feature: str = "label"
+  class_groups: tuple[int, ...] = ()
+  group_names: tuple[str, ...] = ()
 
 
 def _info_from_builder(name: str, info: tfds.core.DatasetInfo) -> DatasetInfo:
@@ -65,18 +71,34 @@ def _load_stock(name: str, split: str, data_dir: str):
     )
   if "image" not in builder.info.features:
     raise DataError(f"data set '{name}' has no 'image' feature (has {list(builder.info.features)})")
-  return builder.as_data_source(split=split), _info_from_builder(name, builder.info)
+  source = builder.as_data_source(split=split)
+  return source, _info_from_builder(name, builder.info), builder
 
 
 def load(
-  name: str, split: str, *, source_dir: str | None = None, data_dir: str | None = None
+  name: str,
+  split: str,
+  *,
+  source_dir: str | None = None,
+  data_dir: str | None = None,
+  label_feature: str = "label",
 ) -> tuple[Sequence[dict[str, Any]], DatasetInfo]:
   """Random-access source of {"image": uint8 [H, W, C], "label": int} items, plus its info.
 
   name: "fashion_mnist" (IDX files in source_dir, default /usr/share/datasets/fashion-mnist),
   "idx" (any IDX folder; source_dir required) or a stock TFDS data set already prepared in
   array_record format. IDX data sets are prepared into data_dir on first use.
+  label_feature: the integer feature the items' "label" holds (e.g. emoji's "subgroup"; see
+  `relabel`).
   """
+  source, info, builder = _load(name, split, source_dir, data_dir)
+  if label_feature != "label":
+    source, info = relabel(source, info, builder, label_feature)
+  return source, info
+
+
+def _load(name: str, split: str, source_dir: str | None, data_dir: str | None):
+  """(source, info, builder) of `load` with the data's own labels."""
   data_dir = os.path.expanduser(data_dir or idx.default_data_dir())
   if (
     name.split("/")[0] == "captioned_fashion_mnist"
@@ -84,14 +106,15 @@ def load(
     from jaxgen.data import captions
 
     builder = captions.prepare(captions.caption_config(name, source_dir), data_dir)
-    return builder.as_data_source(split=split), _info_from_builder(name, builder.info)
+    return builder.as_data_source(split=split), _info_from_builder(name, builder.info), builder
   if name.split("/")[0] == "emoji":  # colour emoji glyphs (jaxgen.data.emoji)
     from jaxgen.data import emoji
 
     builder = emoji.prepare(emoji.emoji_config(name, source_dir), data_dir)
     source, vocab = emoji.text_source(builder, split)  # tokens in the training split's words
     info = _info_from_builder(name, builder.info)
-    return source, dataclasses.replace(info, vocabulary=vocab, max_tokens=emoji.MAX_TOKENS)
+    info = dataclasses.replace(info, vocabulary=vocab, max_tokens=emoji.MAX_TOKENS)
+    return source, info, builder
   if name == "fashion_mnist":
     if source_dir is None or os.path.abspath(source_dir) == idx.FASHION_MNIST_DIR:
       config = idx.FASHION_MNIST
@@ -106,7 +129,84 @@ def load(
   builder = idx.prepare(config, data_dir)
   if split not in builder.info.splits:
     raise DataError(f"split '{split}' not in {config.source_dir} (has {list(builder.info.splits)})")
-  return builder.as_data_source(split=split), _info_from_builder(name, builder.info)
+  return builder.as_data_source(split=split), _info_from_builder(name, builder.info), builder
+
+
+class Relabelled(Sequence):
+  """A source whose items' "label" is another of their integer features (`relabel`)."""
+
+  def __init__(self, source: Sequence[dict[str, Any]], feature: str):
+    self.source, self.feature = source, feature
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def _map(self, item: dict) -> dict:
+    return dict(item, label=item[self.feature])
+
+  def __getitem__(self, i: int) -> dict:
+    return self._map(self.source[i])
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+    return [self._map(item) for item in read_items(self.source, list(indices))]
+
+
+_GROUPS: dict[tuple[str, str], tuple[int, ...]] = {}  # (prepared data set's folder, feature)
+
+
+def _feature_groups(builder: Any, feature: str, num_classes: int) -> tuple[int, ...]:
+  """The "label" of each class of `feature` over all the builder's splits; () unless each class's
+  items share one. Read once per prepared data set."""
+  key = (str(builder.data_dir), feature)
+  if key not in _GROUPS:
+    _GROUPS[key] = _read_groups(builder, feature, num_classes)
+  return _GROUPS[key]
+
+
+def _read_groups(builder: Any, feature: str, num_classes: int) -> tuple[int, ...]:
+  pairs = set()
+  for split in builder.info.splits:
+    source = builder.as_data_source(split=split)
+    pairs |= {(int(it[feature]), int(it["label"])) for it in read_items(source, range(len(source)))}
+  groups = dict(sorted(pairs))
+  if len(groups) != len(pairs) or set(groups) != set(range(num_classes)):
+    return ()
+  return tuple(groups[k] for k in range(num_classes))
+
+
+def relabel(
+  source: Sequence[dict[str, Any]], info: DatasetInfo, builder: Any, feature: str
+) -> tuple[Sequence[dict[str, Any]], DatasetInfo]:
+  """`source` with each item's integer `feature` as its label (emoji: "subgroup", 99 classes
+  within the 9 groups), and its info: that feature's class names (a ClassLabel's, else the
+  builder's metadata["<feature>s"]), and the data's own labels as the classes' groups."""
+  features = builder.info.features
+  integer = [
+    k
+    for k, f in features.items()
+    if k != "image" and np.issubdtype(np.dtype(f.np_dtype), np.integer)
+  ]
+  if feature not in integer or not getattr(features[feature], "shape", None) == ():
+    raise DataError(
+      f"data.label_feature={feature!r}: {info.name!r} has no integer feature of that name; "
+      f"set it to one of {[k for k in integer if features[k].shape == ()]}"
+    )
+  names = getattr(features[feature], "names", None) or builder.info.metadata.get(f"{feature}s")
+  if not names:
+    raise DataError(
+      f"data.label_feature={feature!r}: {info.name!r} does not name that feature's classes "
+      f"(neither a ClassLabel nor metadata[{feature + 's'!r}]); use a labelled feature"
+    )
+  names = tuple(names)
+  info = dataclasses.replace(
+    info,
+    num_classes=len(names),
+    class_names=names,
+    label_feature=feature,
+    class_groups=_feature_groups(builder, feature, len(names)) if "label" in features else (),
+    group_names=info.class_names,
+  )
+  return Relabelled(source, feature), info
 
 
 def num_batches_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = True) -> int:
