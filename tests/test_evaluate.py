@@ -268,6 +268,43 @@ def test_protocol_likelihood_bounds_and_conditional_accuracy(slice_data):
   assert not lines[at + 3].startswith("  2")  # the rows stop at the longest list
 
 
+def test_a_run_conditioned_on_finer_classes_is_scored_by_their_groups(slice_data, monkeypatch):
+  """data.label_feature (e.g. emoji's subgroups): the data's own classes are requested in turn,
+  each as one of its finer classes in proportion to their training counts, and scored as that
+  group, which the extractor reads; classes without a group each are not scored."""
+
+  def sample(state, key, num, conditioning=None):
+    level = ((conditioning // 2).astype(jnp.float32) - 4.5) / 5  # fine k: group k // 2's level
+    return jnp.broadcast_to(level[:, None, None, None], (num, 28, 28, 1)) + state
+
+  family = types.SimpleNamespace(sample=sample)
+  config = gen_config(config_lib.base_config().data, num_classes=20)
+  config.data.update(slice_data.to_dict())  # a copy: the fixture is shared
+  config.data.label_feature, config.data.class_groups = "fine", tuple(k // 2 for k in range(20))
+  counts = np.array([3, 1] * 9 + [0, 2])  # group 9's first class has no training examples
+  monkeypatch.setattr(evaluation.splits, "class_counts", lambda *a: counts)
+  model, groups = evaluation.requested_labels(config, 400, 10)
+  np.testing.assert_array_equal(groups, np.arange(400) % 10)
+  np.testing.assert_array_equal(model // 2, groups)  # each request is a class of its group
+  assert np.bincount(model, minlength=20).tolist() == [30, 10] * 9 + [0, 40]
+  assert evaluation.weighted_cycle(np.array([3, 1]), 4).tolist() == [0, 0, 1, 0]
+  assert evaluation.weighted_cycle(np.ones(3), 5).tolist() == [0, 1, 2, 0, 1]
+  score = lambda: evaluation.evaluate_state(
+    config, family, jnp.zeros(()), projection_extractor(), num_samples=N, seed=1, step=3
+  )
+  results = score()
+  assert results["metrics"]["conditional_accuracy"] == 1.0
+  assert results["metrics"]["conditional_accuracy_per_class"] == [1.0] * 10  # per group
+  p = results["protocol"]
+  assert (p["conditioned_on"], p["conditional_accuracy_by"]) == ("fine", "each class's group")
+  assert p["class_names"] == list("0123456789")  # the data's own labels, read as "label"
+  assert slice_data.label_feature == "label"
+  config.data.class_groups = ()  # classes that are not each within one group
+  results = score()
+  assert "conditional_accuracy" not in results["metrics"]
+  assert results["protocol"]["conditional_accuracy_by"] == "not scored"
+
+
 def test_missing_extractor_names_the_command(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   monkeypatch.delenv(evaluation.EXTRACTOR_ENV, raising=False)

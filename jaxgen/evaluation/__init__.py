@@ -60,6 +60,8 @@ from jaxgen.evaluation.run import (
   evaluate_state,
   load_results,
   make_eval_fn,
+  requested_labels,
+  weighted_cycle,
 )
 from jaxgen.evaluation.sharded import FeaturesFn, compute_features, generate_features
 from jaxgen.evaluation.splits import read_batch, read_split, subset_indices
@@ -96,6 +98,8 @@ __all__ = [
   "read_split",
   "subset_indices",
   "real_reference",
+  "requested_labels",
   "sample_flags",
   "sample_metrics",
+  "weighted_cycle",
 ]

@@ -146,6 +146,7 @@ def caption_results(
   (the real test canvases) and protocol; for named images (data not "captioned_*") group
   accuracy on `named_batch(config, num_samples)`, the floor its real images."""
   canvases = config.data.name.startswith(CAPTIONED_PREFIX)
+  config = splits.own_labels(config)  # the classifier's classes: the data's own labels
   if canvases:
     test_n = splits.split_size(config, "test")
     batch = splits.read_batch(config, "test", np.arange(min(num_samples, test_n)))

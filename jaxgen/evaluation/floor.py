@@ -33,8 +33,10 @@ def real_reference(
 ) -> Reference:
   """Test features (num_real images) and the floor: num_fake train images scored as samples.
 
-  Cached in extractor.cache_dir per (data set, counts, seed, extractor step).
+  Cached in extractor.cache_dir per (data set, counts, seed, extractor step). Labels are the
+  data's own (`splits.own_labels`).
   """
+  config = splits.own_labels(config)
   _, source = data_key(config.data)
   # v5: the test labels and the floor's coverage per class; v4: the floor's conditional accuracy
   # per class and the data set's class names (v3: test images scaled as the loader scales them;

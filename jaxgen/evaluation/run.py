@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from jaxgen import metrics, parallel, steps, trainer
 from jaxgen.errors import UserError
@@ -50,8 +51,16 @@ def _sample_results(
     extractor, config, num_samples, num_samples, seed, mesh
   )
   num_classes = config.model.get("num_classes") or 0
-  feats, logits, labels = sharded.generate_features(
-    family, state, extractor.features_fn, jax.random.key(seed), num_samples, num_classes, mesh
+  model_labels, labels = requested_labels(config, num_samples, len(ref.protocol["class_names"]))
+  feats, logits, _ = sharded.generate_features(
+    family,
+    state,
+    extractor.features_fn,
+    jax.random.key(seed),
+    num_samples,
+    num_classes,
+    mesh,
+    labels=model_labels,
   )
   values = quality.sample_metrics(
     ref.test_features, feats, logits, labels, seed, real_labels_N=ref.test_labels
@@ -68,6 +77,7 @@ def _sample_results(
       **ref.protocol,
       checkpoint_step=step,
       conditional=bool(num_classes),
+      **_conditioning(config),
       kid=dict(
         subsets=KID_SUBSETS, subset_size=min(KID_SUBSET_SIZE, num_samples, ref.protocol["num_real"])
       ),
@@ -84,6 +94,59 @@ def _sample_results(
       high_precision_fraction=HIGH_PRECISION_FRACTION,
     ),
   )
+
+
+def requested_labels(
+  config: ml_collections.ConfigDict, num: int, num_groups: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+  """(the model's labels [num], the requested classes [num] in the data's own labels, which
+  conditional accuracy compares with the extractor's reading); (None, None) if unconditional.
+
+  The data's classes are requested in turn, 0..K-1 cycled. A run conditioned on a finer
+  feature (data.label_feature, e.g. emoji's subgroups within its groups: data.class_groups)
+  gets, for each requested group, one of its classes in proportion to their training counts
+  (`weighted_cycle`), so it is asked for what a run conditioned on the groups is; where its
+  classes have no single group each, they are cycled and not scored (None)."""
+  k = config.model.get("num_classes") or 0
+  if not k:
+    return None, None
+  if config.data.get("label_feature", "label") == "label":
+    labels = np.arange(num) % k
+    return labels, labels
+  class_groups = np.asarray(config.data.get("class_groups") or (), np.int32)
+  if not len(class_groups):
+    return np.arange(num) % k, None
+  counts = splits.class_counts(config, "train", k)
+  groups = np.arange(num) % num_groups
+  labels = np.zeros(num, np.int32)
+  for g in range(num_groups):
+    members = np.flatnonzero(class_groups == g)
+    at = np.flatnonzero(groups == g)
+    if len(members) and len(at):
+      labels[at] = members[weighted_cycle(counts[members], len(at))]
+  return labels, groups
+
+
+def weighted_cycle(weights: np.ndarray, num: int) -> np.ndarray:
+  """`num` picks of the indices of `weights`, each index's share of every prefix within one pick
+  of its share of the weights (smooth weighted round-robin); equal weights give 0, 1, ..., K-1,
+  0, ...; an index of weight 0 is never picked."""
+  w = np.asarray(weights, np.float64)
+  current, picks = np.zeros_like(w), np.empty(num, np.int32)
+  for i in range(num):
+    current += w
+    picks[i] = np.argmax(current)
+    current[picks[i]] -= w.sum()
+  return picks
+
+
+def _conditioning(config: ml_collections.ConfigDict) -> dict:
+  """The protocol's note of a run conditioned on a feature other than the data's labels."""
+  feature = config.data.get("label_feature", "label")
+  if feature == "label" or not config.model.get("num_classes"):
+    return {}
+  scored = "each class's group" if config.data.get("class_groups") else "not scored"
+  return dict(conditioned_on=feature, conditional_accuracy_by=scored)
 
 
 def _bounds_only_results(config: ml_collections.ConfigDict, step: int, note: str) -> dict:

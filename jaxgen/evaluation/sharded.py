@@ -89,15 +89,17 @@ def generate_features(
   num_classes: int = 0,
   mesh: jax.sharding.Mesh | None = None,
   batch_size: int = BATCH_SIZE,
+  labels: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
   """Features [num, D], logits [num, K] and requested labels [num] (or None) of `num` samples.
 
   Samples are drawn `batch_size` at a time (key folded with the batch index) and never leave
-  the devices; class-conditional models get labels 0..K-1 cycled.
+  the devices; class-conditional models get `labels` [num], by default 0..K-1 cycled.
   """
   mesh = mesh or parallel.make_mesh()
   sample = jit_sample(family.sample, parallel.data_sharding(mesh))
-  labels = np.arange(num) % num_classes if num_classes else None
+  if labels is None and num_classes:
+    labels = np.arange(num) % num_classes
   inputs = {"label": labels.astype(np.int32)} if num_classes else {}
 
   def fn(i: int, block: dict, size: int) -> tuple[jax.Array, jax.Array]:

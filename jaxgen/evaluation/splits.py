@@ -7,6 +7,16 @@ from jaxgen import trainer
 from jaxgen.data import pipeline
 
 
+def own_labels(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` reading the data's own labels ("label"). Evaluation scores in those classes (the
+  extractor's), whichever feature a run was conditioned on (data.label_feature)."""
+  if config.data.get("label_feature", "label") == "label":
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.data.label_feature = "label"
+  return config
+
+
 def split_size(config: ml_collections.ConfigDict, split: str) -> int:
   """Examples in a split of `config`'s data set."""
   return len(trainer.load_data(config, split)[0])
@@ -15,6 +25,13 @@ def split_size(config: ml_collections.ConfigDict, split: str) -> int:
 def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The data set's label names (label k is the k-th); () if it has no labels."""
   return trainer.load_data(config, "test")[1].class_names
+
+
+def class_counts(config: ml_collections.ConfigDict, split: str, num_classes: int) -> np.ndarray:
+  """How many examples of each class [num_classes] a split holds (its labels only)."""
+  source, _ = trainer.load_data(config, split)
+  labels = [int(item["label"]) for item in pipeline.read_items(source, list(range(len(source))))]
+  return np.bincount(np.asarray(labels, np.int64), minlength=num_classes)
 
 
 def read_batch(
