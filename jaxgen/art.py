@@ -3,16 +3,17 @@
 Sampling: a seed gives the same pictures on any device count (latents are drawn whole from
 the key, then decoded sharded over the mesh, one image per row, so no image depends on the
 others or on how rows fall on devices); `--walk N` is a closed spherical walk through N key
-points per image (GIF + frame PNGs); `--label 0,3,7` / `--caption "a;b"` give one row per
-entry, the same latent down each column; `--truncation T` draws z from N(0, I) truncated to
-[-T, T]; `--temperature T` scales DRAW/alignDRAW's prior noise; `--upscale K` enlarges the
-written pictures K times (nearest neighbour).
+points per image (GIF + frame PNGs); `--label 0,3,7` (or class names) / `--caption "a;b"` give
+one row per entry, the same latent down each column; `--truncation T` draws z from N(0, I)
+truncated to [-T, T]; `--temperature T` scales DRAW/alignDRAW's prior noise; `--upscale K`
+enlarges the written pictures K times (nearest neighbour).
 
 Walks and truncation need a family with one latent vector per image (`sample_latents`: GAN,
 VAE); DRAW/alignDRAW draws a fresh latent at every canvas step and refuses them (its
 analogue is the temperature: z_t = prior mean + T * prior std * eps).
 """
 
+import difflib
 import json
 import math
 from collections.abc import Callable
@@ -34,8 +35,13 @@ MEMORIZATION_PICTURE_ROWS = 16
 # ------------------------------------------------------------------ flags
 
 
-def parse_labels(text: str | None, num_classes: int) -> list[int] | None:
-  """ "3" or "0,3,7" -> [3] / [0, 3, 7], each checked against the model's classes."""
+def parse_labels(
+  text: str | None, num_classes: int, info: Callable[[], Any] | None = None
+) -> list[int | tuple[int, ...]] | None:
+  """ "3", "0,3,7" or names -> one entry per row: a class number, a class name's number, or for
+  a model of finer classes than the data's labels (data.label_feature) a group name's classes
+  (a tuple; the row cycles through them). `info()` gives the data's DatasetInfo (class names,
+  group names, class_groups), read only when an entry is not a number."""
   if text is None:
     return None
   if not num_classes:
@@ -43,13 +49,28 @@ def parse_labels(text: str | None, num_classes: int) -> list[int] | None:
       "--label needs a class-conditional model (trained with "
       "--config.model.num_classes=N); this run is unconditional"
     )
-  try:
-    labels = [int(v) for v in text.split(",")]
-  except ValueError:
-    raise UserError(
-      f"--label {text!r}: give class numbers separated by commas, e.g. 0,3,7"
-    ) from None
-  bad = [v for v in labels if not 0 <= v < num_classes]
+  labels = []
+  for entry in (v.strip() for v in text.split(",")):
+    if entry.lstrip("-").isdigit():
+      labels.append(int(entry))
+      continue
+    data = info() if info else None
+    names = list(data.class_names) if data else []
+    groups = list(data.group_names) if data and data.class_groups else []
+    if not names:
+      raise UserError(f"--label {text!r}: give class numbers separated by commas, e.g. 0,3,7")
+    if entry in names:
+      labels.append(names.index(entry))
+    elif entry in groups:
+      g = groups.index(entry)
+      labels.append(tuple(k for k, kg in enumerate(data.class_groups) if kg == g))
+    else:
+      near = difflib.get_close_matches(entry, names + groups, n=3) or names[:3]
+      raise UserError(
+        f"--label {entry!r}: neither a class number (0..{num_classes - 1}) nor one of this "
+        f"model's class{' or group' if groups else ''} names; e.g. {', '.join(near)}"
+      )
+  bad = [v for v in labels if isinstance(v, int) and not 0 <= v < num_classes]
   if bad:
     raise UserError(f"--label {bad[0]}: this model's classes are 0..{num_classes - 1}")
   return labels
@@ -117,12 +138,14 @@ def _rows(num: int, entries: list | None) -> tuple[int, int]:
   return len(entries), math.ceil(num / len(entries))
 
 
-def _labels(num_classes: int, entries: list[int] | None, rows: int, cols: int):
+def _labels(num_classes: int, entries: list | None, rows: int, cols: int):
+  """Labels [rows * cols]: row r of entries[r] (a group's classes cycle along the row)."""
   if not num_classes:
     return None
   if entries is None:
     return np.arange(rows * cols) % num_classes  # as the families' `sample` cycles them
-  return np.repeat(np.asarray(entries, np.int32), cols) if rows > 1 else np.full(cols, entries[0])
+  row = lambda entry: np.resize(np.asarray(entry, np.int32).reshape(-1), cols)
+  return np.concatenate([row(e) for e in entries[:rows]])
 
 
 def sample_images(
@@ -130,7 +153,7 @@ def sample_images(
   state: Any,
   key: jax.Array,
   num: int,
-  labels: list[int] | None = None,
+  labels: list | None = None,
   truncation: float | None = None,
   mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[np.ndarray, int | None]:
@@ -151,7 +174,7 @@ def walk_frames(
   key: jax.Array,
   num: int,
   num_keys: int,
-  labels: list[int] | None = None,
+  labels: list | None = None,
   truncation: float | None = None,
   steps: int = WALK_STEPS,
   mesh: jax.sharding.Mesh | None = None,
@@ -200,7 +223,8 @@ def write_samples(
   config, family, state = trainer.load_run(workdir, step)
   state = steps.at_temperature(family, state, temperature)
   out = Path(out) if out else Path(workdir) / "samples" / "sample.png"
-  labels = parse_labels(label, config.model.get("num_classes") or 0)
+  info = lambda: trainer.load_data(config, "test")[1]
+  labels = parse_labels(label, config.model.get("num_classes") or 0, info)
   captions = parse_captions(caption)
   key = jax.random.key(seed)
   if captions is not None and not hasattr(family, "tokenize"):
@@ -234,7 +258,7 @@ def recurrent_frames(
   state: Any,
   key: jax.Array,
   num: int,
-  labels: list[int] | None = None,
+  labels: list | None = None,
   captions: list[str] | None = None,
 ) -> tuple[np.ndarray, int | None]:
   """(canvases [T, R * C, H, W, C] (T = 1 for a family without `sample_frames`), grid columns
@@ -242,7 +266,7 @@ def recurrent_frames(
   give R rows of C = ceil(num / R). The call runs replicated on every device, so it too does
   not depend on the device count."""
   rows, cols = _rows(num, captions)
-  conditioning = labels[0] if labels else None
+  conditioning = _labels(1, labels[:1], 1, rows * cols) if labels else None
   if captions is not None:
     tokens = np.stack([family.tokenize(state, c) for c in captions])
     conditioning = np.repeat(tokens, cols, axis=0) if rows > 1 else tokens[0]

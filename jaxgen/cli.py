@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--num", type=int, default=64)
   s.add_argument("--out", default=None, help="PNG path (default: WORKDIR/samples/sample.png)")
   s.add_argument(
-    "--label", default=None, help="class to draw (conditional models); 0,3,7: one row each"
+    "--label",
+    default=None,
+    help="class to draw (conditional models), by number or name; 0,3,7: one row each",
   )
   s.add_argument(
     "--caption",

@@ -3,6 +3,7 @@ truncation, the `jaxgen sample` flags; the memorisation rate on a generator that
 training images against real held-out images and noise."""
 
 import json
+import types
 
 import jax
 import jax.numpy as jnp
@@ -103,7 +104,21 @@ def test_label_rows_share_the_latent_down_each_column_and_truncation_bounds_z():
   with pytest.raises(UserError, match="--label 12: this model's classes are 0..9"):
     art.parse_labels("1,12", 10)
   with pytest.raises(UserError, match="class numbers separated by commas"):
-    art.parse_labels("shirt", 10)
+    art.parse_labels("shirt", 10)  # a model without class names
+  info = types.SimpleNamespace(class_names=("T-shirt/top", "Trouser", "Pullover"), class_groups=())
+  assert art.parse_labels("Trouser, 0,Pullover", 3, lambda: info) == [1, 0, 2]
+  with pytest.raises(UserError, match=r"'Trousers': neither .* class names; e.g. Trouser$"):
+    art.parse_labels("Trousers", 3, lambda: info)
+  # finer classes than the data's labels (emoji's subgroups): a group's name is its classes
+  fine = types.SimpleNamespace(
+    class_names=("face-smiling", "person", "family", "flag"),
+    group_names=("Smileys & Emotion", "People & Body", "Flags"),
+    class_groups=(0, 1, 1, 2),
+  )
+  assert art.parse_labels("People & Body,flag,0", 4, lambda: fine) == [(1, 2), 3, 0]
+  assert list(art._labels(4, [(1, 2), 3], 2, 3)) == [1, 2, 1, 3, 3, 3]
+  with pytest.raises(UserError, match=r"class or group names; e.g. Flags"):
+    art.parse_labels("Flag", 4, lambda: fine)
   with pytest.raises(UserError, match="class-conditional"):
     art.parse_labels("1", 0)
   assert art.parse_captions("red heart; grinning face") == ["red heart", "grinning face"]
@@ -137,7 +152,7 @@ def test_caption_rows_draw_one_row_per_caption():
 def gan_run(fashion_slice, tfds_dir, tmp_path_factory):
   """A 2-step class-conditional DCGAN on the real slice (its pictures, not its quality)."""
   c = config_lib.load(REPO / "experiments/configs/dcgan_fashion.py")
-  c.data.name, c.data.source_dir, c.data.data_dir = "idx", str(fashion_slice), str(tfds_dir)
+  c.data.source_dir, c.data.data_dir = str(fashion_slice), str(tfds_dir)  # with class names
   c.model.width, c.model.latent_dim, c.model.num_classes = 8, 16, 10
   c.batch_size, c.num_steps, c.log_every = 32, 2, 1
   c.checkpoint_every, c.sample_every, c.num_grid_samples = 2, 0, 16
@@ -183,6 +198,12 @@ def test_sample_cli_writes_a_walk_gif_with_frames_label_rows_and_upscaled_pictur
   assert a.shape == (3 * 30 + 2, 3 * 30 + 2)
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
+  # --label takes the data's class names as well as numbers
+  rows = lambda label: (
+    cli.main(["sample", "--workdir", str(run), "--num", "4", "--out", str(out), "--label", label]),
+    np.asarray(Image.open(out)),
+  )[1]
+  np.testing.assert_array_equal(rows("Trouser,Bag"), rows("1,8"))
   with pytest.raises(SystemExit, match="--upscale 0: must be at least 1"):
     cli.main(["sample", "--workdir", str(run), "--upscale", "0"])
 
