@@ -49,12 +49,12 @@ def parse_labels(
       "--label needs a class-conditional model (trained with "
       "--config.model.num_classes=N); this run is unconditional"
     )
-  labels = []
+  labels, data = [], None
   for entry in (v.strip() for v in text.split(",")):
     if entry.lstrip("-").isdigit():
       labels.append(int(entry))
       continue
-    data = info() if info else None
+    data = data or (info() if info else None)  # read once
     names = list(data.class_names) if data else []
     groups = list(data.group_names) if data and data.class_groups else []
     if not names:

@@ -30,7 +30,7 @@ class DatasetInfo:
   max_tokens: int = 0
   # With a label_feature other than "label" (`relabel`): the class names above are that
   # feature's, and class_groups[k] is the data's own "label" of class k (named group_names);
-  # () where a class's items carry more than one "label".
+  # () where a class's items carry more than one "label", or a class has none.
   label_feature: str = "label"
   class_groups: tuple[int, ...] = ()
   group_names: tuple[str, ...] = ()
