@@ -532,6 +532,11 @@ class Conv(_ConvModule):
   op = staticmethod(conv)
 
 
+def conv_layers(fast: bool) -> tuple[type[nn.Module], type[nn.Module]]:
+  """(Conv, ConvTranspose): these modules' where the fast passes are on, else flax's."""
+  return (Conv, ConvTranspose) if fast else (nn.Conv, nn.ConvTranspose)
+
+
 # ---------------------------------------------------------------------- max pooling
 
 

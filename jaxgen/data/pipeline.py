@@ -34,6 +34,7 @@ class DatasetInfo:
   label_feature: str = "label"
   class_groups: tuple[int, ...] = ()
   group_names: tuple[str, ...] = ()
+  class_counts: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # per split
 
 
 def _info_from_builder(name: str, info: tfds.core.DatasetInfo) -> DatasetInfo:
@@ -151,27 +152,32 @@ class Relabelled(Sequence):
     return [self._map(item) for item in read_items(self.source, list(indices))]
 
 
-_GROUPS: dict[tuple[str, str], tuple[int, ...]] = {}  # (prepared data set's folder, feature)
+@dataclasses.dataclass(frozen=True)
+class _Classes:
+  groups: tuple[int, ...]  # the "label" of each class; () unless each class has exactly one
+  counts: dict[str, tuple[int, ...]]  # examples of each class, per split
 
 
-def _feature_groups(builder: Any, feature: str, num_classes: int) -> tuple[int, ...]:
-  """The "label" of each class of `feature` over all the builder's splits; () unless each class's
-  items share one. Read once per prepared data set."""
+_CLASSES: dict[tuple[str, str], _Classes] = {}  # (prepared data set's folder, feature)
+
+
+def _feature_classes(builder: Any, feature: str, num_classes: int) -> _Classes:
+  """Each class of `feature`: its "label" and its count in every split of the builder, read
+  once per prepared data set."""
   key = (str(builder.data_dir), feature)
-  if key not in _GROUPS:
-    _GROUPS[key] = _read_groups(builder, feature, num_classes)
-  return _GROUPS[key]
-
-
-def _read_groups(builder: Any, feature: str, num_classes: int) -> tuple[int, ...]:
-  pairs = set()
-  for split in builder.info.splits:
-    source = builder.as_data_source(split=split)
-    pairs |= {(int(it[feature]), int(it["label"])) for it in read_items(source, range(len(source)))}
-  groups = dict(sorted(pairs))
-  if len(groups) != len(pairs) or set(groups) != set(range(num_classes)):
-    return ()
-  return tuple(groups[k] for k in range(num_classes))
+  if key not in _CLASSES:
+    pairs, counts = set(), {}
+    for split in builder.info.splits:
+      source = builder.as_data_source(split=split)
+      items = read_items(source, range(len(source)))
+      fine = np.asarray([int(it[feature]) for it in items], np.int64)
+      counts[split] = tuple(np.bincount(fine, minlength=num_classes).tolist())
+      if "label" in builder.info.features:
+        pairs |= {(int(f), int(it["label"])) for f, it in zip(fine, items)}
+    groups = dict(sorted(pairs))
+    single = len(groups) == len(pairs) and set(groups) == set(range(num_classes))
+    _CLASSES[key] = _Classes(tuple(groups[k] for k in range(num_classes)) if single else (), counts)
+  return _CLASSES[key]
 
 
 def relabel(
@@ -198,12 +204,14 @@ def relabel(
       f"(neither a ClassLabel nor metadata[{feature + 's'!r}]); use a labelled feature"
     )
   names = tuple(names)
+  classes = _feature_classes(builder, feature, len(names))
   info = dataclasses.replace(
     info,
     num_classes=len(names),
     class_names=names,
     label_feature=feature,
-    class_groups=_feature_groups(builder, feature, len(names)) if "label" in features else (),
+    class_groups=classes.groups,
+    class_counts=classes.counts,
     group_names=info.class_names,
   )
   return Relabelled(source, feature), info

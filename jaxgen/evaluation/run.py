@@ -116,7 +116,7 @@ def requested_labels(
   class_groups = np.asarray(config.data.get("class_groups") or (), np.int32)
   if not len(class_groups):
     return np.arange(num) % k, None
-  counts = splits.class_counts(config, "train", k)
+  counts = splits.class_counts(config, "train")
   groups = np.arange(num) % num_groups
   labels = np.zeros(num, np.int32)
   for g in range(num_groups):

@@ -27,11 +27,10 @@ def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return trainer.load_data(config, "test")[1].class_names
 
 
-def class_counts(config: ml_collections.ConfigDict, split: str, num_classes: int) -> np.ndarray:
-  """How many examples of each class [num_classes] a split holds (its labels only)."""
-  source, _ = trainer.load_data(config, split)
-  labels = [int(item["label"]) for item in pipeline.read_items(source, list(range(len(source))))]
-  return np.bincount(np.asarray(labels, np.int64), minlength=num_classes)
+def class_counts(config: ml_collections.ConfigDict, split: str) -> np.ndarray:
+  """How many examples of each class [K] a split of a data set loaded with data.label_feature
+  holds (counted when the loader first read it)."""
+  return np.asarray(trainer.load_data(config, split)[1].class_counts[split], np.int64)
 
 
 def read_batch(

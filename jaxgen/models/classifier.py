@@ -27,7 +27,7 @@ class Classifier(nn.Module):
 
   def setup(self):
     w = self.width
-    conv = ops.Conv if self.fast_ops else nn.Conv
+    conv, _ = ops.conv_layers(self.fast_ops)
     self.convs = [
       conv(c, (3, 3), use_bias=False, dtype=self.dtype, name=f"conv{i}")
       for i, c in enumerate((w, 2 * w, 4 * w))

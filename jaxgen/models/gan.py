@@ -117,7 +117,7 @@ class Generator(_Net):
     x = x.reshape(x.shape[0], start, start, widths[0])
     x = self.norm_act(norm("bn_dense"), x, labels_B)
     k = (self.kernel_size, self.kernel_size)
-    deconv = ops.ConvTranspose if self.fast_ops else nn.ConvTranspose
+    conv, deconv = ops.conv_layers(self.fast_ops)
     for i, w in enumerate(widths[1:]):
       x = sn(deconv(w, k, strides=(2, 2), use_bias=False, dtype=self.dtype, name=f"deconv{i}"))(x)
       x = self.norm_act(norm(f"bn{i}"), x, labels_B)
@@ -127,7 +127,6 @@ class Generator(_Net):
     f = self.full_res_width
     x = sn(deconv(f, k, strides=(2, 2), use_bias=False, dtype=self.dtype, name="deconv_full"))(x)
     x = self.norm_act(norm("bn_full"), x, labels_B)
-    conv = ops.Conv if self.fast_ops else nn.Conv
     return jnp.tanh(sn(conv(channels, k, dtype=self.dtype, name="to_image"))(x))
 
 
@@ -141,7 +140,7 @@ class Discriminator(_Net):
     _, widths = common.resolution_plan(self.image_shape[0], self.width, "DCGAN")
     k = (self.kernel_size, self.kernel_size)
     x = x_BxHxWxC
-    conv = ops.Conv if self.fast_ops else nn.Conv
+    conv, _ = ops.conv_layers(self.fast_ops)
     sn = lambda layer: common.spectral_norm(layer, self.spectral_norm, train)
     if self.full_res_width:
       x = sn(conv(self.full_res_width, k, dtype=self.dtype, name="conv_full"))(x)

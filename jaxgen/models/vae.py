@@ -40,7 +40,7 @@ class Encoder(nn.Module):
     del train
     _, widths = common.resolution_plan(self.image_shape[0], self.width, "the VAE")
     k = (self.kernel_size, self.kernel_size)
-    conv = ops.Conv if self.fast_ops else nn.Conv
+    conv, _ = ops.conv_layers(self.fast_ops)
     x = x_BxHxWxC
     for i, w in enumerate(reversed(widths)):
       x = nn.swish(conv(w, k, strides=(2, 2), dtype=self.dtype, name=f"conv{i}")(x))
@@ -77,7 +77,7 @@ class Decoder(nn.Module):
     x = nn.swish(nn.Dense(start * start * widths[0], dtype=self.dtype, name="dense")(x))
     x = x.reshape(x.shape[0], start, start, widths[0])
     k = (self.kernel_size, self.kernel_size)
-    deconv = ops.ConvTranspose if self.fast_ops else nn.ConvTranspose
+    _, deconv = ops.conv_layers(self.fast_ops)
     for i, w in enumerate(widths[1:]):
       x = nn.swish(deconv(w, k, strides=(2, 2), dtype=self.dtype, name=f"deconv{i}")(x))
     return deconv(self.out_channels, k, strides=(2, 2), dtype=self.dtype, name="to_image")(x)
