@@ -4,6 +4,11 @@ Pure functions of (key, images [B, H, W, C] in [-1, 1]): the same key gives the 
 every op is differentiable w.r.t. the images (gradients flow back to the generator). A GAN applies
 the same policy to real and generated images, in the discriminator's and the generator's passes.
 Policy: a comma-separated subset of "color", "translation", "cutout", applied in that order.
+
+Adaptive augmentation (ADA, Karras et al. 2020): each op is applied to each image with probability
+p, and `ada_adjust` moves p from the discriminator's outputs on real images, so that a
+discriminator that starts to memorise a small data set sees more augmentation and one that does
+not sees less.
 """
 
 import jax
@@ -86,8 +91,30 @@ def parse_policy(policy: str) -> tuple[str, ...]:
   return tuple(p for p in POLICIES if p in names)
 
 
-def augment(key: jax.Array, x_BxHxWxC: jax.Array, policy: str) -> jax.Array:
-  """`policy`'s ops applied to images [B, H, W, C], each from its own key; "" -> x unchanged."""
+def augment(
+  key: jax.Array, x_BxHxWxC: jax.Array, policy: str, p: float | jax.Array = 1.0
+) -> jax.Array:
+  """`policy`'s ops applied to images [B, H, W, C], each from its own key; "" -> x unchanged.
+  `p` (a number or a traced scalar): each op is applied to each image with this probability, by
+  its own uniform draw per image; the Python number 1 draws nothing more (every image, every op).
+  """
   for i, name in enumerate(parse_policy(policy)):
-    x_BxHxWxC = _OPS[name](jax.random.fold_in(key, i), x_BxHxWxC)
+    k = jax.random.fold_in(key, i)
+    y = _OPS[name](k, x_BxHxWxC)
+    if isinstance(p, (int, float)) and p >= 1:
+      x_BxHxWxC = y
+    else:
+      u = jax.random.uniform(jax.random.fold_in(k, 1000), (x_BxHxWxC.shape[0], 1, 1, 1))
+      x_BxHxWxC = jnp.where(u < p, y, x_BxHxWxC)
   return x_BxHxWxC
+
+
+def ada_adjust(
+  p: jax.Array, real_sign: jax.Array, images: int, target: float, kimg: float
+) -> jax.Array:
+  """ADA's update of the augmentation probability p (a scalar): up by images / (kimg * 1000)
+  when the overfitting heuristic r = E[sign(D(real))] (`real_sign`, over the `images` real images
+  D just trained on) is above `target`, down by as much when below, clipped to [0, 1]; so p can
+  cross [0, 1] in `kimg` thousand real images."""
+  step = jnp.sign(real_sign - target) * (images / (kimg * 1000.0))
+  return jnp.clip(p + step.astype(p.dtype), 0.0, 1.0)

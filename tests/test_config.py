@@ -12,7 +12,8 @@ from jaxgen.errors import ConfigError
 
 DCGAN = REPO / "experiments/configs/dcgan_fashion.py"
 MODEL_FIELDS = (
-  "['arch', 'augment', 'class_bn', 'd_steps', 'ema_bn', 'ema_decay', 'family', "
+  "['ada_kimg', 'ada_target', 'arch', 'augment', 'augment_p', 'class_bn', 'd_steps', 'ema_bn', "
+  "'ema_decay', 'family', "
   "'fresh_real_batches', 'full_res_width', 'kernel_size', 'latent_dim', 'loss', 'mbstd_group', "
   "'num_classes', 'r1_every', 'r1_gamma', 'spectral_norm', 'standing_batches', 'width']"
 )
@@ -72,7 +73,7 @@ def test_an_object_field_keeps_its_type_and_takes_any_value():
     (
       "model",
       "{'width': 8}",
-      "--config.model is a group of fields; set one of them: --config.model.arch=...",
+      "--config.model is a group of fields; set one of them: --config.model.ada_kimg=...",
     ),
     ("num_steps", "abc", "--config.num_steps=abc: cannot parse as int"),
     ("num_steps", "5.5", "--config.num_steps=5.5: expected int, got float"),

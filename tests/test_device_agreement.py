@@ -62,6 +62,7 @@ CASES = {
       spectral_norm="dg",
       r1_gamma=1.0,
       augment="translation,cutout,color",
+      augment_p=0.5,  # each image's own draw, whichever device holds it
       fresh_real_batches=True,
     ),
     {},

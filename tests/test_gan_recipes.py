@@ -42,22 +42,64 @@ ALL_ON = dict(
 # ------------------------------------------------------------------ augmentation
 
 
+@pytest.mark.parametrize("p", [1.0, 0.5])
 @pytest.mark.parametrize("policy", ["color", "translation", "cutout", "translation,cutout,color"])
-def test_augment_same_key_same_result_and_differentiable(policy):
-  x = random_batch(n=4, shape=(8, 8, 3))["image"]
-  a = augment.augment(jax.random.key(3), x, policy)
-  np.testing.assert_array_equal(a, augment.augment(jax.random.key(3), x, policy))
-  assert float(jnp.abs(a - augment.augment(jax.random.key(4), x, policy)).max()) > 1e-3
+def test_augment_same_key_same_result_and_differentiable(policy, p):
+  x = random_batch(n=8, shape=(8, 8, 3))["image"]
+  a = augment.augment(jax.random.key(3), x, policy, p)
+  np.testing.assert_array_equal(a, augment.augment(jax.random.key(3), x, policy, p))
+  assert float(jnp.abs(a - augment.augment(jax.random.key(4), x, policy, p)).max()) > 1e-3
   # d/dx of a random projection vs a central difference, in float64 so that the difference
   # quotient has no float32 rounding (every op is piecewise linear in x for a fixed key)
   with jax.enable_x64():
     x64 = jnp.asarray(np.asarray(x), jnp.float64)
     w = jax.random.normal(jax.random.key(5), x64.shape, jnp.float64)
     v = jax.random.normal(jax.random.key(6), x64.shape, jnp.float64)
-    f = lambda x: jnp.sum(w * augment.augment(jax.random.key(3), x, policy))
+    f = lambda x: jnp.sum(w * augment.augment(jax.random.key(3), x, policy, p))
     eps = 1e-6
     fd = (f(x64 + eps * v) - f(x64 - eps * v)) / (2 * eps)
     np.testing.assert_allclose(jnp.sum(jax.grad(f)(x64) * v), fd, rtol=1e-7)
+
+
+def test_augment_with_probability_p_augments_each_image_or_leaves_it():
+  """Each op reaches each image with probability p, by that image's own draw: an image comes out
+  either augmented as with p = 1 (the same key) or untouched; p = 0 changes nothing."""
+  x = random_batch(n=1000, shape=(4, 4, 3))["image"]
+  key = jax.random.key(7)
+  every = np.asarray(augment.augment(key, x, "color"))
+  for p in (0.3, jnp.float32(0.3)):  # a number, or a traced value such as ADA's
+    y = np.asarray(jax.jit(augment.augment, static_argnums=2)(key, x, "color", p))
+    same = (y == np.asarray(x)).all(axis=(1, 2, 3))  # jnp.where passes the input bit for bit
+    # jit fuses color's float32 arithmetic differently from the eager ops: ~1e-7 of values
+    # near 1, while an augmented image differs from its input by a brightness shift of ~0.25
+    augmented = np.isclose(y, every, rtol=0, atol=1e-5).all(axis=(1, 2, 3))
+    assert (same ^ augmented).all()
+    # a Binomial(1000, 0.3) share: 5 standard deviations are 0.072
+    assert abs(augmented.mean() - 0.3) < 5 * np.sqrt(0.3 * 0.7 / 1000)
+  np.testing.assert_array_equal(augment.augment(key, x, "translation,cutout", 0.0), x)
+  np.testing.assert_array_equal(augment.augment(key, x, "color", jnp.float32(1.0)), every)
+
+
+def test_ada_adjust_steps_p_by_the_images_seen_towards_the_target_and_clips():
+  up = augment.ada_adjust(jnp.float32(0.5), jnp.float32(0.7), 64, 0.6, 100.0)
+  down = augment.ada_adjust(jnp.float32(0.5), jnp.float32(0.2), 64, 0.6, 100.0)
+  # 64 images of the 100,000 that take p across [0, 1]
+  np.testing.assert_allclose([up, down], [0.5 + 64e-5, 0.5 - 64e-5], rtol=1e-6)
+  assert float(augment.ada_adjust(jnp.float32(0.5), jnp.float32(0.6), 64, 0.6, 100.0)) == 0.5
+  assert float(augment.ada_adjust(jnp.float32(0.9999), jnp.float32(1.0), 64, 0.6, 0.01)) == 1.0
+  assert float(augment.ada_adjust(jnp.float32(0.0), jnp.float32(-1.0), 64, 0.6, 100.0)) == 0.0
+
+
+def test_ada_step_uses_its_p_then_moves_it_by_the_sign_of_d_on_reals():
+  state = _state(augment="translation,color", ada_target=0.6, ada_kimg=1.0, d_steps=2)
+  assert isinstance(state, gan.AdaptiveGANState) and float(state.aug_p) == 0.0
+  state = state.replace(aug_p=jnp.float32(0.5))
+  after, metrics = jax.jit(gan.train_step)(state, random_batch(n=8), jax.random.key(1))
+  assert float(metrics["aug_p"]) == 0.5
+  r = float(metrics["d_real_sign"])  # the mean over 2 D updates of 8 signs each
+  assert -1.0 <= r <= 1.0 and (r * 16) % 1 == 0
+  # 2 D updates saw the 8 real images each: 16 of the 1,000 that take p across [0, 1]
+  np.testing.assert_allclose(float(after.aug_p), 0.5 + np.sign(r - 0.6) * 0.016, rtol=1e-6)
 
 
 def test_translation_moves_content_by_integers_with_zero_padding():
@@ -388,7 +430,7 @@ def _state(**model):
 
 
 def test_defaults_keep_the_state_as_before_and_bad_values_fail():
-  assert "spectral_norm" not in _state().hp
+  assert "spectral_norm" not in _state().hp and type(_state()) is gan.GANState
   for bad, match in (
     (dict(spectral_norm="g"), "config.model.spectral_norm"),
     (dict(ema_bn="ema"), "config.model.ema_bn"),
@@ -399,6 +441,11 @@ def test_defaults_keep_the_state_as_before_and_bad_values_fail():
     (dict(mbstd_group=3), "mbstd_group=3 does not divide the 64 images .* divisor of 64"),
     (dict(full_res_width=-1), "model.full_res_width=-1 with arch 'dcgan'; set it to 0"),
     (dict(full_res_width=8, arch="resnet"), "full_res_width=8 with arch 'resnet'"),
+    (dict(augment="color", augment_p=1.5), "model.augment_p=1.5; set it to a probability"),
+    (dict(ada_target=0.6), "model.ada_target=0.6 with augment ''; set ada_target in"),
+    (dict(augment="color", ada_target=1.0), "ada_target=1.0 with augment 'color'"),
+    (dict(augment="color", ada_target=0.6, augment_p=0.5), "ADA sets the probability itself"),
+    (dict(augment="color", ada_target=0.6, ada_kimg=0.0), "ada_kimg=0.0: ADA sets"),
   ):
     with pytest.raises(ConfigError, match=match):
       _state(**bad)

@@ -15,6 +15,12 @@ from jaxgen import trainer
 # name: (config file, model overrides, data set)
 CASES = {
   "gan": ("dcgan_fashion.py", dict(width=8, latent_dim=16, num_classes=10), "idx"),
+  # ADA's probability is state: with target 0.01 and 10 images per crossing it moves every step
+  "gan_ada": (
+    "dcgan_fashion.py",
+    dict(width=8, latent_dim=16, augment="translation", ada_target=0.01, ada_kimg=0.01),
+    "idx",
+  ),
   "vae": ("vae_fashion.py", dict(width=8, latent_dim=8), "idx"),
   "draw": ("draw_fashion.py", DRAW_TINY, "idx"),
   "aligndraw": ("aligndraw_captions.py", DRAW_TINY, "captioned_fashion_mnist/small"),
@@ -51,6 +57,7 @@ def test_resume_is_bit_exact(case, fashion_slice, tfds_dir, tmp_path):
   resumed = _leaves(trainer.train_and_evaluate(c, tmp_path / "resumed"))
   assert straight.keys() == resumed.keys()
   assert any("opt_state" in k for k in straight) and straight[".step"] == 6
+  assert (".aug_p" in straight) == (case == "gan_ada")
   for k in straight:  # bit for bit: the same program on the same inputs
     np.testing.assert_array_equal(resumed[k], straight[k], err_msg=k)
   assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")

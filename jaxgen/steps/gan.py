@@ -26,6 +26,14 @@ class GANState:
   hp: ml_collections.FrozenConfigDict = struct.field(pytree_node=False)
 
 
+@struct.dataclass
+class AdaptiveGANState(GANState):
+  """A GANState with ADA's augmentation probability (model.ada_target > 0). A subclass, not a
+  None-by-default field, so the checkpoints of every other GAN keep their tree."""
+
+  aug_p: jax.Array = None  # type: ignore[assignment]  # float32 scalar in [0, 1]
+
+
 def _models(hp: ml_collections.FrozenConfigDict):
   kw = dict(
     image_shape=tuple(hp.image_shape),
@@ -86,6 +94,21 @@ def _recipe_hp(m: ml_collections.ConfigDict) -> dict:
       "(off) or, with arch 'dcgan', to the channels of the full-resolution layer (e.g. 32)"
     )
   augment.parse_policy(hp["augment"])
+  if not 0.0 <= hp["augment_p"] <= 1.0:
+    raise ConfigError(
+      f"model.augment_p={hp['augment_p']}; set it to a probability in [0, 1] (1: every image)"
+    )
+  if hp["ada_target"] and not (0.0 < hp["ada_target"] < 1.0 and hp["augment"]):
+    raise ConfigError(
+      f"model.ada_target={hp['ada_target']} with augment {hp['augment']!r}; set ada_target in "
+      "(0, 1) (ADA's is 0.6) and model.augment to the policy it adapts, e.g. 'translation'"
+    )
+  if hp["ada_target"] and (hp["augment_p"] != 1.0 or hp["ada_kimg"] <= 0):
+    raise ConfigError(
+      f"model.ada_target={hp['ada_target']} with augment_p={hp['augment_p']}, ada_kimg="
+      f"{hp['ada_kimg']}: ADA sets the probability itself, from 0; leave augment_p at 1 and set "
+      "ada_kimg > 0"
+    )
   return hp if hp != config_lib.GAN_RECIPES else {}
 
 
@@ -143,8 +166,8 @@ def step_variants(state: "GANState") -> tuple[dict, ...]:
   )
 
 
-def _augment(key, x, hp) -> jax.Array:
-  return augment.augment(key, x, hp.get("augment", ""))
+def _augment(key, x, hp, p) -> jax.Array:
+  return augment.augment(key, x, hp.get("augment", ""), p)
 
 
 def _standing_stats(generator, params, stats, hp) -> Any:
@@ -215,7 +238,9 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
   make = lambda model, params, stats, lr: common.create_model_state(
     model, params, stats, config.optim, lr
   )
-  return GANState(
+  adaptive = {"aug_p": jnp.zeros((), jnp.float32)} if hp.get("ada_target", 0.0) else {}
+  return (AdaptiveGANState if adaptive else GANState)(
+    **adaptive,
     step=jnp.zeros((), jnp.int32),
     g=make(generator, g_params, g_stats, common.learning_rate(config, config.optim.g_lr)),
     d=make(
@@ -237,12 +262,15 @@ def train_step(
 
   Metrics: both losses, D(x) and D(G(z)) (`d_real`, `d_fake`), each player's learning rate and
   gradient norm (`d_lr`, `d_grad_norm` of the last D update; `g_lr`, `g_grad_norm`); with R1,
-  `d_r1`, the penalty summed over the step's D updates."""
+  `d_r1`, the penalty summed over the step's D updates; with ADA, `aug_p` (the probability this
+  step used) and `d_real_sign` (E[sign D(real)] over its D updates, which moves aug_p)."""
   hp = state.hp
   generator, discriminator = _models(hp)
   d_loss_fn, g_loss_fn = losses.GAN_LOSSES[hp.loss]
   real = batch["image"]
   labels = batch["label"] if hp.num_classes else None
+  aug_p = getattr(state, "aug_p", None)
+  p = hp.get("augment_p", 1.0) if aug_p is None else aug_p
   keys = jax.random.split(jax.random.fold_in(key, state.step), hp.d_steps + 1)
   # fresh_real_batches: the batch holds d_steps real batches, one per D update (rows split as
   # common.micro_batches does); G's update uses a latent batch of that smaller size.
@@ -267,8 +295,8 @@ def train_step(
     fake, _ = common.apply(generator, g.params, g.batch_stats, z, labels, train=True)
     fake = jax.lax.stop_gradient(fake)
     # recipes: the same augmentation policy on real and fake (own draws), R1 on what D sees
-    real = _augment(jax.random.fold_in(key, 101), real, hp)
-    fake = _augment(jax.random.fold_in(key, 102), fake, hp)
+    real = _augment(jax.random.fold_in(key, 101), real, hp, p)
+    fake = _augment(jax.random.fold_in(key, 102), fake, hp, p)
 
     def d_objective(d_params):
       real_logits, stats = common.apply(discriminator, d_params, d_stats, real, labels, train=True)
@@ -284,9 +312,11 @@ def train_step(
     metrics = dict(d_loss=loss, d_real=d_real, d_fake=d_fake)
     if hp.get("r1_gamma", 0.0):
       metrics["d_r1"] = r1
+    if aug_p is not None:
+      metrics["d_real_sign"] = jnp.mean(jnp.sign(real_logits))
     return grads, stats, metrics
 
-  r1_sum = 0.0
+  r1_sum, real_sign = 0.0, 0.0
   for i in range(hp.d_steps):
     d_grads, d_stats, d_metrics = common.accumulate(
       functools.partial(
@@ -302,8 +332,13 @@ def train_step(
     )
     d, d_logged = common.apply_gradients(d, d_grads, "d_", batch_stats=d_stats)
     r1_sum = r1_sum + d_metrics.get("d_r1", 0.0)
+    real_sign = real_sign + d_metrics.get("d_real_sign", 0.0) / hp.d_steps
   if "d_r1" in d_metrics:  # the penalty of every D update of the step, lazy ones included
     d_metrics["d_r1"] = r1_sum
+  if aug_p is not None:
+    d_metrics.update(d_real_sign=real_sign, aug_p=aug_p)
+    seen = num * hp.d_steps  # the real images D trained on in this step
+    aug_p = augment.ada_adjust(aug_p, real_sign, seen, hp.ada_target, hp.ada_kimg)
 
   # ---- generator
   def g_grads_fn(g_stats, inputs, key):
@@ -311,7 +346,7 @@ def train_step(
 
     def g_objective(g_params):
       fake, stats = common.apply(generator, g_params, g_stats, z, labels, train=True)
-      fake = _augment(jax.random.fold_in(key, 102), fake, hp)
+      fake = _augment(jax.random.fold_in(key, 102), fake, hp, p)
       logits, _ = common.apply(discriminator, d.params, d.batch_stats, fake, labels, train=True)
       return g_loss_fn(logits), stats
 
@@ -332,7 +367,8 @@ def train_step(
   ema = optax.incremental_update(g.params, state.ema_params, step_size=1.0 - decay)
 
   metrics = dict(**d_metrics, **g_metrics, **d_logged, **g_logged)
-  return state.replace(step=state.step + 1, g=g, d=d, ema_params=ema), metrics
+  state = state.replace(step=state.step + 1, g=g, d=d, ema_params=ema)
+  return (state if aug_p is None else state.replace(aug_p=aug_p)), metrics
 
 
 def eval_step(state: GANState, batch: dict, key: jax.Array) -> dict:
