@@ -13,7 +13,9 @@ class_bn and --config.optim.g_lr=1e-3 --config.optim.d_lr=1e-3: 1,501 steps in 3
 groups recognisable, group accuracy 0.733. The 20,000 steps are a GPU run.
 --config.data.label_feature=subgroup --config.model.num_classes=99 conditions on the 99 subgroups
 instead: at 32x32 in 30 minutes, recognisable emoji in all nine groups (group accuracy 0.907
-against 0.836), but small subgroups collapse to copies of their training emoji (README "Emoji").
+against 0.836), but small subgroups collapse to copies of their training emoji (README "Emoji");
+adding --config.model.augment=translation --config.model.ada_target=0.8 (adaptive augmentation)
+stops the copying and keeps group accuracy at 0.754.
 """
 
 from jaxgen.config import GAN_RECIPES, base_config
