@@ -94,9 +94,10 @@ def _recipe_hp(m: ml_collections.ConfigDict) -> dict:
       "(off) or, with arch 'dcgan', to the channels of the full-resolution layer (e.g. 32)"
     )
   augment.parse_policy(hp["augment"])
-  if not 0.0 <= hp["augment_p"] <= 1.0:
+  if not 0.0 <= hp["augment_p"] <= 1.0 or (hp["augment_p"] != 1.0 and not hp["augment"]):
     raise ConfigError(
-      f"model.augment_p={hp['augment_p']}; set it to a probability in [0, 1] (1: every image)"
+      f"model.augment_p={hp['augment_p']} with augment {hp['augment']!r}; set it to a "
+      "probability in [0, 1] (1: every image) and model.augment to the policy it applies"
     )
   if hp["ada_target"] and not (0.0 < hp["ada_target"] < 1.0 and hp["augment"]):
     raise ConfigError(
