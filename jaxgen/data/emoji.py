@@ -37,6 +37,7 @@ from PIL import Image, ImageDraw, ImageFont, features
 
 from jaxgen.data import captions, idx
 from jaxgen.data.idx import DataError
+from jaxgen.data.pipeline import MappedSource
 
 FONT_DIR = "/usr/share/fonts/truetype/noto"
 FONT_FILE = "NotoColorEmoji.ttf"
@@ -207,25 +208,15 @@ def token_map(data_vocab: Sequence[str], run_vocab: Sequence[str]) -> np.ndarray
   return np.array([0] + [index.get(w, index[UNK]) for w in data_vocab[1:]], np.int32)
 
 
-class Retokenized(Sequence):
+class Retokenized(MappedSource):
   """A split's source whose items' tokens index the training vocabulary (via `token_map`)."""
 
   def __init__(self, source: Sequence[dict], table: np.ndarray):
-    self.source, self.table = source, table
-
-  def __len__(self) -> int:
-    return len(self.source)
+    super().__init__(source)
+    self.table = table
 
   def _map(self, item: dict) -> dict:
     return dict(item, tokens=self.table[np.asarray(item["tokens"])])
-
-  def __getitem__(self, i: int) -> dict:
-    return self._map(self.source[i])
-
-  def __getitems__(self, indices: Sequence[int]) -> list[dict]:
-    getitems = getattr(self.source, "__getitems__", None)
-    items = getitems(list(indices)) if getitems else [self.source[i] for i in indices]
-    return [self._map(item) for item in items]
 
 
 def split_names(builder: Emoji, split: str) -> list[str]:

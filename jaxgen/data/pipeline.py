@@ -133,23 +133,36 @@ def _load(name: str, split: str, source_dir: str | None, data_dir: str | None):
   return builder.as_data_source(split=split), _info_from_builder(name, builder.info), builder
 
 
-class Relabelled(Sequence):
-  """A source whose items' "label" is another of their integer features (`relabel`)."""
+class MappedSource(Sequence):
+  """A source whose items are another's passed through `_map` (a subclass's), reading through
+  its batched read where it has one. A class, not a function argument, so it pickles for
+  grain's worker processes."""
 
-  def __init__(self, source: Sequence[dict[str, Any]], feature: str):
-    self.source, self.feature = source, feature
+  def __init__(self, source: Sequence[dict[str, Any]]):
+    self.source = source
+
+  def _map(self, item: dict) -> dict:
+    raise NotImplementedError
 
   def __len__(self) -> int:
     return len(self.source)
-
-  def _map(self, item: dict) -> dict:
-    return dict(item, label=item[self.feature])
 
   def __getitem__(self, i: int) -> dict:
     return self._map(self.source[i])
 
   def __getitems__(self, indices: Sequence[int]) -> list[dict]:
     return [self._map(item) for item in read_items(self.source, list(indices))]
+
+
+class Relabelled(MappedSource):
+  """A source whose items' "label" is another of their integer features (`relabel`)."""
+
+  def __init__(self, source: Sequence[dict[str, Any]], feature: str):
+    super().__init__(source)
+    self.feature = feature
+
+  def _map(self, item: dict) -> dict:
+    return dict(item, label=item[self.feature])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,12 +203,14 @@ def relabel(
   integer = [
     k
     for k, f in features.items()
-    if k != "image" and np.issubdtype(np.dtype(f.np_dtype), np.integer)
+    if k != "image"
+    and np.issubdtype(np.dtype(f.np_dtype), np.integer)
+    and getattr(f, "shape", None) == ()
   ]
-  if feature not in integer or not getattr(features[feature], "shape", None) == ():
+  if feature not in integer:
     raise DataError(
       f"data.label_feature={feature!r}: {info.name!r} has no integer feature of that name; "
-      f"set it to one of {[k for k in integer if features[k].shape == ()]}"
+      f"set it to one of {integer}"
     )
   names = getattr(features[feature], "names", None) or builder.info.metadata.get(f"{feature}s")
   if not names:
