@@ -1,21 +1,19 @@
-"""The documented longer run (at most 60 minutes on 2 CPU cores; 38.6 measured): the demo's
-class-conditional DCGAN (`dcgan_fashion_cond.py`) twice as wide (width 64: 21.2 against 5.5 GFLOP
-per step), with the R1 gradient penalty (gamma 0.1) on every discriminator update (30.1 GFLOP
-per step in all), 11,000 steps with the learning rate decayed to 0 on a cosine. Without R1
-(24,000 steps in 49 minutes) it reached FD 11.99 / recall 0.779 / coverage 0.837; with it
-FD 9.57 / 0.810 / 0.848 (README).
+"""The documented longer run (at most 60 minutes on 2 CPU cores; 51 measured): the demo's
+class-conditional DCGAN (`dcgan_fashion_cond.py`, 4x4 kernels) twice as wide (width 64), with the
+R1 gradient penalty (gamma 0.1) on every discriminator update (50.4 GFLOP per step in all), 9,000
+steps with the learning rate decayed to 0 on a cosine. FD 5.39, recall 0.809, coverage 0.877 on
+10,000 samples (README "Class-conditional DCGAN").
 
     jaxgen train --config experiments/configs/dcgan_fashion_cond_long.py --workdir runs/cond_long
 
-`--config.eval_every=2750` adds the in-training curve README shows (it needs the classifier that
+`--config.eval_every=2250` adds the in-training curve README shows (it needs the classifier that
 README's Evaluation section trains).
 
-At width 32 the same recipe stopped improving after about 20,000 steps (README "Class-conditional
-DCGAN: the demo" has the runs' curves and evaluations). R1 on every D update, as measured: lazy R1
-(`--config.model.r1_every=4`, 1.17x the cost of a step without R1 against 1.66x) over 13,000 steps
-in 45 minutes gave coverage 0.851 and recall 0.791, no better (README). Nor did minibatch
-standard deviation in D (`--config.model.mbstd_group=4`): coverage 0.840 against this config's
-0.848, FD 8.21 against 7.89, one run each in session 24.
+With the demo's 3x3 kernels of sessions 12-27 (30.1 GFLOP per step) the same recipe ran 11,000
+steps in 39-46 minutes for FD 7.89-9.57 and coverage 0.848. Measured on that form and no better:
+no R1 (24,000 steps: coverage 0.837), lazy R1 (`--config.model.r1_every=4`, 13,000 steps: 0.851),
+minibatch standard deviation in D (`--config.model.mbstd_group=4`: 0.840), a full-resolution
+layer (`--config.model.full_res_width=32`, 6,500 steps: 0.842), one run each (README).
 """
 
 from pathlib import Path
@@ -28,8 +26,8 @@ def get_config():
   c.model.width = 64
   c.model.r1_gamma = 0.1
   c.model.r1_every = 1
-  c.num_steps = 11000
+  c.num_steps = 9000
   c.optim.schedule = "cosine"
-  c.sample_every = 2750
-  c.checkpoint_every = 2750
+  c.sample_every = 2250
+  c.checkpoint_every = 2250
   return c
