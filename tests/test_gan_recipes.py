@@ -550,8 +550,9 @@ def test_every_recipe_is_a_valid_config_and_the_demo_is_the_studys_fastest():
     c = study.recipe_config(name, args)
     config_lib.validate(c)
     gan._recipe_hp(c.model)  # the switches' own checks
-  # `make demo` trains the recipe the study picked (README "GAN recipes"): the same model and
-  # optimiser, only the step count and output cadence differ.
+  # `make demo` trains the study's recipe with the learning rate it picked and the kernels session
+  # 28's runs picked (README "GAN recipes", "4x4 kernels"): the same model and optimiser, only
+  # the step count and output cadence differ.
   demo = config_lib.load(REPO / "experiments/configs/dcgan_fashion_cond.py")
   picked = study.recipe_config("cond_lr2e3_k4", args)
   assert demo.model.to_dict() == picked.model.to_dict()
