@@ -543,7 +543,7 @@ def test_study_table_and_figure_show_each_recipes_curve(tmp_path):
     study.main(["--recipes", "dcgan,stylegan"])  # an unknown recipe: a usage error
 
 
-def test_every_recipe_is_a_valid_config_and_the_demo_is_the_studys_fastest():
+def test_every_recipe_is_a_valid_config_and_the_demo_is_a_study_recipe():
   study = _study()
   args = study.argparse.Namespace(eval_every=500, eval_samples=2000, width=0, base="")
   for name in study.RECIPES:
