@@ -20,7 +20,7 @@ from conftest import (
 
 from jaxgen import augment, losses, ops, trainer
 from jaxgen import config as config_lib
-from jaxgen.errors import ConfigError
+from jaxgen.errors import ConfigError, UserError
 from jaxgen.models import gan as gan_models
 from jaxgen.steps import common, gan
 
@@ -629,3 +629,53 @@ def test_every_gan_config_takes_each_switch_from_the_command_line_and_old_runs_r
   assert config_lib.drift(config_lib.flatten(plain), without_switches) == []
   with pytest.raises(ConfigError, match="config.model.arch is 'dcgan' in this run's config.json"):
     config_lib.drift(config_lib.flatten(config_lib.upgrade(old)), c)
+
+
+# ------------------------------------------------------------ experiments/gan_sampling.py
+
+
+def _sampling():
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(
+    "gan_sampling", REPO / "experiments/gan_sampling.py"
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_sampling_variants_draw_what_they_name():
+  probe = _sampling()
+  c = gan_config(width=8, latent_dim=8, num_classes=3, class_bn=True)
+  state = gan.init_state(c, jax.random.key(0), random_batch(4))
+  # weights the EMA does not share yet, so "online" is told apart from "ema"
+  state = state.replace(g=state.g.replace(params=jax.tree.map(lambda p: p + 0.1, state.g.params)))
+  key, labels = jax.random.key(1), np.array([0, 1, 2, 0, 1, 2])
+
+  def images(name, st=None):
+    family, st = probe.variant(name, state if st is None else st)
+    return np.asarray(family.sample(st, key, 6, labels))
+
+  z = jax.random.normal(key, (6, 8))
+  ema = np.asarray(gan.sample_latents(state, z, labels))
+  np.testing.assert_array_equal(images("ema"), ema)
+  np.testing.assert_array_equal(images("z1"), ema)  # 1 x z is z, bit for bit
+  np.testing.assert_array_equal(images("z2"), np.asarray(gan.sample_latents(state, 2 * z, labels)))
+  truncated = jax.random.truncated_normal(key, -0.5, 0.5, (6, 8))
+  np.testing.assert_array_equal(
+    images("trunc0.5"), np.asarray(gan.sample_latents(state, truncated, labels))
+  )
+  online = state.replace(ema_params=state.g.params)
+  np.testing.assert_array_equal(images("online"), np.asarray(gan.sample_latents(online, z, labels)))
+  assert not np.array_equal(images("online"), ema)
+  assert probe.variant("standing", state)[1].hp.ema_bn == "standing"
+  # 8 bits: every value is one of the 256 levels k / 127.5 - 1 and within half a level of ema
+  levels = (images("q8") + 1.0) * 127.5
+  # k / 127.5 - 1, then + 1: three float32 roundings of values in [0, 2], each at most 2^-23,
+  # times 127.5 is under 5e-5
+  np.testing.assert_allclose(levels, np.round(levels), atol=5e-5)
+  assert np.max(np.abs(images("q8") - np.clip(ema, -1, 1))) <= 0.5 / 127.5 + 2**-23
+  for bad in ("zwide", "trunc", "best"):
+    with pytest.raises(UserError, match="unknown variant"):
+      probe.variant(bad, state)

@@ -69,6 +69,11 @@ SKIPPED = (  # (how the command starts, why it is not run)
   ),
   ("source .venv/bin/activate", "the test already runs in .venv's environment"),
   (
+    "python experiments/gan_sampling.py",
+    "needs a trained GAN run and the classifier the Evaluation section trains later "
+    "(tests/test_gan_recipes.py checks what each variant samples)",
+  ),
+  (
     "python experiments/gan_recipes.py",
     "the GAN recipes study: minutes to hours of training (tests/test_gan_recipes.py runs "
     "every recipe's switches through the loop)",
@@ -237,6 +242,7 @@ def test_readme_is_parsed_into_the_commands_it_shows():
     ["source", ".venv/bin/activate"],
     ["jaxgen", "train"],  # indented block
     ["gcloud", "compute"],
+    ["python", "experiments/gan_sampling.py"],
     ["python", "experiments/gan_recipes.py"],
     ["python", "experiments/gan_recipes.py"],
     ["python", "experiments/gan_recipes.py"],  # the study's measured budget
