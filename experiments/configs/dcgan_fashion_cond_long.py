@@ -3,7 +3,9 @@ class-conditional DCGAN (`dcgan_fashion_cond.py`, 4x4 kernels) twice as wide (wi
 R1 gradient penalty (gamma 0.1) on every discriminator update (50.4 GFLOP per step in all), 9,000
 steps with the learning rate decayed to 0 on a cosine. FD 5.39, recall 0.809, coverage 0.877 on
 10,000 samples (README "Class-conditional DCGAN"); on a 2-core AMD EPYC, 33 minutes: FD 5.30,
-coverage 0.872. Width 96 for the same FLOPs (4,000 steps) was behind: FD 20.81, coverage 0.821.
+coverage 0.872. Width 96 for the same FLOPs (4,000 steps) was behind: FD 20.81, coverage 0.821;
+so were R1 gamma 0.02 (FD 7.12, coverage 0.861) and lr 1e-3 (stopped at step 4,727), and gamma 0.5
+was level (FD 5.94, coverage 0.877), one run each (README, session 30).
 
     jaxgen train --config experiments/configs/dcgan_fashion_cond_long.py --workdir runs/cond_long
 
