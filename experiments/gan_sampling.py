@@ -48,10 +48,12 @@ def variant(name: str, state: gan.GANState) -> tuple[Any, gan.GANState]:
     hp = {**config_lib.GAN_RECIPES, **state.hp, "ema_bn": "standing"}  # a plain run's hp lacks them
     return gan, state.replace(hp=ml_collections.FrozenConfigDict(hp))
   if name == "q8":
+    # viz.to_uint8's levels, read back as the input pipeline reads uint8 (x / 127.5 - 1); in jnp,
+    # since the samples are drawn inside jit
     to_8_bits = lambda x: jnp.round((jnp.clip(x, -1.0, 1.0) + 1.0) * 127.5) / 127.5 - 1.0
     return _with_sample(lambda s, key, num, c=None: to_8_bits(gan.sample(s, key, num, c))), state
   for prefix, draw in (
-    ("trunc", lambda key, shape, t: art.draw_latents(key, shape, t)),
+    ("trunc", art.draw_latents),
     ("z", lambda key, shape, s: s * jax.random.normal(key, shape)),
   ):
     if name.startswith(prefix):

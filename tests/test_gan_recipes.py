@@ -503,13 +503,18 @@ def test_training_run_with_all_recipes_ends_finite(fashion_slice, tmp_path):
 # ------------------------------------------------------------------ the study's outputs
 
 
-def _study():
+def _experiment(name: str):
+  """The script experiments/`name`.py as a module."""
   import importlib.util
 
-  spec = importlib.util.spec_from_file_location("gan_recipes", REPO / "experiments/gan_recipes.py")
+  spec = importlib.util.spec_from_file_location(name, REPO / f"experiments/{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def _study():
+  return _experiment("gan_recipes")
 
 
 def test_study_table_and_figure_show_each_recipes_curve(tmp_path):
@@ -634,19 +639,8 @@ def test_every_gan_config_takes_each_switch_from_the_command_line_and_old_runs_r
 # ------------------------------------------------------------ experiments/gan_sampling.py
 
 
-def _sampling():
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location(
-    "gan_sampling", REPO / "experiments/gan_sampling.py"
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_sampling_variants_draw_what_they_name():
-  probe = _sampling()
+  probe = _experiment("gan_sampling")
   c = gan_config(width=8, latent_dim=8, num_classes=3, class_bn=True)
   state = gan.init_state(c, jax.random.key(0), random_batch(4))
   # weights the EMA does not share yet, so "online" is told apart from "ema"
