@@ -15,7 +15,7 @@ from jaxgen import losses, pictures
 from jaxgen.errors import ConfigError
 from jaxgen.models import common as model_common
 from jaxgen.models import vae as vae_models
-from jaxgen.steps import vae
+from jaxgen.steps import common, vae
 
 
 def grey_batch(**kw) -> dict:
@@ -170,6 +170,22 @@ def test_binarisation_is_fresh_for_each_key():
   np.testing.assert_allclose(jnp.mean(target), 0.75, atol=0.01)
   x_in, target = vae.observe(_hp("logistic"), image, jax.random.key(0))
   assert x_in is image and target is image
+
+
+@pytest.mark.parametrize("shape", [(64, 8, 8, 3), (5, 7, 7, 1), (3, 2)])
+def test_uniform_noise_drawn_flat_is_the_shaped_draw(shape):
+  # uniform_like draws a flat array and reshapes it (XLA:CPU vectorises the flat draw): the
+  # generator's counters run over the flattened array, so the numbers must be the same bits as
+  # a draw at the shape itself, under jit and not, whatever threefry's partitionable setting
+  x = jnp.zeros(shape)
+  for key in (jax.random.key(0), jax.random.key(7)):
+    want = jax.random.uniform(key, shape)
+    np.testing.assert_array_equal(common.uniform_like(key, x), want)
+    np.testing.assert_array_equal(jax.jit(common.uniform_like)(key, x), want)
+  with jax.threefry_partitionable(not jax.config.jax_threefry_partitionable):
+    np.testing.assert_array_equal(
+      common.uniform_like(jax.random.key(3), x), jax.random.uniform(jax.random.key(3), shape)
+    )
 
 
 def test_train_step_traces_once():
