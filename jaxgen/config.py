@@ -260,9 +260,9 @@ GAN_RECIPES = dict(
   mbstd_group=0,  # minibatch standard deviation in D over groups of this many images (0: off)
   full_res_width=0,  # DCGAN: G and D get a layer of this many channels at full resolution
 )
-# DRAW's shift-write switches (model.write_offsets, write_patches, write_coarse) and the values
-# that give the plain shift write, as runs saved before them ran it
-SHIFT_WRITE_DEFAULTS = dict(write_offsets="soft", write_patches=1, write_coarse=0)
+# DRAW's shift-write switches (model.write_offsets, write_patches, write_coarse, write_stride) and
+# the values that give the plain shift write, as runs saved before them ran it
+SHIFT_WRITE_DEFAULTS = dict(write_offsets="soft", write_patches=1, write_coarse=0, write_stride=1)
 # Fields added after runs were saved, with the values that reproduce what those runs did.
 ADDED = {
   "accum_steps": 1,

@@ -155,7 +155,12 @@ DRAW_TINY = dict(
   enc_features=16,
   dec_features=16,
   read_n=2,
+  # a 3x3 Gaussian write window, whatever the config writes (aligndraw_captions.py: two 28x28
+  # patches on a 16-pixel grid, held by test_draw's shift-write tests)
   write_n=3,
+  write_attention="gaussian",
+  write_patches=1,
+  write_stride=1,
   embed_dim=8,
   lang_features=8,
   align_features=8,

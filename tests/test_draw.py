@@ -226,12 +226,22 @@ def _upsample_matrix(size: int, factor: int) -> np.ndarray:
   return np.stack([np.interp(src, np.arange(size), e) for e in np.eye(size)], axis=1)
 
 
-@pytest.mark.parametrize("offsets, patches, coarse", [("soft", 1, 0), ("hard", 2, 2)])
-def test_the_shift_write_puts_each_patch_where_its_offsets_say(offsets, patches, coarse):
-  # Rebuilt by hand in float64 on a non-square 8x10 canvas with 2 channels: every patch placed
-  # at every offset (oy, ox) weighted p_y[oy] * p_x[ox] (softmax, or the one-hot mode with
+@pytest.mark.parametrize(
+  "offsets, patches, coarse, stride, hw, n",
+  [
+    ("soft", 1, 0, 1, (8, 10), 3),
+    ("hard", 2, 2, 1, (8, 10), 3),
+    ("soft", 2, 0, 2, (9, 11), 3),
+    ("soft", 2, 0, 16, (60, 60), 28),  # aligndraw_captions.py's write: the nine places
+  ],
+)
+def test_the_shift_write_puts_each_patch_where_its_offsets_say(
+  offsets, patches, coarse, stride, hw, n
+):
+  # Rebuilt by hand in float64 on a canvas with 2 channels: every patch placed at every offset
+  # (stride * oy, stride * ox) weighted p_y[oy] * p_x[ox] (softmax, or the one-hot mode with
   # "hard"), summed over the patches, plus the coarse canvas upsampled bilinearly
-  n, (hh, ww, c), d, b = 3, (8, 10, 2), 4, 3
+  (hh, ww), c, d, b = hw, 2, 4, 3
 
   class Write(draw_models.DrawStep):  # the step's write alone
     @nn.compact
@@ -242,6 +252,7 @@ def test_the_shift_write_puts_each_patch_where_its_offsets_say(offsets, patches,
     image_shape=(hh, ww, c), latent_dim=2, enc_features=d, dec_features=d, read_n=0,
     write_n=n, cell="tanh", align_features=4, learned_prior=False, infer=False,
     write_attention="shift", write_offsets=offsets, write_patches=patches, write_coarse=coarse,
+    write_stride=stride,
   )  # fmt: skip
   h = jax.random.normal(jax.random.key(0), (b, d))
   params = step.init(jax.random.key(1), h)
@@ -249,7 +260,7 @@ def test_the_shift_write_puts_each_patch_where_its_offsets_say(offsets, patches,
   p = jax.tree.map(lambda x: np.asarray(x, np.float64), params["params"])
   hx = np.asarray(h, np.float64)
   dense = lambda name: hx @ p[name]["kernel"] + p[name]["bias"]
-  oy, ox = hh - n + 1, ww - n + 1
+  oy, ox = (hh - n) // stride + 1, (ww - n) // stride + 1
   tiles = dense("write_patch").reshape(b, patches, n, n, c)
   logits = dense("write_shift").reshape(b, patches, oy + ox)
 
@@ -271,7 +282,8 @@ def test_the_shift_write_puts_each_patch_where_its_offsets_say(offsets, patches,
     for k in range(patches):
       for y in range(oy):
         for x in range(ox):
-          want[i, y : y + n, x : x + n] += py[i, k, y] * px[i, k, x] * tiles[i, k]
+          ys, xs = stride * y, stride * x
+          want[i, ys : ys + n, xs : xs + n] += py[i, k, y] * px[i, k, x] * tiles[i, k]
   # float32 against float64: the dense layers' d = 4 products and the placement's sums over at
   # most oy * ox * patches = 96 weighted terms, each a few roundings: 256 eps of the largest
   # term bounds it; a misplaced patch or a missing coarse canvas is off by O(scale)
@@ -302,6 +314,9 @@ def test_the_shift_write_options_train_resume_old_runs_and_are_checked():
     (dict(options, write_patches=0), r"write_patches=0 must be an integer >= 1"),
     (dict(options, write_coarse=5), r"write_coarse=5 must be 0 \(off\) or an integer factor"),
     (dict(options, write_coarse=-1), r"write_coarse=-1 must be 0"),
+    (dict(options, write_stride=2), r"write_stride=2 must be an integer >= 1 that divides .*28x28"),
+    (dict(options, write_stride=0), r"write_stride=0 must be an integer >= 1"),
+    (dict(write_stride=23, write_n=5), r"write_stride=23 applies to the shift write only"),
   ]:
     with pytest.raises(ConfigError, match=match):
       jax.eval_shape(

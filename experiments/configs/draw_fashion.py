@@ -18,6 +18,7 @@ def get_config():
   c.model.write_offsets = "soft"  # shift: the offset distribution | "hard": its mode
   c.model.write_patches = 1  # shift: patches per step, each with its own offsets
   c.model.write_coarse = 0  # shift: f > 0 adds a dense (H/f) x (W/f) canvas, upsampled
+  c.model.write_stride = 1  # shift: offsets are multiples of this many pixels
   c.model.enc_features = 256  # encoder RNN hidden units
   c.model.dec_features = 256  # decoder RNN hidden units
   c.model.latent_dim = 10  # z_t per step

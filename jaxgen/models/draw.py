@@ -78,13 +78,14 @@ WRITE_ATTENTIONS = ("gaussian", "shift")  # how an N x N write patch reaches the
 WRITE_OFFSETS = ("soft", "hard")  # "shift": the offset distribution, or its mode (straight-through)
 
 
-def shift_filterbank(p_BxO: jnp.ndarray, n: int, size: int) -> jnp.ndarray:
-  """F_BxNxA with F[b, i, a] = p[b, a - i] (0 where a - i is outside 0..O-1), O = size - n + 1:
-  spreading an N-pixel patch axis with it moves the patch by offset o with probability p[o]."""
+def shift_filterbank(p_BxO: jnp.ndarray, n: int, size: int, stride: int = 1) -> jnp.ndarray:
+  """F_BxNxA with F[b, i, a] = p[b, (a - i) / stride] where a - i is a multiple of `stride` in
+  0..size - n, else 0; O = (size - n) / stride + 1 offsets. Spreading an N-pixel patch axis with
+  it moves the patch by stride * o pixels with probability p[o]."""
   diff_NxA = jnp.arange(size)[None, :] - jnp.arange(n)[:, None]
-  inside = (diff_NxA >= 0) & (diff_NxA < size - n + 1)
-  taken = jnp.take(p_BxO, jnp.clip(diff_NxA, 0, size - n), axis=1)  # [B, N, A]
-  return jnp.where(inside[None], taken, 0.0)
+  inside = (diff_NxA >= 0) & (diff_NxA <= size - n) & (diff_NxA % stride == 0)
+  taken = jnp.take(p_BxO, jnp.clip(diff_NxA // stride, 0, (size - n) // stride), axis=1)
+  return jnp.where(inside[None], taken, 0.0)  # [B, N, A]
 
 
 def offset_probabilities(logits_BxO: jnp.ndarray, hard: bool) -> jnp.ndarray:
@@ -139,6 +140,7 @@ class DrawStep(nn.Module):
   write_offsets: str = "soft"  # as DRAW.write_offsets
   write_patches: int = 1  # as DRAW.write_patches
   write_coarse: int = 0  # as DRAW.write_coarse
+  write_stride: int = 1  # as DRAW.write_stride
   temperature: float = 1.0  # generation: z_t = prior mean + temperature * prior std * eps
   dtype: Any = None  # computation dtype of the layers; the canvas stays float32 (or wider)
 
@@ -185,14 +187,15 @@ class DrawStep(nn.Module):
       )
     if self.write_offsets not in WRITE_OFFSETS:
       raise ConfigError(f"unknown write_offsets {self.write_offsets!r}; use 'soft' or 'hard'")
-    k, oy, ox = self.write_patches, h - n + 1, w - n + 1
+    k, s = self.write_patches, self.write_stride
+    oy, ox = (h - n) // s + 1, (w - n) // s + 1
     patches = self._dense(k * n * n * c, "write_patch")(h_dec_BxD).reshape(b, k, n, n, c)
     # offset probabilities in float32, as the window's parameters
     hf = h_dec_BxD.astype(jnp.promote_types(h_dec_BxD.dtype, jnp.float32))
     logits = nn.Dense(k * (oy + ox), name="write_shift")(hf).reshape(b * k, oy + ox)
     hard = self.write_offsets == "hard"
-    fy = shift_filterbank(offset_probabilities(logits[:, :oy], hard), n, h).reshape(b, k, n, h)
-    fx = shift_filterbank(offset_probabilities(logits[:, oy:], hard), n, w).reshape(b, k, n, w)
+    fy = shift_filterbank(offset_probabilities(logits[:, :oy], hard), n, h, s).reshape(b, k, n, h)
+    fx = shift_filterbank(offset_probabilities(logits[:, oy:], hard), n, w, s).reshape(b, k, n, w)
     out = jnp.einsum("bknh,bknmc,bkmw->bhwc", fy, patches.astype(fy.dtype), fx)
     if self.write_coarse:  # a dense canvas at 1/f the size, bilinearly upsampled
       f = self.write_coarse
@@ -281,10 +284,12 @@ class DRAW(nn.Module):
   # "shift" only: "soft" moves the patch by the offset distribution (a mixture of shifts), "hard"
   # by its mode with the distribution's gradient (`offset_probabilities`); `write_patches`
   # patches per step, each with its own offsets, summed; `write_coarse` f > 0 adds a dense
-  # write of an (H/f) x (W/f) canvas, bilinearly upsampled (placement and rough shape, no detail)
+  # write of an (H/f) x (W/f) canvas, bilinearly upsampled (placement and rough shape, no detail);
+  # offsets are multiples of `write_stride` pixels (e.g. 16: the patch lands on a coarse grid)
   write_offsets: str = "soft"
   write_patches: int = 1
   write_coarse: int = 0
+  write_stride: int = 1
   temperature: float = 1.0  # generation only: scales the prior's noise (< 1: more typical)
   dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); params and canvas stay float32
   # time steps per iteration of the compiled loop (nn.scan's unroll): 1 is a loop over T steps,
@@ -354,6 +359,7 @@ class DRAW(nn.Module):
       write_offsets=self.write_offsets,
       write_patches=self.write_patches,
       write_coarse=self.write_coarse,
+      write_stride=self.write_stride,
       temperature=self.temperature,
       dtype=self.dtype,
       name="step",

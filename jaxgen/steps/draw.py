@@ -35,8 +35,10 @@ prior's noise in samples only. config.model.write_attention says how an N x N wr
 (write_n = N > 0) reaches the canvas: "gaussian", DRAW's window, or "shift", moved by a learned
 distribution over whole-pixel offsets (jaxgen.models.draw.shift_filterbank). The shift write's
 write_offsets ("soft": that distribution; "hard": its mode, straight-through), write_patches
-(patches per step) and write_coarse (f > 0: plus a dense (H/f) x (W/f) canvas, upsampled) are
-refused at any value but their defaults with any other write. config.model.scan_unroll (default
+(patches per step), write_coarse (f > 0: plus a dense (H/f) x (W/f) canvas, upsampled) and
+write_stride (s > 1: offsets are multiples of s pixels, e.g. 16 puts a 28x28 patch on the nine
+places of the 60x60 captioned canvases) are refused at any value but their defaults with any
+other write. config.model.scan_unroll (default
 1) is how many of the T steps one iteration of the compiled loop runs: the same maths, and on
 XLA:CPU DRAW's small 28x28 steps run faster unrolled (draw_fashion.py unrolls all T).
 """
@@ -83,6 +85,7 @@ def _model(hp: ml_collections.FrozenConfigDict) -> draw_models.DRAW:
     write_offsets=hp.write_offsets,
     write_patches=hp.write_patches,
     write_coarse=hp.write_coarse,
+    write_stride=hp.write_stride,
     temperature=hp.sample_temperature,
     dtype=common.compute_dtype(hp),
     scan_unroll=hp.scan_unroll,
@@ -173,7 +176,8 @@ def _check_write_attention(name: str, write_n: int, image_hw: tuple[int, int]) -
 
 
 def _check_shift_write(m: ml_collections.ConfigDict, image_hw: tuple[int, int]) -> dict:
-  """The shift write's settings (model.write_offsets, write_patches, write_coarse), checked."""
+  """The shift write's settings (model.write_offsets, write_patches, write_coarse, write_stride),
+  checked."""
   got = {k: m.get(k, v) for k, v in config_lib.SHIFT_WRITE_DEFAULTS.items()}
   if got["write_offsets"] not in draw_models.WRITE_OFFSETS:
     raise ConfigError(
@@ -190,6 +194,18 @@ def _check_shift_write(m: ml_collections.ConfigDict, image_hw: tuple[int, int]) 
     raise ConfigError(
       f"config.model.write_coarse={f!r} must be 0 (off) or an integer factor of the "
       f"{image_hw[0]}x{image_hw[1]} image's sides (e.g. 4: a 15x15 canvas on 60x60)"
+    )
+  stride, n = got["write_stride"], m.write_n
+  if (
+    isinstance(stride, bool)
+    or not isinstance(stride, int)
+    or stride < 1
+    or (n and any((side - n) % stride for side in image_hw))
+  ):
+    raise ConfigError(
+      f"config.model.write_stride={stride!r} must be an integer >= 1 that divides the "
+      f"{image_hw[0]}x{image_hw[1]} image's sides less write_n={n} (the patch's offsets are its "
+      "multiples, so the last must reach the edge; e.g. 16 for a 28x28 patch on 60x60)"
     )
   changed = [k for k, v in config_lib.SHIFT_WRITE_DEFAULTS.items() if got[k] != v]
   if changed and m.get("write_attention", "gaussian") != "shift":
