@@ -577,7 +577,7 @@ def test_tiny_aligndraw_gets_caption_rows_a_real_canvas_floor_and_bounds(canvase
   p = results["protocol"]
   assert p["captions"] == dict(num=n, held_out=held, split="test", first=True)
   assert (p["seed"], p["checkpoint_step"], p["extractor"]["name"]) == (2, 5, "random projection")
-  assert p["sample_temperature"] == 1.0  # the config's: jaxgen evaluate --temperature sets it
+  assert p["sample_temperature"] == 0.5  # the config's: jaxgen evaluate --temperature sets it
   assert p["likelihood"]["num_images"] == 16
   lk = results["likelihood"]  # the bounds read the captions (tokens) of the test batch
   assert 0 < lk["nll_iwae"] <= lk["nll_elbo"] + 1e-3

@@ -251,6 +251,7 @@ def test_readme_is_parsed_into_the_commands_it_shows():
     ["python", "experiments/gan_recipes.py"],  # ... replotted together
     ["python", "experiments/gan_recipes.py"],  # third round: switches on top of the demo
     ["python", "experiments/aligndraw_diagnosis.py"],
+    ["python", "experiments/aligndraw_diagnosis.py"],  # the grid write's two runs (session 31)
     ["make", "bench"],
     ["python", "-m"],
     ["python", "-m"],  # --peers eager,compile --require_quiet
