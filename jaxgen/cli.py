@@ -32,7 +32,8 @@ from jaxgen.errors import Preempted, UserError, find_os_error
 
 TEMPERATURE_HELP = (
   "DRAW, alignDRAW: z_t = prior mean + T * prior std * eps (default: the run's "
-  "model.sample_temperature, 1; e.g. 0.5: more typical images, less variety)"
+  "model.sample_temperature, 1 unless its config sets it, as aligndraw_captions.py sets 0.5; "
+  "1: the model's own prior; 0.5: more typical images, less variety)"
 )
 
 
