@@ -421,6 +421,75 @@ def test_class_bn_starts_as_the_plain_generator_then_follows_each_label(arch):
     g_cls(image_shape=(28, 28, 1), width=8, class_bn=True).init(jax.random.key(1), z)
 
 
+# ------------------------------------------------------------------ transitional training
+
+
+def test_transition_weight_is_zero_then_linear_then_one():
+  hp = ml_collections.FrozenConfigDict(dict(transition_start=10, transition_end=30))
+  got = [float(gan.transition_weight(jnp.asarray(s), hp)) for s in (0, 10, 15, 20, 30, 99)]
+  assert got == [0.0, 0.0, 0.25, 0.5, 1.0, 1.0]  # exact: (s - 10) / 20 for these s
+  assert gan.transition_weight(jnp.asarray(5), ml_collections.FrozenConfigDict({})) is None
+
+
+def test_weighed_loss_is_the_unconditional_loss_plus_lambda_times_the_conditional():
+  real = jnp.array([[0.5, 2.0], [-1.0, 0.25]])
+  fake = jnp.array([[-0.5, 1.0], [0.0, -3.0]])
+  d_loss, g_loss = losses.GAN_LOSSES["nonsaturating"]
+  lam = jnp.float32(0.25)
+  want = d_loss(real[:, 0], fake[:, 0]) + 0.25 * d_loss(real[:, 1], fake[:, 1])
+  assert gan._weighed(d_loss, lam, real, fake) == want
+  assert gan._weighed(g_loss, lam, fake) == g_loss(fake[:, 0]) + 0.25 * g_loss(fake[:, 1])
+  assert gan._weighed(g_loss, None, fake[:, 1]) == g_loss(fake[:, 1])  # off: the loss as is
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+def test_split_logit_is_the_unconditional_logit_and_the_conditional_one(arch):
+  _, d_cls = gan.ARCHS[arch]
+  kw = dict(image_shape=(28, 28, 1), width=8, num_classes=10)
+  x, labels = random_batch(n=4)["image"], jnp.array([0, 1, 2, 3])
+  split, plain = d_cls(**kw, split_logit=True), d_cls(**kw)
+  v = plain.init(jax.random.key(0), x, labels, train=False)
+  assert jax.tree.map(jnp.shape, split.init(jax.random.key(0), x, labels, train=False)) == (
+    jax.tree.map(jnp.shape, v)
+  )  # the same parameters: a run can switch it on or off
+  run = lambda m, y, variables=v: m.apply(variables, x, y, train=False)
+  both = run(split, labels)
+  assert both.shape == (4, 2)
+  np.testing.assert_array_equal(both[:, 1], run(plain, labels))  # column 1: the plain logit
+  other = run(split, labels.at[0].set(7))
+  np.testing.assert_array_equal(other[:, 0], both[:, 0])  # column 0 ignores the label...
+  assert other[0, 1] != both[0, 1]  # ...which moves the conditional one
+  embedding = jnp.zeros_like(v["params"]["class_embed"]["embedding"])
+  zero = {**v, "params": {**v["params"], "class_embed": {"embedding": embedding}}}
+  z_both = run(split, labels, zero)  # no projection: both columns are the unconditional logit
+  np.testing.assert_array_equal(z_both[:, 0], z_both[:, 1])
+  np.testing.assert_array_equal(z_both[:, 0], both[:, 0])
+  with pytest.raises(ValueError, match="split_logit=True needs num_classes > 0"):
+    d_cls(image_shape=(28, 28, 1), width=8, split_logit=True).init(jax.random.key(0), x)
+
+
+def test_transitional_generator_ignores_the_label_until_start_then_takes_it_whole():
+  state = _state(num_classes=10, class_bn=True, transition_start=4, transition_end=8)
+  rng = np.random.default_rng(3)  # offsets away from their zero init, so the label matters
+  params = jax.tree_util.tree_map_with_path(
+    lambda p, x: jnp.asarray(rng.normal(size=x.shape), x.dtype) if "_class" in str(p) else x,
+    state.ema_params,
+  )
+  state = state.replace(ema_params=params)
+  z = jax.random.normal(jax.random.key(0), (3, 8))
+  gen = lambda step, labels: np.asarray(
+    gan.generate(state.replace(step=jnp.asarray(step)), z, jnp.asarray(labels))
+  )
+  np.testing.assert_array_equal(gen(0, [0, 1, 2]), gen(4, [5, 6, 7]))  # lambda 0: no label
+  assert np.abs(gen(8, [0, 1, 2]) - gen(8, [5, 6, 7])).max() > 1e-2
+  plain = _state(num_classes=10, class_bn=True).replace(ema_params=params, step=jnp.asarray(8))
+  np.testing.assert_array_equal(  # lambda 1: the conditional generator, one-hot labels
+    gen(8, [0, 1, 2]), np.asarray(gan.generate(plain, z, jnp.array([0, 1, 2])))
+  )
+  _, metrics = jax.jit(gan.train_step)(state, random_batch(n=8), jax.random.key(1))
+  assert float(metrics["cond_weight"]) == 0.0 and np.isfinite(float(metrics["d_loss"]))
+
+
 # ------------------------------------------------------------------ the step
 
 
@@ -447,6 +516,9 @@ def test_defaults_keep_the_state_as_before_and_bad_values_fail():
     (dict(augment="color", ada_target=1.0), "ada_target=1.0 with augment 'color'"),
     (dict(augment="color", ada_target=0.6, augment_p=0.5), "ADA sets the probability itself"),
     (dict(augment="color", ada_target=0.6, ada_kimg=0.0), "ada_kimg=0.0: ADA sets"),
+    (dict(transition_end=10), "transition_end=10 with num_classes=0; set 0 <= transition_start"),
+    (dict(num_classes=10, transition_start=5, transition_end=5), "transition_start=5, trans"),
+    (dict(num_classes=10, transition_start=5), "transition_start=5, transition_end=0 with"),
   ):
     with pytest.raises(ConfigError, match=match):
       _state(**bad)

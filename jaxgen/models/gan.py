@@ -11,6 +11,9 @@ defaults they are plain flax; `fast_ops=True` swaps in `jaxgen.ops`' reverse-mod
 `class_bn=True` (generators, with `num_classes`) makes every BatchNorm's scale and bias depend on
 the label (conditional BatchNorm, de Vries et al. 2017; Miyato & Koyama 2018).
 `mbstd_group=G` (discriminators) appends `minibatch_stddev`'s channel to the last feature map.
+`split_logit=True` (discriminators, with `num_classes`) returns both logits, [B, 2]: the
+unconditional one and the conditional one (it plus the projection term), which transitional
+training weighs (Shahbazi et al. 2022).
 `full_res_width=F` (DCGAN) adds a layer at the image's own resolution: the generator's last
 transposed convolution makes F channels (BatchNorm, ReLU) and a stride-1 convolution makes the
 image from them, so no output pixel is a linear function of half-resolution features; the
@@ -40,6 +43,7 @@ class _Net(nn.Module):
   class_bn: bool = False  # generators: per-class BatchNorm scale and bias (needs num_classes)
   mbstd_group: int = 0  # discriminators: minibatch_stddev over groups of this many (0: off)
   full_res_width: int = 0  # DCGAN: channels of a layer at the image's resolution (0: none)
+  split_logit: bool = False  # discriminators: logits [B, 2], unconditional and conditional
 
   def norm_act(self, bn: nn.Module, x: jnp.ndarray, labels_B: jnp.ndarray | None) -> jnp.ndarray:
     """bn(x), with `class_bn` plus per-class offsets of its scale and bias: a bias-free dense
@@ -81,15 +85,20 @@ def minibatch_stddev(x_BxHxWxC: jnp.ndarray, group: int) -> jnp.ndarray:
   return jnp.concatenate([x_BxHxWxC, std_BxHxWx1.astype(x_BxHxWxC.dtype)], axis=-1)
 
 
-def _logit(h_BxF: jnp.ndarray, labels_B: jnp.ndarray | None, num_classes: int, dtype, sn):
+def _logit(
+  h_BxF: jnp.ndarray, labels_B: jnp.ndarray | None, num_classes: int, dtype, sn, split: bool
+) -> jnp.ndarray:
   """A dense logit of features h_BxF, plus with labels the projection term <embed(y), h>
   (Miyato & Koyama 2018); called inside a discriminator, whose "logit" and "class_embed" they
-  become."""
+  become. `split`: [B, 2], the logit without and with the projection term; otherwise [B]."""
   logits_B = sn(nn.Dense(1, dtype=dtype, name="logit"))(h_BxF)[:, 0]
-  if num_classes:
-    embed_BxF = nn.Embed(num_classes, h_BxF.shape[-1], dtype=dtype, name="class_embed")(labels_B)
-    logits_B = logits_B + jnp.sum(embed_BxF * h_BxF, axis=-1)
-  return logits_B
+  if split and not num_classes:
+    raise ValueError("split_logit=True needs num_classes > 0 (a conditional logit to split off)")
+  if not num_classes:
+    return logits_B
+  embed_BxF = nn.Embed(num_classes, h_BxF.shape[-1], dtype=dtype, name="class_embed")(labels_B)
+  cond_B = logits_B + jnp.sum(embed_BxF * h_BxF, axis=-1)
+  return jnp.stack([logits_B, cond_B], axis=-1) if split else cond_B
 
 
 class Generator(_Net):
@@ -131,7 +140,7 @@ class Generator(_Net):
 
 
 class Discriminator(_Net):
-  """images_BxHxWxC (+ labels_B) -> logits_B (real > 0)."""
+  """images_BxHxWxC (+ labels_B) -> logits_B (real > 0); [B, 2] with `split_logit`."""
 
   @nn.compact
   def __call__(
@@ -161,7 +170,7 @@ class Discriminator(_Net):
     if self.mbstd_group:
       x = minibatch_stddev(x, self.mbstd_group)
     h_BxF = x.reshape(x.shape[0], -1)
-    return _logit(h_BxF, labels_B, self.num_classes, self.dtype, sn)
+    return _logit(h_BxF, labels_B, self.num_classes, self.dtype, sn, self.split_logit)
 
 
 # ------------------------------------------------------------------ ResNet G/D (model.arch)
@@ -240,4 +249,4 @@ class ResNetDiscriminator(_Net):
     if self.mbstd_group:
       x = minibatch_stddev(x, self.mbstd_group)
     h_BxF = jnp.sum(x, axis=(1, 2))
-    return _logit(h_BxF, labels_B, self.num_classes, self.dtype, sn)
+    return _logit(h_BxF, labels_B, self.num_classes, self.dtype, sn, self.split_logit)

@@ -13,6 +13,7 @@ from flax import struct
 from jaxgen import augment, losses, ops
 from jaxgen import config as config_lib
 from jaxgen.errors import ConfigError
+from jaxgen.models import common as models_common
 from jaxgen.models import gan as gan_models
 from jaxgen.steps import common
 
@@ -47,7 +48,12 @@ def _models(hp: ml_collections.FrozenConfigDict):
   sn = hp.get("spectral_norm", "none")
   g_cls, d_cls = ARCHS[hp.get("arch", "dcgan")]
   g = g_cls(**kw, spectral_norm=sn == "dg", class_bn=hp.get("class_bn", False))
-  return g, d_cls(**kw, spectral_norm=sn in ("d", "dg"), mbstd_group=hp.get("mbstd_group", 0))
+  return g, d_cls(
+    **kw,
+    spectral_norm=sn in ("d", "dg"),
+    mbstd_group=hp.get("mbstd_group", 0),
+    split_logit=bool(hp.get("transition_end", 0)),
+  )
 
 
 # ---- GAN recipes (config.model switches, all off by default; README "GAN recipes")
@@ -110,6 +116,13 @@ def _recipe_hp(m: ml_collections.ConfigDict) -> dict:
       f"{hp['ada_kimg']}: ADA sets the probability itself, from 0; leave augment_p at 1 and set "
       "ada_kimg > 0"
     )
+  start, end = hp["transition_start"], hp["transition_end"]
+  if (end or start) and not (0 <= start < end and m.get("num_classes", 0)):
+    raise ConfigError(
+      f"model.transition_start={start}, transition_end={end} with num_classes="
+      f"{m.get('num_classes', 0)}; set 0 <= transition_start < transition_end (the steps over "
+      "which the label fades in) on a conditional model, or both to 0 (off)"
+    )
   return hp if hp != config_lib.GAN_RECIPES else {}
 
 
@@ -167,11 +180,44 @@ def step_variants(state: "GANState") -> tuple[dict, ...]:
   )
 
 
+def transition_weight(step: jax.Array, hp: ml_collections.FrozenConfigDict) -> jax.Array | None:
+  """Transitional training's lambda at `step` (Shahbazi et al. 2022, "Collapse by
+  Conditioning"): 0 until model.transition_start, then linear to 1 at transition_end, after
+  which it stays 1; None when off. G sees the one-hot label times lambda (0: no label) and the
+  losses are the unconditional logit's plus lambda times the conditional one's (`_weighed`)."""
+  end = hp.get("transition_end", 0)
+  if not end:
+    return None
+  start = hp.transition_start
+  return jnp.clip((step - start) / (end - start), 0.0, 1.0).astype(jnp.float32)
+
+
+def _g_labels(labels: jax.Array | None, lam: jax.Array | None, hp) -> jax.Array | None:
+  """What G is given for `labels`: the labels, or with transitional training lambda times their
+  one-hot rows [B, K] (integer or soft labels alike)."""
+  if labels is None or lam is None:
+    return labels
+  return lam * models_common.one_hot(labels, hp.num_classes, jnp.float32)
+
+
+def _weighed(loss_fn, lam: jax.Array | None, *logits: jax.Array) -> jax.Array:
+  """loss_fn(*logits); with transitional training (logits [B, 2]) the unconditional logits'
+  loss plus lambda times the conditional logits' loss."""
+  if lam is None:
+    return loss_fn(*logits)
+  return loss_fn(*(x[:, 0] for x in logits)) + lam * loss_fn(*(x[:, 1] for x in logits))
+
+
+def _unconditional(logits: jax.Array, lam: jax.Array | None) -> jax.Array:
+  """The logits R1 and the logged D outputs read: the unconditional ones when split."""
+  return logits if lam is None else logits[:, 0]
+
+
 def _augment(key, x, hp, p) -> jax.Array:
   return augment.augment(key, x, hp.get("augment", ""), p)
 
 
-def _standing_stats(generator, params, stats, hp) -> Any:
+def _standing_stats(generator, params, stats, hp, lam=None) -> Any:
   """BatchNorm statistics of G with weights `params`: the mean over `standing_batches` batches of
   256 fixed latents of each batch's mean and variance (BigGAN's standing statistics).
   Other "batch_stats" entries (spectral norm's u, sigma) are kept."""
@@ -183,7 +229,7 @@ def _standing_stats(generator, params, stats, hp) -> Any:
 
   def one(k):
     z = jax.random.normal(k, (256, hp.latent_dim))
-    labels = common.labels_for(256, hp.num_classes)
+    labels = _g_labels(common.labels_for(256, hp.num_classes), lam, hp)
     _, new = common.apply(generator, params, zeroed, z, labels, train=True)
     return new
 
@@ -200,7 +246,8 @@ def ema_batch_stats(state: "GANState") -> Any:
   if state.hp.get("ema_bn", "online") == "online" or not state.g.batch_stats:
     return state.g.batch_stats
   generator, _ = _models(state.hp)
-  return _standing_stats(generator, state.ema_params, state.g.batch_stats, state.hp)
+  lam = transition_weight(state.step, state.hp)
+  return _standing_stats(generator, state.ema_params, state.g.batch_stats, state.hp, lam)
 
 
 # ---- end of GAN recipes
@@ -270,6 +317,7 @@ def train_step(
   d_loss_fn, g_loss_fn = losses.GAN_LOSSES[hp.loss]
   real = batch["image"]
   labels = batch["label"] if hp.num_classes else None
+  lam = transition_weight(state.step, hp)
   aug_p = getattr(state, "aug_p", None)
   p = hp.get("augment_p", 1.0) if aug_p is None else aug_p
   keys = jax.random.split(jax.random.fold_in(key, state.step), hp.d_steps + 1)
@@ -293,7 +341,8 @@ def train_step(
 
   def d_grads_fn(d_params, d_stats, inputs, key, update, on):
     real, labels, z = inputs
-    fake, _ = common.apply(generator, g.params, g.batch_stats, z, labels, train=True)
+    g_labels = _g_labels(labels, lam, hp)
+    fake, _ = common.apply(generator, g.params, g.batch_stats, z, g_labels, train=True)
     fake = jax.lax.stop_gradient(fake)
     # recipes: the same augmentation policy on real and fake (own draws), R1 on what D sees
     real = _augment(jax.random.fold_in(key, 101), real, hp, p)
@@ -302,9 +351,12 @@ def train_step(
     def d_objective(d_params):
       real_logits, stats = common.apply(discriminator, d_params, d_stats, real, labels, train=True)
       fake_logits, stats = common.apply(discriminator, d_params, stats, fake, labels, train=True)
-      d_fn = lambda x: common.apply(discriminator, d_params, d_stats, x, labels, train=True)[0]
+      d_fn = lambda x: _unconditional(
+        common.apply(discriminator, d_params, d_stats, x, labels, train=True)[0], lam
+      )
       r1 = _r1(d_fn, real, update, hp, on)
-      return d_loss_fn(real_logits, fake_logits) + r1, (stats, real_logits, fake_logits, r1)
+      loss = _weighed(d_loss_fn, lam, real_logits, fake_logits) + r1
+      return loss, (stats, _unconditional(real_logits, lam), _unconditional(fake_logits, lam), r1)
 
     (loss, (stats, real_logits, fake_logits, r1)), grads = common.value_and_grad(d_objective, d)(
       d_params
@@ -315,6 +367,8 @@ def train_step(
       metrics["d_r1"] = r1
     if aug_p is not None:
       metrics["d_real_sign"] = jnp.mean(jnp.sign(real_logits))
+    if lam is not None:
+      metrics["cond_weight"] = lam
     return grads, stats, metrics
 
   r1_sum, real_sign = 0.0, 0.0
@@ -346,10 +400,11 @@ def train_step(
     labels, z = inputs
 
     def g_objective(g_params):
-      fake, stats = common.apply(generator, g_params, g_stats, z, labels, train=True)
+      g_labels = _g_labels(labels, lam, hp)
+      fake, stats = common.apply(generator, g_params, g_stats, z, g_labels, train=True)
       fake = _augment(jax.random.fold_in(key, 102), fake, hp, p)
       logits, _ = common.apply(discriminator, d.params, d.batch_stats, fake, labels, train=True)
-      return g_loss_fn(logits), stats
+      return _weighed(g_loss_fn, lam, logits), stats
 
     (loss, stats), grads = common.value_and_grad(g_objective, g)(g.params)
     return grads, stats, dict(g_loss=loss)
@@ -379,19 +434,23 @@ def eval_step(state: GANState, batch: dict, key: jax.Array) -> dict:
   d_loss_fn, g_loss_fn = losses.GAN_LOSSES[hp.loss]
   labels = batch["label"] if hp.num_classes else None
   z = jax.random.normal(key, (batch["image"].shape[0], hp.latent_dim))
-  fake, _ = common.apply(
-    generator, state.ema_params, ema_batch_stats(state), z, labels, train=False
-  )
+  fake = generate(state, z, labels)
   d_apply = lambda x: common.apply(
     discriminator, state.d.params, state.d.batch_stats, x, labels, train=False
   )[0]
   real_logits, fake_logits = d_apply(batch["image"]), d_apply(fake)
-  return dict(d_loss=d_loss_fn(real_logits, fake_logits), g_loss=g_loss_fn(fake_logits))
+  lam = transition_weight(state.step, hp)
+  return dict(
+    d_loss=_weighed(d_loss_fn, lam, real_logits, fake_logits),
+    g_loss=_weighed(g_loss_fn, lam, fake_logits),
+  )
 
 
 def generate(state: GANState, z_NxZ: jax.Array, labels_N: jax.Array | None = None) -> jax.Array:
-  """Images [N, H, W, C] in [-1, 1] from given latents (and labels), EMA generator."""
+  """Images [N, H, W, C] in [-1, 1] from given latents (and labels), EMA generator; with
+  transitional training the labels are weighed by the state's lambda, as in training."""
   generator, _ = _models(state.hp)
+  labels_N = _g_labels(labels_N, transition_weight(state.step, state.hp), state.hp)
   return common.apply(
     generator, state.ema_params, ema_batch_stats(state), z_NxZ, labels_N, train=False
   )[0]
