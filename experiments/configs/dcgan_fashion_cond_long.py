@@ -7,7 +7,8 @@ coverage 0.872. Width 96 for the same FLOPs (4,000 steps) was behind: FD 20.81, 
 so were R1 gamma 0.02 (FD 7.12, coverage 0.861) and lr 1e-3 (stopped at step 4,727), and gamma 0.5
 was level (FD 5.94, coverage 0.877), one run each (README, session 30). On the AMD host the hour
 holds 15,000 steps (`--config.num_steps=15000`, 54.6 minutes): FD 3.91, recall 0.825, coverage
-0.894 (0.897 with sampling seed 1), one run (session 31).
+0.894 (0.897 with sampling seed 1), one run (session 31); with R1 gamma 0.5 FD 3.55, coverage 0.892
+(0.892), one run (session 32).
 
     jaxgen train --config experiments/configs/dcgan_fashion_cond_long.py --workdir runs/cond_long
 
