@@ -217,7 +217,7 @@ def _augment(key, x, hp, p) -> jax.Array:
   return augment.augment(key, x, hp.get("augment", ""), p)
 
 
-def _standing_stats(generator, params, stats, hp, lam=None) -> Any:
+def _standing_stats(generator, params, stats, hp, lam: jax.Array | None) -> Any:
   """BatchNorm statistics of G with weights `params`: the mean over `standing_batches` batches of
   256 fixed latents of each batch's mean and variance (BigGAN's standing statistics).
   Other "batch_stats" entries (spectral norm's u, sigma) are kept."""
