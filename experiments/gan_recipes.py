@@ -60,6 +60,13 @@ RECIPES = {
   "cond_lr1e3_k3": (dict(**COND, kernel_size=3), dict(g_lr=1e-3, d_lr=1e-3), {}),
   "cond_lr2e3_k3": (dict(**COND, kernel_size=3), dict(g_lr=2e-3, d_lr=2e-3), {}),
   "cond_lr2e3_k4": (dict(**COND, kernel_size=4), dict(g_lr=2e-3, d_lr=2e-3), {}),
+  # the demo's model with one more layer at 7x7 in G and D, or with MSGAN's mode-seeking term
+  "cond_lr2e3_k4_mid1": (dict(**COND, kernel_size=4, mid_layers=1), dict(g_lr=2e-3, d_lr=2e-3), {}),
+  "cond_lr2e3_k4_ms1": (
+    dict(**COND, kernel_size=4, mode_seeking=1.0),
+    dict(g_lr=2e-3, d_lr=2e-3),
+    {},
+  ),
   "all": (
     dict(
       **SN_HINGE,

@@ -259,8 +259,10 @@ GAN_RECIPES = dict(
   class_bn=False,  # conditional BatchNorm in G (needs num_classes > 0)
   mbstd_group=0,  # minibatch standard deviation in D over groups of this many images (0: off)
   full_res_width=0,  # DCGAN: G and D get a layer of this many channels at full resolution
+  mid_layers=0,  # DCGAN: G and D get this many stride-1 3x3 layers at the lowest resolution
   transition_start=0,  # transitional training: the label fades in from this step...
   transition_end=0,  # ...to this one (0: off, conditional from the start; needs num_classes)
+  mode_seeking=0.0,  # MSGAN: weight of G's mode-seeking term on latent pairs per label (0: off)
 )
 # DRAW's shift-write switches (model.write_offsets, write_patches, write_coarse, write_stride) and
 # the values that give the plain shift write, as runs saved before them ran it

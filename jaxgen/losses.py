@@ -48,6 +48,18 @@ def r1_penalty(
   return 0.5 * gamma * jnp.mean(jnp.sum(jnp.square(grad), axis=tuple(range(1, grad.ndim))))
 
 
+def mode_seeking(
+  fake_PAIRx2xHxWxC: jnp.ndarray, z_PAIRx2xZ: jnp.ndarray, eps: float = 1e-5
+) -> jnp.ndarray:
+  """1 / (E|G(z1) - G(z2)| / E|z1 - z2| + eps) over pairs of images drawn for the same label
+  from two latents, the mode-seeking term G minimises (MSGAN, Mao et al. 2019; scalar): small
+  when images move with their latents, large when G maps different latents to one image. Pairs
+  on axis 1; the means run over every pair, pixel and latent dimension, as MSGAN's code does."""
+  image = jnp.mean(jnp.abs(fake_PAIRx2xHxWxC[:, 0] - fake_PAIRx2xHxWxC[:, 1]))
+  latent = jnp.mean(jnp.abs(z_PAIRx2xZ[:, 0] - z_PAIRx2xZ[:, 1]))
+  return 1.0 / (image / latent + eps)
+
+
 GAN_LOSSES = {
   # name: (discriminator loss, generator loss)
   "nonsaturating": (d_loss_standard, g_loss_nonsaturating),

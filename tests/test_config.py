@@ -15,6 +15,7 @@ MODEL_FIELDS = (
   "['ada_kimg', 'ada_target', 'arch', 'augment', 'augment_p', 'class_bn', 'd_steps', 'ema_bn', "
   "'ema_decay', 'family', "
   "'fresh_real_batches', 'full_res_width', 'kernel_size', 'latent_dim', 'loss', 'mbstd_group', "
+  "'mid_layers', 'mode_seeking', "
   "'num_classes', 'r1_every', 'r1_gamma', 'spectral_norm', 'standing_batches', "
   "'transition_end', 'transition_start', 'width']"
 )

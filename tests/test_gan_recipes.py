@@ -367,6 +367,41 @@ def test_full_res_layer_shapes_parameter_counts_and_fast_path():
   assert state.d.params["conv_full"]["kernel"].shape[2:] == (1, f)
 
 
+def test_mid_layers_shapes_parameter_counts_and_fast_path():
+  """`mid_layers`: N stride-1 3x3 convolutions of the widest width (BatchNorm each) after G's
+  first map and after D's last strided convolution. jaxgen.ops' passes give plain flax's outputs
+  and gradients (float32 sums reordered: conftest's 1e-5 of the scale)."""
+  shape, w, z_dim, n = (28, 28, 1), 8, 16, 2  # plan: 7x7, widths (4w, 2w) = (32, 16)
+  z = jax.random.normal(jax.random.key(0), (4, z_dim))
+  kw = dict(width=w, kernel_size=4, mid_layers=n)
+  g, g_fast = (gan_models.Generator(shape, **kw, fast_ops=fast) for fast in (False, True))
+  d, d_fast = (gan_models.Discriminator(shape, **kw, fast_ops=fast) for fast in (False, True))
+  gv = g.init(jax.random.key(1), z, train=False)
+  x = g.apply(gv, z, train=False)
+  dv = d.init(jax.random.key(2), x, train=False)
+  assert x.shape == (4, *shape)
+  conv = lambda k, i, o, bias: k * k * i * o + (o if bias else 0)
+  mid = n * (conv(3, 32, 32, False) + 64)  # each: 3x3 32 -> 32, no bias; BatchNorm scale, bias
+  # G: dense 16 -> 7*7*32, BN; mid; deconv 32 -> 16, BN; to_image 16 -> 1 + bias
+  g_want = z_dim * 49 * 32 + 64 + mid + conv(4, 32, 16, False) + 32 + conv(4, 16, 1, True)
+  # D: conv0 1 -> 16 + bias; conv1 16 -> 32, BN; mid; logit of 7*7*32
+  d_want = conv(4, 1, 16, True) + conv(4, 16, 32, False) + 64 + mid + 49 * 32 + 1
+  assert (g_want, d_want) == (52_193, 28_657)
+  assert (num_params(gv["params"]), num_params(dv["params"])) == (g_want, d_want)
+  assert gv["params"]["mid1"]["kernel"].shape == dv["params"]["conv_mid1"]["kernel"].shape
+
+  def loss(net, variables, inp):
+    out, _ = net.apply(variables, inp, train=True, mutable=["batch_stats"])
+    return jnp.sum(out * jnp.cos(out))  # a loss whose gradient varies with each output
+
+  for plain, fast, variables, inp in ((g, g_fast, gv, z), (d, d_fast, dv, x)):
+    want = jax.value_and_grad(loss, argnums=1)(plain, variables, inp)
+    got = jax.value_and_grad(loss, argnums=1)(fast, variables, inp)
+    assert_close_to_scale(got, want)
+  state = _state(mid_layers=1)  # the config's switch reaches both networks
+  assert "mid0" in state.g.params and "conv_mid0" in state.d.params and "mid1" not in state.g.params
+
+
 # ------------------------------------------------------------------ class-conditional BatchNorm
 
 
@@ -490,6 +525,43 @@ def test_transitional_generator_ignores_the_label_until_start_then_takes_it_whol
   assert float(metrics["cond_weight"]) == 0.0 and np.isfinite(float(metrics["d_loss"]))
 
 
+def test_mode_seeking_is_latent_distance_over_image_distance_and_pushes_pairs_apart():
+  fake = jnp.zeros((3, 2, 4, 4, 1)).at[:, 1].set(0.5)  # every pair 0.5 apart in every pixel
+  z = jnp.zeros((3, 2, 8)).at[:, 1, :4].set(4.0)  # |z1 - z2| is 4 on half the dimensions: 2
+  assert float(losses.mode_seeking(fake, z, eps=0.0)) == 4.0  # 2 / 0.5, exact in binary
+  np.testing.assert_allclose(losses.mode_seeking(fake, z), 1 / (0.25 + 1e-5), rtol=1e-6)
+  collapsed = losses.mode_seeking(jnp.zeros_like(fake), z)  # one image for both latents
+  assert float(collapsed) == pytest.approx(1e5)  # 1 / eps: the largest it can be
+  grad = jax.grad(lambda f: losses.mode_seeking(f, z))(fake)  # descent moves each pair apart
+  assert (grad[:, 0] > 0).all() and (grad[:, 1] < 0).all()
+
+
+def test_mode_seeking_step_pairs_labels_and_logs_the_term_of_gs_images():
+  state = _state(num_classes=10, mode_seeking=1.0)
+  batch = random_batch(n=8)
+  labels = batch["label"]
+  assert (labels[0::2] != labels[1::2]).any()  # pairing must change what G is given
+  _, metrics = jax.jit(gan.train_step)(state, batch, jax.random.key(1))
+  # G's latents as train_step draws them for its update, and its images for paired labels
+  z = jax.random.normal(jax.random.split(jax.random.fold_in(jax.random.key(1), 0), 2)[-1], (8, 8))
+  generator, _ = gan._models(state.hp)
+  images = lambda y: common.apply(generator, state.g.params, state.g.batch_stats, z, y, train=True)[
+    0
+  ]
+  term = lambda y: float(losses.mode_seeking(gan._pairs(images(y)), gan._pairs(z)))
+  paired = jnp.repeat(labels[0::2], 2)
+  # The same float32 arithmetic jitted and not: summation order moves means of ~800 terms of
+  # one sign by ~1e-7 each, and the three layers of G before them by ~1e-6 (GOLDEN_RTOL's
+  # reasoning, conftest.py); 1e-4 is well above both and far below the unpaired gap below.
+  np.testing.assert_allclose(float(metrics["g_mode_seeking"]), term(paired), rtol=1e-4)
+  assert abs(term(labels) - term(paired)) > 1e-2 * term(paired)
+  assert "g_mode_seeking" not in jax.jit(gan.train_step)(_state(), batch, jax.random.key(1))[1]
+  c = gan_config(width=8, latent_dim=8, mode_seeking=1.0)
+  c.batch_size, c.accum_steps = 6, 2  # micro-batches of 3 images: no whole pairs
+  with pytest.raises(ConfigError, match="pairs the images of each generator pass, but it has 3"):
+    gan.init_state(c, jax.random.key(0), random_batch(n=6))
+
+
 # ------------------------------------------------------------------ the step
 
 
@@ -510,6 +582,8 @@ def test_defaults_keep_the_state_as_before_and_bad_values_fail():
     (dict(mbstd_group=3), "mbstd_group=3 does not divide the 64 images .* divisor of 64"),
     (dict(full_res_width=-1), "model.full_res_width=-1 with arch 'dcgan'; set it to 0"),
     (dict(full_res_width=8, arch="resnet"), "full_res_width=8 with arch 'resnet'"),
+    (dict(mid_layers=-1), "model.mid_layers=-1 with arch 'dcgan'; set it to 0"),
+    (dict(mid_layers=1, arch="resnet"), "mid_layers=1 with arch 'resnet'"),
     (dict(augment="color", augment_p=1.5), "model.augment_p=1.5 with augment 'color'; set"),
     (dict(augment_p=0.5), "model.augment_p=0.5 with augment ''; set it to a probability"),
     (dict(ada_target=0.6), "model.ada_target=0.6 with augment ''; set ada_target in"),
@@ -519,6 +593,7 @@ def test_defaults_keep_the_state_as_before_and_bad_values_fail():
     (dict(transition_end=10), "transition_end=10 with num_classes=0; set 0 <= transition_start"),
     (dict(num_classes=10, transition_start=5, transition_end=5), "transition_start=5, trans"),
     (dict(num_classes=10, transition_start=5), "transition_start=5, transition_end=0 with"),
+    (dict(mode_seeking=-1.0), "model.mode_seeking=-1.0; set it to 0 .off. or a weight > 0"),
   ):
     with pytest.raises(ConfigError, match=match):
       _state(**bad)

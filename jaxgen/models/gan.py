@@ -18,6 +18,9 @@ training weighs (Shahbazi et al. 2022).
 transposed convolution makes F channels (BatchNorm, ReLU) and a stride-1 convolution makes the
 image from them, so no output pixel is a linear function of half-resolution features; the
 discriminator starts with a stride-1 convolution to F channels (leaky ReLU).
+`mid_layers=N` (DCGAN) adds depth where it is cheapest, at the lowest resolution: N stride-1 3x3
+convolutions of the plan's widest width, each with BatchNorm, after the generator's first map
+(ReLU) and after the discriminator's last strided convolution (leaky ReLU).
 """
 
 from collections.abc import Sequence
@@ -44,6 +47,7 @@ class _Net(nn.Module):
   mbstd_group: int = 0  # discriminators: minibatch_stddev over groups of this many (0: off)
   full_res_width: int = 0  # DCGAN: channels of a layer at the image's resolution (0: none)
   split_logit: bool = False  # discriminators: logits [B, 2], unconditional and conditional
+  mid_layers: int = 0  # DCGAN: stride-1 3x3 layers at the lowest resolution, in G and D
 
   def norm_act(self, bn: nn.Module, x: jnp.ndarray, labels_B: jnp.ndarray | None) -> jnp.ndarray:
     """bn(x), with `class_bn` plus per-class offsets of its scale and bias: a bias-free dense
@@ -127,6 +131,9 @@ class Generator(_Net):
     x = self.norm_act(norm("bn_dense"), x, labels_B)
     k = (self.kernel_size, self.kernel_size)
     conv, deconv = ops.conv_layers(self.fast_ops)
+    for i in range(self.mid_layers):
+      x = sn(conv(widths[0], (3, 3), use_bias=False, dtype=self.dtype, name=f"mid{i}"))(x)
+      x = self.norm_act(norm(f"bn_mid{i}"), x, labels_B)
     for i, w in enumerate(widths[1:]):
       x = sn(deconv(w, k, strides=(2, 2), use_bias=False, dtype=self.dtype, name=f"deconv{i}"))(x)
       x = self.norm_act(norm(f"bn{i}"), x, labels_B)
@@ -154,19 +161,21 @@ class Discriminator(_Net):
     if self.full_res_width:
       x = sn(conv(self.full_res_width, k, dtype=self.dtype, name="conv_full"))(x)
       x = nn.leaky_relu(x, 0.2)
+    bn_leaky = lambda name: ops.BatchNormAct(
+      use_running_average=not train,
+      momentum=0.9,
+      negative_slope=0.2,
+      fused=self.fast_ops,
+      dtype=self.dtype,
+      name=name,
+    )
     for i, w in enumerate(reversed(widths)):
       x = sn(conv(w, k, strides=(2, 2), use_bias=i == 0, dtype=self.dtype, name=f"conv{i}"))(x)
-      if i > 0:  # BatchNorm then leaky ReLU; DCGAN has no BatchNorm on the input layer
-        x = ops.BatchNormAct(
-          use_running_average=not train,
-          momentum=0.9,
-          negative_slope=0.2,
-          fused=self.fast_ops,
-          dtype=self.dtype,
-          name=f"bn{i}",
-        )(x)
-      else:
-        x = nn.leaky_relu(x, 0.2)
+      # BatchNorm then leaky ReLU; DCGAN has no BatchNorm on the input layer
+      x = bn_leaky(f"bn{i}")(x) if i > 0 else nn.leaky_relu(x, 0.2)
+    for i in range(self.mid_layers):
+      x = sn(conv(widths[0], (3, 3), use_bias=False, dtype=self.dtype, name=f"conv_mid{i}"))(x)
+      x = bn_leaky(f"bn_mid{i}")(x)
     if self.mbstd_group:
       x = minibatch_stddev(x, self.mbstd_group)
     h_BxF = x.reshape(x.shape[0], -1)

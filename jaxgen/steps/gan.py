@@ -44,6 +44,7 @@ def _models(hp: ml_collections.FrozenConfigDict):
     fast_ops=hp.fast_ops,
     dtype=common.compute_dtype(hp),
     full_res_width=hp.get("full_res_width", 0),  # DCGAN only: _recipe_hp refuses other archs
+    mid_layers=hp.get("mid_layers", 0),  # DCGAN only, as full_res_width
   )
   sn = hp.get("spectral_norm", "none")
   g_cls, d_cls = ARCHS[hp.get("arch", "dcgan")]
@@ -99,6 +100,11 @@ def _recipe_hp(m: ml_collections.ConfigDict) -> dict:
       f"model.full_res_width={hp['full_res_width']} with arch {hp['arch']!r}; set it to 0 "
       "(off) or, with arch 'dcgan', to the channels of the full-resolution layer (e.g. 32)"
     )
+  if hp["mid_layers"] < 0 or (hp["mid_layers"] and hp["arch"] != "dcgan"):
+    raise ConfigError(
+      f"model.mid_layers={hp['mid_layers']} with arch {hp['arch']!r}; set it to 0 (off) or, "
+      "with arch 'dcgan', to the number of stride-1 layers at the lowest resolution (e.g. 1)"
+    )
   augment.parse_policy(hp["augment"])
   if not 0.0 <= hp["augment_p"] <= 1.0 or (hp["augment_p"] != 1.0 and not hp["augment"]):
     raise ConfigError(
@@ -122,6 +128,10 @@ def _recipe_hp(m: ml_collections.ConfigDict) -> dict:
       f"model.transition_start={start}, transition_end={end} with num_classes="
       f"{m.get('num_classes', 0)}; set 0 <= transition_start < transition_end (the steps over "
       "which the label fades in) on a conditional model, or both to 0 (off)"
+    )
+  if hp["mode_seeking"] < 0:
+    raise ConfigError(
+      f"model.mode_seeking={hp['mode_seeking']}; set it to 0 (off) or a weight > 0 (MSGAN's is 1)"
     )
   return hp if hp != config_lib.GAN_RECIPES else {}
 
@@ -164,6 +174,22 @@ def _check_mbstd_group(hp: ml_collections.FrozenConfigDict, batch_size: int) -> 
       f"model.mbstd_group={group} does not divide the {per_pass} images of each discriminator "
       f"pass (batch_size {batch_size}); set model.mbstd_group to a divisor of {per_pass}"
     )
+
+
+def _check_mode_seeking(hp: ml_collections.FrozenConfigDict, batch_size: int) -> None:
+  """Mode seeking pairs the rows of each generator pass (2i, 2i + 1): their count must be even."""
+  per_pass = batch_size // (hp.d_steps if hp.get("fresh_real_batches") else 1) // hp.accum_steps
+  if hp.get("mode_seeking", 0.0) and per_pass % 2:
+    raise ConfigError(
+      f"model.mode_seeking pairs the images of each generator pass, but it has {per_pass} "
+      "(batch_size / accum_steps, / d_steps with fresh_real_batches); make that number even"
+    )
+
+
+def _pairs(x: jax.Array) -> jax.Array:
+  """Rows [2P, ...] -> [P, 2, ...]: rows 2i and 2i + 1 side by side (a device's shard of an even
+  number of rows holds whole pairs)."""
+  return x.reshape((x.shape[0] // 2, 2) + x.shape[1:])
 
 
 def step_variants(state: "GANState") -> tuple[dict, ...]:
@@ -277,6 +303,7 @@ def init_state(config: ml_collections.ConfigDict, key: jax.Array, sample_batch: 
       f"unknown GAN loss {hp.loss!r}; set config.model.loss to one of {tuple(losses.GAN_LOSSES)}"
     )
   _check_mbstd_group(hp, config.batch_size)
+  _check_mode_seeking(hp, config.batch_size)
   generator, discriminator = _models(hp)
   g_key, d_key = jax.random.split(key)
   z = jnp.zeros((1, hp.latent_dim))
@@ -396,18 +423,24 @@ def train_step(
     aug_p = augment.ada_adjust(aug_p, real_sign, seen, hp.ada_target, hp.ada_kimg)
 
   # ---- generator
+  ms = hp.get("mode_seeking", 0.0)
+
   def g_grads_fn(g_stats, inputs, key):
     labels, z = inputs
+    if ms and labels is not None:  # mode seeking: rows 2i and 2i + 1 get the same label
+      labels = jnp.repeat(_pairs(labels)[:, 0], 2, axis=0)
 
     def g_objective(g_params):
       g_labels = _g_labels(labels, lam, hp)
       fake, stats = common.apply(generator, g_params, g_stats, z, g_labels, train=True)
+      term = losses.mode_seeking(_pairs(fake), _pairs(z)) if ms else 0.0
       fake = _augment(jax.random.fold_in(key, 102), fake, hp, p)
       logits, _ = common.apply(discriminator, d.params, d.batch_stats, fake, labels, train=True)
-      return _weighed(g_loss_fn, lam, logits), stats
+      loss = _weighed(g_loss_fn, lam, logits)
+      return (loss + ms * term if ms else loss), (stats, loss, term)
 
-    (loss, stats), grads = common.value_and_grad(g_objective, g)(g.params)
-    return grads, stats, dict(g_loss=loss)
+    (_, (stats, loss, term)), grads = common.value_and_grad(g_objective, g)(g.params)
+    return grads, stats, dict(g_loss=loss, **({"g_mode_seeking": term} if ms else {}))
 
   g_grads, g_stats, g_metrics = common.accumulate(
     g_grads_fn,
