@@ -330,18 +330,35 @@ def test_resnet_shapes_and_parameter_counts():
   assert (num_params(gv["params"]), num_params(dv["params"])) == (g_want, d_want)
 
 
-def test_full_res_layer_shapes_parameter_counts_and_fast_path():
-  """`full_res_width`: G's last transposed convolution makes F channels and a stride-1
-  convolution the image; D starts with a stride-1 convolution to F. jaxgen.ops' passes give
-  plain flax's outputs and gradients (float32 sums reordered: conftest's 1e-5 of the scale)."""
-  shape, w, z_dim, f = (28, 28, 1), 8, 16, 4  # plan: 7x7, widths (4w, 2w) = (32, 16)
+def _g_and_d_plain_and_fast(shape, z_dim, **kw):
+  """(G variables, its images x, D variables, check): plain flax G and D of `kw` initialised on 4
+  latents, and `check()`, which holds jaxgen.ops' passes (fast_ops=True) to plain flax's outputs
+  and gradients (float32 sums reordered: conftest's 1e-5 of the scale)."""
   z = jax.random.normal(jax.random.key(0), (4, z_dim))
-  kw = dict(width=w, kernel_size=3, full_res_width=f)
   g, g_fast = (gan_models.Generator(shape, **kw, fast_ops=fast) for fast in (False, True))
   d, d_fast = (gan_models.Discriminator(shape, **kw, fast_ops=fast) for fast in (False, True))
   gv = g.init(jax.random.key(1), z, train=False)
   x = g.apply(gv, z, train=False)
   dv = d.init(jax.random.key(2), x, train=False)
+
+  def loss(net, variables, inp):
+    out, _ = net.apply(variables, inp, train=True, mutable=["batch_stats"])
+    return jnp.sum(out * jnp.cos(out))  # a loss whose gradient varies with each output
+
+  def check():
+    for plain, fast, variables, inp in ((g, g_fast, gv, z), (d, d_fast, dv, x)):
+      want = jax.value_and_grad(loss, argnums=1)(plain, variables, inp)
+      got = jax.value_and_grad(loss, argnums=1)(fast, variables, inp)
+      assert_close_to_scale(got, want)
+
+  return gv, x, dv, check
+
+
+def test_full_res_layer_shapes_parameter_counts_and_fast_path():
+  """`full_res_width`: G's last transposed convolution makes F channels and a stride-1
+  convolution the image; D starts with a stride-1 convolution to F; the fast paths agree."""
+  shape, w, z_dim, f = (28, 28, 1), 8, 16, 4  # plan: 7x7, widths (4w, 2w) = (32, 16)
+  gv, x, dv, check = _g_and_d_plain_and_fast(shape, z_dim, width=w, kernel_size=3, full_res_width=f)
   assert x.shape == (4, *shape)
   assert gv["params"]["to_image"]["kernel"].shape == (3, 3, f, 1)
   assert dv["params"]["conv_full"]["kernel"].shape == (3, 3, 1, f)
@@ -353,15 +370,7 @@ def test_full_res_layer_shapes_parameter_counts_and_fast_path():
   d_want = conv(1, f, True) + conv(f, 16, True) + conv(16, 32, False) + 64 + 49 * 32 + 1
   assert (g_want, d_want) == (30_413, 6_873)
   assert (num_params(gv["params"]), num_params(dv["params"])) == (g_want, d_want)
-
-  def loss(net, variables, inp):
-    out, _ = net.apply(variables, inp, train=True, mutable=["batch_stats"])
-    return jnp.sum(out * jnp.cos(out))  # a loss whose gradient varies with each output
-
-  for plain, fast, variables, inp in ((g, g_fast, gv, z), (d, d_fast, dv, x)):
-    want = jax.value_and_grad(loss, argnums=1)(plain, variables, inp)
-    got = jax.value_and_grad(loss, argnums=1)(fast, variables, inp)
-    assert_close_to_scale(got, want)
+  check()
   state = _state(full_res_width=f)  # the config's switch reaches both networks
   assert state.g.params["to_image"]["kernel"].shape[2:] == (f, 1)
   assert state.d.params["conv_full"]["kernel"].shape[2:] == (1, f)
@@ -369,16 +378,9 @@ def test_full_res_layer_shapes_parameter_counts_and_fast_path():
 
 def test_mid_layers_shapes_parameter_counts_and_fast_path():
   """`mid_layers`: N stride-1 3x3 convolutions of the widest width (BatchNorm each) after G's
-  first map and after D's last strided convolution. jaxgen.ops' passes give plain flax's outputs
-  and gradients (float32 sums reordered: conftest's 1e-5 of the scale)."""
+  first map and after D's last strided convolution; the fast paths agree."""
   shape, w, z_dim, n = (28, 28, 1), 8, 16, 2  # plan: 7x7, widths (4w, 2w) = (32, 16)
-  z = jax.random.normal(jax.random.key(0), (4, z_dim))
-  kw = dict(width=w, kernel_size=4, mid_layers=n)
-  g, g_fast = (gan_models.Generator(shape, **kw, fast_ops=fast) for fast in (False, True))
-  d, d_fast = (gan_models.Discriminator(shape, **kw, fast_ops=fast) for fast in (False, True))
-  gv = g.init(jax.random.key(1), z, train=False)
-  x = g.apply(gv, z, train=False)
-  dv = d.init(jax.random.key(2), x, train=False)
+  gv, x, dv, check = _g_and_d_plain_and_fast(shape, z_dim, width=w, kernel_size=4, mid_layers=n)
   assert x.shape == (4, *shape)
   conv = lambda k, i, o, bias: k * k * i * o + (o if bias else 0)
   mid = n * (conv(3, 32, 32, False) + 64)  # each: 3x3 32 -> 32, no bias; BatchNorm scale, bias
@@ -389,15 +391,7 @@ def test_mid_layers_shapes_parameter_counts_and_fast_path():
   assert (g_want, d_want) == (52_193, 28_657)
   assert (num_params(gv["params"]), num_params(dv["params"])) == (g_want, d_want)
   assert gv["params"]["mid1"]["kernel"].shape == dv["params"]["conv_mid1"]["kernel"].shape
-
-  def loss(net, variables, inp):
-    out, _ = net.apply(variables, inp, train=True, mutable=["batch_stats"])
-    return jnp.sum(out * jnp.cos(out))  # a loss whose gradient varies with each output
-
-  for plain, fast, variables, inp in ((g, g_fast, gv, z), (d, d_fast, dv, x)):
-    want = jax.value_and_grad(loss, argnums=1)(plain, variables, inp)
-    got = jax.value_and_grad(loss, argnums=1)(fast, variables, inp)
-    assert_close_to_scale(got, want)
+  check()
   state = _state(mid_layers=1)  # the config's switch reaches both networks
   assert "mid0" in state.g.params and "conv_mid0" in state.d.params and "mid1" not in state.g.params
 
@@ -721,19 +715,20 @@ def test_every_recipe_is_a_valid_config_and_the_demo_is_a_study_recipe():
 
 def test_the_long_run_is_the_demo_twice_as_wide_with_r1_and_a_cosine_decay():
   """dcgan_fashion_cond_long.py is what README's long-run column measured: the demo's config with
-  width 64, R1 (gamma 0.1, every D step), 9,000 steps and the cosine schedule, nothing else
-  changed but the output cadence."""
+  width 64, one mid layer, lazy R1 (gamma 0.1, every fourth D step), 8,000 steps and the cosine
+  schedule, nothing else changed but the output cadence."""
   demo = config_lib.load(REPO / "experiments/configs/dcgan_fashion_cond.py")
   long = config_lib.load(REPO / "experiments/configs/dcgan_fashion_cond_long.py")
   config_lib.validate(long)
   changes = {
     "model.width": 64,
+    "model.mid_layers": 1,
     "model.r1_gamma": 0.1,
-    "model.r1_every": 1,
+    "model.r1_every": 4,
     "optim.schedule": "cosine",
-    "num_steps": 9000,
-    "sample_every": 2250,
-    "checkpoint_every": 2250,
+    "num_steps": 8000,
+    "sample_every": 2000,
+    "checkpoint_every": 2000,
   }
   assert config_lib.flatten(long) == {**config_lib.flatten(demo), **changes}
 
