@@ -164,11 +164,17 @@ def _r1(d_fn, real, update: jax.Array, hp, on: bool | None = None) -> jax.Array:
   )
 
 
+def _per_pass(hp: ml_collections.FrozenConfigDict, batch_size: int) -> int:
+  """Images in each D or G pass: batch_size split over fresh real batches (d_steps of them) and
+  accumulation micro-batches."""
+  return batch_size // (hp.d_steps if hp.get("fresh_real_batches") else 1) // hp.accum_steps
+
+
 def _check_mbstd_group(hp: ml_collections.FrozenConfigDict, batch_size: int) -> None:
   """Minibatch stddev's groups must tile each batch D sees: batch_size split over fresh real
   batches (d_steps of them) and accumulation micro-batches."""
   group = hp.get("mbstd_group", 0)
-  per_pass = batch_size // (hp.d_steps if hp.get("fresh_real_batches") else 1) // hp.accum_steps
+  per_pass = _per_pass(hp, batch_size)
   if group and per_pass and per_pass % min(group, per_pass):
     raise ConfigError(
       f"model.mbstd_group={group} does not divide the {per_pass} images of each discriminator "
@@ -178,7 +184,7 @@ def _check_mbstd_group(hp: ml_collections.FrozenConfigDict, batch_size: int) -> 
 
 def _check_mode_seeking(hp: ml_collections.FrozenConfigDict, batch_size: int) -> None:
   """Mode seeking pairs the rows of each generator pass (2i, 2i + 1): their count must be even."""
-  per_pass = batch_size // (hp.d_steps if hp.get("fresh_real_batches") else 1) // hp.accum_steps
+  per_pass = _per_pass(hp, batch_size)
   if hp.get("mode_seeking", 0.0) and per_pass % 2:
     raise ConfigError(
       f"model.mode_seeking pairs the images of each generator pass, but it has {per_pass} "
