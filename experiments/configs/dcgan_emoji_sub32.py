@@ -13,12 +13,15 @@ emoji are to one another, at 4,550 steps). The mode-seeking term (`model.mode_se
 duplicates 0.122 (floor 0.038), memorisation 0.030 / 0.082 in features / pixels (floor 0.045 /
 0.050), FD 30.77 (floor 35.40), recall 0.598, group accuracy 0.832 (README "Emoji (colour)",
 session 34). Weight 2 trades sharpness for variety: duplicates 0.081 (no flag), memorisation
-0.016 / 0.037, recall 0.668, group accuracy 0.775.
+0.016 / 0.037, recall 0.668, group accuracy 0.775. Weight 1.5 (session 35, one run) lies between:
+duplicates 0.101 (no flag), memorisation 0.025 / 0.051, group accuracy 0.830, with the faces of
+a subgroup nearly one image again; not enough to move from 1.
 
 4,500 steps are 30 minutes on a 2-core AMD EPYC VM (2.5 steps/s); the Intel VMs of earlier
-sessions ran this step 1.45x slower. `jaxgen evaluate` needs the 32x32 group classifier
-(`runs/classifier_emoji/base32`, README "Emoji (colour)"); `jaxgen sample --label` takes group
-names (each row cycles through the group's subgroups) or subgroup names.
+sessions ran this step 1.45x slower, session 35's fresh AMD VM 1.9x (54m41s). `jaxgen evaluate`
+needs the 32x32 group classifier (`runs/classifier_emoji/base32`, README "Emoji (colour)");
+`jaxgen sample --label` takes group names (each row cycles through the group's subgroups) or
+subgroup names.
 """
 
 from pathlib import Path
