@@ -18,10 +18,10 @@ duplicates 0.101 (no flag), memorisation 0.025 / 0.051, group accuracy 0.830, wi
 a subgroup nearly one image again; not enough to move from 1.
 
 4,500 steps are 30 minutes on a 2-core AMD EPYC VM (2.5 steps/s); the Intel VMs of earlier
-sessions ran this step 1.45x slower, session 35's fresh AMD VM 1.9x (54m41s). `jaxgen evaluate`
-needs the 32x32 group classifier (`runs/classifier_emoji/base32`, README "Emoji (colour)");
-`jaxgen sample --label` takes group names (each row cycles through the group's subgroups) or
-subgroup names.
+sessions ran this step 1.45x slower, session 35's fresh AMD VM 1.9x (about 58 min). `jaxgen
+evaluate` needs the 32x32 group classifier (`runs/classifier_emoji/base32`, README "Emoji
+(colour)"); `jaxgen sample --label` takes group names (each row cycles through the group's
+subgroups) or subgroup names.
 """
 
 from pathlib import Path
