@@ -291,11 +291,14 @@ def conv(k: int, c_in: int, c_out: int, bias: bool) -> int:
   return k * k * c_in * c_out + bias * c_out
 
 
+def bn(ch: int) -> int:
+  return 2 * ch  # BatchNorm's scale and bias
+
+
 def test_dcgan_emoji_is_the_reference_architecture():
   c, state = _init("dcgan_emoji.py")
   z, k, ncls = c.model.latent_dim, 4, 9
   assert (z, c.model.width, c.model.kernel_size, c.model.num_classes) == (100, 64, 4, ncls)
-  bn = lambda ch: 2 * ch  # scale and bias
   g = (
     (z + ncls) * 4 * 4 * 512 + bn(512)  # dense to 4x4x512 (no bias: BatchNorm follows)
     + conv(k, 512, 256, False) + bn(256)
@@ -352,7 +355,6 @@ def test_the_30_minute_config_is_dcgan_emoji_at_32x32_on_subgroups_with_mode_see
 
   c, state = _init("dcgan_emoji_sub32.py", image_shape=(32, 32, 3), num_classes=99)
   z, k, ncls = c.model.latent_dim, 4, 99
-  bn = lambda ch: 2 * ch
   g = (
     (z + ncls) * 4 * 4 * 512 + bn(512)
     + conv(k, 512, 256, False) + bn(256)
